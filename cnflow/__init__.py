@@ -1,0 +1,21 @@
+"""cnflow: continuous normalizing flows on PyTorch.
+
+The public names, re-exported; nothing is defined here.
+"""
+
+from .ode import (
+    MaxStepsExceededError,
+    NonFiniteStateError,
+    ODESolveError,
+    SolverStats,
+    StepSizeUnderflowError,
+    odeint,
+    odeint_adjoint,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "odeint", "odeint_adjoint", "SolverStats", "ODESolveError", "StepSizeUnderflowError",
+    "MaxStepsExceededError", "NonFiniteStateError",
+]

@@ -1,0 +1,18 @@
+"""The numerical core: ODE solvers and adjoint gradients. Knows nothing of densities."""
+
+from .adjoint import odeint_adjoint
+from .errors import (
+    MaxStepsExceededError,
+    NonFiniteStateError,
+    ODESolveError,
+    StepSizeUnderflowError,
+)
+from .solve import odeint
+from .stats import SolverStats
+from .tableaux import ADAPTIVE_METHODS, FIXED_METHODS, TABLEAUX, ButcherTableau
+
+__all__ = [
+    "odeint", "odeint_adjoint", "SolverStats", "ODESolveError", "StepSizeUnderflowError",
+    "MaxStepsExceededError", "NonFiniteStateError", "ButcherTableau", "TABLEAUX",
+    "ADAPTIVE_METHODS", "FIXED_METHODS",
+]

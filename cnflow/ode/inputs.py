@@ -1,0 +1,178 @@
+"""All argument checking and normalisation for ``odeint`` and ``odeint_adjoint``, in one place.
+
+A user problem (f, y0, t) with y0 a tensor of any shape or a tuple of tensors becomes a flat
+problem: one 1-D state vector, a dynamics ``fn(t: float, y: Tensor) -> Tensor`` on it, and
+the output times as Python floats (float64 whatever the state's dtype). Every mistake a user
+can make with the arguments raises :class:`ValueError` here, with what was wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .tableaux import TABLEAUX, ButcherTableau
+
+__all__ = ["State", "FlatProblem", "prepare", "resolve_method", "check_tolerances"]
+
+State = torch.Tensor | tuple[torch.Tensor, ...]
+FlatFn = Callable[[float, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class FlatProblem:
+    """An initial-value problem on a flat state.
+
+    Attributes:
+        fn: the dynamics on the flat state; its time argument is a Python float.
+        y0: the flat initial state, shape (N,).
+        t: the output times as given (a tensor; kept for gradients with respect to t).
+        times: the output times as Python floats.
+        segments: sizes of the parts of the flat state (one per tuple element), each measured
+            by its own RMS norm in the error control.
+        shapes: the shape of each part; ``is_tuple`` says whether the user gave a tuple.
+    """
+
+    fn: FlatFn
+    y0: torch.Tensor
+    t: torch.Tensor
+    times: list[float]
+    segments: list[int]
+    shapes: list[torch.Size]
+    is_tuple: bool
+
+    def unflatten(self, ys: torch.Tensor) -> State:
+        """(len(t), N) flat solutions → the user's layout with a leading time axis."""
+        if not self.is_tuple:
+            return ys.reshape(ys.shape[0], *self.shapes[0])
+        parts = torch.split(ys, self.segments, dim=1)
+        return tuple(p.reshape(ys.shape[0], *s) for p, s in zip(parts, self.shapes, strict=True))
+
+
+def resolve_method(method: str, step_size: float | None) -> ButcherTableau:
+    """The tableau for ``method``, checking that ``step_size`` fits it."""
+    if method not in TABLEAUX:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(TABLEAUX)}")
+    tableau = TABLEAUX[method]
+    if step_size is not None:
+        if tableau.adaptive:
+            raise ValueError(
+                f"step_size applies to fixed-step methods only; {method!r} chooses its own "
+                "steps from rtol and atol"
+            )
+        if not (isinstance(step_size, (int, float)) and math.isfinite(step_size)
+                and step_size > 0):
+            raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
+    return tableau
+
+
+def check_tolerances(rtol: float, atol: float) -> None:
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if rtol == 0 and atol == 0:
+        raise ValueError("rtol and atol cannot both be zero")
+
+
+def _check_times(t: torch.Tensor | Sequence[float]) -> tuple[torch.Tensor, list[float]]:
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t, dtype=torch.float64)
+    if t.ndim != 1 or t.numel() < 1:
+        raise ValueError(f"t must be a 1-D tensor of output times, got shape {tuple(t.shape)}")
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"t must hold real numbers, got dtype {t.dtype}")
+    times = t.detach().to("cpu", torch.float64).tolist()
+    if not all(math.isfinite(x) for x in times):
+        raise ValueError("t contains NaN or infinite values")
+    if len(times) > 1:
+        steps = [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
+        if not (all(s > 0 for s in steps) or all(s < 0 for s in steps)):
+            raise ValueError(f"t must be strictly increasing or strictly decreasing, got {times}")
+    return t, times
+
+
+def _check_state(y0: State) -> tuple[list[torch.Tensor], bool]:
+    is_tuple = isinstance(y0, (tuple, list))
+    parts = list(y0) if is_tuple else [y0]
+    if not parts:
+        raise ValueError("y0 is an empty tuple")
+    for i, p in enumerate(parts):
+        if not isinstance(p, torch.Tensor):
+            raise ValueError(f"y0{f'[{i}]' if is_tuple else ''} must be a tensor, got {type(p)}")
+        if not p.is_floating_point():
+            raise ValueError(f"y0 must be floating point, got dtype {p.dtype}")
+    dtypes = {p.dtype for p in parts}
+    devices = {p.device for p in parts}
+    if len(dtypes) > 1 or len(devices) > 1:
+        raise ValueError(
+            "the tensors of a tuple state must share dtype and device, got "
+            f"{sorted(map(str, dtypes))} on {sorted(map(str, devices))}"
+        )
+    if not all(bool(torch.isfinite(p).all()) for p in parts):
+        raise ValueError("y0 contains NaN or infinite values")
+    return parts, is_tuple
+
+
+def _flat_dynamics(f, shapes: list[torch.Size], segments: list[int], is_tuple: bool,
+                   dtype: torch.dtype, device: torch.device) -> FlatFn:
+    """Wrap the user's f(t, y) as fn(t: float, y_flat) -> dy_flat, checking what f returns."""
+
+    def check(out, shape: torch.Size, where: str) -> None:
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"f must return a tensor{where}, got {type(out).__name__}")
+        if out.shape != shape:
+            raise ValueError(
+                f"f returned shape {tuple(out.shape)}{where}, expected the state's shape "
+                f"{tuple(shape)}"
+            )
+        if out.dtype != dtype:
+            raise ValueError(f"f returned dtype {out.dtype}{where}, expected {dtype}")
+
+    if not is_tuple:
+        shape = shapes[0]
+
+        def fn(t: float, y: torch.Tensor) -> torch.Tensor:
+            out = f(torch.full((), t, dtype=dtype, device=device), y.view(shape))
+            check(out, shape, "")
+            return out.reshape(-1)
+
+        return fn
+
+    def fn_tuple(t: float, y: torch.Tensor) -> torch.Tensor:
+        parts = tuple(p.view(s) for p, s in zip(torch.split(y, segments), shapes, strict=True))
+        out = f(torch.full((), t, dtype=dtype, device=device), parts)
+        if not isinstance(out, (tuple, list)) or len(out) != len(shapes):
+            got = type(out).__name__
+            if isinstance(out, (tuple, list)):
+                got += f" of length {len(out)}"
+            raise ValueError(
+                f"f must return a tuple of {len(shapes)} tensors for a tuple state, got {got}"
+            )
+        for i, (o, s) in enumerate(zip(out, shapes, strict=True)):
+            check(o, s, f" at position {i}")
+        return torch.cat([o.reshape(-1) for o in out])
+
+    return fn_tuple
+
+
+def prepare(f, y0: State, t, *, method: str, rtol: float, atol: float,
+            step_size: float | None, max_num_steps: int) -> tuple[FlatProblem, ButcherTableau]:
+    """Check every argument and build the flat problem and the method's tableau."""
+    if not callable(f):
+        raise ValueError(f"f must be callable as f(t, y), got {type(f).__name__}")
+    tableau = resolve_method(method, step_size)
+    check_tolerances(rtol, atol)
+    if not isinstance(max_num_steps, int) or max_num_steps < 1:
+        raise ValueError(f"max_num_steps must be a positive integer, got {max_num_steps!r}")
+    t, times = _check_times(t)
+    parts, is_tuple = _check_state(y0)
+    shapes = [p.shape for p in parts]
+    segments = [p.numel() for p in parts]
+    flat = torch.cat([p.reshape(-1) for p in parts]) if is_tuple else parts[0].reshape(-1)
+    fn = _flat_dynamics(f, shapes, segments, is_tuple, flat.dtype, flat.device)
+    problem = FlatProblem(fn=fn, y0=flat, t=t, times=times, segments=segments, shapes=shapes,
+                          is_tuple=is_tuple)
+    return problem, tableau

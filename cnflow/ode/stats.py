@@ -1,0 +1,41 @@
+"""Counters a solve fills in: function evaluations and steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SolverStats"]
+
+
+@dataclass
+class SolverStats:
+    """Work done by one or more solves; pass one to ``odeint(..., stats=...)`` to fill it.
+
+    Counts accumulate, so one object can total several solves (e.g. every interval of a
+    backward adjoint pass).
+
+    Attributes:
+        nfe: number of evaluations of the dynamics f.
+        n_accepted: accepted steps.
+        n_rejected: rejected steps (always 0 for fixed-step methods).
+
+    Example:
+        >>> import torch
+        >>> from cnflow import odeint, SolverStats
+        >>> stats = SolverStats()
+        >>> _ = odeint(lambda t, y: -y, torch.ones(3), torch.tensor([0.0, 1.0]), stats=stats)
+        >>> stats.nfe == 2 + 6 * stats.n_steps   # f(y0), initial-step probe, 6 new stages a step
+        True
+    """
+
+    nfe: int = 0
+    n_accepted: int = 0
+    n_rejected: int = 0
+
+    @property
+    def n_steps(self) -> int:
+        """Every attempted step, accepted or rejected."""
+        return self.n_accepted + self.n_rejected
+
+    def reset(self) -> None:
+        self.nfe = self.n_accepted = self.n_rejected = 0

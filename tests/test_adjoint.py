@@ -1,0 +1,161 @@
+"""odeint_adjoint: same values as odeint, gradients equal to backprop, memory flat in steps."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cnflow import SolverStats, odeint, odeint_adjoint
+
+F64 = torch.float64
+
+
+class MLPDynamics(nn.Module):
+    """f(t, y) = W2 tanh(W1 [y, t] + b1) + b2: non-autonomous, nonlinear."""
+
+    def __init__(self, dim: int = 2, hidden: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+
+    def forward(self, t, y):
+        return self.net(torch.cat([y, t.expand(*y.shape[:-1], 1)], dim=-1))
+
+
+def gradients(solver, f, y0, t, weights, **kw):
+    ys = solver(f, y0, t, **kw)
+    loss = (ys * weights).sum() + (ys**2).sum() * 0.1
+    return ys, torch.autograd.grad(loss, (y0, *f.parameters()))
+
+
+@pytest.mark.parametrize("method,kw", [
+    ("dopri5", {"rtol": 1e-10, "atol": 1e-10}),
+    ("bosh3", {"rtol": 1e-9, "atol": 1e-9}),
+    ("rk4", {"step_size": 0.005}),
+])
+@pytest.mark.parametrize("seminorm", [True, False])
+def test_adjoint_gradients_equal_backprop(method, kw, seminorm):
+    f = MLPDynamics().double()
+    y0 = torch.randn(8, 2, dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.4, 0.7, 1.5], dtype=F64)  # several output times
+    weights = torch.randn(4, 8, 2, dtype=F64)
+    ys_bp, g_bp = gradients(odeint, f, y0, t, weights, method=method, **kw)
+    ys_adj, g_adj = gradients(odeint_adjoint, f, y0, t, weights, method=method,
+                              seminorm=seminorm, **kw)
+    torch.testing.assert_close(ys_adj, ys_bp, rtol=0, atol=0)  # same forward solve
+    for a, b in zip(g_adj, g_bp):
+        assert (a - b).abs().max() <= 1e-6 * b.abs().max()
+
+
+def test_adjoint_reverse_time_and_tuple_state():
+    """Decreasing output times and a tuple state, against backprop."""
+    f = MLPDynamics(dim=3).double()
+
+    class Split(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = f
+
+        def forward(self, t, state):
+            out = self.f(t, torch.cat(state, dim=-1))
+            return out[..., :1], out[..., 1:]
+
+    g = Split()
+    a0 = torch.randn(5, 1, dtype=F64, requires_grad=True)
+    b0 = torch.randn(5, 2, dtype=F64, requires_grad=True)
+    t = torch.tensor([1.0, 0.2, -0.5], dtype=F64)
+    kw = {"rtol": 1e-10, "atol": 1e-10}
+    results = []
+    for solver in (odeint, odeint_adjoint):
+        a, b = solver(g, (a0, b0), t, **kw)
+        loss = (a[1:] ** 2).sum() + (b[-1] * torch.arange(2.0, dtype=F64)).sum()
+        results.append(torch.autograd.grad(loss, (a0, b0, *g.parameters())))
+    for x, y in zip(*results):
+        assert (x - y).abs().max() <= 1e-6 * y.abs().max()
+
+
+def test_time_gradients_match_finite_differences():
+    f = MLPDynamics().double()
+    y0 = torch.randn(4, 2, dtype=F64)
+    weights = torch.randn(3, 4, 2, dtype=F64)
+    t = torch.tensor([0.1, 0.5, 1.2], dtype=F64)
+
+    def loss(solver, times):
+        return (solver(f, y0, times, rtol=1e-12, atol=1e-12) * weights).sum()
+
+    eps = 1e-6
+    fd = []
+    for i in range(3):
+        step = torch.zeros(3, dtype=F64)
+        step[i] = eps
+        fd.append((loss(odeint, t + step) - loss(odeint, t - step)).item() / (2 * eps))
+    for solver in (odeint, odeint_adjoint):
+        tt = t.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss(solver, tt), tt)
+        np.testing.assert_allclose(grad.numpy(), fd, rtol=1e-5, atol=1e-8)
+
+
+def test_gradcheck_small_problem():
+    """torch.autograd.gradcheck: adjoint gradients vs finite differences of the solve."""
+    f = MLPDynamics(dim=2, hidden=4).double()
+    params = tuple(f.parameters())
+
+    def run(y0, w1):
+        def dyn(t, y):
+            h = torch.tanh(torch.cat([y, t.expand(y.shape[0], 1)], -1) @ w1.T + params[1])
+            return h @ params[2].T + params[3]
+
+        return odeint_adjoint(dyn, y0, torch.tensor([0.0, 0.5, 1.0], dtype=F64),
+                              method="rk4", step_size=0.01, adjoint_params=(w1,))
+
+    y0 = torch.randn(3, 2, dtype=F64, requires_grad=True)
+    w1 = params[0].detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(run, (y0, w1), atol=1e-6, rtol=1e-4)
+
+
+def test_counts_forward_and_backward_separately():
+    f = MLPDynamics().double()
+    y0 = torch.randn(8, 2, dtype=F64, requires_grad=True)
+    fwd, bwd = SolverStats(), SolverStats()
+    ys = odeint_adjoint(f, y0, torch.tensor([0.0, 1.0], dtype=F64), stats=fwd, adjoint_stats=bwd)
+    assert fwd.nfe > 0 and bwd.nfe == 0
+    ys[-1].sum().backward()
+    assert bwd.nfe == 2 + 6 * bwd.n_steps
+
+
+def _saved_bytes(solver, n_steps: int) -> int:
+    """Bytes autograd keeps for backward in one training step (saved tensors), rk4."""
+    f = MLPDynamics(dim=2, hidden=32)
+    y0 = torch.randn(64, 2, requires_grad=True)
+    total = 0
+
+    def pack(x):
+        nonlocal total
+        total += x.numel() * x.element_size()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        ys = solver(f, y0, torch.tensor([0.0, 1.0]), method="rk4", step_size=1.0 / n_steps)
+    ys[-1].sum().backward()
+    return total
+
+
+def test_adjoint_memory_does_not_grow_with_steps():
+    adjoint = [_saved_bytes(odeint_adjoint, n) for n in (10, 100)]
+    backprop = [_saved_bytes(odeint, n) for n in (10, 100)]
+    assert adjoint[0] == adjoint[1]
+    assert backprop[1] > 8 * backprop[0]
+    assert adjoint[1] * 50 < backprop[1]
+
+
+def test_frozen_and_unused_parameters():
+    """Parameters that do not require grad are left alone; unused ones get zero gradient."""
+    f = MLPDynamics().double()
+    unused = nn.Parameter(torch.ones(3, dtype=F64))
+    f.register_parameter("unused", unused)
+    f.net[0].bias.requires_grad_(False)
+    y0 = torch.randn(4, 2, dtype=F64)
+    ys = odeint_adjoint(f, y0, torch.tensor([0.0, 1.0], dtype=F64))
+    ys[-1].sum().backward()
+    assert f.net[0].bias.grad is None
+    assert torch.equal(unused.grad, torch.zeros(3, dtype=F64))
+    assert f.net[0].weight.grad.abs().sum() > 0
