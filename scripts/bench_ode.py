@@ -1,0 +1,330 @@
+"""Benchmark of cnflow.ode: adjoint memory vs backprop, and NFE / wall time vs torchdiffeq.
+
+1. Memory of one training step (MLP dynamics, batch 1024, fixed-step rk4 with 10, 100, 1000
+   steps), adjoint vs backprop-through-the-solver: bytes autograd saves for backward (exact,
+   from saved-tensor hooks) and the peak rise of the process's resident memory during the step
+   (sampled from /proc/self/statm in a fresh subprocess per run; on CUDA,
+   torch.cuda.max_memory_allocated). The claim: the adjoint's stays flat, backprop's grows.
+2. Forward NFE, wall time and error at the final time (max abs, against scipy's DOP853 at
+   rtol = atol = 1e-12) against torchdiffeq's odeint on the same problems, tolerances and
+   methods (dopri5, bosh3); backward NFE and time of an adjoint gradient with and without the
+   seminorm, both libraries.
+
+Run: .venv/bin/python scripts/bench_ode.py [--quick] [--out docs]
+Needs the bench extra for the peer columns (bash scripts/setup.sh test,bench); without
+torchdiffeq the peer columns are left out. Never run it while anything else is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnflow import SolverStats, odeint, odeint_adjoint
+
+try:
+    import torchdiffeq
+except ImportError:  # the peer is optional
+    torchdiffeq = None
+
+
+class MLPDynamics(nn.Module):
+    """f(t, z) = MLP([z, t]) with tanh: the dynamics of a small neural ODE."""
+
+    def __init__(self, dim: int = 2, hidden: int = 64, layers: int = 2) -> None:
+        super().__init__()
+        sizes = [dim + 1] + [hidden] * layers
+        mods: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            mods += [nn.Linear(a, b), nn.Tanh()]
+        mods.append(nn.Linear(sizes[-1], dim))
+        self.net = nn.Sequential(*mods)
+        self.calls = 0
+
+    def forward(self, t, z):
+        self.calls += 1
+        return self.net(torch.cat([z, t.expand(z.shape[0], 1).to(z)], dim=1))
+
+
+# ---------------------------------------------------------------- 1. memory
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_run(mode: str, n_steps: int, batch: int, device: str) -> dict:
+    """One training step in this process; returns saved bytes and the peak memory rise."""
+    torch.manual_seed(0)
+    f = MLPDynamics().to(device)
+    x = torch.randn(batch, 2, device=device)
+    t = torch.tensor([0.0, 1.0], device=device)
+    solver = odeint_adjoint if mode == "adjoint" else odeint
+    saved = 0
+
+    def pack(tensor):
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    # Warm up allocator and kernels with a tiny solve, then measure.
+    solver(f, x, t, method="rk4", step_size=0.5)[-1].square().mean().backward()
+    f.zero_grad()
+    peak, stop = [0], threading.Event()
+    baseline = _rss_bytes()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
+    sampler.start()
+    start = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        z = solver(f, x, t, method="rk4", step_size=1.0 / n_steps)[-1]
+    z.square().mean().backward()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    out = {"mode": mode, "steps": n_steps, "saved_MB": saved / 2**20,
+           "peak_rss_rise_MB": max(0, peak[0] - baseline) / 2**20, "seconds": seconds}
+    if device == "cuda":
+        out["cuda_peak_MB"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+    return out
+
+
+def memory_benchmark(steps: list[int], batch: int, device: str) -> list[dict]:
+    rows = []
+    for n in steps:
+        for mode in ("adjoint", "backprop"):
+            cmd = [sys.executable, __file__, "--memory-child", mode, str(n), str(batch), device]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+# ---------------------------------------------------------------- 2. NFE and time
+
+
+def vdp(t, y):
+    return torch.stack([y[..., 1], (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], dim=-1)
+
+
+def lotka_volterra(t, y):
+    x, z = y[..., 0], y[..., 1]
+    return torch.stack([1.5 * x - x * z, -3 * z + x * z], dim=-1)
+
+
+class Counted:
+    def __init__(self, f):
+        self.f, self.calls = f, 0
+
+    def __call__(self, t, y):
+        self.calls += 1
+        return self.f(t, y)
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def reference(f, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The final state by scipy's DOP853 at rtol = atol = 1e-12, in float64."""
+    import scipy.integrate
+
+    shape = y0.shape
+
+    def fn(tt, y):
+        with torch.no_grad():
+            out = f(torch.tensor(tt, dtype=torch.float64), torch.from_numpy(y).view(shape))
+        return out.numpy().ravel()
+
+    sol = scipy.integrate.solve_ivp(fn, (t[0].item(), t[-1].item()), y0.double().numpy().ravel(),
+                                    method="DOP853", rtol=1e-12, atol=1e-12)
+    return torch.from_numpy(sol.y[:, -1]).view(shape)
+
+
+def forward_benchmark(tols: list[float], repeats: int) -> list[dict]:
+    torch.manual_seed(0)
+    mlp = MLPDynamics()
+    mlp64 = copy.deepcopy(mlp).double()
+    problems = {
+        # name: (f, y0, t, f in float64 for the reference)
+        "van_der_pol": (vdp, torch.tensor([2.0, 0.0], dtype=torch.float64),
+                        torch.tensor([0.0, 10.0], dtype=torch.float64), vdp),
+        "lotka_volterra_b256": (lotka_volterra, 0.5 + torch.rand(256, 2, dtype=torch.float64),
+                                torch.tensor([0.0, 10.0], dtype=torch.float64), lotka_volterra),
+        "mlp_b1024": (lambda t, z: mlp(t, z), torch.randn(1024, 2), torch.tensor([0.0, 1.0]),
+                      mlp64),
+    }
+    rows = []
+    for name, (f, y0, t, f64) in problems.items():
+        y_ref = reference(f64, y0, t)
+        for method in ("dopri5", "bosh3"):
+            for tol in tols:
+                if method == "bosh3" and tol < 1e-7:
+                    continue
+                kw = {"method": method, "rtol": tol, "atol": tol}
+                ours, stats = Counted(f), SolverStats()
+                with torch.no_grad():
+                    y_ours = odeint(ours, y0, t, stats=stats, **kw)
+                    row = {"problem": name, "method": method, "tol": tol,
+                           "cnflow_nfe": ours.calls, "cnflow_steps": stats.n_steps,
+                           "cnflow_err": (y_ours[-1].double() - y_ref).abs().max().item()}
+                    runs = {"cnflow": lambda f=f, y0=y0, t=t, kw=kw: odeint(f, y0, t, **kw)}
+                    if torchdiffeq is not None:
+                        theirs = Counted(f)
+                        y_theirs = torchdiffeq.odeint(theirs, y0, t, **kw)
+                        row["torchdiffeq_nfe"] = theirs.calls
+                        row["torchdiffeq_err"] = (y_theirs[-1].double() - y_ref).abs().max().item()
+                        runs["torchdiffeq"] = (lambda f=f, y0=y0, t=t, kw=kw:
+                                               torchdiffeq.odeint(f, y0, t, **kw))
+                    # Interleave the two so that drifts in machine speed hit both alike.
+                    samples = {k: [] for k in runs}
+                    for _ in range(repeats):
+                        for k, fn in runs.items():
+                            samples[k].append(_median_time(fn, 1))
+                    for k, v in samples.items():
+                        row[f"{k}_ms"] = 1e3 * statistics.median(v)
+                if torchdiffeq is not None:
+                    row["nfe_ratio"] = row["cnflow_nfe"] / row["torchdiffeq_nfe"]
+                    row["time_ratio"] = row["cnflow_ms"] / row["torchdiffeq_ms"]
+                rows.append(row)
+    return rows
+
+
+def adjoint_benchmark(tols: list[float], repeats: int, batch: int) -> list[dict]:
+    """Adjoint gradient of a neural ODE: backward NFE with and without the seminorm."""
+    torch.manual_seed(0)
+    f = MLPDynamics()
+    x = torch.randn(batch, 2)
+    t = torch.tensor([0.0, 1.0])
+    rows = []
+    for tol in tols:
+        for seminorm in (True, False):
+            row = {"tol": tol, "seminorm": seminorm}
+
+            def ours(seminorm=seminorm, tol=tol):
+                fwd, bwd = SolverStats(), SolverStats()
+                z = odeint_adjoint(f, x, t, rtol=tol, atol=tol, seminorm=seminorm, stats=fwd,
+                                   adjoint_stats=bwd)[-1]
+                z.square().mean().backward()
+                return fwd.nfe, bwd.nfe
+
+            row["cnflow_nfe_forward"], row["cnflow_nfe_backward"] = ours()
+            runs = {"cnflow": ours}
+            if torchdiffeq is not None:
+                def theirs(seminorm=seminorm, tol=tol):
+                    f.calls = 0
+                    opts = {"norm": "seminorm"} if seminorm else {}
+                    z = torchdiffeq.odeint_adjoint(f, x, t, rtol=tol, atol=tol,
+                                                   adjoint_options=opts)[-1]
+                    n_forward = f.calls
+                    z.square().mean().backward()
+                    return n_forward, f.calls - n_forward
+
+                row["torchdiffeq_nfe_forward"], row["torchdiffeq_nfe_backward"] = theirs()
+                runs["torchdiffeq"] = theirs
+            samples = {k: [] for k in runs}
+            for _ in range(repeats):
+                for k, fn in runs.items():
+                    samples[k].append(_median_time(fn, 1))
+            for k, v in samples.items():
+                row[f"{k}_ms"] = 1e3 * statistics.median(v)
+            if torchdiffeq is not None:
+                row["time_ratio"] = row["cnflow_ms"] / row["torchdiffeq_ms"]
+            rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- report
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        return str(v)
+
+    cols = [c for c in columns if any(c in r for r in rows)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds (for tests)")
+    parser.add_argument("--out", default="docs", help="folder for bench_ode.json and .md")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        mode, n, batch, device = args.memory_child
+        print(json.dumps(memory_run(mode, int(n), int(batch), device)))
+        return
+
+    if args.quick:
+        steps, batch, tols, repeats = [5, 20], 64, [1e-3], 1
+    else:
+        steps, batch, tols, repeats = [10, 100, 1000], 1024, [1e-3, 1e-6, 1e-9], 7
+    result = {
+        "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "device": args.device,
+                    "torchdiffeq": getattr(torchdiffeq, "__version__", None)},
+        "command": "python scripts/bench_ode.py" + (" --quick" if args.quick else ""),
+    }
+    print("1. Memory of one training step (MLP 2-64-64-2, rk4), adjoint vs backprop")
+    result["memory"] = memory_benchmark(steps, batch, args.device)
+    mem_cols = ["mode", "steps", "saved_MB", "peak_rss_rise_MB", "cuda_peak_MB", "seconds"]
+    print(table(result["memory"], mem_cols))
+    print("\n2a. Forward solve: NFE and wall time, cnflow vs torchdiffeq")
+    result["forward"] = forward_benchmark(tols, repeats)
+    fwd_cols = ["problem", "method", "tol", "cnflow_nfe", "torchdiffeq_nfe", "nfe_ratio",
+                "cnflow_ms", "torchdiffeq_ms", "time_ratio", "cnflow_err", "torchdiffeq_err"]
+    print(table(result["forward"], fwd_cols))
+    print(f"\n2b. Adjoint gradient (MLP, batch {batch}): forward/backward NFE, seminorm on/off")
+    result["adjoint"] = adjoint_benchmark([t for t in tols if t >= 1e-6], repeats, batch)
+    adj_cols = ["tol", "seminorm", "cnflow_nfe_forward", "cnflow_nfe_backward",
+                "torchdiffeq_nfe_forward", "torchdiffeq_nfe_backward", "cnflow_ms",
+                "torchdiffeq_ms", "time_ratio"]
+    print(table(result["adjoint"], adj_cols))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "bench_ode_quick" if args.quick else "bench_ode"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    md = "\n\n".join([table(result["memory"], mem_cols), table(result["forward"], fwd_cols),
+                      table(result["adjoint"], adj_cols)])
+    (out / f"{stem}.md").write_text(md + "\n")
+    print(f"\nwrote {out / (stem + '.json')} and {out / (stem + '.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""scripts/bench_ode.py runs end to end in its quick mode and writes its JSON."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_ode.py"
+
+
+def test_bench_ode_quick(tmp_path):
+    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path),
+                    "--device", "cpu"], check=True, capture_output=True, text=True, timeout=300)
+    result = json.loads((tmp_path / "bench_ode_quick.json").read_text())
+    memory = {(r["mode"], r["steps"]): r["saved_MB"] for r in result["memory"]}
+    # The adjoint saves the same whatever the step count; backprop saves more with more steps.
+    assert memory[("adjoint", 5)] == memory[("adjoint", 20)]
+    assert memory[("backprop", 20)] > 3 * memory[("backprop", 5)]
+    assert all(r["cnflow_nfe"] > 0 for r in result["forward"])
+    assert (tmp_path / "bench_ode_quick.md").stat().st_size > 0

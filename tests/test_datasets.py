@@ -1,0 +1,45 @@
+"""Toy densities: shapes, repeatability and support."""
+
+import math
+
+import numpy as np
+import pytest
+
+from cnflow.datasets import TOY_DATASETS, make_toy, true_entropy
+
+
+@pytest.mark.parametrize("name", TOY_DATASETS)
+def test_shape_dtype_and_repeatability(name):
+    a = make_toy(name, 501, random_state=3)
+    assert a.shape == (501, 2) and a.dtype == np.float64 and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, make_toy(name, 501, random_state=3))
+    assert not np.array_equal(a, make_toy(name, 501, random_state=4))
+
+
+def test_checkerboard_lies_on_black_squares_uniformly():
+    x = make_toy("checkerboard", 40_000, random_state=0)
+    assert np.abs(x).max() <= 4
+    cells = np.floor(x / 2).astype(int)  # 4×4 board of side-2 cells in [-4, 4]²
+    assert ((cells[:, 0] + cells[:, 1]) % 2 == 0).all()
+    counts = np.unique(cells, axis=0, return_counts=True)[1]
+    assert len(counts) == 8
+    assert counts.min() > 0.9 * 40_000 / 8
+
+
+def test_eight_gaussians_modes_and_entropy():
+    x = make_toy("8gaussians", 80_000, random_state=0)
+    radius = np.linalg.norm(x, axis=1)
+    assert abs(np.median(radius) - 4 / 1.414) < 0.05
+    # Entropy of 8 well-separated Gaussians: log 8 + entropy of one (std 0.5/1.414).
+    sigma = 0.5 / 1.414
+    separated = math.log(8) + 1 + math.log(2 * math.pi * sigma**2)
+    assert true_entropy("8gaussians", n_monte_carlo=200_000) == pytest.approx(separated, abs=0.01)
+    assert true_entropy("checkerboard") == pytest.approx(math.log(32))
+    assert true_entropy("moons") is None
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown toy dataset 'nope'; choose one of 8gaussians"):
+        make_toy("nope", 10)
+    with pytest.raises(ValueError, match="n_samples"):
+        make_toy("moons", 0)
