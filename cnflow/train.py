@@ -1,0 +1,209 @@
+"""The one maximum-likelihood training loop that estimators and scripts share.
+
+Minibatch SGD (Adam by default) on a loss computed by a callable, usually the negative mean
+log-likelihood of a flow, −(1/B) Σ_b log p_θ(x_b), plus optional regularisers. The loop keeps
+a per-iteration history (loss, forward/backward NFE, seconds), evaluates an optional held-out
+set with early stopping that keeps the best parameters, and survives faults: a non-finite loss
+or a failed solve stops training at the last good parameters (never NaN weights), and
+Ctrl-C stops it cleanly with a warning.
+
+Example:
+    >>> import torch
+    >>> from cnflow.train import TrainConfig, train
+    >>> model = torch.nn.Linear(2, 1)
+    >>> X = torch.randn(64, 2)
+    >>> result = train(model, X, lambda m, x: m(x).square().mean(), TrainConfig(max_iter=5))
+    >>> len(result.history)
+    5
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .ode import ODESolveError
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingFault", "train", "resolve_device"]
+
+LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+class TrainingFault(RuntimeError):
+    """Training stopped on a non-finite loss or a failed solve (parameters were restored).
+
+    Attributes:
+        result: the :class:`TrainResult` up to the fault (set by :func:`train`).
+    """
+
+    result: TrainResult | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train`.
+
+    Attributes:
+        max_iter: number of minibatch steps.
+        batch_size: rows per step (capped at the number of training rows).
+        lr: Adam's learning rate.
+        weight_decay: Adam's L2 penalty.
+        n_iter_no_change: with a validation set, stop after this many evaluations without an
+            improvement of at least ``tol``; None: never stop early.
+        tol: the improvement in validation loss that counts.
+        validation_interval: evaluate the validation set every this many iterations.
+        verbose: show a tqdm progress bar.
+    """
+
+    max_iter: int = 1000
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    n_iter_no_change: int | None = None
+    tol: float = 1e-4
+    validation_interval: int = 20
+    verbose: bool = False
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    n_iter: int = 0
+    best_val_loss: float | None = None
+    stop_reason: str = "max_iter"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" → CUDA when available, else CPU; anything else as torch.device understands it."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _nfe(model: nn.Module, name: str) -> int | None:
+    value = getattr(model, name, None)
+    return int(value) if value is not None else None
+
+
+@torch.no_grad()
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _evaluate(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, batch_size: int) -> float:
+    total = 0.0
+    for start in range(0, len(X), batch_size):
+        batch = X[start:start + batch_size]
+        total += float(loss_fn(model, batch).detach()) * len(batch)
+    return total / len(X)
+
+
+def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfig, *,
+          X_val: torch.Tensor | None = None, val_loss_fn: LossFn | None = None,
+          generator: torch.Generator | None = None) -> TrainResult:
+    """Fit ``model`` by minimising ``loss_fn(model, batch)`` over minibatches of ``X``.
+
+    Arguments:
+        model: the module to train (its parameters, on X's device).
+        X: training rows, (n, d) tensor.
+        loss_fn: the minibatch loss, e.g. ``lambda flow, x: -flow.log_prob(x).mean()``.
+        config: the loop's settings.
+        X_val: optional held-out rows, scored with ``val_loss_fn`` (default ``loss_fn``)
+            every ``config.validation_interval`` iterations; the best parameters are kept.
+        generator: the torch.Generator that draws minibatches (repeatable fits).
+
+    Returns:
+        A :class:`TrainResult`; the model holds the best (validation) or last good parameters.
+
+    Raises:
+        TrainingFault: a non-finite loss or a failed solve without a validation set (with one,
+            a warning is given instead and the best parameters are kept).
+    """
+    n = len(X)
+    batch_size = min(config.batch_size, n)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
+                                 weight_decay=config.weight_decay)
+    result = TrainResult()
+    best_state, best_val, evals_no_change = None, math.inf, 0
+    val_loss_fn = loss_fn if val_loss_fn is None else val_loss_fn
+    progress = None
+    if config.verbose:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=config.max_iter, desc="training", unit="it")
+    order = torch.randperm(n, generator=generator, device="cpu")
+    cursor, last_good = 0, None
+    try:
+        for iteration in range(1, config.max_iter + 1):
+            if cursor + batch_size > n:
+                order, cursor = torch.randperm(n, generator=generator, device="cpu"), 0
+            batch = X[order[cursor:cursor + batch_size].to(X.device)]
+            cursor += batch_size
+            last_good = _snapshot(model)
+            start = time.perf_counter()
+            try:
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model, batch)
+                loss_value = loss.detach()
+                if not torch.isfinite(loss_value):
+                    raise TrainingFault(f"the training loss became {loss_value.item()} at "
+                                        f"iteration {iteration}")
+                loss.backward()
+                grads = [p.grad.sum() for p in model.parameters() if p.grad is not None]
+                if grads and not torch.isfinite(torch.stack(grads).sum()):  # one host sync
+                    raise TrainingFault(f"non-finite gradients at iteration {iteration}")
+                optimizer.step()
+            except (TrainingFault, ODESolveError) as err:
+                model.load_state_dict(last_good)
+                fault = err if isinstance(err, TrainingFault) else TrainingFault(
+                    f"the ODE solve failed at iteration {iteration}: {err}")
+                if X_val is None:
+                    result.stop_reason = "fault"
+                    fault.result = result  # the history so far, for the caller
+                    raise fault from err
+                warnings.warn(f"{fault}; stopping and keeping the best parameters so far",
+                              RuntimeWarning, stacklevel=2)
+                result.stop_reason = "fault"
+                break
+            entry = {"iteration": iteration, "loss": float(loss.detach()),
+                     "nfe_forward": _nfe(model, "nfe_forward"),
+                     "nfe_backward": _nfe(model, "nfe_backward"),
+                     "seconds": time.perf_counter() - start}
+            result.n_iter = iteration
+            if X_val is not None and (iteration % config.validation_interval == 0
+                                      or iteration == config.max_iter):
+                val = _evaluate(model, X_val, val_loss_fn, max(batch_size, 1024))
+                entry["val_loss"] = val
+                if val < best_val - config.tol:
+                    best_val, best_state, evals_no_change = val, _snapshot(model), 0
+                else:
+                    evals_no_change += 1
+                if (config.n_iter_no_change is not None
+                        and evals_no_change >= config.n_iter_no_change):
+                    result.history.append(entry)
+                    result.stop_reason = "early_stopping"
+                    break
+            result.history.append(entry)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{entry['loss']:.4f}", nfe=entry["nfe_forward"])
+    except KeyboardInterrupt:
+        warnings.warn(f"training interrupted after {result.n_iter} iterations; the model keeps "
+                      "its best parameters so far", RuntimeWarning, stacklevel=2)
+        result.stop_reason = "interrupted"
+        if last_good is not None:  # the interrupted step may have been half applied
+            model.load_state_dict(last_good)
+    finally:
+        if progress is not None:
+            progress.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.best_val_loss = None if best_state is None else best_val
+    return result
+

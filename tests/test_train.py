@@ -1,0 +1,111 @@
+"""The shared training loop: it learns, it is repeatable, and faults never leave NaN weights."""
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from cnflow import ODESolveError
+from cnflow.train import TrainConfig, TrainingFault, train
+
+
+class Gaussian(nn.Module):
+    """A diagonal Gaussian with learnable mean and log-scale: the simplest density model."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.mean = nn.Parameter(torch.zeros(dim, dtype=torch.float64))
+        self.log_scale = nn.Parameter(torch.zeros(dim, dtype=torch.float64))
+
+    def log_prob(self, x):
+        u = (x - self.mean) * torch.exp(-self.log_scale)
+        return (-0.5 * u**2 - self.log_scale - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def nll(model, x):
+    return -model.log_prob(x).mean()
+
+
+def data(n=2000):
+    return torch.randn(n, 2, dtype=torch.float64) * torch.tensor([2.0, 0.5]) + 3.0
+
+
+def test_maximum_likelihood_recovers_mean_and_scale():
+    X = data()
+    model = Gaussian(2)
+    result = train(model, X, nll, TrainConfig(max_iter=1500, batch_size=256, lr=0.02))
+    torch.testing.assert_close(model.mean.detach(), X.mean(0), atol=0.05, rtol=0)
+    torch.testing.assert_close(model.log_scale.exp().detach(), X.std(0), atol=0.05, rtol=0)
+    assert len(result.history) == 1500 and result.stop_reason == "max_iter"
+    assert {"loss", "nfe_forward", "nfe_backward", "seconds"} <= set(result.history[0])
+
+
+def test_repeatable_with_a_generator():
+    X = data()
+    runs = []
+    for _ in range(2):
+        model = Gaussian(2)
+        train(model, X, nll, TrainConfig(max_iter=30, batch_size=64, lr=0.01),
+              generator=torch.Generator().manual_seed(5))
+        runs.append(torch.cat([p.detach() for p in model.parameters()]))
+    assert torch.equal(runs[0], runs[1])
+
+
+def _faulty_loss(fail_at, exc=None):
+    calls = {"n": 0}
+
+    def loss(model, x):
+        calls["n"] += 1
+        out = nll(model, x)
+        if calls["n"] >= fail_at:
+            if exc is not None:
+                raise exc
+            return out * float("nan")
+        return out
+
+    return loss
+
+
+@pytest.mark.parametrize("exc", [None, ODESolveError("step size underflow at t=0.5", t=0.5)])
+def test_fault_without_validation_raises_and_keeps_last_good_parameters(exc):
+    X = data()
+    model = Gaussian(2)
+    with pytest.raises(TrainingFault, match="iteration 11") as info:
+        train(model, X, _faulty_loss(11, exc), TrainConfig(max_iter=50, lr=0.05))
+    params = torch.cat([p.detach() for p in model.parameters()])
+    assert torch.isfinite(params).all() and params.abs().sum() > 0
+    assert len(info.value.result.history) == 10
+
+
+def test_fault_with_validation_warns_and_keeps_best():
+    X = data()
+    model = Gaussian(2)
+    with pytest.warns(RuntimeWarning, match="non-finite|nan"):
+        result = train(model, X[:1500], _faulty_loss(45), TrainConfig(
+            max_iter=100, lr=0.05, validation_interval=10), X_val=X[1500:], val_loss_fn=nll)
+    assert result.stop_reason == "fault"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert result.best_val_loss == pytest.approx(nll(model, X[1500:]).item())
+
+
+def test_early_stopping_keeps_best_validation_parameters():
+    X = data(3000)
+    model = Gaussian(2)
+    result = train(model, X[:2000], nll, TrainConfig(max_iter=5000, lr=0.05,
+                   validation_interval=10, n_iter_no_change=3, tol=1e-3),
+                   X_val=X[2000:])
+    assert result.stop_reason == "early_stopping" and result.n_iter < 5000
+    assert nll(model, X[2000:]).item() == pytest.approx(result.best_val_loss)
+
+
+def test_keyboard_interrupt_leaves_usable_model():
+    X = data()
+    model = Gaussian(2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(model, X, _faulty_loss(20, KeyboardInterrupt()), TrainConfig(max_iter=50))
+    assert result.stop_reason == "interrupted" and result.n_iter == 19
+    assert any("interrupted" in str(w.message) for w in caught)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
