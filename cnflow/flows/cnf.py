@@ -1,0 +1,384 @@
+r"""The continuous normalizing flow: state and log-density integrated jointly.
+
+A CNF transforms data x into a base sample z by the flow of an ODE,
+:math:`\dot z = f(z, t)` from :math:`z(0) = x` to :math:`z(T)`, here with base
+:math:`\mathcal{N}(0, I)`. By the instantaneous change of variables (Chen et al. 2018) the
+log-determinant of the map :math:`x \mapsto z(T)` is the integral of the divergence along the
+path, so one solve of the augmented system
+
+.. math:: \frac{\mathrm{d}}{\mathrm{d}t} \begin{bmatrix} z \\ \Delta \end{bmatrix}
+    = \begin{bmatrix} f(z, t) \\ \operatorname{tr}(\partial f / \partial z) \end{bmatrix},
+    \qquad z(0) = x,\ \Delta(0) = 0,
+
+gives :math:`\log p(x) = \log \mathcal{N}(z(T); 0, I) + \Delta(T)`. Solving the same system
+backwards, from :math:`z(T)` at :math:`t = T` to :math:`t = 0`, inverts the map, with
+:math:`\Delta(0) = -\int_0^T \operatorname{tr}(\partial f/\partial z)\,\mathrm{d}t`, the
+log-determinant of the inverse. The trace is exact or Hutchinson's estimate (FFJORD,
+Grathwohl et al. 2019), see :mod:`cnflow.divergence`.
+
+Regularisers (RNODE, Finlay et al. 2020) are integrated as further states of the same solve:
+the kinetic energy :math:`\int_0^T \|f\|^2 \mathrm{d}t` and the Jacobian Frobenius norm
+:math:`\int_0^T \|\partial f/\partial z\|_F^2 \mathrm{d}t` (exactly with the exact trace, by the
+estimate :math:`\|\varepsilon^\top \partial f/\partial z\|^2` with the trace's probe
+:math:`\varepsilon` with Hutchinson's).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal, NamedTuple, overload
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import divergence
+from ..nn import ConcatSquashMLP
+from ..ode import TABLEAUX, SolverStats, odeint, odeint_adjoint
+from ..ode.solve import DEFAULT_MAX_NUM_STEPS
+
+__all__ = ["CNF", "CNFRegularisers"]
+
+
+class CNFRegularisers(NamedTuple):
+    r"""Per-sample regularisers of a CNF's path (Finlay et al. 2020), each shape (n,).
+
+    Attributes:
+        kinetic: :math:`\int_0^T \|f(z(t), t)\|^2 \mathrm{d}t`.
+        jacobian: :math:`\int_0^T \|\partial f/\partial z\|_F^2 \mathrm{d}t` (exact with
+            ``trace="exact"``; an unbiased estimate with ``trace="hutchinson"``).
+    """
+
+    kinetic: Tensor
+    jacobian: Tensor
+
+
+def _softplus_inverse(y: float) -> float:
+    """x with softplus(x) = log(1 + e^x) = y > 0, computed stably."""
+    return y + math.log(-math.expm1(-y))
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+class CNF(nn.Module):
+    r"""A continuous normalizing flow with base :math:`\mathcal{N}(0, I)` (FFJORD).
+
+    Data at :math:`t = 0` are carried by the velocity field ``net(t, z)`` to the base at
+    :math:`t = T`; :meth:`log_prob` integrates the state and the log-density together,
+    :meth:`sample` integrates base draws backwards, :meth:`transform` maps either way with the
+    log-determinant.
+
+    Arguments:
+        dim: the dimension D of the data.
+        hidden: widths of the hidden layers of the built-in network, a
+            :class:`~cnflow.nn.ConcatSquashMLP` (ignored when ``net`` is given).
+        net: the velocity field ``net(t, z) -> dz/dt`` (z of shape (n, D), t a 0-d tensor),
+            replacing the built-in network; it must act row by row. An ``nn.Module`` is
+            registered, and its parameters are trained and get adjoint gradients; a plain
+            function has none.
+        T: the end time, > 0.
+        trace: ``"exact"`` (default) or ``"hutchinson"``, see :mod:`cnflow.divergence`.
+        noise: the Hutchinson probes, ``"rademacher"`` (default) or ``"gaussian"``; drawn once
+            per solve and held fixed along it.
+        solver: an ODE method of :func:`cnflow.odeint`: ``"dopri5"`` (default), ``"bosh3"``,
+            ``"euler"``, ``"midpoint"``, ``"rk4"``.
+        rtol, atol: the solver's tolerances.
+        adjoint: gradients by the adjoint method (constant memory) instead of backpropagation
+            through the solver.
+        train_T: make T a learnable parameter, kept positive as
+            :math:`T = \operatorname{softplus}(\tau)` (FFJORD learns T too).
+        activation: the built-in network's activation (see :class:`~cnflow.nn.ConcatSquashMLP`).
+        exact_method: how the exact trace is computed, one of
+            :data:`cnflow.divergence.EXACT_METHODS` (``"loop"`` default, the fastest measured
+            for training on CPU; ``scripts/bench_trace.py``).
+        step_size: the step of a fixed-step solver (None: one step over [0, T]).
+        max_num_steps: the most steps one solve may take.
+        seminorm: leave the parameter adjoint out of the adjoint's error control (Kidger et al.
+            2021).
+
+    Attributes:
+        stats_forward: :class:`~cnflow.SolverStats` of the forward solve of the last call of
+            :meth:`log_prob`, :meth:`sample` or :meth:`transform`.
+        stats_backward: those of the adjoint solve made when gradients are taken through that
+            call (filled by ``backward()``; left at zero by backpropagation, which evaluates
+            nothing anew).
+        nfe_forward, nfe_backward: their numbers of function evaluations.
+
+    Example:
+        >>> import torch
+        >>> from cnflow import CNF
+        >>> flow = CNF(2, hidden=(32, 32))
+        >>> x = torch.randn(64, 2)
+        >>> loss = -flow.log_prob(x).mean()
+        >>> loss.backward()
+        >>> flow.nfe_forward > 0 and flow.nfe_backward > 0
+        True
+        >>> flow.sample(5).shape
+        torch.Size([5, 2])
+
+        Training with the RNODE regularisers:
+
+        >>> logp, reg = flow.log_prob(x, return_regularisers=True)
+        >>> loss = -logp.mean() + 0.01 * reg.kinetic.mean() + 0.01 * reg.jacobian.mean()
+
+    References:
+        Chen, Rubanova, Bettencourt & Duvenaud (2018), "Neural ordinary differential equations".
+        Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud (2019), "FFJORD: Free-form continuous
+        dynamics for scalable reversible generative models".
+        Finlay, Jacobsen, Nurbekyan & Oberman (2020), "How to train your neural ODE: the world
+        of Jacobian and kinetic regularization".
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] = (64, 64, 64),
+        net: Callable[[Tensor, Tensor], Tensor] | None = None,
+        T: float = 1.0,
+        trace: str = "exact",
+        noise: str = "rademacher",
+        solver: str = "dopri5",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        adjoint: bool = True,
+        *,
+        train_T: bool = False,
+        activation: str | nn.Module = "tanh",
+        exact_method: str = "loop",
+        step_size: float | None = None,
+        max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
+        seminorm: bool = True,
+    ) -> None:
+        super().__init__()
+        if not _is_positive_int(dim):
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if trace not in divergence.TRACE_ESTIMATORS:
+            raise ValueError(f"unknown trace {trace!r}; valid: "
+                             f"{', '.join(divergence.TRACE_ESTIMATORS)}")
+        if noise not in divergence.NOISE_TYPES:
+            raise ValueError(f"unknown noise {noise!r}; valid: {', '.join(divergence.NOISE_TYPES)}")
+        if exact_method not in divergence.EXACT_METHODS:
+            raise ValueError(f"unknown exact_method {exact_method!r}; valid: "
+                             f"{', '.join(divergence.EXACT_METHODS)}")
+        if solver not in TABLEAUX:
+            raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(TABLEAUX)}")
+        for name, value in (("rtol", rtol), ("atol", atol)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if step_size is not None:
+            if TABLEAUX[solver].adaptive:
+                raise ValueError(f"step_size applies to fixed-step solvers only; {solver!r} "
+                                 "chooses its steps from rtol and atol")
+            if not isinstance(step_size, (int, float)) or not step_size > 0:
+                raise ValueError(f"step_size must be a positive number, got {step_size!r}")
+        if not _is_positive_int(max_num_steps):
+            raise ValueError(f"max_num_steps must be a positive integer, got {max_num_steps!r}")
+        if not isinstance(T, (int, float)) or not math.isfinite(T) or T <= 0:
+            raise ValueError(f"T must be a positive finite number, got {T!r}")
+        if net is None:
+            net = ConcatSquashMLP(dim, hidden, activation=activation)
+        elif not callable(net):
+            raise ValueError(f"net must be callable as net(t, z), got {type(net).__name__}")
+        self.net = net  # registered as a submodule when it is an nn.Module
+        self.dim = dim
+        self.trace = trace
+        self.noise = noise
+        self.solver = solver
+        self.rtol, self.atol = float(rtol), float(atol)
+        self.adjoint = bool(adjoint)
+        self.train_T = bool(train_T)
+        self.exact_method = exact_method
+        self.step_size = step_size
+        self.max_num_steps = max_num_steps
+        self.seminorm = bool(seminorm)
+        # T (and with it the flow's dtype and device) follows the network's parameters.
+        like = next(iter(net.parameters()), None) if isinstance(net, nn.Module) else None
+        factory = {} if like is None else {"dtype": like.dtype, "device": like.device}
+        if self.train_T:
+            self.T_raw = nn.Parameter(torch.tensor(_softplus_inverse(float(T)), **factory))
+        else:
+            self.register_buffer("T_fixed", torch.tensor(float(T), **factory))
+        self.stats_forward = SolverStats()
+        self.stats_backward = SolverStats()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def T(self) -> Tensor:
+        """The end time, a 0-d tensor (differentiable when ``train_T``)."""
+        return F.softplus(self.T_raw) if self.train_T else self.T_fixed
+
+    @property
+    def nfe_forward(self) -> int:
+        """Function evaluations of the forward solve of the last call."""
+        return self.stats_forward.nfe
+
+    @property
+    def nfe_backward(self) -> int:
+        """Function evaluations of the adjoint solve of the last call's backward pass."""
+        return self.stats_backward.nfe
+
+    def extra_repr(self) -> str:
+        learnable = " (learnable)" if self.train_T else ""
+        return (f"dim={self.dim}, T={float(self.T.detach()):.4g}{learnable}, "
+                f"trace={self.trace!r}, solver={self.solver!r}, rtol={self.rtol:g}, "
+                f"atol={self.atol:g}, adjoint={self.adjoint}")
+
+    # ------------------------------------------------------------------ public methods
+
+    @overload
+    def log_prob(self, x: Tensor, return_regularisers: Literal[False] = ...) -> Tensor: ...
+
+    @overload
+    def log_prob(self, x: Tensor,
+                 return_regularisers: Literal[True]) -> tuple[Tensor, CNFRegularisers]: ...
+
+    def log_prob(self, x: Tensor, return_regularisers: bool = False):
+        r"""The log-density of each row of x.
+
+        .. math:: \log p(x) = \log \mathcal{N}(z(T); 0, I)
+            + \int_0^T \operatorname{tr}\left(\frac{\partial f}{\partial z}(z(t), t)\right)
+            \mathrm{d}t, \qquad z(0) = x,
+
+        from one solve of the augmented system (with Hutchinson's trace, an unbiased estimate
+        of the log-determinant, so of log p(x) up to the estimator's noise).
+
+        Arguments:
+            x: data, shape (n, dim), of the flow's dtype.
+            return_regularisers: also integrate and return the RNODE regularisers along the
+                same path, for a training loss such as
+                ``-logp.mean() + λ_K * reg.kinetic.mean() + λ_J * reg.jacobian.mean()``.
+
+        Returns:
+            log p(x), shape (n,); with ``return_regularisers``, the pair ``(log_prob,
+            CNFRegularisers(kinetic, jacobian))``, each of shape (n,).
+        """
+        x = self._check_data(x, "x")
+        z, logdet, regs = self._flow(x, reverse=False, regularise=return_regularisers)
+        logp = self.base_log_prob(z) + logdet
+        if return_regularisers:
+            return logp, regs
+        return logp
+
+    def sample(self, n: int) -> Tensor:
+        """n draws from the flow: base draws z ~ N(0, I) integrated from t = T back to 0.
+
+        Only the state is integrated (no trace). Gradients reach the parameters (adjoint or
+        backprop, as the flow is set).
+
+        Arguments:
+            n: the number of draws.
+
+        Returns:
+            Shape (n, dim), of the flow's dtype and device.
+        """
+        if not _is_positive_int(n):
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        ref = self._reference()
+        z = torch.randn(n, self.dim, dtype=ref.dtype, device=ref.device)
+
+        def f(t: Tensor, state: Tensor) -> Tensor:
+            return self.net(t, state)
+
+        return self._solve(f, z, self._times(reverse=True, like=z))
+
+    def transform(self, x: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor]:
+        r"""The flow's map and its log-determinant, either way.
+
+        Forward: data x at t = 0 to z = z(T), with :math:`\log|\det \partial z/\partial x| =
+        \int_0^T \operatorname{tr}(\partial f/\partial z)\,\mathrm{d}t`. Reverse: base points at
+        t = T back to data at t = 0, with the log-determinant of that (inverse) map, the
+        negated integral along the reverse path.
+
+        Arguments:
+            x: points, shape (n, dim): data (forward) or base points (reverse).
+            reverse: map base points to data.
+
+        Returns:
+            ``(y, logdet)``: the image, shape (n, dim), and the log-determinant of the map at
+            each point, shape (n,) (an unbiased estimate with Hutchinson's trace).
+        """
+        x = self._check_data(x, "x")
+        y, logdet, _ = self._flow(x, reverse=reverse, regularise=False)
+        return y, logdet
+
+    def base_log_prob(self, z: Tensor) -> Tensor:
+        r"""The base log-density :math:`\log \mathcal{N}(z; 0, I)` of each row, shape (n,)."""
+        return -0.5 * z.square().sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
+
+    # ------------------------------------------------------------------ internals
+
+    def _reference(self) -> Tensor:
+        """A tensor of the flow's dtype and device (the T parameter or buffer)."""
+        return self.T_raw if self.train_T else self.T_fixed
+
+    def _check_data(self, x: Tensor, name: str) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} must be a torch tensor, got {type(x).__name__}")
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"{name} must have shape (n, {self.dim}), got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is empty (no rows)")
+        ref = self._reference()
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be floating point, got dtype {x.dtype}")
+        if x.dtype != ref.dtype:
+            raise ValueError(f"{name} has dtype {x.dtype} but the flow is {ref.dtype}; convert "
+                             f"one of them (e.g. flow.to({x.dtype}) or x.to({ref.dtype}))")
+        if x.device != ref.device:
+            raise ValueError(f"{name} is on {x.device} but the flow is on {ref.device}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        return x
+
+    def _times(self, reverse: bool, like: Tensor) -> Tensor:
+        end = self.T.to(like.dtype).reshape(1)
+        start = torch.zeros(1, dtype=like.dtype, device=like.device)
+        return torch.cat([end, start]) if reverse else torch.cat([start, end])
+
+    def _solve(self, f: Callable, y0, t: Tensor):
+        """Integrate f from y0 over t with the flow's settings; the state at t[-1]."""
+        self.stats_forward, self.stats_backward = SolverStats(), SolverStats()
+        options = {"method": self.solver, "rtol": self.rtol, "atol": self.atol,
+                   "step_size": self.step_size, "max_num_steps": self.max_num_steps,
+                   "stats": self.stats_forward}
+        if self.adjoint and torch.is_grad_enabled():
+            params = tuple(self.net.parameters()) if isinstance(self.net, nn.Module) else ()
+            ys = odeint_adjoint(f, y0, t, adjoint_params=params, seminorm=self.seminorm,
+                                adjoint_stats=self.stats_backward, **options)
+        else:
+            ys = odeint(f, y0, t, **options)
+        if isinstance(ys, tuple):
+            return tuple(y[-1] for y in ys)
+        return ys[-1]
+
+    def _flow(self, x: Tensor, reverse: bool,
+              regularise: bool) -> tuple[Tensor, Tensor, CNFRegularisers | None]:
+        """Solve [z, Δ(, kinetic, jacobian)] from x over [0, T] (or [T, 0] when reverse)."""
+        eps = divergence.sample_noise(x, self.noise) if self.trace == "hutchinson" else None
+        net, method = self.net, self.exact_method
+
+        def f(t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            z = state[0]
+            if eps is None:
+                out = divergence.exact(net, t, z, method=method, frobenius=regularise)
+            else:
+                out = divergence.hutchinson(net, t, z, eps, frobenius=regularise)
+            dz, div = out[0], out[1]
+            if not regularise:
+                return dz, div
+            return dz, div, dz.square().sum(-1), out[2]
+
+        n = x.shape[0]
+        zero = x.new_zeros(n)
+        y0 = (x, zero, zero, zero) if regularise else (x, zero)
+        yT = self._solve(f, y0, self._times(reverse, x))
+        regs = None
+        if regularise:
+            # Integrated backwards the quadratures come out negated: report the positive integrals.
+            sign = -1.0 if reverse else 1.0
+            regs = CNFRegularisers(kinetic=sign * yT[2], jacobian=sign * yT[3])
+        return yT[0], yT[1], regs

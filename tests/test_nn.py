@@ -1,0 +1,73 @@
+"""cnflow.nn: the concat-squash layer is the formula it claims, the MLP is wired as stated."""
+
+import pytest
+import torch
+from torch import nn
+
+from cnflow.nn import ACTIVATIONS, ConcatSquashLinear, ConcatSquashMLP
+
+D64 = torch.float64
+
+
+def manual_layer(layer, t, x):
+    """(W x + b) ⊙ σ(a t + c) + d t from the layer's weights, t of shape (n, 1) or scalar."""
+    W, b = layer.linear.weight, layer.linear.bias
+    a, c = layer.gate.weight[:, 0], layer.gate.bias
+    d = layer.hyper_bias.weight[:, 0]
+    return (x @ W.T + b) * torch.sigmoid(a * t + c) + d * t
+
+
+def test_concat_squash_linear_is_the_gated_formula():
+    layer = ConcatSquashLinear(3, 4).double()
+    x = torch.randn(5, 3, dtype=D64)
+    t = torch.tensor(0.7, dtype=D64)
+    torch.testing.assert_close(layer(t, x), manual_layer(layer, t, x), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(layer(0.7, x), manual_layer(layer, t, x), rtol=1e-14, atol=1e-14)
+    # One time per row: row b is the layer at time t_b.
+    ts = torch.rand(5, dtype=D64)
+    out = layer(ts, x)
+    for b in range(5):
+        torch.testing.assert_close(out[b], layer(ts[b], x[b:b + 1])[0], rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(layer(ts[:, None], x), out)
+
+
+def test_concat_squash_linear_depends_on_time_and_gets_all_gradients():
+    layer = ConcatSquashLinear(2, 3)
+    x = torch.randn(4, 2)
+    assert not torch.allclose(layer(torch.tensor(0.0), x), layer(torch.tensor(1.0), x))
+    layer(torch.tensor(0.5), x).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_mlp_composes_layers_with_the_activation_between(activation):
+    mlp = ConcatSquashMLP(2, hidden=(8, 6), activation=activation).double()
+    assert [(la.linear.in_features, la.linear.out_features) for la in mlp.layers] == [
+        (2, 8), (8, 6), (6, 2)]
+    x = torch.randn(5, 2, dtype=D64)
+    t = torch.tensor(0.3, dtype=D64)
+    act = ACTIVATIONS[activation]()
+    h = act(manual_layer(mlp.layers[0], t, x))
+    h = act(manual_layer(mlp.layers[1], t, h))
+    expected = manual_layer(mlp.layers[2], t, h)  # no activation after the last layer
+    torch.testing.assert_close(mlp(t, x), expected, rtol=1e-13, atol=1e-13)
+
+
+def test_mlp_options():
+    assert ConcatSquashMLP(3, hidden=())(0.0, torch.randn(2, 3)).shape == (2, 3)
+    assert ConcatSquashMLP(3, hidden=(4,), out_features=5)(0.0, torch.randn(2, 3)).shape == (2, 5)
+    mlp = ConcatSquashMLP(2, hidden=(4,), activation=nn.Softplus(beta=2.0))
+    assert isinstance(mlp.activation, nn.Softplus) and mlp.activation.beta == 2.0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"activation": "relu6"}, "unknown activation"),
+    ({"activation": 3}, "activation must be"),
+    ({"hidden": (4, 0)}, "hidden"),
+    ({"out_features": 0}, "out_features"),
+])
+def test_mlp_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ConcatSquashMLP(2, **kwargs)
+    with pytest.raises(ValueError, match="in_features"):
+        ConcatSquashMLP(0)
