@@ -3,6 +3,7 @@
 The public names, re-exported; nothing is defined here.
 """
 
+from .estimators import CNFDensity
 from .flows import CNF, CNFRegularisers
 from .ode import (
     MaxStepsExceededError,
@@ -17,7 +18,7 @@ from .ode import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "CNF", "CNFRegularisers",
+    "CNF", "CNFRegularisers", "CNFDensity",
     "odeint", "odeint_adjoint", "SolverStats", "ODESolveError", "StepSizeUnderflowError",
     "MaxStepsExceededError", "NonFiniteStateError",
 ]

@@ -1,0 +1,126 @@
+"""CNFDensity: scikit-learn's conformance checks, input errors, persistence, units, faults."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from cnflow import CNFDensity
+from cnflow.datasets import make_toy
+from cnflow.train import TrainingFault
+
+
+def fast(**kw):
+    """A tiny, quick CNFDensity. float64 and tight tolerances so that a row's log-density does
+    not depend (beyond 1e-9) on which other rows share its batch's adaptive steps."""
+    params = dict(hidden=(8,), max_iter=3, batch_size=64, rtol=1e-9, atol=1e-9,
+                  dtype="float64", random_state=0, device="cpu")
+    params.update(kw)
+    return CNFDensity(**params)
+
+
+@parametrize_with_checks([fast()])
+def test_sklearn_conformance(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X = make_toy("8gaussians", 400, random_state=0)
+    return fast(max_iter=20, hidden=(16, 16), rtol=1e-6, atol=1e-6).fit(X), X
+
+
+def test_bad_input_messages(fitted):
+    est, X = fitted
+    bad_nan = X.copy()
+    bad_nan[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fast().fit(bad_nan)
+    with pytest.raises(ValueError, match="infinity"):
+        fast().fit(np.where(X > 1, np.inf, X))
+    with pytest.raises(ValueError, match="2D array"):
+        fast().fit(X[:, 0])
+    with pytest.raises(ValueError, match="1 sample"):
+        fast().fit(X[:1])
+    with pytest.raises(ValueError, match="3 features.*expecting 2"):
+        est.score_samples(np.ones((4, 3)))
+    with pytest.raises(NotFittedError):
+        fast().score_samples(X)
+    with pytest.raises(NotFittedError):
+        fast().sample(3)
+    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+        est.sample(0)
+    with pytest.raises(ValueError, match="max_iter"):
+        fast(max_iter=0).fit(X)
+    with pytest.raises(ValueError, match="unknown solver 'rk45'; valid: dopri5"):
+        fast(solver="rk45").fit(X)
+
+
+def test_pickle_and_save_load_round_trips(fitted, tmp_path):
+    est, X = fitted
+    expected = est.score_samples(X[:50])
+    clone = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(clone.score_samples(X[:50]), expected)
+    est.save(tmp_path / "model.pt")
+    torch.load(tmp_path / "model.pt", weights_only=True)  # loads without code execution
+    loaded = CNFDensity.load(tmp_path / "model.pt")
+    np.testing.assert_array_equal(loaded.score_samples(X[:50]), expected)
+    assert loaded.get_params() == est.get_params()
+    assert loaded.history_ == est.history_
+    np.testing.assert_array_equal(loaded.sample(5, random_state=1), est.sample(5, random_state=1))
+
+
+def test_repeatable_fits_and_samples():
+    X = make_toy("moons", 300, random_state=0)
+    a, b = fast(max_iter=5).fit(X), fast(max_iter=5).fit(X)
+    for p, q in zip(a.flow_.parameters(), b.flow_.parameters()):
+        assert torch.equal(p, q)
+    np.testing.assert_array_equal(a.sample(7, random_state=3), b.sample(7, random_state=3))
+    assert not np.array_equal(a.sample(7, random_state=3), a.sample(7, random_state=4))
+
+
+def test_density_integrates_to_one_in_caller_units():
+    """Data far from the origin and in odd units: the density still integrates to 1."""
+    X = make_toy("8gaussians", 1000, random_state=0) * np.array([300.0, 0.02]) + [5e4, -7.0]
+    est = fast(max_iter=30, hidden=(16, 16), rtol=1e-6, atol=1e-6).fit(X)
+    lo, hi = X.min(0), X.max(0)
+    pad = (hi - lo) * 0.6
+    xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 160)
+    ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 160)
+    xx, yy = np.meshgrid(xs, ys)
+    dens = np.exp(est.score_samples(np.stack([xx.ravel(), yy.ravel()], 1)))
+    mass = dens.sum() * (xs[1] - xs[0]) * (ys[1] - ys[0])
+    assert mass == pytest.approx(1.0, abs=0.03)
+
+
+def test_non_finite_loss_leaves_finite_parameters(monkeypatch):
+    X = make_toy("8gaussians", 200, random_state=0)
+    calls = {"n": 0}
+    original = CNFDensity._training_loss
+
+    def poisoned(self, flow, u):
+        calls["n"] += 1
+        loss = original(self, flow, u)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(CNFDensity, "_training_loss", poisoned)
+    est = fast(max_iter=10)
+    with pytest.raises(TrainingFault, match="iteration 4"):
+        est.fit(X)
+    assert all(torch.isfinite(p).all() for p in est.flow_.parameters())
+    assert len(est.history_) == 3
+    assert np.isfinite(est.score_samples(X[:5])).all()  # still usable
+
+
+def test_pipeline_and_grid_search():
+    X = make_toy("8gaussians", 200, random_state=0)
+    pipe = make_pipeline(FunctionTransformer(lambda a: a * 2.0), fast(max_iter=3))
+    assert pipe.fit(X).score_samples(X[:4]).shape == (4,)
+    search = GridSearchCV(fast(max_iter=3), {"hidden": [(4,), (8,)]}, cv=2).fit(X)
+    assert search.best_params_["hidden"] in [(4,), (8,)]
