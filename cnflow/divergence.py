@@ -42,16 +42,19 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
-__all__ = ["exact", "hutchinson", "sample_noise", "EXACT_METHODS", "NOISE_TYPES",
-           "TRACE_ESTIMATORS", "Dynamics"]
+__all__ = ["exact", "hutchinson", "sample_noise", "has_analytic_divergence", "EXACT_METHODS",
+           "NOISE_TYPES", "TRACE_ESTIMATORS", "Dynamics"]
 
 #: The dynamics f(t, z) -> dz/dt: t a 0-d tensor, z and the output (batch, D).
 Dynamics = Callable[[Tensor, Tensor], Tensor]
 
-#: Ways :func:`exact` can compute the trace: ``"vjp"`` batches the D vector-Jacobian products
+#: Ways :func:`exact` can compute the trace: ``"auto"`` uses the network's own forward
+#: Jacobian propagation when it has one (``f.forward_with_divergence``, e.g.
+#: :class:`cnflow.nn.ConcatSquashMLP`), else ``"loop"``; ``"analytic"`` insists on the former;
+#: ``"vjp"`` batches the D vector-Jacobian products
 #: in one reverse pass, ``"jvp"`` the D Jacobian-vector products in one forward-mode pass
 #: (:func:`torch.func.vmap` of :func:`torch.func.jvp`), ``"loop"`` runs D backward passes.
-EXACT_METHODS = ("vjp", "jvp", "loop")
+EXACT_METHODS = ("auto", "analytic", "loop", "vjp", "jvp")
 
 #: Distributions of the Hutchinson probe vectors.
 NOISE_TYPES = ("rademacher", "gaussian")
@@ -181,7 +184,21 @@ def exact(f: Dynamics, t: Tensor, z: Tensor, *, method: str = ...,
           frobenius: Literal[True]) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
-def exact(f: Dynamics, t: Tensor, z: Tensor, *, method: str = "loop",
+def has_analytic_divergence(f: object) -> bool:
+    """Whether f computes its own exact divergence (``f.forward_with_divergence``)."""
+    return bool(getattr(f, "has_analytic_divergence", False)) and hasattr(
+        f, "forward_with_divergence")
+
+
+def _exact_analytic(f, t: Tensor, z: Tensor, create_graph: bool, frobenius: bool):
+    with _recording() if create_graph else torch.no_grad():
+        out = f.forward_with_divergence(_normal(t) if create_graph else t, z,
+                                        frobenius=frobenius)
+    _check_output(out[0], z)
+    return (out[0], out[1], out[2] if frobenius else out[1])
+
+
+def exact(f: Dynamics, t: Tensor, z: Tensor, *, method: str = "auto",
           create_graph: bool | None = None, frobenius: bool = False):
     r"""f(t, z) and the exact divergence :math:`\operatorname{tr}(\partial f/\partial z)` per row.
 
@@ -195,7 +212,11 @@ def exact(f: Dynamics, t: Tensor, z: Tensor, *, method: str = "loop",
         f: the dynamics ``f(t, z)``, acting row by row on z.
         t: the time, passed to f as is.
         z: the states, shape (batch, D).
-        method: ``"loop"`` (default): D backward passes through one evaluation of f;
+        method: ``"auto"`` (default): ``"analytic"`` when f has ``forward_with_divergence``
+            (a network that propagates its Jacobian forward with its activations, as
+            :class:`cnflow.nn.ConcatSquashMLP` does: about D + 1 forward passes of plain
+            operations, no double backward), else ``"loop"``: D backward passes through one
+            evaluation of f;
             ``"vjp"``: the D vector-Jacobian products as one batched backward pass
             (``torch.autograd.grad(..., is_grads_batched=True)``); ``"jvp"``: the D
             Jacobian-vector products as one vectorised forward-mode pass (``torch.func.vmap``
@@ -231,7 +252,14 @@ def exact(f: Dynamics, t: Tensor, z: Tensor, *, method: str = "loop",
             f"unknown exact trace method {method!r}; valid: {', '.join(EXACT_METHODS)}")
     if create_graph is None:
         create_graph = torch.is_grad_enabled()
-    if method == "loop":
+    if method == "auto":
+        method = "analytic" if has_analytic_divergence(f) else "loop"
+    if method == "analytic":
+        if not has_analytic_divergence(f):
+            raise ValueError("method='analytic' needs f with forward_with_divergence (e.g. a "
+                             "ConcatSquashMLP with a built-in activation)")
+        fz, trace, frob = _exact_analytic(f, t, z, create_graph, frobenius)
+    elif method == "loop":
         fz, trace, frob = _exact_loop(f, t, z, create_graph, frobenius)
     else:
         products = _jacobian_rows if method == "vjp" else _jacobian_columns

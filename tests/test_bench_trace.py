@@ -16,7 +16,7 @@ def test_bench_trace_quick(tmp_path):
     assert "| mode | method |" in run.stdout
     result = json.loads((tmp_path / "bench_trace_quick.json").read_text())
     dims = result["config"]["dims"]
-    methods = {"exact-vjp", "exact-jvp", "exact-loop", "hutchinson"}
+    methods = {"exact-analytic", "exact-vjp", "exact-jvp", "exact-loop", "hutchinson"}
     assert {(r["D"], r["mode"], r["method"]) for r in result["rows"]} == {
         (d, mode, m) for d in dims for mode in ("inference", "training") for m in methods}
     assert all(r["ms"] > 0 for r in result["rows"])

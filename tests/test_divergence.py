@@ -83,13 +83,25 @@ def test_exact_of_linear_map_is_its_trace_and_of_constant_is_zero():
     A = torch.randn(5, 5, dtype=D64)
     z = torch.randn(7, 5, dtype=D64)
     t = torch.tensor(0.0, dtype=D64)
-    for method in METHODS:
+    for method in ("auto", "loop", "vjp", "jvp"):  # a plain function: no analytic method
         _, div, frob = divergence.exact(lambda t, z: z @ A.T, t, z, method=method, frobenius=True)
         torch.testing.assert_close(div, torch.trace(A).expand(7), rtol=1e-13, atol=1e-13)
         torch.testing.assert_close(frob, A.square().sum().expand(7), rtol=1e-13, atol=1e-13)
         # f independent of z: zero divergence, not an autograd error.
         _, div0 = divergence.exact(lambda t, z: torch.ones_like(z) * t, t, z, method=method)
         assert torch.equal(div0, torch.zeros(7, dtype=D64))
+
+
+def test_analytic_method_needs_a_network_that_provides_it():
+    z = torch.randn(3, 2, dtype=D64)
+    with pytest.raises(ValueError, match="forward_with_divergence"):
+        divergence.exact(lambda t, z: z, torch.tensor(0.0, dtype=D64), z, method="analytic")
+    net = ConcatSquashMLP(2, (8,), activation=torch.nn.GELU()).double()
+    assert not divergence.has_analytic_divergence(net)  # unknown activation: autograd instead
+    _, div = divergence.exact(net, torch.tensor(0.0, dtype=D64), z)  # "auto" falls back
+    jac = torch.stack([torch.autograd.functional.jacobian(
+        lambda x: net(torch.tensor(0.0, dtype=D64), x[None])[0], zi) for zi in z])
+    torch.testing.assert_close(div, jac.diagonal(dim1=1, dim2=2).sum(-1))
 
 
 def test_hutchinson_with_every_rademacher_probe_averages_to_the_exact_trace():

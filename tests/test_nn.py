@@ -71,3 +71,20 @@ def test_mlp_bad_arguments(kwargs, match):
         ConcatSquashMLP(2, **kwargs)
     with pytest.raises(ValueError, match="in_features"):
         ConcatSquashMLP(0)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "softplus", "elu", "silu", "sigmoid"])
+@pytest.mark.parametrize("hidden", [(), (7,), (9, 5)])
+@pytest.mark.parametrize("per_row_t", [False, True])
+def test_forward_with_divergence_matches_autograd_jacobian(activation, hidden, per_row_t):
+    """Forward Jacobian propagation gives f, tr J and ‖J‖²_F of the autograd Jacobian."""
+    net = ConcatSquashMLP(3, hidden, activation=activation).double()
+    z = torch.randn(6, 3, dtype=torch.float64)
+    t = torch.rand(6, dtype=torch.float64) if per_row_t else torch.tensor(0.7, dtype=torch.float64)
+    dz, trace, frob = net.forward_with_divergence(t, z, frobenius=True)
+    torch.testing.assert_close(dz, net(t, z), rtol=0, atol=0)
+    jac = torch.stack([torch.autograd.functional.jacobian(
+        lambda x, i=i: net(t[i:i + 1] if per_row_t else t, x[None])[0], z[i]) for i in range(6)])
+    torch.testing.assert_close(trace, jac.diagonal(dim1=1, dim2=2).sum(-1), rtol=1e-12,
+                               atol=1e-12)
+    torch.testing.assert_close(frob, jac.square().sum((1, 2)), rtol=1e-12, atol=1e-12)

@@ -92,8 +92,9 @@ class CNF(nn.Module):
             :math:`T = \operatorname{softplus}(\tau)` (FFJORD learns T too).
         activation: the built-in network's activation (see :class:`~cnflow.nn.ConcatSquashMLP`).
         exact_method: how the exact trace is computed, one of
-            :data:`cnflow.divergence.EXACT_METHODS` (``"loop"`` default, the fastest measured
-            for training on CPU; ``scripts/bench_trace.py``).
+            :data:`cnflow.divergence.EXACT_METHODS`: ``"auto"`` (default) propagates the
+            Jacobian forward through the built-in network, or runs a loop of D vector-Jacobian
+            products for any other ``net`` (the fastest measured; ``scripts/bench_trace.py``).
         step_size: the step of a fixed-step solver (None: one step over [0, T]).
         max_num_steps: the most steps one solve may take.
         seminorm: leave the parameter adjoint out of the adjoint's error control (Kidger et al.
@@ -147,7 +148,7 @@ class CNF(nn.Module):
         *,
         train_T: bool = False,
         activation: str | nn.Module = "tanh",
-        exact_method: str = "loop",
+        exact_method: str = "auto",
         step_size: float | None = None,
         max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
         seminorm: bool = True,
