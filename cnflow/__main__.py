@@ -49,11 +49,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     X = load_rows(args.data, args.n_samples, args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    est = CNFDensity(hidden=tuple(args.hidden), max_iter=args.max_iter,
-                     batch_size=args.batch_size, lr=args.lr, rtol=args.tol, atol=args.tol,
-                     device=args.device, random_state=args.seed, verbose=not args.quiet)
+    given = {"max_iter": args.max_iter, "batch_size": args.batch_size, "lr": args.lr,
+             "rtol": args.tol, "atol": args.tol,
+             "hidden": None if args.hidden is None else tuple(args.hidden)}
+    est = CNFDensity(device=args.device, random_state=args.seed, verbose=not args.quiet,
+                     **{k: v for k, v in given.items() if v is not None})
     print(f"training CNFDensity on {args.data}: {X.shape[0]} rows × {X.shape[1]} features, "
-          f"{args.max_iter} iterations on {est.device}")
+          f"{est.max_iter} iterations on {args.device}")
     start = time.perf_counter()
     est.fit(X)
     seconds = time.perf_counter() - start
@@ -85,11 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: checkerboard)")
     p.add_argument("--out", default="out", help="output folder (default: out)")
     p.add_argument("--n-samples", type=int, default=50000, help="rows drawn from a toy density")
-    p.add_argument("--max-iter", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--hidden", type=int, nargs="+", default=[64, 64, 64])
-    p.add_argument("--tol", type=float, default=1e-5, help="rtol = atol of the ODE solver")
+    p.add_argument("--max-iter", type=int, help="training iterations (estimator default: 1000)")
+    p.add_argument("--batch-size", type=int, help="rows per iteration (default: 512)")
+    p.add_argument("--lr", type=float, help="Adam's learning rate (default: 5e-3)")
+    p.add_argument("--hidden", type=int, nargs="+", help="hidden widths (default: 64 64 64)")
+    p.add_argument("--tol", type=float, help="rtol = atol of the ODE solver (default: 1e-5)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -53,6 +53,8 @@ class TrainConfig:
         max_iter: number of minibatch steps.
         batch_size: rows per step (capped at the number of training rows).
         lr: Adam's learning rate.
+        lr_schedule: ``"constant"``, or ``"cosine"``: lr · (1 + cos(π i / max_iter)) / 2 at
+            iteration i, annealing to 0 at the end (Loshchilov & Hutter 2017).
         weight_decay: Adam's L2 penalty.
         n_iter_no_change: with a validation set, stop after this many evaluations without an
             improvement of at least ``tol``; None: never stop early.
@@ -64,6 +66,7 @@ class TrainConfig:
     max_iter: int = 1000
     batch_size: int = 512
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     n_iter_no_change: int | None = None
     tol: float = 1e-4
@@ -129,6 +132,14 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
     batch_size = min(config.batch_size, n)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
+    if config.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; valid: constant, cosine")
+    if config.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, config.max_iter)
+                                                     / config.max_iter)))
+    else:
+        scheduler = None
     result = TrainResult()
     best_state, best_val, evals_no_change = None, math.inf, 0
     val_loss_fn = loss_fn if val_loss_fn is None else val_loss_fn
@@ -159,6 +170,8 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
                 if grads and not torch.isfinite(torch.stack(grads).sum()):  # one host sync
                     raise TrainingFault(f"non-finite gradients at iteration {iteration}")
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
             except (TrainingFault, ODESolveError) as err:
                 model.load_state_dict(last_good)
                 fault = err if isinstance(err, TrainingFault) else TrainingFault(
