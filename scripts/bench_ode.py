@@ -149,13 +149,16 @@ class Counted:
         return self.f(t, y)
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
+def _interleaved_ms(runs: dict, repeats: int) -> dict[str, float]:
+    """Median milliseconds of each callable, "<name>_ms"; the runs are interleaved so that
+    drifts in machine speed hit them alike."""
+    samples: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for k, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            samples[k].append(time.perf_counter() - start)
+    return {f"{k}_ms": 1e3 * statistics.median(v) for k, v in samples.items()}
 
 
 def reference(f, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -209,13 +212,7 @@ def forward_benchmark(tols: list[float], repeats: int) -> list[dict]:
                         row["torchdiffeq_err"] = (y_theirs[-1].double() - y_ref).abs().max().item()
                         runs["torchdiffeq"] = (lambda f=f, y0=y0, t=t, kw=kw:
                                                torchdiffeq.odeint(f, y0, t, **kw))
-                    # Interleave the two so that drifts in machine speed hit both alike.
-                    samples = {k: [] for k in runs}
-                    for _ in range(repeats):
-                        for k, fn in runs.items():
-                            samples[k].append(_median_time(fn, 1))
-                    for k, v in samples.items():
-                        row[f"{k}_ms"] = 1e3 * statistics.median(v)
+                    row.update(_interleaved_ms(runs, repeats))
                 if torchdiffeq is not None:
                     row["nfe_ratio"] = row["cnflow_nfe"] / row["torchdiffeq_nfe"]
                     row["time_ratio"] = row["cnflow_ms"] / row["torchdiffeq_ms"]
@@ -255,12 +252,7 @@ def adjoint_benchmark(tols: list[float], repeats: int, batch: int) -> list[dict]
 
                 row["torchdiffeq_nfe_forward"], row["torchdiffeq_nfe_backward"] = theirs()
                 runs["torchdiffeq"] = theirs
-            samples = {k: [] for k in runs}
-            for _ in range(repeats):
-                for k, fn in runs.items():
-                    samples[k].append(_median_time(fn, 1))
-            for k, v in samples.items():
-                row[f"{k}_ms"] = 1e3 * statistics.median(v)
+            row.update(_interleaved_ms(runs, repeats))
             if torchdiffeq is not None:
                 row["time_ratio"] = row["cnflow_ms"] / row["torchdiffeq_ms"]
             rows.append(row)
