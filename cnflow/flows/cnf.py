@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from .. import divergence
 from ..nn import ConcatSquashMLP
 from ..ode import TABLEAUX, SolverStats, odeint, odeint_adjoint
+from ..ode.inputs import check_tolerances, resolve_method
 from ..ode.solve import DEFAULT_MAX_NUM_STEPS
 
 __all__ = ["CNF", "CNFRegularisers"]
@@ -166,15 +167,8 @@ class CNF(nn.Module):
                              f"{', '.join(divergence.EXACT_METHODS)}")
         if solver not in TABLEAUX:
             raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(TABLEAUX)}")
-        for name, value in (("rtol", rtol), ("atol", atol)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if step_size is not None:
-            if TABLEAUX[solver].adaptive:
-                raise ValueError(f"step_size applies to fixed-step solvers only; {solver!r} "
-                                 "chooses its steps from rtol and atol")
-            if not isinstance(step_size, (int, float)) or not step_size > 0:
-                raise ValueError(f"step_size must be a positive number, got {step_size!r}")
+        resolve_method(solver, step_size)  # the solver's own checks of step_size
+        check_tolerances(rtol, atol)
         if not _is_positive_int(max_num_steps):
             raise ValueError(f"max_num_steps must be a positive integer, got {max_num_steps!r}")
         if not isinstance(T, (int, float)) or not math.isfinite(T) or T <= 0:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .control import error_ratio, initial_step_size, next_step_size
+from .control import DFACTOR, error_ratio, initial_step_size, next_step_size
 from .errors import MaxStepsExceededError, NonFiniteStateError, StepSizeUnderflowError
 from .inputs import FlatFn, FlatProblem, State, prepare
 from .stats import SolverStats
@@ -135,7 +135,7 @@ def _integrate_adaptive(fn: Callable, y0: torch.Tensor, times: list[float],
         if not math.isfinite(ratio):
             stats.n_rejected += 1
             last_was_nonfinite = True
-            h = h_try * 0.2
+            h = h_try * DFACTOR
             continue
         last_was_nonfinite = False
         if ratio <= 1.0:
