@@ -18,3 +18,13 @@ def test_bench_quality_quick(tmp_path):
     # KL = NLL − H(p) ≥ 0 up to Monte Carlo error: no model beats the true density.
     assert all(r["kl"] > -0.05 for r in rows)
     assert (tmp_path / "bench_quality_quick_checkerboard.png").stat().st_size > 0
+
+
+def test_fit_toy_script_reports_kl(tmp_path):
+    script = SCRIPT.parent / "fit_toy.py"
+    res = subprocess.run([sys.executable, str(script), "8gaussians", "--max-iter", "2",
+                          "--n-train", "300", "--set", "hidden=(8,)", "--set", "lr=0.01"],
+                         check=True, capture_output=True, text=True, timeout=300)
+    out = json.loads(res.stdout)
+    assert out["iterations"] == 2 and out["params"] == {"hidden": [8], "lr": 0.01}
+    assert out["kl"] > -0.05
