@@ -204,11 +204,6 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         est.flow_ = flow
         return est
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = False
-        return tags
-
 
 class CNFDensity(_FlowDensity):
     """Density estimation with a continuous normalizing flow, trained by maximum likelihood.
