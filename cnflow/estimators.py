@@ -79,7 +79,10 @@ class _FlowDensity(DensityMixin, BaseEstimator):
     @contextlib.contextmanager
     def _seeded(self, seed: int):
         """Torch's global RNG forked and seeded inside; the caller's RNG state is untouched."""
-        devices = [self.device_.index or 0] if self.device_.type == "cuda" else []
+        devices = []
+        if self.device_.type == "cuda":
+            index = self.device_.index
+            devices = [torch.cuda.current_device() if index is None else index]
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             yield
@@ -96,6 +99,9 @@ class _FlowDensity(DensityMixin, BaseEstimator):
             self
         """
         self._check_params()
+        # A refit that fails must not leave the old flow with the new data's scaling.
+        for name in ("flow_", "history_", "n_iter_", "mean_", "scale_", "device_"):
+            self.__dict__.pop(name, None)
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
@@ -165,8 +171,8 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         ``weights_only=True`` (tensors and plain Python values only; no code runs on load)."""
         check_is_fitted(self, "flow_")
         params = self.get_params(deep=False)
-        if not (params["random_state"] is None or isinstance(params["random_state"], int)):
-            params["random_state"] = None
+        seed = params["random_state"]
+        params["random_state"] = int(seed) if isinstance(seed, numbers.Integral) else None
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
         torch.save({
             "format": _FORMAT,

@@ -99,6 +99,7 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@torch.no_grad()
 def _evaluate(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, batch_size: int) -> float:
     total = 0.0
     for start in range(0, len(X), batch_size):
@@ -166,8 +167,9 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
                     raise TrainingFault(f"the training loss became {loss_value.item()} at "
                                         f"iteration {iteration}")
                 loss.backward()
-                grads = [p.grad.sum() for p in model.parameters() if p.grad is not None]
-                if grads and not torch.isfinite(torch.stack(grads).sum()):  # one host sync
+                finite = [torch.isfinite(p.grad).all() for p in model.parameters()
+                          if p.grad is not None]
+                if finite and not torch.stack(finite).all():  # one host sync
                     raise TrainingFault(f"non-finite gradients at iteration {iteration}")
                 optimizer.step()
                 if scheduler is not None:
@@ -191,7 +193,19 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
             result.n_iter = iteration
             if X_val is not None and (iteration % config.validation_interval == 0
                                       or iteration == config.max_iter):
-                val = _evaluate(model, X_val, val_loss_fn, max(batch_size, 1024))
+                try:
+                    val = _evaluate(model, X_val, val_loss_fn, max(batch_size, 1024))
+                except ODESolveError as err:
+                    val, why = math.nan, f"the validation solve failed: {err}"
+                else:
+                    why = f"the validation loss became {val}"
+                if not math.isfinite(val):
+                    warnings.warn(f"{why} at iteration {iteration}; stopping and keeping the "
+                                  "best parameters so far", RuntimeWarning, stacklevel=2)
+                    result.stop_reason = "fault"
+                    if best_state is None:  # nothing validated yet: undo this step
+                        model.load_state_dict(last_good)
+                    break
                 entry["val_loss"] = val
                 if val < best_val - config.tol:
                     best_val, best_state, evals_no_change = val, _snapshot(model), 0

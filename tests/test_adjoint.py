@@ -159,3 +159,24 @@ def test_frozen_and_unused_parameters():
     assert f.net[0].bias.grad is None
     assert torch.equal(unused.grad, torch.zeros(3, dtype=F64))
     assert f.net[0].weight.grad.abs().sum() > 0
+
+
+def test_repeated_parameters_count_once():
+    """Tied or repeated tensors in adjoint_params get their gradient once, as backprop does."""
+    w = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    y0 = torch.ones(2, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    (g_bp,) = torch.autograd.grad(odeint(lambda t, y: -w * y, y0, t)[-1].sum(), w)
+    ys = odeint_adjoint(lambda t, y: -w * y, y0, t, adjoint_params=(w, w))
+    (g_adj,) = torch.autograd.grad(ys[-1].sum(), w)
+    assert g_adj.item() == pytest.approx(g_bp.item(), rel=1e-4)
+
+
+def test_double_backward_raises_instead_of_returning_zeros():
+    w = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    y0 = torch.ones(2, dtype=F64, requires_grad=True)
+    ys = odeint_adjoint(lambda t, y: -w * y**2, y0, torch.tensor([0.0, 1.0], dtype=F64),
+                        adjoint_params=(w,))
+    (g,) = torch.autograd.grad(ys[-1].sum(), y0, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()

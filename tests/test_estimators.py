@@ -124,3 +124,13 @@ def test_pipeline_and_grid_search():
     assert pipe.fit(X).score_samples(X[:4]).shape == (4,)
     search = GridSearchCV(fast(max_iter=3), {"hidden": [(4,), (8,)]}, cv=2).fit(X)
     assert search.best_params_["hidden"] in [(4,), (8,)]
+
+
+def test_failed_refit_leaves_no_stale_model():
+    X = make_toy("8gaussians", 100, random_state=0)
+    est = fast().fit(X)
+    est.set_params(validation_fraction=0.01)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        est.fit(X[:20] * 10 + 100)
+    with pytest.raises(NotFittedError):  # never the old flow with the new data's scaling
+        est.score_samples(X[:3])

@@ -139,3 +139,20 @@ def test_adjoint_needs_to_know_its_parameters():
         odeint_adjoint(decay, torch.ones(2), T01, adjoint_params=(), adjoint_method="nope")
     with pytest.raises(ValueError, match="adjoint_rtol|rtol"):
         odeint_adjoint(decay, torch.ones(2), T01, adjoint_params=(), adjoint_rtol=-1.0)
+
+
+def test_pure_relative_tolerance_with_zero_components():
+    """atol = 0 and a component at exactly 0: 0/0 is no error, not a NaN step size."""
+    stats = SolverStats()
+    y = odeint(lambda t, y: torch.ones_like(y), torch.zeros(1, dtype=F64), T01, rtol=1e-6,
+               atol=0.0, stats=stats)
+    assert y[-1].item() == pytest.approx(1.0, rel=1e-12) and stats.n_steps < 20
+    y = odeint(lambda t, y: -y * torch.tensor([1.0, 0.0], dtype=F64),
+               torch.tensor([1.0, 0.0], dtype=F64), T01, rtol=1e-8, atol=0.0)
+    assert y[-1, 0].item() == pytest.approx(0.36787944117144233, rel=1e-7)
+    assert y[-1, 1].item() == 0.0
+
+
+def test_empty_state_is_rejected():
+    with pytest.raises(ValueError, match="empty"):
+        odeint(decay, torch.zeros(0), T01)

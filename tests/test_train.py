@@ -109,3 +109,21 @@ def test_keyboard_interrupt_leaves_usable_model():
     assert result.stop_reason == "interrupted" and result.n_iter == 19
     assert any("interrupted" in str(w.message) for w in caught)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_failed_validation_solve_warns_and_keeps_best():
+    X = data()
+    model = Gaussian(2)
+    calls = {"n": 0}
+
+    def val_loss(m, x):
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            raise ODESolveError("step size underflow at t=0.3", t=0.3)
+        return nll(m, x)
+
+    with pytest.warns(RuntimeWarning, match="validation solve failed"):
+        result = train(model, X[:1500], nll, TrainConfig(max_iter=100, lr=0.05,
+                       validation_interval=10), X_val=X[1500:], val_loss_fn=val_loss)
+    assert result.stop_reason == "fault" and result.n_iter == 30
+    assert nll(model, X[1500:]).item() == pytest.approx(result.best_val_loss)

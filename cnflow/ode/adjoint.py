@@ -89,6 +89,7 @@ class _AdjointSolve(torch.autograd.Function):
         return ys
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # double backward raises instead of lying
     def backward(ctx, grad_ys: torch.Tensor):
         settings: _Settings = ctx.settings
         ys, *params = ctx.saved_tensors
@@ -181,7 +182,8 @@ def odeint_adjoint(
     for p in adjoint_params:
         if not isinstance(p, torch.Tensor):
             raise ValueError(f"adjoint_params must be tensors, got {type(p).__name__}")
-    params = tuple(p for p in adjoint_params if p.requires_grad)
+    # Each tensor once (tied weights, repeated entries), else its gradient would be counted twice.
+    params = tuple({id(p): p for p in adjoint_params if p.requires_grad}.values())
     problem, tableau = prepare(f, y0, t, method=method, rtol=rtol, atol=atol,
                                step_size=step_size, max_num_steps=max_num_steps)
     adjoint_tableau = resolve_method(method if adjoint_method is None else adjoint_method,

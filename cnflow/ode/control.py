@@ -13,6 +13,7 @@ step is never shrunk.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -30,6 +31,15 @@ def _segment_norm(x: torch.Tensor, segments: Sequence[int]) -> torch.Tensor:
         return x.square().mean().sqrt()
     parts = torch.split(x, list(segments))
     return torch.stack([p.square().mean() for p in parts if p.numel() > 0]).max().sqrt()
+
+
+def _scaled(x: torch.Tensor, scale: torch.Tensor, atol: float) -> torch.Tensor:
+    """x / scale, with 0/0 read as 0 and x/0 as inf (only possible when atol = 0: a component
+    at exactly zero under a pure relative tolerance)."""
+    out = x / scale
+    if atol == 0:
+        out = torch.where(scale > 0, out, torch.where(x == 0, 0.0, torch.inf))
+    return out
 
 
 def error_ratio(
@@ -56,7 +66,7 @@ def error_ratio(
         y0, y1 = y0[:n], y1[:n]
     with torch.no_grad():
         scale = torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
-        return _segment_norm(error / scale, segments)
+        return _segment_norm(_scaled(error, scale, atol), segments)
 
 
 @torch.no_grad()
@@ -78,12 +88,15 @@ def initial_step_size(
     """
     n = sum(segments)
     scale = y0[:n].abs().mul(rtol).add_(atol)
-    d0 = float(_segment_norm(y0[:n] / scale, segments))
-    d1 = float(_segment_norm(f0[:n] / scale, segments))
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    d0 = float(_segment_norm(_scaled(y0[:n], scale, atol), segments))
+    d1 = float(_segment_norm(_scaled(f0[:n], scale, atol), segments))
+    finite = math.isfinite(d0) and math.isfinite(d1)
+    h0 = 1e-6 if not finite or d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     y1 = torch.add(y0, f0, alpha=direction * h0)
     f1 = fn(t0 + direction * h0, y1)
-    d2 = float(_segment_norm((f1[:n] - f0[:n]) / scale, segments)) / h0
+    d2 = float(_segment_norm(_scaled(f1[:n] - f0[:n], scale, atol), segments)) / h0
+    if not (math.isfinite(d1) and math.isfinite(d2)):
+        return h0
     if max(d1, d2) <= 1e-15:
         h1 = max(1e-6, h0 * 1e-3)
     else:
@@ -95,7 +108,7 @@ def next_step_size(h: float, ratio: float, order: int) -> float:
     """The step to try next after a step of size ``h`` whose error ratio was ``ratio``."""
     if ratio == 0.0:
         return h * IFACTOR
-    dfactor = 1.0 if ratio < 1.0 else DFACTOR
+    dfactor = 1.0 if ratio <= 1.0 else DFACTOR  # after an accepted step, never a smaller one
     factor = min(IFACTOR, max(SAFETY / ratio ** (1.0 / order), dfactor))
     return h * factor
 

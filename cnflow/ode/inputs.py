@@ -111,6 +111,8 @@ def _check_state(y0: State) -> tuple[list[torch.Tensor], bool]:
             "the tensors of a tuple state must share dtype and device, got "
             f"{sorted(map(str, dtypes))} on {sorted(map(str, devices))}"
         )
+    if sum(p.numel() for p in parts) == 0:
+        raise ValueError("y0 is empty (no elements to integrate)")
     if not all(bool(torch.isfinite(p).all()) for p in parts):
         raise ValueError("y0 contains NaN or infinite values")
     return parts, is_tuple

@@ -115,7 +115,7 @@ def _integrate_adaptive(fn: Callable, y0: torch.Tensor, times: list[float],
             h_try, t_new = remaining, t_end
         else:
             h_try, t_new = h, t + direction * h
-        if h_try <= 16 * math.ulp(max(abs(t), abs(t_new))):
+        if not h_try > 16 * math.ulp(max(abs(t), abs(t_new))):  # NaN-safe
             cls = NonFiniteStateError if last_was_nonfinite else StepSizeUnderflowError
             why = ("the state became NaN or infinite and smaller steps did not help"
                    if last_was_nonfinite else "the step size underflowed")
@@ -192,7 +192,7 @@ def solve_with_time_gradient(problem: FlatProblem,
     if not (t.requires_grad and torch.is_grad_enabled()) or len(problem.times) == 1:
         return solve(problem.y0)
     dtype = problem.y0.dtype
-    shift = (t - t.detach()).to(dtype)
+    shift = (t - t.detach()).to(device=problem.y0.device, dtype=dtype)
     with torch.no_grad():
         f0 = problem.fn(problem.times[0], problem.y0)
     stats.nfe += 1
