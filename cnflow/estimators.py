@@ -182,6 +182,8 @@ class _FlowDensity(DensityMixin, BaseEstimator):
             "mean": torch.from_numpy(self.mean_),
             "scale": torch.from_numpy(self.scale_),
             "n_features_in": int(self.n_features_in_),
+            "feature_names_in": ([str(n) for n in self.feature_names_in_]
+                                 if hasattr(self, "feature_names_in_") else None),
             "n_iter": int(self.n_iter_),
             "history": self.history_,
         }, path)
@@ -202,6 +204,8 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         est.mean_ = data["mean"].numpy()
         est.scale_ = data["scale"].numpy()
         est.n_features_in_ = data["n_features_in"]
+        if data.get("feature_names_in") is not None:
+            est.feature_names_in_ = np.asarray(data["feature_names_in"], dtype=object)
         est.n_iter_ = data["n_iter"]
         est.history_ = data["history"]
         # Cast before loading so that float64 weights are never rounded through float32.

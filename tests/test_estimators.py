@@ -134,3 +134,15 @@ def test_failed_refit_leaves_no_stale_model():
         est.fit(X[:20] * 10 + 100)
     with pytest.raises(NotFittedError):  # never the old flow with the new data's scaling
         est.score_samples(X[:3])
+
+
+def test_save_load_keeps_feature_names(tmp_path):
+    """Names recorded by a DataFrame fit survive save/load (set by hand: no pandas here)."""
+    est = fast().fit(make_toy("moons", 200, random_state=0))
+    est.feature_names_in_ = np.asarray(["a", "b"], dtype=object)
+    est.save(tmp_path / "m.pt")
+    loaded = CNFDensity.load(tmp_path / "m.pt")
+    assert list(loaded.feature_names_in_) == ["a", "b"]
+    plain = fast().fit(make_toy("moons", 200, random_state=0))
+    plain.save(tmp_path / "p.pt")
+    assert not hasattr(CNFDensity.load(tmp_path / "p.pt"), "feature_names_in_")
