@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from .flows.cnf import CNF
-from .train import TrainConfig, TrainingFault, resolve_device, train
+from .train import LR_SCHEDULES, TrainConfig, TrainingFault, resolve_device, train
 
 __all__ = ["CNFDensity"]
 
@@ -62,8 +62,8 @@ class _FlowDensity(DensityMixin, BaseEstimator):
                 or self.n_iter_no_change < 1):
             raise ValueError("n_iter_no_change must be None or a positive integer, got "
                              f"{self.n_iter_no_change!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError("lr_schedule must be 'constant' or 'cosine', got "
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
                              f"{self.lr_schedule!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
@@ -299,11 +299,9 @@ class CNFDensity(_FlowDensity):
 
     def _log_prob(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         """Scoring and validation use the exact trace, so they are deterministic."""
-        if flow.trace == "exact":
-            return flow.log_prob(u)
-        flow.trace = "exact"
+        saved, flow.trace = flow.trace, "exact"
         try:
             return flow.log_prob(u)
         finally:
-            flow.trace = self.trace
+            flow.trace = saved
 

@@ -30,9 +30,12 @@ from torch import nn
 
 from .ode import ODESolveError
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingFault", "train", "resolve_device"]
+__all__ = ["LR_SCHEDULES", "TrainConfig", "TrainResult", "TrainingFault", "train", "resolve_device"]
 
 LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+#: The learning-rate schedules :class:`TrainConfig` knows.
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class TrainingFault(RuntimeError):
@@ -133,8 +136,9 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
     batch_size = min(config.batch_size, n)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
-    if config.lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; valid: constant, cosine")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; valid: "
+                         f"{', '.join(LR_SCHEDULES)}")
     if config.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, config.max_iter)

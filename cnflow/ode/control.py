@@ -95,7 +95,7 @@ def initial_step_size(
     y1 = torch.add(y0, f0, alpha=direction * h0)
     f1 = fn(t0 + direction * h0, y1)
     d2 = float(_segment_norm(_scaled(f1[:n] - f0[:n], scale, atol), segments)) / h0
-    if not (math.isfinite(d1) and math.isfinite(d2)):
+    if not (finite and math.isfinite(d2)):
         return h0
     if max(d1, d2) <= 1e-15:
         h1 = max(1e-6, h0 * 1e-3)
