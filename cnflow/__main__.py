@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import TOY_DATASETS, make_toy
+from .estimators import OBJECTIVES, CNFDensity
 
 
 class CLIError(Exception):
@@ -43,25 +44,25 @@ def load_rows(source: str, n_samples: int, seed: int) -> np.ndarray:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .estimators import CNFDensity
     from .plotting import plot_fit, plot_training_curves
 
     X = load_rows(args.data, args.n_samples, args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    given = {"max_iter": args.max_iter, "batch_size": args.batch_size, "lr": args.lr,
-             "rtol": args.tol, "atol": args.tol,
+    given = {"objective": args.objective, "max_iter": args.max_iter,
+             "batch_size": args.batch_size, "lr": args.lr, "rtol": args.tol, "atol": args.tol,
              "hidden": None if args.hidden is None else tuple(args.hidden)}
     est = CNFDensity(device=args.device, random_state=args.seed, verbose=not args.quiet,
                      **{k: v for k, v in given.items() if v is not None})
     print(f"training CNFDensity on {args.data}: {X.shape[0]} rows × {X.shape[1]} features, "
-          f"{est.max_iter} iterations on {args.device}")
+          f"{est._train_settings()['max_iter']} iterations of {est.objective} on {args.device}")
     start = time.perf_counter()
     est.fit(X)
     seconds = time.perf_counter() - start
     est.save(out / "model.pt")
-    summary = {"data": args.data, "n_rows": int(X.shape[0]), "iterations": est.n_iter_,
-               "seconds": seconds, "train_mean_log_likelihood": est.score(X[:20000])}
+    summary = {"data": args.data, "objective": est.objective, "n_rows": int(X.shape[0]),
+               "iterations": est.n_iter_, "seconds": seconds,
+               "train_mean_log_likelihood": est.score(X[:20000])}
     if args.data in TOY_DATASETS:
         X_test = make_toy(args.data, 20000, random_state=args.seed + 1)
         summary["test_nll"] = -est.score(X_test)
@@ -87,9 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: checkerboard)")
     p.add_argument("--out", default="out", help="output folder (default: out)")
     p.add_argument("--n-samples", type=int, default=50000, help="rows drawn from a toy density")
-    p.add_argument("--max-iter", type=int, help="training iterations (estimator default: 1000)")
+    p.add_argument("--objective", choices=OBJECTIVES,
+                   help="training objective (default: flow_matching)")
+    p.add_argument("--max-iter", type=int,
+                   help="training iterations (default: 60000 with flow matching, 1000 with "
+                        "maximum likelihood)")
     p.add_argument("--batch-size", type=int, help="rows per iteration (default: 512)")
-    p.add_argument("--lr", type=float, help="Adam's learning rate (default: 5e-3)")
+    p.add_argument("--lr", type=float,
+                   help="Adam's learning rate (default: 1e-2 with flow matching, 5e-3 with "
+                        "maximum likelihood)")
     p.add_argument("--hidden", type=int, nargs="+", help="hidden widths (default: 64 64 64)")
     p.add_argument("--tol", type=float, help="rtol = atol of the ODE solver (default: 1e-5)")
     p.add_argument("--device", default="auto")

@@ -25,7 +25,7 @@ def fast(**kw):
     return CNFDensity(**params)
 
 
-@parametrize_with_checks([fast()])
+@parametrize_with_checks([fast(), fast(objective="maximum_likelihood")])
 def test_sklearn_conformance(estimator, check):
     check(estimator)
 

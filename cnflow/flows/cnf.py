@@ -300,6 +300,54 @@ class CNF(nn.Module):
         y, logdet, _ = self._flow(x, reverse=reverse, regularise=False)
         return y, logdet
 
+    def flow_matching_loss(self, x: Tensor, *,
+                           generator: torch.Generator | None = None) -> Tensor:
+        r"""The conditional flow-matching loss of a minibatch: training without any ODE solve.
+
+        Each row x is paired with a base draw :math:`z \sim \mathcal{N}(0, I)` and a time
+        :math:`t \sim U(0, T)`; on the straight path :math:`x_t = (1 - t/T)\,x + (t/T)\,z`
+        from the data (t = 0) to the base (t = T), the velocity is :math:`(z - x)/T`, and the
+        network is regressed on it:
+
+        .. math:: \mathcal{L}(\theta) = \mathbb{E}_{x, z, t}\,
+            \big\| f_\theta(x_t, t) - (z - x)/T \big\|^2 .
+
+        Its minimiser is the marginal velocity field whose flow carries the data distribution
+        to :math:`\mathcal{N}(0, I)` (the conditional optimal-transport path with
+        :math:`\sigma_{\min} = 0` of Lipman et al. 2023, with independent pairs as in Tong et
+        al. 2023's I-CFM, also known as rectified flow), so :meth:`log_prob` and :meth:`sample`
+        of the trained flow are the usual ODE solves, with exact likelihoods. One evaluation
+        of the network a step, against the tens a maximum-likelihood step solves through.
+
+        Arguments:
+            x: data, shape (n, dim), of the flow's dtype.
+            generator: the source of z and t (default: torch's global generator).
+
+        Returns:
+            The mean squared velocity error, a 0-d tensor (differentiable in the network's
+            parameters; T is held fixed, since this loss carries no information about it).
+
+        Note:
+            ``net`` is called with one time per row, a tensor of shape (n, 1); the built-in
+            network accepts it. ``stats_forward`` is set to one evaluation, ``stats_backward``
+            to none.
+
+        References:
+            Lipman, Chen, Ben-Hamu, Nickel & Le (2023), "Flow matching for generative
+            modeling". Tong, Fatras, Malkin, Huguet, Zhang, Rector-Brooks, Wolf & Bengio
+            (2024), "Improving and generalizing flow-based generative models with minibatch
+            optimal transport".
+        """
+        x = self._check_data(x, "x")
+        n = x.shape[0]
+        T = self.T.detach().to(x.dtype)
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        s = torch.rand((n, 1), generator=generator, dtype=x.dtype, device=x.device)
+        x_s = x + s * (z - x)
+        velocity = self.net(s * T, x_s)
+        self.stats_forward, self.stats_backward = SolverStats(nfe=1), SolverStats()
+        return (velocity - (z - x) / T).square().sum(-1).mean()
+
     def base_log_prob(self, z: Tensor) -> Tensor:
         r"""The base log-density :math:`\log \mathcal{N}(z; 0, I)` of each row, shape (n,)."""
         return -0.5 * z.square().sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
