@@ -66,7 +66,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.data in TOY_DATASETS:
         X_test = make_toy(args.data, 20000, random_state=args.seed + 1)
         summary["test_nll"] = -est.score(X_test)
-    plot_training_curves(est.history_, out / "training.png")
+    plot_training_curves(est.history_, out / "training.png",
+                         loss_label=("flow-matching loss" if est.objective == "flow_matching"
+                                     else "negative log-likelihood + penalties"))
     if X.shape[1] == 2:
         samples = est.sample(20000, random_state=args.seed)
         plot_fit(X, samples, est.score_samples, out / "fit.png",

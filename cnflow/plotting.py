@@ -76,25 +76,43 @@ def plot_fit(X: np.ndarray, samples: np.ndarray,
     return path
 
 
-def plot_training_curves(history: Sequence[dict], path: str | Path) -> Path:
-    """Loss and forward/backward NFE per iteration; writes a PNG."""
-    it = [h["iteration"] for h in history]
-    fig = _new_figure(10, 3.8)
-    ax_loss, ax_nfe = fig.subplots(1, 2)
-    ax_loss.plot(it, [h["loss"] for h in history], lw=0.8, label="train")
+def plot_training_curves(history: Sequence[dict], path: str | Path,
+                         loss_label: str = "training loss") -> Path:
+    """Loss per iteration (raw and a running mean over 1% of the run) and, when training
+    solved the ODE, forward/backward NFE per iteration; writes a PNG.
+
+    Arguments:
+        history: an estimator's ``history_`` (dicts with iteration, loss, nfe_forward, ...).
+        path: the PNG to write.
+        loss_label: the loss axis' label, e.g. "negative log-likelihood".
+    """
+    it = np.array([h["iteration"] for h in history])
+    loss = np.array([h["loss"] for h in history], dtype=float)
+    solved = any((h.get("nfe_forward") or 0) > 1 for h in history)
+    fig = _new_figure(10 if solved else 5.5, 3.8)
+    axes = np.atleast_1d(fig.subplots(1, 2 if solved else 1))
+    ax_loss = axes[0]
+    ax_loss.plot(it, loss, lw=0.6, alpha=0.4, label="train")
+    window = max(1, len(loss) // 100)
+    if window > 1:
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax_loss.plot(it[window - 1:], smooth, lw=1.5, color="C0",
+                     label=f"train, mean of {window}")
     val = [(h["iteration"], h["val_loss"]) for h in history if "val_loss" in h]
     if val:
-        ax_loss.plot(*zip(*val), "o-", ms=3, label="validation")
+        ax_loss.plot(*zip(*val), "o-", ms=3, color="C1", label="validation")
     ax_loss.set_xlabel("iteration")
-    ax_loss.set_ylabel("loss (NLL)")
+    ax_loss.set_ylabel(loss_label)
     ax_loss.legend()
-    for key, label in (("nfe_forward", "forward"), ("nfe_backward", "backward")):
-        values = [h.get(key) for h in history]
-        if any(v is not None for v in values):
-            ax_nfe.plot(it, values, lw=0.8, label=label)
-    ax_nfe.set_xlabel("iteration")
-    ax_nfe.set_ylabel("function evaluations")
-    ax_nfe.legend()
+    if solved:
+        ax_nfe = axes[1]
+        for key, label in (("nfe_forward", "forward"), ("nfe_backward", "backward")):
+            values = [h.get(key) for h in history]
+            if any(v is not None for v in values):
+                ax_nfe.plot(it, values, lw=0.8, label=label)
+        ax_nfe.set_xlabel("iteration")
+        ax_nfe.set_ylabel("function evaluations")
+        ax_nfe.legend()
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
