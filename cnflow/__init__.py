@@ -3,8 +3,8 @@
 The public names, re-exported; nothing is defined here.
 """
 
-from .estimators import CNFDensity
-from .flows import CNF, CNFRegularisers
+from .estimators import CNFDensity, PlanarFlowDensity
+from .flows import CNF, CNFRegularisers, DenseFlow, PlanarFlow
 from .ode import (
     MaxStepsExceededError,
     NonFiniteStateError,
@@ -18,7 +18,7 @@ from .ode import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "CNF", "CNFRegularisers", "CNFDensity",
+    "CNF", "CNFRegularisers", "CNFDensity", "PlanarFlow", "DenseFlow", "PlanarFlowDensity",
     "odeint", "odeint_adjoint", "SolverStats", "ODESolveError", "StepSizeUnderflowError",
     "MaxStepsExceededError", "NonFiniteStateError",
 ]

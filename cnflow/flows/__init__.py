@@ -1,5 +1,8 @@
-"""Flows: torch modules with ``log_prob(x)`` and ``sample(n)``."""
+"""Flows: torch modules with ``log_prob(x)``, ``sample(n)`` and ``sample_with_log_prob(n)``."""
 
 from .cnf import CNF, CNFRegularisers
+from .dense import DenseFlow
+from .discrete import CLOSED_FORMS, DiscreteFlow
+from .planar import PlanarFlow
 
-__all__ = ["CNF", "CNFRegularisers"]
+__all__ = ["CNF", "CNFRegularisers", "DenseFlow", "DiscreteFlow", "PlanarFlow", "CLOSED_FORMS"]

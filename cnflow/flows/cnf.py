@@ -280,6 +280,28 @@ class CNF(nn.Module):
 
         return self._solve(f, z, self._times(reverse=True, like=z))
 
+    def sample_with_log_prob(self, n: int) -> tuple[Tensor, Tensor]:
+        r"""n draws x and their log-densities, from one reverse solve with the trace.
+
+        Base draws z ~ N(0, I) at t = T are integrated back to x at t = 0 together with
+        :math:`\Delta = \log|\det \partial x/\partial z| = -\int_0^T \operatorname{tr}
+        (\partial f/\partial z)\,\mathrm{d}t`, so :math:`\log q(x) = \log \mathcal{N}(z)
+        - \Delta`. Both are differentiable in the parameters (reparametrised): the pair that
+        density matching, :math:`\mathbb{E}_q[\log q - \log \tilde p]`, needs.
+
+        Arguments:
+            n: the number of draws.
+
+        Returns:
+            ``(x, log_q)`` of shapes (n, dim) and (n,).
+        """
+        if not _is_positive_int(n):
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        ref = self._reference()
+        z = torch.randn(n, self.dim, dtype=ref.dtype, device=ref.device)
+        x, logdet, _ = self._flow(z, reverse=True, regularise=False)
+        return x, self.base_log_prob(z) - logdet
+
     def transform(self, x: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor]:
         r"""The flow's map and its log-determinant, either way.
 

@@ -1,0 +1,109 @@
+r"""The plumbing shared by discrete flows: a stack of invertible layers and a Gaussian base.
+
+A discrete flow is a composition :math:`g = g_K \circ \dots \circ g_1` of invertible layers,
+each with a tractable log-determinant. Which way the layers run in closed form is a choice
+with consequences: a layer's closed-form direction is cheap and differentiable, the other
+direction needs an inverse (a root solve for a planar layer, a linear solve for a dense one).
+
+- ``closed_form="log_prob"``: the layers map data to the base,
+  :math:`\log q(x) = \log \mathcal{N}(g(x); 0, I) + \sum_k \log|\det \partial g_k|`, all in
+  closed form: the direction maximum likelihood on samples needs.
+- ``closed_form="sample"``: the layers map base draws to data (as in Rezende & Mohamed 2015);
+  drawing x and its :math:`\log q(x)` together is closed form: the direction density matching
+  (reverse KL, :math:`\mathbb{E}_q[\log q - \log \tilde p]`) needs.
+
+Either way :meth:`DiscreteFlow.log_prob`, :meth:`DiscreteFlow.sample` and
+:meth:`DiscreteFlow.sample_with_log_prob` all work; one of them runs the inverses.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["DiscreteFlow", "CLOSED_FORMS"]
+
+#: Which direction a discrete flow's layers compute in closed form.
+CLOSED_FORMS = ("log_prob", "sample")
+
+
+class DiscreteFlow(nn.Module):
+    """Base class: subclasses set ``self.dim``, ``self.closed_form`` and implement
+    :meth:`forward_layers` (the closed-form direction) and :meth:`inverse_layers`."""
+
+    dim: int
+    closed_form: str
+
+    def _init_common(self, dim: int, closed_form: str) -> None:
+        if not (isinstance(dim, int) and dim >= 1):
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if closed_form not in CLOSED_FORMS:
+            raise ValueError(f"closed_form must be one of {', '.join(CLOSED_FORMS)}, got "
+                             f"{closed_form!r}")
+        self.dim = dim
+        self.closed_form = closed_form
+
+    # ------------------------------------------------------------ subclass interface
+    def forward_layers(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The layers in closed form, g_K ∘ … ∘ g_1; returns (image, log|det| per row)."""
+        raise NotImplementedError
+
+    def inverse_layers(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The inverse, g_1⁻¹ ∘ … ∘ g_K⁻¹; returns (preimage, log|det| of the inverse)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ density model
+    def _reference(self) -> Tensor:
+        return next(self.parameters())
+
+    def base_log_prob(self, z: Tensor) -> Tensor:
+        r""":math:`\log \mathcal{N}(z; 0, I)` of each row, shape (n,)."""
+        return -0.5 * z.square().sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
+
+    def to_base(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Data to base: (z, log|det ∂z/∂x|) per row."""
+        x = self._check_data(x, "x")
+        return self.forward_layers(x) if self.closed_form == "log_prob" \
+            else self.inverse_layers(x)
+
+    def to_data(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Base to data: (x, log|det ∂x/∂z|) per row."""
+        z = self._check_data(z, "z")
+        return self.forward_layers(z) if self.closed_form == "sample" \
+            else self.inverse_layers(z)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        r""":math:`\log q(x) = \log \mathcal{N}(z; 0, I) + \log|\det \partial z/\partial x|`
+        with z the image of x in the base; shape (n,)."""
+        z, logdet = self.to_base(x)
+        return self.base_log_prob(z) + logdet
+
+    def sample(self, n: int) -> Tensor:
+        """n draws: base draws z ~ N(0, I) mapped to data; shape (n, dim)."""
+        return self.sample_with_log_prob(n)[0]
+
+    def sample_with_log_prob(self, n: int) -> tuple[Tensor, Tensor]:
+        r"""n draws x and their :math:`\log q(x) = \log \mathcal{N}(z) - \log|\det \partial x/
+        \partial z|`, both differentiable in the parameters (reparametrised)."""
+        if not (isinstance(n, int) and n >= 1):
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        ref = self._reference()
+        z = torch.randn(n, self.dim, dtype=ref.dtype, device=ref.device)
+        x, logdet = self.to_data(z)
+        return x, self.base_log_prob(z) - logdet
+
+    def _check_data(self, x: Tensor, name: str) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} must be a torch tensor, got {type(x).__name__}")
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"{name} must have shape (n, {self.dim}), got {tuple(x.shape)}")
+        ref = self._reference()
+        if x.dtype != ref.dtype:
+            raise ValueError(f"{name} has dtype {x.dtype} but the flow is {ref.dtype}")
+        if x.device != ref.device:
+            raise ValueError(f"{name} is on {x.device} but the flow is on {ref.device}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        return x

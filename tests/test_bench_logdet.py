@@ -1,0 +1,24 @@
+"""scripts/bench_logdet.py runs end to end in its quick mode and writes its JSON and PNG."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_logdet.py"
+
+
+def test_bench_logdet_quick(tmp_path):
+    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+                         check=True, capture_output=True, text=True, timeout=300)
+    assert "| D | slogdet |" in run.stdout
+    result = json.loads((tmp_path / "bench_logdet_quick.json").read_text())
+    dims = result["config"]["dims"]
+    methods = set(result["expected_slopes"])
+    assert {(r["D"], r["method"]) for r in result["rows"]} == {
+        (d, m) for d in dims for m in methods}
+    assert all(r["ms"] > 0 for r in result["rows"])
+    assert set(result["slopes"]) == methods
+    assert all(math.isfinite(s) for s in result["slopes"].values())
+    assert (tmp_path / "bench_logdet_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
