@@ -196,3 +196,22 @@ def test_planar_estimator_density_integrates_to_one_in_the_callers_units(tmp_pat
     again = PlanarFlowDensity.load(tmp_path / "planar.pt")
     np.testing.assert_array_equal(again.score_samples(X[:50]), est.score_samples(X[:50]))
     assert again.sample(5, random_state=1).shape == (5, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_planar_inverse_converges_where_newton_alone_cycles(dtype):
+    """A steep layer (|c| = 5, |wᵀy| up to 22): plain Newton ping-pongs across tanh's
+    inflection there; the safeguarded solve must still converge."""
+    flow = PlanarFlow(2, n_layers=1).to(dtype)
+    with torch.no_grad():
+        flow.w.copy_(torch.tensor([[4.8195, -0.6624]]))
+        flow.b.fill_(0.0525)
+        flow.u.copy_(flow.w * 0.2)  # wᵀu ≈ 4.7, c = softplus(4.7) − 1 + δ ≈ 3.7
+        flow.u.mul_(1.3)
+    xs = torch.linspace(-4, 4, 120, dtype=dtype)
+    grid = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        z, _ = flow.inverse_layers(grid)
+        back, _ = flow.forward_layers(z)
+    atol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(back, grid, rtol=0, atol=atol)

@@ -137,6 +137,7 @@ class PlanarFlow(DiscreteFlow):
         lo, hi = s - abs(c), s + abs(c)
         alpha = s - c * torch.tanh(s + b)
         bound = tol * (1 + s.abs() + abs(c))
+        previous = torch.full_like(s, torch.inf)  # |g| one iteration ago
         for _ in range(self.max_inverse_iter):
             t = torch.tanh(alpha + b)
             g = alpha + c * t - s
@@ -145,7 +146,11 @@ class PlanarFlow(DiscreteFlow):
             lo = torch.where(g < 0, alpha, lo)
             hi = torch.where(g > 0, alpha, hi)
             newton = alpha - g / (1 + c * (1 - t * t))
-            inside = (newton > lo) & (newton < hi)
-            alpha = torch.where(inside, newton, 0.5 * (lo + hi))
+            # Newton where it lands inside the bracket and is converging (|g| at least
+            # halved); otherwise bisect, so the bracket shrinks and Newton cannot cycle
+            # (it does, from either side of tanh's inflection, when |c| is large).
+            use_newton = (newton > lo) & (newton < hi) & (g.abs() <= 0.5 * previous)
+            alpha = torch.where(use_newton, newton, 0.5 * (lo + hi))
+            previous = g.abs()
         raise RuntimeError(f"planar inverse: the root solve did not converge in "
                            f"{self.max_inverse_iter} iterations (c = {c:.3g})")
