@@ -17,7 +17,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["density_grid", "plot_fit", "plot_training_curves"]
+__all__ = ["density_grid", "plot_density", "plot_fit", "plot_training_curves",
+           "plot_trajectories", "animate_trajectories"]
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -117,4 +118,131 @@ def plot_training_curves(history: Sequence[dict], path: str | Path,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
+    return path
+
+
+def _save(fig: Figure, path: str | Path, **kwargs) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, **kwargs)
+    return path
+
+
+def plot_density(log_density: Callable[[np.ndarray], np.ndarray], path: str | Path, *,
+                 xlim: Sequence[float], ylim: Sequence[float], resolution: int = 200,
+                 title: str = "") -> Path:
+    """A heat map of exp(log_density) on a regular grid over xlim × ylim; writes a PNG.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from cnflow.plotting import plot_density
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "gauss.png"
+        >>> plot_density(lambda p: -0.5 * (p ** 2).sum(1), out, xlim=(-3, 3), ylim=(-3, 3),
+        ...              resolution=30).exists()
+        True
+    """
+    xx, yy, dens = density_grid(log_density, xlim, ylim, resolution)
+    fig = _new_figure(4.5, 4.5)
+    ax = fig.subplots()
+    ax.pcolormesh(xx, yy, dens, cmap="magma", shading="auto")
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _check_trajectories(times, states) -> tuple[np.ndarray, np.ndarray]:
+    times = np.asarray(times.detach().cpu() if hasattr(times, "detach") else times, float)
+    states = np.asarray(states.detach().cpu() if hasattr(states, "detach") else states, float)
+    if states.ndim != 3 or states.shape[2] != 2:
+        raise ValueError(f"states must have shape (n_times, n_points, 2), got {states.shape}")
+    if times.ndim != 1 or len(times) != len(states):
+        raise ValueError(f"times must be 1-D with one entry per state, got {times.shape} for "
+                         f"{len(states)} states")
+    return times, states
+
+
+def _frame_limits(states: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
+    return _limits(states.reshape(-1, 2), pad=0.08)
+
+
+def _draw_frame(ax, points: np.ndarray, t: float, xlim, ylim) -> None:
+    ax.clear()
+    if len(points) > 2000:
+        bins = [np.linspace(*xlim, 100), np.linspace(*ylim, 100)]
+        ax.hist2d(points[:, 0], points[:, 1], bins=bins, cmap="magma")
+    else:
+        ax.scatter(points[:, 0], points[:, 1], s=2, c="k")
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"t = {t:.2f}", fontsize=9)
+
+
+def plot_trajectories(times, states, path: str | Path, *, title: str = "") -> Path:
+    """A strip of panels, one per time: where the particles are at each time; writes a PNG.
+
+    Arguments:
+        times: shape (n_times,), e.g. from :meth:`cnflow.CNF.trajectory`.
+        states: shape (n_times, n_points, 2) (numpy or torch).
+        path: the PNG to write.
+        title: a title over the strip.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> from cnflow.plotting import plot_trajectories
+        >>> states = np.random.default_rng(0).normal(size=(3, 100, 2)) * [[[1]], [[2]], [[3]]]
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "strip.png"
+        >>> plot_trajectories([1.0, 0.5, 0.0], states, out).exists()
+        True
+    """
+    times, states = _check_trajectories(times, states)
+    xlim, ylim = _frame_limits(states)
+    fig = _new_figure(2.0 * len(times), 2.4 if title else 2.1)
+    axes = np.atleast_1d(fig.subplots(1, len(times)))
+    for ax, t, points in zip(axes, times, states, strict=True):
+        _draw_frame(ax, points, t, xlim, ylim)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi=90)
+
+
+def animate_trajectories(times, states, path: str | Path, *, fps: int = 8,
+                         title: str = "", hold_frames: int = 8) -> Path:
+    """An animated GIF of the particles moving through the times (matplotlib's FuncAnimation
+    with the Pillow writer), pausing on the last frame for ``hold_frames`` frames.
+
+    Arguments:
+        times, states: as for :func:`plot_trajectories`.
+        path: the GIF to write (must end in .gif).
+        fps: frames per second.
+        title: a title over the frames.
+        hold_frames: repeats of the last frame, so the loop rests on the result.
+    """
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    if Path(path).suffix.lower() != ".gif":
+        raise ValueError(f"animate_trajectories writes a .gif, got {path}")
+    times, states = _check_trajectories(times, states)
+    xlim, ylim = _frame_limits(states)
+    fig = _new_figure(4.0, 4.2)
+    ax = fig.subplots()
+    order = list(range(len(times))) + [len(times) - 1] * hold_frames
+    if title:
+        fig.suptitle(title, fontsize=10)
+
+    def draw(i: int):
+        _draw_frame(ax, states[order[i]], times[order[i]], xlim, ylim)
+        return ()
+
+    animation = FuncAnimation(fig, draw, frames=len(order), blit=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    animation.save(path, writer=PillowWriter(fps=fps), dpi=70)
     return path

@@ -280,6 +280,43 @@ class CNF(nn.Module):
 
         return self._solve(f, z, self._times(reverse=True, like=z))
 
+    def trajectory(self, z: Tensor, n_times: int = 9) -> tuple[Tensor, Tensor]:
+        """The paths of base points z from t = T back to t = 0 (the sampling direction).
+
+        Only the state is integrated, with the flow's solver and tolerances; the solver's own
+        steps are adaptive, the states are read off at the requested times.
+
+        Arguments:
+            z: base points, shape (n, dim), of the flow's dtype and device.
+            n_times: how many evenly spaced times from T to 0, both included (at least 2).
+
+        Returns:
+            ``(times, states)``: times of shape (n_times,), decreasing from T to 0, and
+            states of shape (n_times, n, dim) with ``states[0] = z`` and ``states[-1]`` the
+            samples z maps to.
+
+        Example:
+            >>> import torch
+            >>> from cnflow import CNF
+            >>> times, states = CNF(2, hidden=(8,)).trajectory(torch.randn(5, 2), n_times=4)
+            >>> times.shape, states.shape
+            (torch.Size([4]), torch.Size([4, 5, 2]))
+        """
+        z = self._check_data(z, "z")
+        if not (_is_positive_int(n_times) and n_times >= 2):
+            raise ValueError(f"n_times must be an integer of at least 2, got {n_times!r}")
+        T = float(self.T)
+        times = torch.linspace(T, 0.0, n_times, dtype=z.dtype, device=z.device)
+
+        def f(t: Tensor, state: Tensor) -> Tensor:
+            return self.net(t, state)
+
+        self.stats_forward, self.stats_backward = SolverStats(), SolverStats()
+        states = odeint(f, z, times, method=self.solver, rtol=self.rtol, atol=self.atol,
+                        step_size=self.step_size, max_num_steps=self.max_num_steps,
+                        stats=self.stats_forward)
+        return times, states
+
     def sample_with_log_prob(self, n: int) -> tuple[Tensor, Tensor]:
         r"""n draws x and their log-densities, from one reverse solve with the trace.
 
