@@ -1,9 +1,16 @@
-"""Command line: ``python -m cnflow train [DATA] ...``.
+"""Command line: ``python -m cnflow {train,sample,score,plot} ...`` (also ``cnflow ...``).
 
-``train`` fits a :class:`cnflow.CNFDensity` to a built-in toy density (by name) or to a
-.npy/.csv file of rows, then writes the model (``model.pt``), a picture of data, samples and
-learned density (``fit.png``, 2-D data), training curves (``training.png``) and a summary
-(``summary.json``) to ``--out``. Errors are one line on stderr with exit code 2.
+- ``train [DATA]`` fits a :class:`cnflow.CNFDensity` to a built-in toy density (by name) or
+  to a .npy/.csv file of rows, then writes the model (``model.pt``), a picture of data,
+  samples and learned density (``fit.png``, 2-D data), training curves (``training.png``)
+  and a summary (``summary.json``) to ``--out``.
+- ``sample MODEL --n N --out FILE`` draws rows from a saved model into a .npy/.csv file.
+- ``score MODEL DATA [--out FILE]`` prints the mean log-likelihood of a file's rows and can
+  write each row's log-density.
+- ``plot MODEL [--data DATA] [--out FILE]`` draws samples and the learned density (2-D).
+
+Saved models of :class:`cnflow.CNFDensity` and :class:`cnflow.PlanarFlowDensity` are both
+read. Errors are one line on stderr with exit code 2.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import TOY_DATASETS, make_toy
-from .estimators import OBJECTIVES, CNFDensity
+from .estimators import OBJECTIVES, CNFDensity, PlanarFlowDensity
+
+_ESTIMATORS = {cls.__name__: cls for cls in (CNFDensity, PlanarFlowDensity)}
 
 
 class CLIError(Exception):
@@ -79,6 +88,87 @@ def cmd_train(args: argparse.Namespace) -> None:
           + (f", {out / 'fit.png'}" if X.shape[1] == 2 else ""))
 
 
+def load_model(path: str):
+    """A saved CNFDensity or PlanarFlowDensity, or a CLIError saying why not."""
+    import torch
+
+    file = Path(path)
+    if not file.is_file():
+        raise CLIError(f"no such model file: {path}")
+    try:
+        data = torch.load(file, map_location="cpu", weights_only=True)
+        cls = _ESTIMATORS[data["estimator"]]
+    except Exception as err:  # any unreadable or foreign file
+        raise CLIError(f"{path} is not a cnflow model file ({type(err).__name__})") from err
+    return cls.load(file)
+
+
+def check_output_suffix(path: str) -> Path:
+    file = Path(path)
+    if file.suffix not in (".npy", ".csv"):
+        raise CLIError(f"the output file must end in .npy or .csv, got {path!r}")
+    return file
+
+
+def write_rows(path: str, rows: np.ndarray) -> Path:
+    """Write an array to .npy or .csv, by the file's suffix."""
+    file = check_output_suffix(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    if file.suffix == ".npy":
+        np.save(file, rows)
+    else:
+        np.savetxt(file, rows.reshape(len(rows), -1), delimiter=",")
+    return file
+
+
+def check_width(X: np.ndarray, est, source: str) -> None:
+    if X.shape[1] != est.n_features_in_:
+        raise CLIError(f"{source} has {X.shape[1]} columns but the model was fitted on "
+                       f"{est.n_features_in_} features")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    if args.n < 1:
+        raise CLIError(f"--n must be a positive integer, got {args.n}")
+    check_output_suffix(args.out)  # fail before the (slow) sampling
+    est = load_model(args.model)
+    rows = est.sample(args.n, random_state=args.seed)
+    file = write_rows(args.out, rows)
+    print(f"wrote {args.n} samples × {rows.shape[1]} features to {file}")
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    if args.out:
+        check_output_suffix(args.out)
+    est = load_model(args.model)
+    X = load_rows(args.data, args.n_samples, args.seed)
+    check_width(X, est, args.data)
+    log_density = est.score_samples(X)
+    print(f"mean log-likelihood {log_density.mean():.6f} over {len(X)} rows of {args.data}")
+    if args.out:
+        print(f"wrote per-row log-densities to {write_rows(args.out, log_density)}")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from .plotting import plot_fit
+
+    est = load_model(args.model)
+    if est.n_features_in_ != 2:
+        raise CLIError(f"plot draws 2-D densities; the model has {est.n_features_in_} "
+                       "features")
+    samples = est.sample(args.n_samples, random_state=args.seed)
+    if args.data:
+        X = load_rows(args.data, args.n_samples, args.seed)
+        check_width(X, est, args.data)
+        title = f"{type(est).__name__}: {Path(args.model).name} against {args.data}"
+    else:
+        X = est.sample(args.n_samples, random_state=args.seed + 1)
+        title = f"{type(est).__name__}: {Path(args.model).name} (no data: model samples)"
+    out = Path(args.out) if args.out else Path(args.model).parent / "plot.png"
+    plot_fit(X, samples, est.score_samples, out, title=title)
+    print(f"wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cnflow",
                                      description="Continuous normalizing flows on PyTorch.")
@@ -105,6 +195,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="draw rows from a saved model into a .npy/.csv file",
+                       description="Draw rows from a saved model (model.pt).")
+    p.add_argument("model", help="a model file written by train (or .save)")
+    p.add_argument("--n", type=int, default=1000, help="number of rows (default: 1000)")
+    p.add_argument("--out", required=True, help="the .npy or .csv file to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("score", help="log-likelihood of a file's rows under a saved model",
+                       description="Print the mean log-likelihood of DATA's rows; with --out "
+                                   "write each row's log-density.")
+    p.add_argument("model", help="a model file written by train (or .save)")
+    p.add_argument("data", help="a .npy/.csv file of rows, or a toy name (fresh draws)")
+    p.add_argument("--out", help="a .npy or .csv file for the per-row log-densities")
+    p.add_argument("--n-samples", type=int, default=20000, help="rows drawn for a toy name")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("plot", help="picture of a saved 2-D model: samples and density",
+                       description="Draw data (or model samples), samples and the learned "
+                                   "density side by side.")
+    p.add_argument("model", help="a model file written by train (or .save)")
+    p.add_argument("--data", help="a .npy/.csv file or toy name to show beside the model")
+    p.add_argument("--out", help="the PNG to write (default: plot.png beside the model)")
+    p.add_argument("--n-samples", type=int, default=20000, help="samples to draw")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

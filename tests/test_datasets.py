@@ -43,3 +43,31 @@ def test_bad_arguments():
         make_toy("nope", 10)
     with pytest.raises(ValueError, match="n_samples"):
         make_toy("moons", 0)
+
+
+@pytest.mark.parametrize("name,radii,noise", [("rings", (0.75, 1.5, 2.25, 3.0), 0.08),
+                                              ("circles", (1.5, 3.0), 0.24)])
+def test_concentric_densities_lie_on_their_circles(name, radii, noise):
+    x = make_toy(name, 20_000, random_state=0)
+    r = np.linalg.norm(x, axis=1)
+    nearest = np.abs(r[:, None] - np.array(radii)[None]).min(axis=1)
+    assert np.quantile(nearest, 0.99) < 3.5 * noise
+    counts = np.bincount(np.abs(r[:, None] - np.array(radii)[None]).argmin(axis=1))
+    assert counts.min() > 0.8 * 20_000 / len(radii)  # every circle is populated
+
+
+def test_pinwheel_has_five_arms_away_from_the_origin():
+    x = make_toy("pinwheel", 50_000, random_state=0)
+    r = np.linalg.norm(x, axis=1)
+    assert np.quantile(r, 0.01) > 0.5 and np.quantile(r, 0.99) < 6
+    # Five arms: the angle histogram at a fixed radius has five peaks.
+    ring = x[(r > 2.5) & (r < 3.0)]
+    hist = np.histogram(np.arctan2(ring[:, 1], ring[:, 0]), bins=60, range=(-np.pi, np.pi))[0]
+    peaks = (hist > np.roll(hist, 1)) & (hist >= np.roll(hist, -1)) & (hist > hist.mean())
+    assert peaks.sum() == 5
+
+
+@pytest.mark.parametrize("name,bound", [("2spirals", 4.5), ("moons", 4.2), ("swissroll", 4.0)])
+def test_bounded_support(name, bound):
+    x = make_toy(name, 20_000, random_state=0)
+    assert np.abs(x).max() < bound
