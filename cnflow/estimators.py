@@ -76,6 +76,10 @@ class _FlowDensity(DensityMixin, BaseEstimator):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (_is_auto(self.lr) or (isinstance(self.lr, numbers.Real) and self.lr > 0)):
             raise ValueError(f"lr must be a positive number or 'auto', got {self.lr!r}")
+        if self.max_seconds is not None and not (isinstance(self.max_seconds, numbers.Real)
+                                                 and self.max_seconds > 0):
+            raise ValueError(f"max_seconds must be None or a positive number, got "
+                             f"{self.max_seconds!r}")
         if not (0.0 <= self.validation_fraction < 1.0):
             raise ValueError(
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
@@ -139,7 +143,7 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         U = self._standardise(X)
         U_val = U[torch.as_tensor(perm[:n_val], device=U.device)] if n_val else None
         U_train = U[torch.as_tensor(perm[n_val:], device=U.device)] if n_val else U
-        config = TrainConfig(batch_size=self.batch_size,
+        config = TrainConfig(batch_size=self.batch_size, max_seconds=self.max_seconds,
                              weight_decay=self.weight_decay,
                              n_iter_no_change=self.n_iter_no_change if n_val else None,
                              verbose=self.verbose, **self._train_settings())
@@ -303,6 +307,9 @@ class CNFDensity(_FlowDensity):
             evaluated every 500 (flow matching) or 20 (maximum likelihood) steps.
         n_iter_no_change: evaluations without improvement before stopping; used only with
             a validation set.
+        max_seconds: stop training after this many seconds (None: run max_iter steps). With
+            a cosine schedule the learning rate is then not annealed to 0; lower max_iter
+            instead where the schedule matters.
         dtype: "float32" or "float64".
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
         random_state: None, an int or a numpy RandomState; an int makes fits repeatable.
@@ -333,8 +340,8 @@ class CNFDensity(_FlowDensity):
                  solver="dopri5", rtol=1e-5, atol=1e-5, adjoint=True, max_iter="auto",
                  batch_size=512, lr="auto", lr_schedule="auto", weight_decay=0.0,
                  kinetic_energy=0.01, jacobian_norm=0.01,
-                 validation_fraction=0.0, n_iter_no_change=None, dtype="float32",
-                 device="auto", random_state=None, verbose=False):
+                 validation_fraction=0.0, n_iter_no_change=None, max_seconds=None,
+                 dtype="float32", device="auto", random_state=None, verbose=False):
         self.hidden = hidden
         self.objective = objective
         self.trace = trace
@@ -351,6 +358,7 @@ class CNFDensity(_FlowDensity):
         self.jacobian_norm = jacobian_norm
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.max_seconds = max_seconds
         self.dtype = dtype
         self.device = device
         self.random_state = random_state
@@ -415,8 +423,8 @@ class PlanarFlowDensity(_FlowDensity):
         n_layers: the number of planar layers K.
         max_iter, batch_size, lr, lr_schedule, weight_decay: the Adam loop (``"auto"`` for
             max_iter, lr and lr_schedule means 2000, 1e-2 and cosine).
-        validation_fraction, n_iter_no_change: held-out rows (scored every 20 steps) and early
-            stopping, as in :class:`CNFDensity`.
+        validation_fraction, n_iter_no_change, max_seconds: held-out rows (scored every 20
+            steps), early stopping and a time limit, as in :class:`CNFDensity`.
         dtype, device, random_state, verbose: as in :class:`CNFDensity`.
 
     Attributes:
@@ -440,8 +448,8 @@ class PlanarFlowDensity(_FlowDensity):
 
     def __init__(self, n_layers=16, max_iter="auto", batch_size=512, lr="auto",
                  lr_schedule="auto", weight_decay=0.0, validation_fraction=0.0,
-                 n_iter_no_change=None, dtype="float32", device="auto", random_state=None,
-                 verbose=False):
+                 n_iter_no_change=None, max_seconds=None, dtype="float32", device="auto",
+                 random_state=None, verbose=False):
         self.n_layers = n_layers
         self.max_iter = max_iter
         self.batch_size = batch_size
@@ -450,6 +458,7 @@ class PlanarFlowDensity(_FlowDensity):
         self.weight_decay = weight_decay
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.max_seconds = max_seconds
         self.dtype = dtype
         self.device = device
         self.random_state = random_state

@@ -39,7 +39,7 @@ def density_grid(log_density: Callable[[np.ndarray], np.ndarray], xlim: Sequence
 
 def _limits(X: np.ndarray, pad: float = 0.05) -> tuple[tuple[float, float], tuple[float, float]]:
     lo, hi = np.quantile(X, 0.001, axis=0), np.quantile(X, 0.999, axis=0)
-    span = hi - lo
+    span = np.where(hi > lo, hi - lo, 1.0)  # all points on a line: still a non-empty window
     lo, hi = lo - pad * span, hi + pad * span
     return (lo[0], hi[0]), (lo[1], hi[1])
 
@@ -130,8 +130,21 @@ def _save(fig: Figure, path: str | Path, **kwargs) -> Path:
 
 def plot_density(log_density: Callable[[np.ndarray], np.ndarray], path: str | Path, *,
                  xlim: Sequence[float], ylim: Sequence[float], resolution: int = 200,
-                 title: str = "") -> Path:
-    """A heat map of exp(log_density) on a regular grid over xlim × ylim; writes a PNG.
+                 title: str = "", ax_title: str | None = None) -> Path:
+    r"""A heat map of :math:`p(x) = \exp(\log p(x))` on a regular grid over xlim × ylim
+    (magma colormap, equal aspect, no ticks); writes a PNG.
+
+    Arguments:
+        log_density: maps points of shape (m, 2) to log p of shape (m,) (numpy), e.g.
+            ``estimator.score_samples``.
+        path: the PNG to write.
+        xlim, ylim: the window, ``(low, high)`` each.
+        resolution: grid points per axis (``resolution ** 2`` evaluations of log_density).
+        title: a title over the figure.
+        ax_title: a title over the heat map itself.
+
+    Returns:
+        ``path``, as a :class:`~pathlib.Path`.
 
     Example:
         >>> import tempfile, pathlib
@@ -142,30 +155,46 @@ def plot_density(log_density: Callable[[np.ndarray], np.ndarray], path: str | Pa
         True
     """
     xx, yy, dens = density_grid(log_density, xlim, ylim, resolution)
-    fig = _new_figure(4.5, 4.5)
+    fig = _new_figure(4.5, 4.8 if title else 4.5)
     ax = fig.subplots()
-    ax.pcolormesh(xx, yy, dens, cmap="magma", shading="auto")
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    _draw_density(ax, xx, yy, dens)
+    if ax_title:
+        ax.set_title(ax_title)
     if title:
-        ax.set_title(title)
+        fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
 
 
+def _draw_density(ax, xx: np.ndarray, yy: np.ndarray, dens: np.ndarray) -> None:
+    ax.pcolormesh(xx, yy, dens, cmap="magma", shading="auto")
+    ax.set_xlim(xx[0, 0], xx[0, -1])
+    ax.set_ylim(yy[0, 0], yy[-1, 0])
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _as_numpy(a) -> np.ndarray:
+    return np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, dtype=float)
+
+
 def _check_trajectories(times, states) -> tuple[np.ndarray, np.ndarray]:
-    times = np.asarray(times.detach().cpu() if hasattr(times, "detach") else times, float)
-    states = np.asarray(states.detach().cpu() if hasattr(states, "detach") else states, float)
+    times, states = _as_numpy(times), _as_numpy(states)
     if states.ndim != 3 or states.shape[2] != 2:
         raise ValueError(f"states must have shape (n_times, n_points, 2), got {states.shape}")
     if times.ndim != 1 or len(times) != len(states):
         raise ValueError(f"times must be 1-D with one entry per state, got {times.shape} for "
                          f"{len(states)} states")
+    if states.shape[0] == 0 or states.shape[1] == 0:
+        raise ValueError(f"states must hold at least one time and one point, got {states.shape}")
+    if not (np.isfinite(states).all() and np.isfinite(times).all()):
+        raise ValueError("times and states must be finite (no NaN or infinite values)")
     return times, states
 
 
 def _frame_limits(states: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
+    """One window for every frame: the 0.1 % and 99.9 % quantiles over all of them, padded."""
     return _limits(states.reshape(-1, 2), pad=0.08)
 
 
@@ -184,14 +213,35 @@ def _draw_frame(ax, points: np.ndarray, t: float, xlim, ylim) -> None:
     ax.set_title(f"t = {t:.2f}", fontsize=9)
 
 
-def plot_trajectories(times, states, path: str | Path, *, title: str = "") -> Path:
-    """A strip of panels, one per time: where the particles are at each time; writes a PNG.
+def plot_trajectories(times, states, path: str | Path, *,
+                      density_frames: Sequence[Callable[[np.ndarray], np.ndarray] | None]
+                      | None = None,
+                      title: str = "", resolution: int = 100) -> Path:
+    r"""A strip of panels, one per time: where the particles are at each time; writes a PNG.
+
+    Panel i shows ``states[i]`` (a 2-D histogram, or a scatter for at most 2,000 points),
+    titled "t = …"; all panels share one window, the 0.1 % to 99.9 % quantiles of the points
+    over all frames, padded. For a CNF sampled by :meth:`cnflow.CNF.trajectory`, the first
+    panel is the base :math:`z(T) \sim \mathcal{N}(0, I)` and the last the samples
+    :math:`z(0)`.
 
     Arguments:
         times: shape (n_times,), e.g. from :meth:`cnflow.CNF.trajectory`.
         states: shape (n_times, n_points, 2) (numpy or torch).
         path: the PNG to write.
+        density_frames: optionally, one log-density per time (points of shape (m, 2) to log
+            p_t of shape (m,), or None to leave that panel empty), drawn as heat maps over the
+            same window in a second row, e.g. the marginal density :math:`p_t` the particles
+            should follow.
         title: a title over the strip.
+        resolution: grid points per axis of the density heat maps.
+
+    Returns:
+        ``path``, as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: states not of shape (n_times, n_points, 2), times not one per state,
+            non-finite values, or density_frames not one per time.
 
     Example:
         >>> import numpy as np, tempfile, pathlib
@@ -202,11 +252,25 @@ def plot_trajectories(times, states, path: str | Path, *, title: str = "") -> Pa
         True
     """
     times, states = _check_trajectories(times, states)
+    n_times = len(times)
+    if density_frames is not None:
+        density_frames = list(density_frames)
+        if len(density_frames) != n_times:
+            raise ValueError(f"density_frames must hold one log-density (or None) per time, "
+                             f"got {len(density_frames)} for {n_times} times")
     xlim, ylim = _frame_limits(states)
-    fig = _new_figure(2.0 * len(times), 2.4 if title else 2.1)
-    axes = np.atleast_1d(fig.subplots(1, len(times)))
-    for ax, t, points in zip(axes, times, states, strict=True):
+    rows = 1 if density_frames is None else 2
+    fig = _new_figure(2.0 * n_times, 2.1 * rows + (0.3 if title else 0.0))
+    axes = np.asarray(fig.subplots(rows, n_times, squeeze=False))
+    for ax, t, points in zip(axes[0], times, states, strict=True):
         _draw_frame(ax, points, t, xlim, ylim)
+    if density_frames is not None:
+        for ax, log_density in zip(axes[1], density_frames, strict=True):
+            if log_density is None:
+                ax.set_axis_off()
+            else:
+                _draw_density(ax, *density_grid(log_density, xlim, ylim, resolution))
+        axes[1, 0].set_ylabel("density", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -216,19 +280,42 @@ def plot_trajectories(times, states, path: str | Path, *, title: str = "") -> Pa
 def animate_trajectories(times, states, path: str | Path, *, fps: int = 8,
                          title: str = "", hold_frames: int = 8) -> Path:
     """An animated GIF of the particles moving through the times (matplotlib's FuncAnimation
-    with the Pillow writer), pausing on the last frame for ``hold_frames`` frames.
+    with the Pillow writer; no pyplot), pausing on the last frame for ``hold_frames`` frames.
+
+    The frames are the panels of :func:`plot_trajectories`, with the same shared window.
+    Pillow stores identical consecutive frames once, with their durations added, so the file
+    holds ``n_times`` frames, the last shown ``hold_frames + 1`` times as long.
 
     Arguments:
         times, states: as for :func:`plot_trajectories`.
         path: the GIF to write (must end in .gif).
-        fps: frames per second.
+        fps: frames per second, a positive integer.
         title: a title over the frames.
-        hold_frames: repeats of the last frame, so the loop rests on the result.
+        hold_frames: repeats of the last frame, so the loop rests on the result (≥ 0).
+
+    Returns:
+        ``path``, as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: a path not ending in .gif, fps or hold_frames out of range, or times and
+            states as :func:`plot_trajectories` rejects them.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> from cnflow.plotting import animate_trajectories
+        >>> states = np.random.default_rng(0).normal(size=(3, 100, 2)) * [[[1]], [[2]], [[3]]]
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "flow.gif"
+        >>> animate_trajectories([1.0, 0.5, 0.0], states, out, hold_frames=2).exists()
+        True
     """
     from matplotlib.animation import FuncAnimation, PillowWriter
 
     if Path(path).suffix.lower() != ".gif":
         raise ValueError(f"animate_trajectories writes a .gif, got {path}")
+    if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
+        raise ValueError(f"fps must be a positive integer, got {fps!r}")
+    if isinstance(hold_frames, bool) or not isinstance(hold_frames, int) or hold_frames < 0:
+        raise ValueError(f"hold_frames must be a non-negative integer, got {hold_frames!r}")
     times, states = _check_trajectories(times, states)
     xlim, ylim = _frame_limits(states)
     fig = _new_figure(4.0, 4.2)

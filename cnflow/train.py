@@ -64,6 +64,8 @@ class TrainConfig:
             improvement of at least ``tol``; None: never stop early.
         tol: the improvement in validation loss that counts.
         validation_interval: evaluate the validation set every this many iterations.
+        max_seconds: stop once training has run this long (wall clock, checked before each
+            step; stop_reason "time_limit"); None: no limit.
         verbose: show a tqdm progress bar.
     """
 
@@ -75,6 +77,7 @@ class TrainConfig:
     n_iter_no_change: int | None = None
     tol: float = 1e-4
     validation_interval: int = 20
+    max_seconds: float | None = None
     verbose: bool = False
 
 
@@ -157,7 +160,12 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
     order = torch.randperm(n, generator=generator, device="cpu")
     cursor, last_good = 0, None
     try:
+        started = time.perf_counter()
         for iteration in range(1, config.max_iter + 1):
+            if (config.max_seconds is not None
+                    and time.perf_counter() - started >= config.max_seconds):
+                result.stop_reason = "time_limit"
+                break
             if cursor + batch_size > n:
                 order, cursor = torch.randperm(n, generator=generator, device="cpu"), 0
             batch = X[order[cursor:cursor + batch_size].to(X.device)]

@@ -127,3 +127,19 @@ def test_failed_validation_solve_warns_and_keeps_best():
                        validation_interval=10), X_val=X[1500:], val_loss_fn=val_loss)
     assert result.stop_reason == "fault" and result.n_iter == 30
     assert nll(model, X[1500:]).item() == pytest.approx(result.best_val_loss)
+
+
+def test_max_seconds_stops_training_on_time():
+    import time as _time
+
+
+    model = torch.nn.Linear(2, 1)
+
+    def slow_loss(m, x):
+        _time.sleep(0.02)
+        return m(x).square().mean()
+
+    result = train(model, torch.randn(64, 2), slow_loss,
+                   TrainConfig(max_iter=10_000, batch_size=8, max_seconds=0.2))
+    assert result.stop_reason == "time_limit"
+    assert 3 <= result.n_iter <= 12 and len(result.history) == result.n_iter

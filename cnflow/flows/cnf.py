@@ -281,10 +281,18 @@ class CNF(nn.Module):
         return self._solve(f, z, self._times(reverse=True, like=z))
 
     def trajectory(self, z: Tensor, n_times: int = 9) -> tuple[Tensor, Tensor]:
-        """The paths of base points z from t = T back to t = 0 (the sampling direction).
+        r"""The paths of base points z from t = T back to t = 0 (the sampling direction).
 
-        Only the state is integrated, with the flow's solver and tolerances; the solver's own
-        steps are adaptive, the states are read off at the requested times.
+        .. math:: \dot z = f(z, t), \qquad z(T) = z, \qquad
+            t_i = T\,\Big(1 - \frac{i}{n_\text{times} - 1}\Big),\ i = 0, \dots,
+            n_\text{times} - 1,
+
+        returning :math:`z(t_i)` for every i, so the last state is what :meth:`sample` makes
+        of the same base draws. Only the state is integrated (no trace), with the flow's
+        solver, tolerances, step size and step limit, in one solve: an adaptive solver picks
+        its own steps and the states are read off at the requested times. ``stats_forward``
+        counts the solve. Gradients, if the caller keeps them on, go by backpropagation
+        through the solver (never the adjoint); wrap the call in ``torch.no_grad()`` to plot.
 
         Arguments:
             z: base points, shape (n, dim), of the flow's dtype and device.

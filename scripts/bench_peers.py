@@ -1,0 +1,254 @@
+"""Time-to-quality against the peers: the same wall-clock budget per model, side by side.
+
+On each toy density (checkerboard, 8gaussians, pinwheel; 50,000 training rows, 20,000 fresh
+test rows) every model trains for the same budget (default 240 s) on the same data, then is
+scored; KL = test NLL − H(p) with H(p) the true entropy (cnflow.datasets.true_entropy):
+
+- ``cnflow ML``: CNFDensity(objective="maximum_likelihood") — adjoint, exact trace, RNODE
+  penalties, its defaults, stopped by ``max_seconds``;
+- ``cnflow FM``: CNFDensity() — flow matching; its step count is set from a short timing
+  probe so that the cosine schedule ends within the budget;
+- ``FFJORD-style``: written here on torchdiffeq's ``odeint_adjoint``: concat-squash MLP
+  64-64-64 with tanh, dopri5 at rtol = atol = 1e-5, exact divergence by D autograd calls,
+  learnable end time, Adam lr 1e-3, batch 512 (Grathwohl et al. 2019's toy settings);
+- ``zuko CNF``: zuko.flows.CNF(2, hidden_features=(64, 64, 64)), exact trace, rtol = atol =
+  1e-5, Adam lr 1e-3, batch 512;
+- ``torchflows FFJORD``/``RNODE``: torchflows' ContinuousFlow with its FFJORD and RNODE
+  bijections (3 hidden layers of 64, dopri5, 1e-5) through ``Flow.fit`` (lr 1e-3, batch 512;
+  fitted one step at a time so that the budget is kept to within one step; their
+  log-densities use Hutchinson's trace, so their test NLL is an unbiased estimate, on the
+  first 2,000 test rows only, as their solves are slow);
+- ``GMM-64``: scikit-learn's GaussianMixture with 64 full-covariance components.
+
+The data are standardised for every neural model (as CNFDensity does inside) and the
+log-Jacobian of the scaling is added back. Reported per model: iterations, seconds per
+iteration, forward/backward NFE of the last step (where the library exposes them), test NLL
+and KL. Prints a Markdown table; writes JSON and the table to --out.
+
+Run: .venv/bin/python scripts/bench_peers.py [--budget 240] [--datasets ...] [--models ...]
+(budget × 3 datasets × 6 neural models: 72 minutes at the default on 2 CPU cores).
+--quick: 3 s budgets on one dataset, for the tests. Never run it while anything else runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnflow import CNFDensity
+from cnflow.datasets import make_toy, true_entropy
+
+DATASETS = ("checkerboard", "8gaussians", "pinwheel")
+MODELS = ("cnflow ML", "cnflow FM", "FFJORD-style", "zuko CNF", "torchflows FFJORD",
+          "torchflows RNODE", "GMM-64")
+
+
+# ---------------------------------------------------------------- FFJORD-style on torchdiffeq
+class ConcatSquash(nn.Module):
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out)
+        self.gate = nn.Linear(1, n_out)
+        self.bias = nn.Linear(1, n_out, bias=False)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(1, 1).to(x)
+        return self.linear(x) * torch.sigmoid(self.gate(t)) + self.bias(t)
+
+
+class BruteForceDynamics(nn.Module):
+    """[f(z, t), tr(∂f/∂z)] with the trace from D autograd calls, as FFJORD's exact mode."""
+
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 64, 64)) -> None:
+        super().__init__()
+        sizes = (dim, *hidden, dim)
+        self.layers = nn.ModuleList(ConcatSquash(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.nfe = 0
+
+    def velocity(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            z = layer(t, z)
+            if i < len(self.layers) - 1:
+                z = torch.tanh(z)
+        return z
+
+    def forward(self, t, state):
+        self.nfe += 1
+        z = state[0]
+        if not (torch.is_grad_enabled() and z.requires_grad):
+            z = z.detach().requires_grad_(True)  # nothing upstream is tracked: a fresh leaf
+        with torch.enable_grad():
+            f = self.velocity(t, z)
+            div = sum(torch.autograd.grad(f[:, i].sum(), z, create_graph=True)[0][:, i]
+                      for i in range(z.shape[1]))
+        return f, div
+
+
+class FFJORDStyle(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.func = BruteForceDynamics(dim)
+        self.sqrt_end_time = nn.Parameter(torch.tensor(1.0))  # T = sqrt_end_time², as FFJORD
+
+    def log_prob(self, x: torch.Tensor, adjoint: bool = True) -> torch.Tensor:
+        from torchdiffeq import odeint, odeint_adjoint
+
+        times = torch.stack([torch.zeros_like(self.sqrt_end_time), self.sqrt_end_time ** 2])
+        solve = odeint_adjoint if adjoint else odeint
+        kwargs = {"adjoint_params": tuple(self.func.parameters())} if adjoint else {}
+        z, div = solve(self.func, (x, torch.zeros(len(x), dtype=x.dtype)), times,
+                       method="dopri5", rtol=1e-5, atol=1e-5, **kwargs)
+        z, div = z[-1], div[-1]
+        return -0.5 * z.square().sum(-1) - math.log(2 * math.pi) * x.shape[1] / 2 + div
+
+
+# ---------------------------------------------------------------- the runs
+def adam_until(model: nn.Module, loss_fn, U: torch.Tensor, budget: float, nfe=None) -> dict:
+    """Adam (lr 1e-3), batch 512, until the budget is spent; iterations and last NFE."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    start, iterations, last = time.perf_counter(), 0, {}
+    while time.perf_counter() - start < budget:
+        batch = U[torch.randint(len(U), (512,), generator=generator)]
+        before = nfe() if nfe else 0
+        optimizer.zero_grad()
+        loss = loss_fn(batch)
+        middle = nfe() if nfe else 0
+        loss.backward()
+        optimizer.step()
+        iterations += 1
+        if nfe:
+            last = {"nfe_forward": middle - before, "nfe_backward": nfe() - middle}
+    return {"iterations": iterations, "seconds": time.perf_counter() - start, **last}
+
+
+def score_in_batches(log_prob, U: torch.Tensor, batch: int = 2000) -> float:
+    return float(torch.cat([log_prob(U[i:i + batch]).detach()
+                            for i in range(0, len(U), batch)]).mean())
+
+
+def run_model(name: str, X: np.ndarray, X_test: np.ndarray, budget: float) -> dict:
+    mean, scale = X.mean(0), X.std(0)
+    log_jacobian = -float(np.log(scale).sum())
+    U = torch.as_tensor((X - mean) / scale, dtype=torch.float32)
+    U_test = torch.as_tensor((X_test - mean) / scale, dtype=torch.float32)
+    torch.manual_seed(0)
+    if name == "GMM-64":
+        from sklearn.mixture import GaussianMixture
+
+        start = time.perf_counter()
+        gmm = GaussianMixture(64, random_state=0).fit(X)
+        return {"iterations": int(gmm.n_iter_), "seconds": time.perf_counter() - start,
+                "test_nll": float(-gmm.score(X_test))}
+    if name.startswith("cnflow"):
+        if name == "cnflow FM":
+            probe = CNFDensity(max_iter=300, random_state=0, device="cpu").fit(X)
+            per_step = sum(h["seconds"] for h in probe.history_[50:]) / 250
+            steps = int(0.8 * budget / per_step)  # the loop's own overhead takes the rest
+            est = CNFDensity(max_iter=steps, random_state=0, device="cpu",
+                             max_seconds=budget)
+        else:
+            est = CNFDensity(objective="maximum_likelihood", max_iter=10**6, random_state=0,
+                             device="cpu", max_seconds=budget)
+        start = time.perf_counter()
+        est.fit(X)
+        seconds = time.perf_counter() - start
+        last = est.history_[-1]
+        return {"iterations": est.n_iter_, "seconds": seconds, "test_nll": -est.score(X_test),
+                "nfe_forward": last["nfe_forward"], "nfe_backward": last["nfe_backward"]}
+    if name == "FFJORD-style":
+        model = FFJORDStyle(2)
+        run = adam_until(model, lambda b: -model.log_prob(b).mean(), U, budget,
+                         nfe=lambda: model.func.nfe)
+        nll = -score_in_batches(lambda b: model.log_prob(b, adjoint=False), U_test)
+        return {**run, "test_nll": nll - log_jacobian}
+    if name == "zuko CNF":
+        import zuko
+
+        flow = zuko.flows.CNF(2, hidden_features=(64, 64, 64), atol=1e-5, rtol=1e-5)
+        run = adam_until(flow, lambda b: -flow().log_prob(b).mean(), U, budget)
+        with torch.no_grad():
+            nll = -score_in_batches(lambda b: flow().log_prob(b), U_test)
+        return {**run, "test_nll": nll - log_jacobian}
+    if name.startswith("torchflows"):
+        from torchflows.bijections.continuous.ffjord import FFJORD
+        from torchflows.bijections.continuous.rnode import RNODE
+        from torchflows.flows import ContinuousFlow
+
+        cls = FFJORD if name.endswith("FFJORD") else RNODE
+        flow = ContinuousFlow(cls(event_shape=(2,), solver="dopri5", atol=1e-5, rtol=1e-5,
+                                  nn_kwargs={"hidden_size": 64, "n_hidden_layers": 3}))
+        generator = torch.Generator().manual_seed(0)
+        start, iterations, first = time.perf_counter(), 0, True
+        while time.perf_counter() - start < budget:
+            rows = U[torch.randint(len(U), (512,), generator=generator)]
+            flow.fit(rows, n_epochs=1, lr=1e-3, batch_size=512, reset_optimizer=first)
+            first = False
+            iterations += 1
+        seconds = time.perf_counter() - start
+        flow.eval()
+        with torch.no_grad():
+            # ContinuousFlow.log_prob returns a tuple (log-density, *aux) in torchflows 1.2
+            # (on the first 2,000 test rows: their solver takes seconds per 512 rows)
+            nll = -score_in_batches(lambda b: flow.log_prob(b)[0], U_test[:2000])
+        return {"iterations": iterations, "seconds": seconds, "test_nll": nll - log_jacobian}
+    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=240.0, help="seconds per model")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--quick", action="store_true", help="3 s budgets, small data")
+    parser.add_argument("--out", default="docs")
+    args = parser.parse_args(argv)
+    n_train, n_test = (2000, 1000) if args.quick else (50_000, 20_000)
+    budget = 3.0 if args.quick else args.budget
+    datasets = args.datasets[:1] if args.quick else args.datasets
+    rows = []
+    for dataset in datasets:
+        X = make_toy(dataset, n_train, random_state=0)
+        X_test = make_toy(dataset, n_test, random_state=1)
+        entropy = true_entropy(dataset)
+        for model in args.models:
+            result = run_model(model, X, X_test, budget)
+            row = {"dataset": dataset, "model": model, **result,
+                   "seconds_per_iteration": result["seconds"] / max(result["iterations"], 1),
+                   "kl": result["test_nll"] - entropy}
+            rows.append(row)
+            print(f"{dataset:12s} {model:18s} {row['iterations']:6d} it "
+                  f"{row['seconds']:6.0f} s  NLL {row['test_nll']:.3f}  KL {row['kl']:.3f}",
+                  flush=True)
+    lines = ["| dataset | model | iterations | s/iteration | NFE fwd / bwd (last) | "
+             "test NLL | KL (nats) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        nfe = (f"{r['nfe_forward']} / {r['nfe_backward']}" if r.get("nfe_forward") is not None
+               else "–")
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['iterations']} | "
+                     f"{r['seconds_per_iteration']:.3g} | {nfe} | {r['test_nll']:.3f} | "
+                     f"{r['kl']:.3f} |")
+    table = "\n".join(lines)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "bench_peers_quick" if args.quick else "bench_peers"
+    result = {"config": {"budget_seconds": budget, "n_train": n_train, "n_test": n_test,
+                         "torch": torch.__version__, "threads": torch.get_num_threads(),
+                         "machine": platform.platform()}, "rows": rows}
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{stem}.md").write_text(table + "\n")
+    print(f"wrote {out / stem}.json and .md")
+    return result
+
+
+if __name__ == "__main__":
+    main()
