@@ -4,13 +4,18 @@
   to a .npy/.csv file of rows, then writes the model (``model.pt``), a picture of data,
   samples and learned density (``fit.png``, 2-D data), training curves (``training.png``)
   and a summary (``summary.json``) to ``--out``.
-- ``sample MODEL --n N --out FILE`` draws rows from a saved model into a .npy/.csv file.
-- ``score MODEL DATA [--out FILE]`` prints the mean log-likelihood of a file's rows and can
-  write each row's log-density.
-- ``plot MODEL [--data DATA] [--out FILE]`` draws samples and the learned density (2-D).
+- ``sample MODEL --n N --out FILE [--seed S]`` draws rows from a saved model into a .npy or
+  .csv file.
+- ``score MODEL DATA [--out FILE]`` prints the mean log-likelihood of DATA's rows (a .npy or
+  .csv file, or a toy name) and can write each row's log-density (.npy or .csv).
+- ``plot MODEL [--data DATA] [--out FILE.png] [--n-samples N]`` draws data (or, without
+  ``--data``, the model's own samples), samples and the learned density of a 2-D model;
+  by default into plot.png beside the model.
 
 Saved models of :class:`cnflow.CNFDensity` and :class:`cnflow.PlanarFlowDensity` are both
-read. Errors are one line on stderr with exit code 2.
+read (the file's "estimator" entry names which), on the saved device or ``--device``.
+User mistakes (a missing or foreign file, a wrong number of columns, an unknown dataset or
+device, a bad suffix) are one line on stderr with exit code 2.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .datasets import TOY_DATASETS, make_toy
 from .estimators import OBJECTIVES, CNFDensity, PlanarFlowDensity
+from .train import resolve_device
 
 _ESTIMATORS = {cls.__name__: cls for cls in (CNFDensity, PlanarFlowDensity)}
 
@@ -33,8 +40,20 @@ class CLIError(Exception):
     """A user mistake, reported as one line with exit code 2."""
 
 
+Estimator = CNFDensity | PlanarFlowDensity
+
+
+def _read_array(path: Path) -> np.ndarray:
+    """The array in a .npy file or the rows of a comma-separated .csv file."""
+    if path.suffix == ".npy":
+        return np.load(path)
+    with warnings.catch_warnings():  # an empty file: reported below, not as a warning
+        warnings.simplefilter("ignore")
+        return np.loadtxt(path, delimiter=",", ndmin=2)
+
+
 def load_rows(source: str, n_samples: int, seed: int) -> np.ndarray:
-    """A toy name → generated rows; a .npy/.csv path → its rows (2-D, finite)."""
+    """A toy name → generated rows; a .npy/.csv path → its rows (2-D, finite, not empty)."""
     if source in TOY_DATASETS:
         return make_toy(source, n_samples, random_state=seed)
     path = Path(source)
@@ -44,17 +63,25 @@ def load_rows(source: str, n_samples: int, seed: int) -> np.ndarray:
     if not path.is_file():
         raise CLIError(f"no such file: {source}")
     try:
-        X = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
-    except ValueError as err:
+        X = _read_array(path)
+    except (ValueError, OSError, EOFError) as err:
         raise CLIError(f"could not read {source}: {err}") from err
     if X.ndim != 2:
         raise CLIError(f"{source} must hold a 2-D array (rows × features), got shape {X.shape}")
-    return np.asarray(X, dtype=np.float64)
+    if X.shape[0] == 0:
+        raise CLIError(f"{source} holds no rows")
+    X = np.asarray(X, dtype=np.float64)
+    if not np.isfinite(X).all():
+        raise CLIError(f"{source} holds NaN or infinite values")
+    return X
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    """``train``: fit CNFDensity; write model.pt, training.png, fit.png (2-D), summary.json."""
     from .plotting import plot_fit, plot_training_curves
 
+    check_positive(args.resolution, "--resolution")
+    check_device(args.device)
     X = load_rows(args.data, args.n_samples, args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                                      else "negative log-likelihood + penalties"))
     if X.shape[1] == 2:
         samples = est.sample(20000, random_state=args.seed)
-        plot_fit(X, samples, est.score_samples, out / "fit.png",
+        plot_fit(X, samples, est.score_samples, out / "fit.png", resolution=args.resolution,
                  title=f"CNFDensity on {args.data}: {est.n_iter_} iterations, {seconds:.0f} s")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
@@ -88,8 +115,24 @@ def cmd_train(args: argparse.Namespace) -> None:
           + (f", {out / 'fit.png'}" if X.shape[1] == 2 else ""))
 
 
-def load_model(path: str):
-    """A saved CNFDensity or PlanarFlowDensity, or a CLIError saying why not."""
+def check_device(device) -> None:
+    """A CLIError unless ``device`` ("auto", "cpu", "cuda:1", ...) names a device that this
+    machine has."""
+    import torch
+
+    try:
+        target = resolve_device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise CLIError(f"unknown device {device!r}") from err
+    if target.type == "cuda" and (not torch.cuda.is_available()
+                                  or (target.index or 0) >= torch.cuda.device_count()):
+        raise CLIError(f"device {str(target)!r} is not available on this machine; pass "
+                       "--device cpu")
+
+
+def load_model(path: str, device: str | None = None) -> Estimator:
+    """A saved CNFDensity or PlanarFlowDensity (the file's "estimator" key names which), on
+    ``device`` (None: as saved), or a CLIError saying why not."""
     import torch
 
     file = Path(path)
@@ -98,49 +141,63 @@ def load_model(path: str):
     try:
         data = torch.load(file, map_location="cpu", weights_only=True)
         cls = _ESTIMATORS[data["estimator"]]
-    except Exception as err:  # any unreadable or foreign file
+        saved_device = data["params"]["device"]
+    except Exception as err:  # any unreadable or foreign file, garbage included
         raise CLIError(f"{path} is not a cnflow model file ({type(err).__name__})") from err
-    return cls.load(file)
+    check_device(saved_device if device is None else device)  # as saved, or given
+    try:
+        return cls.load(file, device=device)
+    except Exception as err:  # a cnflow file with missing or mismatched parts
+        raise CLIError(f"{path} is not a cnflow model file ({type(err).__name__})") from err
 
 
-def check_output_suffix(path: str) -> Path:
+def check_suffix(path: str, suffixes: tuple[str, ...]) -> Path:
+    """``path`` as a Path, or a CLIError when it does not end in one of ``suffixes``."""
     file = Path(path)
-    if file.suffix not in (".npy", ".csv"):
-        raise CLIError(f"the output file must end in .npy or .csv, got {path!r}")
+    if file.suffix not in suffixes:
+        raise CLIError(f"the output file must end in {' or '.join(suffixes)}, got {path!r}")
     return file
 
 
 def write_rows(path: str, rows: np.ndarray) -> Path:
-    """Write an array to .npy or .csv, by the file's suffix."""
-    file = check_output_suffix(path)
+    """Write an array to .npy or .csv, by the file's suffix (1-D arrays: one value a line)."""
+    file = check_suffix(path, (".npy", ".csv"))
     file.parent.mkdir(parents=True, exist_ok=True)
     if file.suffix == ".npy":
         np.save(file, rows)
     else:
-        np.savetxt(file, rows.reshape(len(rows), -1), delimiter=",")
+        np.savetxt(file, rows.reshape(len(rows), -1), delimiter=",", fmt="%.17g")
     return file
 
 
-def check_width(X: np.ndarray, est, source: str) -> None:
+def check_width(X: np.ndarray, est: Estimator, source: str) -> None:
+    """A CLIError unless X has as many columns as the model has features."""
     if X.shape[1] != est.n_features_in_:
         raise CLIError(f"{source} has {X.shape[1]} columns but the model was fitted on "
                        f"{est.n_features_in_} features")
 
 
+def check_positive(value: int, option: str) -> None:
+    """A CLIError unless an integer option is at least 1."""
+    if value < 1:
+        raise CLIError(f"{option} must be a positive integer, got {value}")
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
-    if args.n < 1:
-        raise CLIError(f"--n must be a positive integer, got {args.n}")
-    check_output_suffix(args.out)  # fail before the (slow) sampling
-    est = load_model(args.model)
+    """``sample``: draw ``--n`` rows from a saved model into a .npy/.csv file."""
+    check_positive(args.n, "--n")
+    check_suffix(args.out, (".npy", ".csv"))  # fail before the (slow) sampling
+    est = load_model(args.model, args.device)
     rows = est.sample(args.n, random_state=args.seed)
     file = write_rows(args.out, rows)
     print(f"wrote {args.n} samples × {rows.shape[1]} features to {file}")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
+    """``score``: print the mean log-likelihood of DATA's rows; ``--out``: each row's."""
     if args.out:
-        check_output_suffix(args.out)
-    est = load_model(args.model)
+        check_suffix(args.out, (".npy", ".csv"))
+    est = load_model(args.model, args.device)
     X = load_rows(args.data, args.n_samples, args.seed)
     check_width(X, est, args.data)
     log_density = est.score_samples(X)
@@ -150,26 +207,34 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
+    """``plot``: data (or the model's samples), samples and the learned density of a 2-D
+    model, side by side in a PNG."""
     from .plotting import plot_fit
 
-    est = load_model(args.model)
+    check_positive(args.n_samples, "--n-samples")
+    check_positive(args.resolution, "--resolution")
+    out = check_suffix(args.out, (".png",)) if args.out else Path(args.model).parent / "plot.png"
+    est = load_model(args.model, args.device)
     if est.n_features_in_ != 2:
         raise CLIError(f"plot draws 2-D densities; the model has {est.n_features_in_} "
                        "features")
-    samples = est.sample(args.n_samples, random_state=args.seed)
-    if args.data:
+    name = f"{type(est).__name__}: {Path(args.model).name}"
+    X = None
+    if args.data:  # read and checked before the (slow) sampling
         X = load_rows(args.data, args.n_samples, args.seed)
         check_width(X, est, args.data)
-        title = f"{type(est).__name__}: {Path(args.model).name} against {args.data}"
-    else:
-        X = est.sample(args.n_samples, random_state=args.seed + 1)
-        title = f"{type(est).__name__}: {Path(args.model).name} (no data: model samples)"
-    out = Path(args.out) if args.out else Path(args.model).parent / "plot.png"
-    plot_fit(X, samples, est.score_samples, out, title=title)
+    samples = est.sample(args.n_samples, random_state=args.seed)
+    title = f"{name} against {args.data}" if args.data else f"{name} (no data: model samples)"
+    plot_fit(samples if X is None else X, samples, est.score_samples, out, title=title,
+             resolution=args.resolution)
     print(f"wrote {out}")
 
 
+DEVICE_HELP = "where to run the model: cpu, cuda, cuda:1, auto (default: as saved)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m cnflow`` and its four subcommands."""
     parser = argparse.ArgumentParser(prog="python -m cnflow",
                                      description="Continuous normalizing flows on PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -191,8 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "maximum likelihood)")
     p.add_argument("--hidden", type=int, nargs="+", help="hidden widths (default: 64 64 64)")
     p.add_argument("--tol", type=float, help="rtol = atol of the ODE solver (default: 1e-5)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:1, ... or auto: CUDA when available (default: auto)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=int, default=200,
+                   help="density grid points per axis in fit.png (default: 200)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -202,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000, help="number of rows (default: 1000)")
     p.add_argument("--out", required=True, help="the .npy or .csv file to write")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("score", help="log-likelihood of a file's rows under a saved model",
@@ -212,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="a .npy or .csv file for the per-row log-densities")
     p.add_argument("--n-samples", type=int, default=20000, help="rows drawn for a toy name")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("plot", help="picture of a saved 2-D model: samples and density",
@@ -220,18 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a model file written by train (or .save)")
     p.add_argument("--data", help="a .npy/.csv file or toy name to show beside the model")
     p.add_argument("--out", help="the PNG to write (default: plot.png beside the model)")
-    p.add_argument("--n-samples", type=int, default=20000, help="samples to draw")
+    p.add_argument("--n-samples", type=int, default=20000,
+                   help="samples to draw (and rows drawn for a toy name; default: 20000)")
+    p.add_argument("--resolution", type=int, default=200,
+                   help="density grid points per axis (default: 200)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_plot)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; user mistakes print one line on stderr and return 2."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except (CLIError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     return 0
 

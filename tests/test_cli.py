@@ -1,6 +1,13 @@
-"""python -m cnflow train: a tiny fit writes its files; user mistakes give one-line errors."""
+"""python -m cnflow {train,sample,score,plot}: tiny fits write their files; sample and score
+round-trip through .npy/.csv; user mistakes give one line on stderr and exit code 2.
+
+Most tests call :func:`cnflow.__main__.main` in process, which keeps the file fast (each
+process start imports torch anew); a sample and an error run through real ``python -m cnflow``
+processes.
+"""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,130 +16,194 @@ import numpy as np
 import pytest
 import torch
 
-from cnflow import CNFDensity
+from cnflow import CNFDensity, PlanarFlowDensity
+from cnflow.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY = ["--n-samples", "300", "--max-iter", "2", "--hidden", "8", "--quiet", "--resolution", "50"]
 
 
 def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "cnflow", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+    """Run ``python -m cnflow ARGS`` in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "cnflow", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-def test_train_writes_model_picture_and_summary(tmp_path):
-    res = cli("train", "moons", "--n-samples", "300", "--max-iter", "2", "--hidden", "8",
-              "--quiet", "--out", str(tmp_path))
-    assert res.returncode == 0, res.stderr
+def run(capsys, *args):
+    """Run the command line in process; (exit code, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def read(path: Path) -> np.ndarray:
+    return np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """model.pt (and the rest) of a tiny fit to moons."""
+    folder = tmp_path_factory.mktemp("cli")
+    assert main(["train", "moons", *TINY, "--out", str(folder)]) == 0
+    return folder / "model.pt"
+
+
+def test_train_writes_model_picture_and_summary(trained):
+    folder = trained.parent
     for name in ("model.pt", "fit.png", "training.png", "summary.json"):
-        assert (tmp_path / name).stat().st_size > 0
-    assert (tmp_path / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary = json.loads((tmp_path / "summary.json").read_text())
+        assert (folder / name).stat().st_size > 0
+    assert (folder / "fit.png").read_bytes()[:8] == PNG
+    summary = json.loads((folder / "summary.json").read_text())
     assert summary["iterations"] == 2 and np.isfinite(summary["test_nll"])
-    torch.load(tmp_path / "model.pt", weights_only=True)
-    est = CNFDensity.load(tmp_path / "model.pt")
+    torch.load(trained, weights_only=True)
+    est = CNFDensity.load(trained)
     assert est.max_iter == 2 and est.hidden == (8,)
 
 
-def test_train_on_a_csv_file(tmp_path):
+def test_train_on_a_csv_file(tmp_path, capsys):
     data = tmp_path / "rows.csv"
     np.savetxt(data, np.random.RandomState(0).randn(200, 3), delimiter=",")
-    res = cli("train", str(data), "--max-iter", "1", "--hidden", "4", "--quiet", "--out",
-              str(tmp_path / "out"))
-    assert res.returncode == 0, res.stderr
+    code, _, err = run(capsys, "train", data, "--max-iter", "1", "--hidden", "4", "--quiet",
+                       "--out", tmp_path / "out")
+    assert code == 0, err
     assert (tmp_path / "out" / "model.pt").exists()
     assert not (tmp_path / "out" / "fit.png").exists()  # 3-D data: no 2-D picture
+
+
+def one_line_error(capsys, args, message):
+    code, _, err = run(capsys, *args)
+    assert code == 2, (args, err)
+    assert message in err and len(err.strip().splitlines()) == 1, (args, err)
 
 
 @pytest.mark.parametrize("args,message", [
     (["train", "nope"], "neither a toy dataset"),
     (["train", "missing.npy"], "no such file"),
+    (["train", "moons", "--resolution", "0"], "--resolution must be a positive integer"),
+    (["train", "moons", "--device", "nope"], "unknown device"),
 ])
-def test_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
-    res = cli(*args, "--out", str(tmp_path), cwd=tmp_path)
-    assert res.returncode == 2
-    assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys, args, message):
+    one_line_error(capsys, [*args, "--out", tmp_path], message)
 
 
-def test_wrong_shape_file(tmp_path):
+def test_wrong_shape_file(tmp_path, capsys):
     np.save(tmp_path / "flat.npy", np.arange(10.0))
-    res = cli("train", str(tmp_path / "flat.npy"), "--out", str(tmp_path))
-    assert res.returncode == 2 and "2-D array" in res.stderr
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cli")
-    res = cli("train", "moons", "--n-samples", "300", "--max-iter", "2", "--hidden", "8",
-              "--quiet", "--out", str(folder))
-    assert res.returncode == 0, res.stderr
-    return folder / "model.pt"
+    one_line_error(capsys, ["train", tmp_path / "flat.npy", "--out", tmp_path], "2-D array")
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".csv"])
-def test_train_sample_score_round_trip(trained, tmp_path, suffix):
+def test_train_sample_score_round_trip(trained, tmp_path, capsys, suffix):
     rows_file = tmp_path / f"rows{suffix}"
-    res = cli("sample", str(trained), "--n", "40", "--out", str(rows_file))
-    assert res.returncode == 0, res.stderr
-    rows = np.load(rows_file) if suffix == ".npy" else np.loadtxt(rows_file, delimiter=",")
+    code, out, err = run(capsys, "sample", trained, "--n", "40", "--out", rows_file)
+    assert code == 0, err
+    assert out.strip() == f"wrote 40 samples × 2 features to {rows_file}"
+    rows = read(rows_file)
     assert rows.shape == (40, 2) and np.isfinite(rows).all()
     scores_file = tmp_path / f"scores{suffix}"
-    res = cli("score", str(trained), str(rows_file), "--out", str(scores_file))
-    assert res.returncode == 0, res.stderr
-    scores = np.load(scores_file) if suffix == ".npy" else np.loadtxt(scores_file)
+    code, out, err = run(capsys, "score", trained, rows_file, "--out", scores_file)
+    assert code == 0, err
+    scores = read(scores_file)
     expected = CNFDensity.load(trained).score_samples(rows)
+    assert scores.shape == (40,)
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-10)
-    assert f"mean log-likelihood {expected.mean():.6f} over 40 rows" in res.stdout
+    assert f"mean log-likelihood {expected.mean():.6f} over 40 rows" in out
 
 
-def test_plot_with_and_without_data(trained, tmp_path):
-    res = cli("plot", str(trained), "--out", str(tmp_path / "a.png"), "--n-samples", "500")
-    assert res.returncode == 0, res.stderr
-    res = cli("plot", str(trained), "--data", "moons", "--out", str(tmp_path / "b.png"),
-              "--n-samples", "500")
-    assert res.returncode == 0, res.stderr
-    for name in ("a.png", "b.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_sample_is_repeatable_by_seed(trained, tmp_path, capsys):
+    for name, seed in (("a.npy", 3), ("b.npy", 3), ("c.npy", 4)):
+        assert run(capsys, "sample", trained, "--n", "5", "--seed", seed,
+                   "--out", tmp_path / name)[0] == 0
+    a, b, c = (np.load(tmp_path / name) for name in ("a.npy", "b.npy", "c.npy"))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
 
 
-def test_planar_models_are_read_too(tmp_path):
-    from cnflow import PlanarFlowDensity
+def test_plot_with_and_without_data(trained, tmp_path, capsys):
+    quick = ["--n-samples", "300", "--resolution", "40"]
+    code, _, err = run(capsys, "plot", trained, "--out", tmp_path / "a.png", *quick)
+    assert code == 0, err
+    code, _, err = run(capsys, "plot", trained, "--data", "moons", "--out", tmp_path / "b.png",
+                       *quick)
+    assert code == 0, err
+    shutil.copy(trained, tmp_path / "copy.pt")  # default --out: plot.png beside the model
+    code, out, err = run(capsys, "plot", tmp_path / "copy.pt", *quick)
+    assert code == 0, err
+    assert out.strip() == f"wrote {tmp_path / 'plot.png'}"
+    for name in ("a.png", "b.png", "plot.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
 
+
+def test_planar_models_are_read_too(tmp_path, capsys):
     X = np.random.RandomState(0).randn(200, 2)
-    PlanarFlowDensity(n_layers=2, max_iter=2, device="cpu").fit(X).save(tmp_path / "p.pt")
-    res = cli("sample", str(tmp_path / "p.pt"), "--n", "10", "--out", str(tmp_path / "s.npy"))
-    assert res.returncode == 0, res.stderr
-    res = cli("score", str(tmp_path / "p.pt"), str(tmp_path / "s.npy"))
-    assert res.returncode == 0 and "over 10 rows" in res.stdout
+    model = tmp_path / "p.pt"
+    PlanarFlowDensity(n_layers=2, max_iter=2, device="cpu").fit(X).save(model)
+    code, _, err = run(capsys, "sample", model, "--n", "10", "--out", tmp_path / "s.npy")
+    assert code == 0, err
+    rows = np.load(tmp_path / "s.npy")
+    assert rows.shape == (10, 2) and np.isfinite(rows).all()
+    code, out, err = run(capsys, "score", model, tmp_path / "s.npy", "--out",
+                         tmp_path / "logp.csv")
+    assert code == 0, err
+    expected = PlanarFlowDensity.load(model).score_samples(rows)
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "logp.csv"), expected, rtol=0, atol=1e-10)
+    assert f"mean log-likelihood {expected.mean():.6f} over 10 rows" in out
 
 
-def test_subcommand_errors_are_one_line_with_exit_code_2(trained, tmp_path):
-    (tmp_path / "garbage.pt").write_text("not a model")
+def test_subcommand_errors_are_one_line_with_exit_code_2(trained, tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    garbage = tmp_path / "bad" / "model.pt"
+    garbage.write_text("not a model")
+    torch.save({"estimator": "CNFDensity"}, tmp_path / "partial.pt")
     np.save(tmp_path / "three.npy", np.zeros((5, 3)))
+    (tmp_path / "junk.npy").write_text("junk")
+    none = tmp_path / "none.pt"
     cases = [
-        (["sample", str(trained), "--out", str(tmp_path / "x.txt")], "must end in .npy or .csv"),
-        (["score", str(trained), str(tmp_path / "three.npy")], "has 3 columns but the model"),
-        (["score", str(tmp_path / "none.pt"), str(tmp_path / "three.npy")], "no such model"),
-        (["plot", str(tmp_path / "none.pt")], "no such model file"),
-        (["score", str(tmp_path / "garbage.pt"), "moons"], "not a cnflow model file"),
-        (["score", str(trained), "nope"], "neither a toy dataset"),
+        (["sample", trained, "--out", tmp_path / "x.txt"], "must end in .npy or .csv"),
+        (["sample", trained, "--n", "0", "--out", tmp_path / "x.npy"], "--n must be"),
+        (["sample", none, "--out", tmp_path / "x.npy"], "no such model file"),
+        (["sample", garbage, "--out", tmp_path / "x.npy"], "not a cnflow model file"),
+        (["sample", trained, "--device", "nope", "--out", tmp_path / "x.npy"], "unknown device"),
+        (["sample", trained, "--device", "cuda:99", "--out", tmp_path / "x.npy"],
+         "is not available"),
+        (["score", trained, tmp_path / "three.npy"], "has 3 columns but the model"),
+        (["score", trained, tmp_path / "missing.csv"], "no such file"),
+        (["score", trained, tmp_path / "junk.npy"], "could not read"),
+        (["score", trained, "moons", "--out", tmp_path / "x.json"], "must end in .npy or .csv"),
+        (["score", none, tmp_path / "three.npy"], "no such model file"),
+        (["score", garbage, "moons"], "not a cnflow model file"),
+        (["score", tmp_path / "partial.pt", "moons"], "not a cnflow model file"),
+        (["score", trained, "nope"], "neither a toy dataset"),
+        (["plot", none], "no such model file"),
+        (["plot", garbage], "not a cnflow model file"),
+        (["plot", trained, "--out", tmp_path / "x.jpg"], "must end in .png"),
+        (["plot", trained, "--data", tmp_path / "three.npy"], "has 3 columns"),
     ]
     for args, message in cases:
-        res = cli(*args)
-        assert res.returncode == 2, (args, res.stderr)
-        assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, args
+        one_line_error(capsys, args, message)
+    assert not (tmp_path / "x.npy").exists()
 
 
-def test_plot_refuses_a_model_that_is_not_2d(tmp_path):
+def test_a_real_process(trained, tmp_path):
+    res = cli("sample", trained, "--n", "3", "--out", tmp_path / "s.csv")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert res.stdout == f"wrote 3 samples × 2 features to {tmp_path / 's.csv'}\n"
+    (tmp_path / "model.pt").write_text("not a model")
+    res = cli("score", tmp_path / "model.pt", "moons")
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip() == f"error: {tmp_path / 'model.pt'} is not a cnflow model file " \
+                                 "(UnpicklingError)"
+
+
+def test_plot_refuses_a_model_that_is_not_2d(tmp_path, capsys):
     X = np.random.RandomState(0).randn(100, 3)
     CNFDensity(hidden=(4,), max_iter=1, device="cpu").fit(X).save(tmp_path / "m3.pt")
-    res = cli("plot", str(tmp_path / "m3.pt"))
-    assert res.returncode == 2 and "plot draws 2-D densities" in res.stderr
+    one_line_error(capsys, ["plot", tmp_path / "m3.pt"], "plot draws 2-D densities")
+    assert not (tmp_path / "plot.png").exists()
 
 
 @pytest.mark.parametrize("command", ["train", "sample", "score", "plot"])
 def test_help_on_each_subcommand(command, capsys):
-    from cnflow.__main__ import main
-
     with pytest.raises(SystemExit) as stop:
         main([command, "--help"])
     assert stop.value.code == 0 and "usage:" in capsys.readouterr().out
