@@ -17,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ._fused_divergence import concat_squash_with_divergence
 
 __all__ = ["ConcatSquashLinear", "ConcatSquashMLP", "PlanarCNFField", "ACTIVATIONS",
            "ACTIVATION_DERIVATIVES"]
@@ -43,6 +46,10 @@ ACTIVATION_DERIVATIVES = {
     nn.SiLU: lambda p, h: torch.sigmoid(p) * (1 + p * (1 - torch.sigmoid(p))),
     nn.ELU: lambda p, h: torch.where(p > 0, torch.ones_like(p), h + 1),
 }
+
+
+#: The activations with a hand-written backward of the exact divergence.
+_FUSED_KINDS = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.Softplus: "softplus"}
 
 
 def _time_column(t: Tensor | float, like: Tensor) -> Tensor:
@@ -98,7 +105,31 @@ class ConcatSquashLinear(nn.Module):
             Shape (n, out_features).
         """
         tc = _time_column(t, x)
+        if tc.shape[0] == 1:  # one time for all rows: one affine map
+            return F.linear(x, *self.affine_at(tc))
         return self.linear(x) * torch.sigmoid(self.gate(tc)) + self.hyper_bias(tc)
+
+    def affine_at(self, tc: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The layer at one time t as an affine map: :math:`(\operatorname{diag}(g) W,\;
+        g \odot b + d\, t)` with :math:`g = \sigma(a t + c)`.
+
+        Folding the gate into the weights turns the layer into a single matrix product on
+        the batch (the gate is applied to the 64×64 weights, not to every row), which is how
+        the ODE solvers, with one t for all rows, evaluate it.
+
+        Arguments:
+            tc: the time, shape (1, 1).
+
+        Returns:
+            ``(weight, bias)`` of shapes (out, in) and (out,).
+        """
+        t = tc.reshape(())
+        # the submodules' parameters used directly: one small op each, no module calls
+        gate = torch.sigmoid(torch.addcmul(self.gate.bias, self.gate.weight[:, 0], t))
+        weight = self.linear.weight * gate.unsqueeze(1)
+        shift = self.hyper_bias.weight[:, 0] * t
+        bias = torch.addcmul(shift, self.linear.bias, gate)
+        return weight, bias
 
 
 class ConcatSquashMLP(nn.Module):
@@ -203,19 +234,37 @@ class ConcatSquashMLP(nn.Module):
                              "out_features == in_features")
         derivative = ACTIVATION_DERIVATIVES[type(self.activation)]
         tc = _time_column(t, z)
+        n = z.shape[0]
+        fused = _FUSED_KINDS.get(type(self.activation))
+        if isinstance(self.activation, nn.Softplus) and self.activation.threshold != 20.0:
+            fused = None  # F.softplus's default threshold is what the fused path computes
+        if tc.shape[0] == 1 and not frobenius and fused is not None and len(self.layers) > 1:
+            # the solvers' case: hand-written backward (cnflow._fused_divergence)
+            return concat_squash_with_divergence(fused, z, tc.reshape(()), [
+                (layer.linear.weight, layer.linear.bias, layer.gate.weight, layer.gate.bias,
+                 layer.hyper_bias.weight) for layer in self.layers])
         x = z
-        jac = None  # (n or 1, D, width): row d is ∂x/∂z_d, i.e. the Jacobian transposed
+        jac = None  # (n, D, width): row d is ∂x/∂z_d, i.e. the Jacobian transposed
         last = len(self.layers) - 1
         for k, layer in enumerate(self.layers):
-            weight = layer.linear.weight  # (out, in)
-            gate = torch.sigmoid(layer.gate(tc))  # (1 or n, out)
-            p = layer.linear(x) * gate + layer.hyper_bias(tc)
+            if tc.shape[0] == 1:  # one time: the gate folds into the weights (see affine_at)
+                weight, bias = layer.affine_at(tc)
+                p = F.linear(x, weight, bias)
+            else:  # one time per row: diag(g_row) W differs by row; gate the outputs
+                gate = torch.sigmoid(layer.gate(tc))  # (n, out)
+                p = layer.linear(x) * gate + layer.hyper_bias(tc)
+                weight = layer.linear.weight
             if k == last:
                 dz = p
                 if jac is None:  # a single layer: the Jacobian is diag(g) W for every row
-                    jac_last = gate.unsqueeze(1) * weight.T.unsqueeze(0)
-                    trace = (gate * torch.diagonal(weight)).sum(-1).expand(z.shape[0])
-                    frob = jac_last.square().sum((1, 2)).expand(z.shape[0])
+                    jac_last = weight.T.unsqueeze(0) if tc.shape[0] == 1 else \
+                        gate.unsqueeze(1) * weight.T.unsqueeze(0)
+                    trace = torch.diagonal(jac_last, dim1=1, dim2=2).sum(-1).expand(n)
+                    frob = jac_last.square().sum((1, 2)).expand(n)
+                elif tc.shape[0] == 1:
+                    # Σ_d Σ_i W'[d, i] J[:, d, i]: one matrix-vector product
+                    trace = jac.reshape(n, -1) @ weight.reshape(-1)
+                    frob = (jac @ weight.T).square().sum((1, 2)) if frobenius else trace
                 else:
                     # diag_d = g_d Σ_i W[d, i] J[:, d, i]
                     trace = (gate * (jac * weight.unsqueeze(0)).sum(-1)).sum(-1)
@@ -223,8 +272,14 @@ class ConcatSquashMLP(nn.Module):
                         if frobenius else trace
                 break
             h = self.activation(p)
-            scale = (derivative(p, h) * gate).unsqueeze(1)  # (n, 1, out)
-            jac = scale * (weight.T.unsqueeze(0) if jac is None else jac @ weight.T)
+            scale = derivative(p, h)
+            if tc.shape[0] != 1:
+                scale = scale * gate
+            scale = scale.unsqueeze(1)  # (n, 1, out)
+            # (the first layer's D×width Jacobian made contiguous, so that the next product
+            # is one matrix multiply rather than a strided batched one)
+            jac = scale * (weight.T.contiguous().unsqueeze(0) if jac is None
+                           else jac @ weight.T)
             x = h
         return (dz, trace, frob) if frobenius else (dz, trace)
 

@@ -1,0 +1,187 @@
+r"""A concat-squash MLP's output and exact divergence at one time t, with a hand-written
+backward pass.
+
+At one time t each concat-squash layer is affine, :math:`W'_k = \operatorname{diag}(g_k) W_k`,
+:math:`b'_k = g_k \odot b_k + d_k t` with the gate :math:`g_k = \sigma(a_k t + c_k)`. For the
+network :math:`x_k = \varphi(p_k)`, :math:`p_k = W'_k x_{k-1} + b'_k` (:math:`x_{-1} = z`,
+hidden layers k = 0 … L−1) and output :math:`f = W'_L x_{L-1} + b'_L` (primes dropped below),
+the Jacobian is carried forward with the activations (rows indexed by the input coordinate d),
+
+.. math:: M_k = J_{k-1} W_k^\top, \qquad J_k = M_k \odot \varphi'(p_k), \qquad
+    J_{-1} = I, \qquad \operatorname{tr} \frac{\partial f}{\partial z}
+    = \sum_{d, i} W_L[d, i]\, J_{L-1}[d, i].
+
+The vector-Jacobian product of :math:`(f, \operatorname{tr})` with :math:`(\bar f, \bar\tau)`
+runs the chain rule back through those recurrences by hand:
+
+.. math:: \bar J_{L-1} = \bar\tau\, W_L, \quad \bar x_{L-1} = W_L^\top \bar f, \quad
+    \bar M_k = \bar J_k \odot \varphi'(p_k), \quad
+    \bar s_k = \textstyle\sum_d \bar J_k[d] \odot M_k[d],
+
+.. math:: \bar p_k = \varphi'(p_k) \odot \bar x_k + \varphi''(p_k) \odot \bar s_k, \quad
+    \bar x_{k-1} = W_k^\top \bar p_k, \quad \bar J_{k-1} = \bar M_k W_k, \quad
+    \bar W_k = \bar p_k x_{k-1}^\top + \textstyle\sum_d \bar M_k[d]^\top J_{k-1}[d],
+
+and then through the folding: :math:`\bar W = \operatorname{diag}(g) \bar W'`,
+:math:`\bar b = g \odot \bar b'`, :math:`\bar g = \sum_i \bar W'_{:, i} \odot W_{:, i} + \bar b'
+\odot b`, :math:`\bar c = \bar g \odot g (1 - g)`, :math:`\bar a = t \bar c`,
+:math:`\bar d = t \bar b'`, :math:`\bar t = \sum_k a_k \cdot \bar c_k + d_k \cdot \bar b'_k`.
+
+The ODE solvers call this once per stage, and the adjoint once per backward stage; one
+autograd node with a dozen matrix products and elementwise ops per layer replaces some 150
+small autograd nodes (``scripts/bench_peers.py`` measures the training step). It is used by
+:meth:`cnflow.nn.ConcatSquashMLP.forward_with_divergence` for one time for all rows, tanh,
+sigmoid or softplus, and no Frobenius norm; gradients through it are first order only (a
+second derivative raises).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["FUSED_ACTIVATIONS", "concat_squash_with_divergence"]
+
+#: Activations with a hand-written second derivative here.
+FUSED_ACTIVATIONS = ("tanh", "sigmoid", "softplus")
+
+
+def _activate(kind: str, p: Tensor) -> tuple[Tensor, Tensor]:
+    """φ(p) and φ'(p)."""
+    if kind == "tanh":
+        h = torch.tanh(p)
+        return h, 1 - h * h
+    if kind == "sigmoid":
+        h = torch.sigmoid(p)
+        return h, h * (1 - h)
+    return F.softplus(p), torch.sigmoid(p)
+
+
+def _pre_activation_grad(kind: str, h: Tensor, s: Tensor, h_bar: Tensor,
+                         s_bar: Tensor) -> Tensor:
+    """p̄ = φ'(p) x̄ + φ''(p) s̄, with φ'' from h = φ(p) and s = φ'(p)."""
+    if kind == "tanh":  # φ'' = −2 h s
+        return s * (h_bar - 2 * h * s_bar)
+    if kind == "sigmoid":  # φ'' = s (1 − 2h)
+        return s * (h_bar + (1 - 2 * h) * s_bar)
+    return s * (h_bar + (1 - s) * s_bar)  # softplus: φ'' = s (1 − s)
+
+
+class _MLPWithDivergence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, kind: str, z: Tensor, t: Tensor, *raw: Tensor):
+        # per layer: linear weight W, bias b, gate weight a (out, 1), gate bias c, shift d (out, 1)
+        layers = [raw[i:i + 5] for i in range(0, len(raw), 5)]
+        gates = [torch.sigmoid(torch.addcmul(c, a[:, 0], t)) for _, _, a, c, _ in layers]
+        weights = [w * g.unsqueeze(1) for (w, *_), g in zip(layers, gates, strict=True)]
+        biases = [torch.addcmul(d[:, 0] * t, b, g)
+                  for (_, b, _, _, d), g in zip(layers, gates, strict=True)]
+        n, dim = z.shape
+        hs, ss, ms, js = [], [], [], []
+        x, jac = z, None
+        for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
+            h, s = _activate(kind, torch.addmm(bias, x, weight.T))
+            if jac is None:  # J_{-1} = I: M_0 = W_0ᵀ for every row (not stored)
+                jac = s.unsqueeze(1) * weight.T.contiguous().unsqueeze(0)
+            else:
+                m = (jac.reshape(n * dim, -1) @ weight.T).reshape(n, dim, -1)
+                ms.append(m)
+                jac = m * s.unsqueeze(1)
+            hs.append(h)
+            ss.append(s)
+            js.append(jac)
+            x = h
+        out = torch.addmm(biases[-1], x, weights[-1].T)
+        trace = jac.reshape(n, -1) @ weights[-1].reshape(-1)
+        ctx.kind = kind
+        ctx.n_hidden = len(hs)
+        ctx.save_for_backward(z, t, *raw, *gates, *weights, *hs, *ss, *ms, *js)
+        return out, trace
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, out_bar: Tensor, trace_bar: Tensor):
+        kind, n_hidden = ctx.kind, ctx.n_hidden
+        n_layers = n_hidden + 1
+        saved = ctx.saved_tensors
+        z, t = saved[0], saved[1]
+        raw = saved[2:2 + 5 * n_layers]
+        gates = saved[2 + 5 * n_layers:2 + 6 * n_layers]
+        weights = saved[2 + 6 * n_layers:2 + 7 * n_layers]
+        rest = saved[2 + 7 * n_layers:]
+        hs, ss = rest[:n_hidden], rest[n_hidden:2 * n_hidden]
+        ms, js = rest[2 * n_hidden:3 * n_hidden - 1], rest[3 * n_hidden - 1:]
+        n, dim = z.shape
+        grads: list[Tensor | None] = [None] * (2 * len(weights))
+        last = weights[-1]
+        grads[-1] = out_bar.sum(0)
+        grads[-2] = out_bar.T @ hs[-1] + (trace_bar @ js[-1].reshape(n, -1)).reshape(last.shape)
+        x_bar = out_bar @ last
+        jac_bar = trace_bar[:, None, None] * last.unsqueeze(0)
+        for k in range(n_hidden - 1, -1, -1):
+            weight, h, s = weights[k], hs[k], ss[k]
+            m_bar = jac_bar * s.unsqueeze(1)
+            m = ms[k - 1] if k > 0 else weight.T.unsqueeze(0)
+            p_bar = _pre_activation_grad(kind, h, s, x_bar, (jac_bar * m).sum(1))
+            x_prev = hs[k - 1] if k > 0 else z
+            weight_bar = p_bar.T @ x_prev
+            if k > 0:
+                width = weight.shape[0]
+                flat_m_bar = m_bar.reshape(n * dim, width)
+                weight_bar = weight_bar + flat_m_bar.T @ js[k - 1].reshape(n * dim, -1)
+                jac_bar = (flat_m_bar @ weight).reshape(n, dim, -1)
+            else:
+                weight_bar = weight_bar + m_bar.sum(0).T
+            grads[2 * k], grads[2 * k + 1] = weight_bar, p_bar.sum(0)
+            x_bar = p_bar @ weight
+        # through the folding W' = diag(g) W, b' = g ⊙ b + d t, g = σ(a t + c)
+        raw_grads: list[Tensor] = []
+        t_bar = torch.zeros_like(t)
+        for k, gate in enumerate(gates):
+            w, b, a, _, d = raw[5 * k:5 * k + 5]
+            w_bar, b_bar = grads[2 * k], grads[2 * k + 1]
+            gate_bar = (w_bar * w).sum(1) + b_bar * b
+            c_bar = gate_bar * gate * (1 - gate)
+            raw_grads += [w_bar * gate.unsqueeze(1), b_bar * gate, (c_bar * t).unsqueeze(1),
+                          c_bar, (b_bar * t).unsqueeze(1)]
+            t_bar = t_bar + (c_bar * a[:, 0]).sum() + (b_bar * d[:, 0]).sum()
+        return (None, x_bar, t_bar, *raw_grads)
+
+
+def concat_squash_with_divergence(kind: str, z: Tensor, t: Tensor,
+                                  layers: Sequence[Sequence[Tensor]]) -> tuple[Tensor, Tensor]:
+    r"""f(t, z) and tr(∂f/∂z) of a concat-squash MLP at one time t (at least one hidden
+    layer), activation ``kind`` (one of :data:`FUSED_ACTIVATIONS`) between the layers.
+
+    Arguments:
+        kind: the activation.
+        z: shape (n, D).
+        t: the time, a 0-d tensor of z's dtype.
+        layers: per layer ``(W, b, a, c, d)``: the linear weight (out, in) and bias (out,), the
+            gate's weight (out, 1) and bias (out,), the time shift's weight (out, 1) (the
+            parameters of :class:`cnflow.nn.ConcatSquashLinear`).
+
+    Returns:
+        ``(f, trace)``, shapes (n, D) and (n,).
+
+    Example:
+        >>> import torch
+        >>> from cnflow._fused_divergence import concat_squash_with_divergence
+        >>> from cnflow.nn import ConcatSquashMLP
+        >>> net = ConcatSquashMLP(2, hidden=(8,))
+        >>> layers = [(l.linear.weight, l.linear.bias, l.gate.weight, l.gate.bias,
+        ...            l.hyper_bias.weight) for l in net.layers]
+        >>> f, tr = concat_squash_with_divergence("tanh", torch.randn(5, 2), torch.tensor(0.5),
+        ...                                       layers)
+        >>> f.shape, tr.shape
+        (torch.Size([5, 2]), torch.Size([5]))
+    """
+    if kind not in FUSED_ACTIVATIONS:
+        raise ValueError(f"unknown activation {kind!r}; valid: {', '.join(FUSED_ACTIVATIONS)}")
+    if len(layers) < 2 or any(len(layer) != 5 for layer in layers):
+        raise ValueError("need at least two layers, each given as (W, b, a, c, d)")
+    return _MLPWithDivergence.apply(kind, z, t, *(p for layer in layers for p in layer))
