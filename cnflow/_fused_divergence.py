@@ -50,11 +50,17 @@ __all__ = ["FUSED_ACTIVATIONS", "concat_squash_with_divergence"]
 FUSED_ACTIVATIONS = ("tanh", "sigmoid", "softplus")
 
 
-def _activate(kind: str, p: Tensor) -> tuple[Tensor, Tensor]:
-    """φ(p) and φ'(p)."""
+def _layer(kind: str, x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """h = φ(p) and φ'(p) for p = W x + b.
+
+    tanh is evaluated as 2σ(2p) − 1 (absolute error of a few ulp of 1): torch's CPU sigmoid
+    is vectorised and several times faster than its tanh, and the doubling folds into the
+    matrix product.
+    """
     if kind == "tanh":
-        h = torch.tanh(p)
+        h = torch.sigmoid(torch.addmm(bias, x, weight.T, beta=2, alpha=2)).mul_(2).sub_(1)
         return h, 1 - h * h
+    p = torch.addmm(bias, x, weight.T)
     if kind == "sigmoid":
         h = torch.sigmoid(p)
         return h, h * (1 - h)
@@ -84,7 +90,7 @@ class _MLPWithDivergence(torch.autograd.Function):
         hs, ss, ms, js = [], [], [], []
         x, jac = z, None
         for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
-            h, s = _activate(kind, torch.addmm(bias, x, weight.T))
+            h, s = _layer(kind, x, weight, bias)
             if jac is None:  # J_{-1} = I: M_0 = W_0ᵀ for every row (not stored)
                 jac = s.unsqueeze(1) * weight.T.contiguous().unsqueeze(0)
             else:

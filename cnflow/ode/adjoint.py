@@ -50,6 +50,8 @@ class _Settings:
     seminorm: bool
     stats: SolverStats
     adjoint_stats: SolverStats
+    f0: torch.Tensor | None = None  # f(t_0, y_0) when already evaluated
+    f_out: list | None = None  # receives f(t_i, y_i) where the forward solve evaluated it
 
 
 def _augmented_dynamics(fn: FlatFn, n: int, params: Sequence[torch.Tensor],
@@ -83,7 +85,9 @@ class _AdjointSolve(torch.autograd.Function):
             ys = integrate(settings.fn, y0, settings.times, settings.tableau,
                            rtol=settings.rtol, atol=settings.atol,
                            step_size=settings.step_size, max_num_steps=settings.max_num_steps,
-                           segments=settings.segments, stats=settings.stats)
+                           segments=settings.segments, stats=settings.stats,
+                           f0=settings.f0, f_out=settings.f_out)
+        settings.f0 = settings.f_out = None  # values only, not kept with the graph
         ctx.settings = settings
         ctx.save_for_backward(ys, *params)
         return ys
@@ -203,7 +207,9 @@ def odeint_adjoint(
         adjoint_stats=SolverStats() if adjoint_stats is None else adjoint_stats,
     )
 
-    def solve(y0_flat: torch.Tensor) -> torch.Tensor:
+    def solve(y0_flat: torch.Tensor, f0: torch.Tensor | None, f_out: list | None) -> torch.Tensor:
+        # the forward solve runs without a graph, so the known f(t_0, y_0) can be its first stage
+        settings.f0, settings.f_out = f0, f_out
         return _AdjointSolve.apply(y0_flat, settings, *params)
 
     return problem.unflatten(solve_with_time_gradient(problem, solve, stats))

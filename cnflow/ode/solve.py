@@ -67,7 +67,7 @@ def _rk_stages(fn: Callable, t: float, y: torch.Tensor, k1: torch.Tensor, h: flo
 
 def _integrate_fixed(fn: Callable, y0: torch.Tensor, times: list[float],
                      tableau: ButcherTableau, step_size: float | None, max_num_steps: int,
-                     stats: SolverStats) -> list[torch.Tensor]:
+                     stats: SolverStats, f0: torch.Tensor | None) -> list[torch.Tensor]:
     counts = []
     for a, b in zip(times[:-1], times[1:], strict=True):
         n = 1 if step_size is None else max(1, math.ceil(abs(b - a) / step_size - 1e-9))
@@ -82,7 +82,8 @@ def _integrate_fixed(fn: Callable, y0: torch.Tensor, times: list[float],
         h = (b - a) / n
         for j in range(n):
             t = a + j * h
-            _, y = _rk_stages(fn, t, y, fn(t, y), h, tableau)
+            k1 = f0 if f0 is not None and t == times[0] else fn(t, y)
+            _, y = _rk_stages(fn, t, y, k1, h, tableau)
             stats.n_accepted += 1
         if not bool(torch.isfinite(y).all()):
             raise NonFiniteStateError(
@@ -95,12 +96,14 @@ def _integrate_fixed(fn: Callable, y0: torch.Tensor, times: list[float],
 def _integrate_adaptive(fn: Callable, y0: torch.Tensor, times: list[float],
                         tableau: ButcherTableau, rtol: float, atol: float,
                         max_num_steps: int, segments: Sequence[int],
-                        stats: SolverStats) -> list[torch.Tensor]:
+                        stats: SolverStats, f0: torch.Tensor | None,
+                        f_out: list | None) -> list[torch.Tensor]:
     t_end = times[-1]
     direction = 1.0 if t_end > times[0] else -1.0
     n_control = sum(segments)
     t, y = times[0], y0
-    f0 = fn(t, y)
+    if f0 is None:
+        f0 = fn(t, y)
     if not bool(torch.isfinite(f0).all()):
         raise NonFiniteStateError(f"f returned NaN or infinite values at t={t:g}", t=t)
     h = initial_step_size(fn, t, y, f0, direction, tableau.order, rtol, atol, segments)
@@ -144,6 +147,8 @@ def _integrate_adaptive(fn: Callable, y0: torch.Tensor, times: list[float],
                 t_out = times[next_out]
                 if t_out == t_new:
                     outputs.append(y1)
+                    if f_out is not None and tableau.fsal:  # f(t_new, y1) is the last stage
+                        f_out[next_out] = ks[-1]
                 else:
                     theta = (t_out - t) / (t_new - t)
                     outputs.append(_combine(y, hs, tableau.dense_weights(theta), ks))
@@ -159,12 +164,16 @@ def _integrate_adaptive(fn: Callable, y0: torch.Tensor, times: list[float],
 def integrate(fn: FlatFn, y0: torch.Tensor, times: list[float], tableau: ButcherTableau, *,
               rtol: float, atol: float, step_size: float | None, max_num_steps: int,
               segments: Sequence[int] | None = None,
-              stats: SolverStats | None = None) -> torch.Tensor:
+              stats: SolverStats | None = None, f0: torch.Tensor | None = None,
+              f_out: list | None = None) -> torch.Tensor:
     """Solve a flat, already checked problem; returns the states at ``times``, (len, N).
 
     ``segments`` (default: the whole state as one part) are the sizes of the parts of the
     state measured by separate RMS norms; entries past ``sum(segments)`` are integrated but
-    left out of the error control (the adjoint's seminorm).
+    left out of the error control (the adjoint's seminorm). ``f0``, when given, is
+    f(times[0], y0), already evaluated (not evaluated again, nor counted). ``f_out``, a list of
+    ``len(times)`` entries, receives f(times[i], y_i) where the solver evaluated it anyway (the
+    last stage of a first-same-as-last step ending on an output time); other entries are left.
     """
     stats = SolverStats() if stats is None else stats
     counted = _Counted(fn, stats)
@@ -172,36 +181,49 @@ def integrate(fn: FlatFn, y0: torch.Tensor, times: list[float], tableau: Butcher
         return y0.unsqueeze(0)
     if tableau.adaptive:
         outputs = _integrate_adaptive(counted, y0, times, tableau, rtol, atol, max_num_steps,
-                                      [y0.numel()] if segments is None else segments, stats)
+                                      [y0.numel()] if segments is None else segments, stats,
+                                      f0, f_out)
     else:
-        outputs = _integrate_fixed(counted, y0, times, tableau, step_size, max_num_steps, stats)
+        outputs = _integrate_fixed(counted, y0, times, tableau, step_size, max_num_steps, stats,
+                                   f0)
     return torch.stack(outputs)
 
 
-def solve_with_time_gradient(problem: FlatProblem,
-                             solve: Callable[[torch.Tensor], torch.Tensor],
+#: ``solve(y0_flat, f0, f_out) -> ys``: f0 is f(t_0, y_0) when already known (the solve may use
+#: it as its first evaluation), f_out a list that the solve may fill with f(t_i, y_i).
+SolveFn = Callable[[torch.Tensor, "torch.Tensor | None", "list | None"], torch.Tensor]
+
+
+def solve_with_time_gradient(problem: FlatProblem, solve: SolveFn,
                              stats: SolverStats) -> torch.Tensor:
-    """Run ``solve(y0_flat) -> ys`` and, when ``t`` requires grad, attach ∂L/∂t.
+    """Run ``solve`` and, when ``t`` requires grad, attach ∂L/∂t.
 
     For i ≥ 1, ∂L/∂t_i = ⟨∂L/∂y_i, f(t_i, y_i)⟩; and moving t_0 by δ moves every later output
     as moving y_0 by −δ f(t_0, y_0) would, so ∂L/∂t_0 = −⟨a(t_0), f(t_0, y_0)⟩ with a the
     adjoint of the later outputs. Both are attached as zero-valued terms
     (t − t.detach()) · f, which leave the values untouched and give exactly these gradients.
+    f(t_0, y_0) is handed to the solve as its first evaluation, and f(t_i, y_i) is taken from
+    the solve where it evaluated it (first same as last), so the time gradients cost only the
+    evaluations at output times that fall inside a step.
     """
     t = problem.t
     if not (t.requires_grad and torch.is_grad_enabled()) or len(problem.times) == 1:
-        return solve(problem.y0)
+        return solve(problem.y0, None, None)
     dtype = problem.y0.dtype
     shift = (t - t.detach()).to(device=problem.y0.device, dtype=dtype)
     with torch.no_grad():
         f0 = problem.fn(problem.times[0], problem.y0)
     stats.nfe += 1
-    ys = solve(problem.y0 - shift[0] * f0)
+    f_out: list = [None] * len(problem.times)
+    ys = solve(problem.y0 - shift[0] * f0, f0, f_out)
+    fs = []
     with torch.no_grad():
-        fs = torch.stack([problem.fn(ti, yi) for ti, yi in zip(problem.times[1:], ys[1:],
-                                                                  strict=True)])
-    stats.nfe += len(problem.times) - 1
-    return torch.cat([problem.y0.unsqueeze(0), ys[1:] + shift[1:, None] * fs])
+        for i in range(1, len(problem.times)):
+            if f_out[i] is None:
+                f_out[i] = problem.fn(problem.times[i], ys[i])
+                stats.nfe += 1
+            fs.append(f_out[i].detach())
+    return torch.cat([problem.y0.unsqueeze(0), ys[1:] + shift[1:, None] * torch.stack(fs)])
 
 
 def odeint(
@@ -259,9 +281,10 @@ def odeint(
                                step_size=step_size, max_num_steps=max_num_steps)
     stats = SolverStats() if stats is None else stats
 
-    def solve(y0_flat: torch.Tensor) -> torch.Tensor:
+    def solve(y0_flat: torch.Tensor, f0: torch.Tensor | None, f_out: list | None) -> torch.Tensor:
+        # f0 is not reused here: backpropagation needs the first stage's graph from y0_flat
         return integrate(problem.fn, y0_flat, problem.times, tableau, rtol=rtol, atol=atol,
                          step_size=step_size, max_num_steps=max_num_steps,
-                         segments=problem.segments, stats=stats)
+                         segments=problem.segments, stats=stats, f_out=f_out)
 
     return problem.unflatten(solve_with_time_gradient(problem, solve, stats))
