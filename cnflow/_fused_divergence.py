@@ -31,8 +31,8 @@ The ODE solvers call this once per stage, and the adjoint once per backward stag
 autograd node with a dozen matrix products and elementwise ops per layer replaces some 150
 small autograd nodes (``scripts/bench_peers.py`` measures the training step). It is used by
 :meth:`cnflow.nn.ConcatSquashMLP.forward_with_divergence` for one time for all rows, tanh,
-sigmoid or softplus, and no Frobenius norm; gradients through it are first order only (a
-second derivative raises).
+sigmoid or softplus, with or without the Frobenius norm :math:`\|J_f\|_F^2 = \|J_{L-1}
+W_L^\top\|_F^2`; gradients through it are first order only (a second derivative raises).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _pre_activation_grad(kind: str, h: Tensor, s: Tensor, h_bar: Tensor,
 
 class _MLPWithDivergence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kind: str, z: Tensor, t: Tensor, *raw: Tensor):
+    def forward(ctx, kind: str, frobenius: bool, z: Tensor, t: Tensor, *raw: Tensor):
         # per layer: linear weight W, bias b, gate weight a (out, 1), gate bias c, shift d (out, 1)
         layers = [raw[i:i + 5] for i in range(0, len(raw), 5)]
         gates = [torch.sigmoid(torch.addcmul(c, a[:, 0], t)) for _, _, a, c, _ in layers]
@@ -102,15 +102,20 @@ class _MLPWithDivergence(torch.autograd.Function):
             js.append(jac)
             x = h
         out = torch.addmm(biases[-1], x, weights[-1].T)
-        trace = jac.reshape(n, -1) @ weights[-1].reshape(-1)
-        ctx.kind = kind
-        ctx.n_hidden = len(hs)
-        ctx.save_for_backward(z, t, *raw, *gates, *weights, *hs, *ss, *ms, *js)
-        return out, trace
+        ctx.kind, ctx.frobenius, ctx.n_hidden = kind, frobenius, len(hs)
+        if not frobenius:
+            trace = jac.reshape(n, -1) @ weights[-1].reshape(-1)
+            ctx.save_for_backward(z, t, *raw, *gates, *weights, *hs, *ss, *ms, *js)
+            return out, trace
+        # the whole D×D Jacobian of f (transposed): J_f[d, e] = ∂f_e/∂z_d
+        jac_f = (jac.reshape(n * dim, -1) @ weights[-1].T).reshape(n, dim, dim)
+        trace = torch.diagonal(jac_f, dim1=1, dim2=2).sum(-1)
+        ctx.save_for_backward(z, t, *raw, *gates, *weights, *hs, *ss, *ms, *js, jac_f)
+        return out, trace, jac_f.square().sum((1, 2))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, out_bar: Tensor, trace_bar: Tensor):
+    def backward(ctx, out_bar: Tensor, trace_bar: Tensor, frob_bar: Tensor | None = None):
         kind, n_hidden = ctx.kind, ctx.n_hidden
         n_layers = n_hidden + 1
         saved = ctx.saved_tensors
@@ -120,7 +125,7 @@ class _MLPWithDivergence(torch.autograd.Function):
         weights = saved[2 + 6 * n_layers:2 + 7 * n_layers]
         rest = saved[2 + 7 * n_layers:]
         hs, ss = rest[:n_hidden], rest[n_hidden:2 * n_hidden]
-        ms, js = rest[2 * n_hidden:3 * n_hidden - 1], rest[3 * n_hidden - 1:]
+        ms, js = rest[2 * n_hidden:3 * n_hidden - 1], rest[3 * n_hidden - 1:4 * n_hidden - 1]
         n, dim = z.shape
         grads: list[Tensor | None] = [None] * (2 * len(weights))
         last = weights[-1]
@@ -128,6 +133,11 @@ class _MLPWithDivergence(torch.autograd.Function):
         grads[-2] = out_bar.T @ hs[-1] + (trace_bar @ js[-1].reshape(n, -1)).reshape(last.shape)
         x_bar = out_bar @ last
         jac_bar = trace_bar[:, None, None] * last.unsqueeze(0)
+        if ctx.frobenius:  # ‖J_f‖²_F with J_f = J Wᵀ: J̄ += 2 r̄ J_f W, W̄ += Σ 2 r̄ J_fᵀ J
+            jac_f_bar = (2 * frob_bar)[:, None, None] * rest[-1]
+            jac_bar = jac_bar + (jac_f_bar.reshape(n * dim, dim) @ last).reshape(n, dim, -1)
+            grads[-2] = grads[-2] + jac_f_bar.reshape(n * dim, dim).T @ js[-1].reshape(
+                n * dim, -1)
         for k in range(n_hidden - 1, -1, -1):
             weight, h, s = weights[k], hs[k], ss[k]
             m_bar = jac_bar * s.unsqueeze(1)
@@ -155,13 +165,15 @@ class _MLPWithDivergence(torch.autograd.Function):
             raw_grads += [w_bar * gate.unsqueeze(1), b_bar * gate, (c_bar * t).unsqueeze(1),
                           c_bar, (b_bar * t).unsqueeze(1)]
             t_bar = t_bar + (c_bar * a[:, 0]).sum() + (b_bar * d[:, 0]).sum()
-        return (None, x_bar, t_bar, *raw_grads)
+        return (None, None, x_bar, t_bar, *raw_grads)
 
 
 def concat_squash_with_divergence(kind: str, z: Tensor, t: Tensor,
-                                  layers: Sequence[Sequence[Tensor]]) -> tuple[Tensor, Tensor]:
-    r"""f(t, z) and tr(∂f/∂z) of a concat-squash MLP at one time t (at least one hidden
-    layer), activation ``kind`` (one of :data:`FUSED_ACTIVATIONS`) between the layers.
+                                  layers: Sequence[Sequence[Tensor]],
+                                  frobenius: bool = False) -> tuple[Tensor, ...]:
+    r"""f(t, z) and tr(∂f/∂z) (and ‖∂f/∂z‖²_F) of a concat-squash MLP at one time t (at least
+    one hidden layer), activation ``kind`` (one of :data:`FUSED_ACTIVATIONS`) between the
+    layers.
 
     Arguments:
         kind: the activation.
@@ -170,9 +182,10 @@ def concat_squash_with_divergence(kind: str, z: Tensor, t: Tensor,
         layers: per layer ``(W, b, a, c, d)``: the linear weight (out, in) and bias (out,), the
             gate's weight (out, 1) and bias (out,), the time shift's weight (out, 1) (the
             parameters of :class:`cnflow.nn.ConcatSquashLinear`).
+        frobenius: also return ‖∂f/∂z‖²_F per row (the RNODE regulariser's integrand).
 
     Returns:
-        ``(f, trace)``, shapes (n, D) and (n,).
+        ``(f, trace)``, shapes (n, D) and (n,); or ``(f, trace, frobenius)``.
 
     Example:
         >>> import torch
@@ -190,4 +203,5 @@ def concat_squash_with_divergence(kind: str, z: Tensor, t: Tensor,
         raise ValueError(f"unknown activation {kind!r}; valid: {', '.join(FUSED_ACTIVATIONS)}")
     if len(layers) < 2 or any(len(layer) != 5 for layer in layers):
         raise ValueError("need at least two layers, each given as (W, b, a, c, d)")
-    return _MLPWithDivergence.apply(kind, z, t, *(p for layer in layers for p in layer))
+    return _MLPWithDivergence.apply(kind, bool(frobenius), z, t,
+                                    *(p for layer in layers for p in layer))

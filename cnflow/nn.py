@@ -238,11 +238,11 @@ class ConcatSquashMLP(nn.Module):
         fused = _FUSED_KINDS.get(type(self.activation))
         if isinstance(self.activation, nn.Softplus) and self.activation.threshold != 20.0:
             fused = None  # F.softplus's default threshold is what the fused path computes
-        if tc.shape[0] == 1 and not frobenius and fused is not None and len(self.layers) > 1:
+        if tc.shape[0] == 1 and fused is not None and len(self.layers) > 1:
             # the solvers' case: hand-written backward (cnflow._fused_divergence)
             return concat_squash_with_divergence(fused, z, tc.reshape(()), [
                 (layer.linear.weight, layer.linear.bias, layer.gate.weight, layer.gate.bias,
-                 layer.hyper_bias.weight) for layer in self.layers])
+                 layer.hyper_bias.weight) for layer in self.layers], frobenius=frobenius)
         x = z
         jac = None  # (n, D, width): row d is ∂x/∂z_d, i.e. the Jacobian transposed
         last = len(self.layers) - 1

@@ -82,7 +82,8 @@ def test_forward_with_divergence_matches_autograd_jacobian(activation, hidden, p
     z = torch.randn(6, 3, dtype=torch.float64)
     t = torch.rand(6, dtype=torch.float64) if per_row_t else torch.tensor(0.7, dtype=torch.float64)
     dz, trace, frob = net.forward_with_divergence(t, z, frobenius=True)
-    torch.testing.assert_close(dz, net(t, z), rtol=0, atol=0)
+    # equal up to rounding (the solvers' path evaluates tanh as 2σ(2p) − 1)
+    torch.testing.assert_close(dz, net(t, z), rtol=1e-14, atol=1e-14)
     jac = torch.stack([torch.autograd.functional.jacobian(
         lambda x, i=i: net(t[i:i + 1] if per_row_t else t, x[None])[0], z[i]) for i in range(6)])
     torch.testing.assert_close(trace, jac.diagonal(dim1=1, dim2=2).sum(-1), rtol=1e-12,
@@ -93,31 +94,43 @@ def test_forward_with_divergence_matches_autograd_jacobian(activation, hidden, p
 
 @pytest.mark.parametrize("activation", ["tanh", "softplus", "sigmoid", "elu"])
 @pytest.mark.parametrize("hidden", [(7,), (9, 5), (4, 6, 5)])
-def test_divergence_gradients_equal_double_backprop_of_the_autograd_trace(activation, hidden):
-    """The hand-written backward of (f, tr ∂f/∂z) (one time for all rows; ELU falls back to
-    autograd) gives the gradients of double backpropagation through the brute-force trace,
-    for z, t and every parameter."""
+@pytest.mark.parametrize("frobenius", [False, True])
+def test_divergence_gradients_equal_double_backprop_of_the_autograd_jacobian(activation, hidden,
+                                                                             frobenius):
+    """The hand-written backward of (f, tr ∂f/∂z[, ‖∂f/∂z‖²_F]) (one time for all rows; ELU
+    falls back to autograd) gives the gradients of double backpropagation through the
+    brute-force Jacobian, for z, t and every parameter."""
     torch.manual_seed(1)
     net = ConcatSquashMLP(3, hidden, activation=activation).double()
     z = torch.randn(6, 3, dtype=D64, requires_grad=True)
     t = torch.tensor(0.4, dtype=D64, requires_grad=True)
-    f_weights, tr_weights = torch.randn(6, 3, dtype=D64), torch.randn(6, dtype=D64)
+    f_weights, tr_weights, fr_weights = (torch.randn(6, 3, dtype=D64),
+                                         torch.randn(6, dtype=D64), torch.randn(6, dtype=D64))
     inputs = (z, t, *net.parameters())
 
-    dz, trace = net.forward_with_divergence(t, z)
-    ours = torch.autograd.grad((f_weights * dz).sum() + (tr_weights * trace).sum(), inputs)
+    def loss(f, trace, frob):
+        extra = (fr_weights * frob).sum() if frobenius else 0.0
+        return (f_weights * f).sum() + (tr_weights * trace).sum() + extra
+
+    out = net.forward_with_divergence(t, z, frobenius=frobenius)
+    ours = torch.autograd.grad(loss(out[0], out[1], out[-1]), inputs)
 
     f = net(t, z)
-    brute = sum(torch.autograd.grad(f[:, i].sum(), z, create_graph=True)[0][:, i]
-                for i in range(3))
-    torch.testing.assert_close(trace, brute, rtol=1e-12, atol=1e-12)
-    reference = torch.autograd.grad((f_weights * f).sum() + (tr_weights * brute).sum(), inputs)
+    rows = torch.stack([torch.autograd.grad(f[:, i].sum(), z, create_graph=True)[0]
+                        for i in range(3)], 1)  # rows[:, i, :] = ∂f_i/∂z
+    brute_trace = rows.diagonal(dim1=1, dim2=2).sum(-1)
+    brute_frob = rows.square().sum((1, 2))
+    torch.testing.assert_close(out[1], brute_trace, rtol=1e-12, atol=1e-12)
+    if frobenius:
+        torch.testing.assert_close(out[2], brute_frob, rtol=1e-12, atol=1e-12)
+    reference = torch.autograd.grad(loss(f, brute_trace, brute_frob), inputs)
     for a, b in zip(ours, reference, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["tanh", "sigmoid", "softplus"])
-def test_fused_divergence_passes_gradcheck(kind):
+@pytest.mark.parametrize("frobenius", [False, True])
+def test_fused_divergence_passes_gradcheck(kind, frobenius):
     """Finite differences of (f, tr ∂f/∂z) for z, t and every raw parameter."""
     from cnflow._fused_divergence import concat_squash_with_divergence
 
@@ -130,6 +143,7 @@ def test_fused_divergence_passes_gradcheck(kind):
            for shape in ((n_out, n_in), (n_out,), (n_out, 1), (n_out,), (n_out, 1))]
 
     def fn(z, t, *raw):
-        return concat_squash_with_divergence(kind, z, t, [raw[i:i + 5] for i in range(0, 15, 5)])
+        return concat_squash_with_divergence(kind, z, t, [raw[i:i + 5] for i in range(0, 15, 5)],
+                                             frobenius=frobenius)
 
     assert torch.autograd.gradcheck(fn, (z, t, *raw))
