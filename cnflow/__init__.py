@@ -5,6 +5,8 @@ The public names, re-exported; nothing is defined here.
 
 from .estimators import CNFDensity, PlanarFlowDensity
 from .flows import CNF, CNFRegularisers, DenseFlow, PlanarFlow
+from .latent import LatentODE
+from .nn import ODEBlock
 from .ode import (
     MaxStepsExceededError,
     NonFiniteStateError,
@@ -20,5 +22,5 @@ __version__ = "0.1.0"
 __all__ = [
     "CNF", "CNFRegularisers", "CNFDensity", "PlanarFlow", "DenseFlow", "PlanarFlowDensity",
     "odeint", "odeint_adjoint", "SolverStats", "ODESolveError", "StepSizeUnderflowError",
-    "MaxStepsExceededError", "NonFiniteStateError",
+    "MaxStepsExceededError", "NonFiniteStateError", "ODEBlock", "LatentODE",
 ]

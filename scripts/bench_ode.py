@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,18 +63,26 @@ class MLPDynamics(nn.Module):
 # ---------------------------------------------------------------- 1. memory
 
 
+# Fixed malloc thresholds: large blocks are mmapped and returned at once, so the resident size
+# follows the live tensors instead of glibc's cached free memory.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def memory_run(mode: str, n_steps: int, batch: int, device: str) -> dict:
-    """One training step in this process; returns saved bytes and the peak memory rise."""
-    torch.manual_seed(0)
-    f = MLPDynamics().to(device)
-    x = torch.randn(batch, 2, device=device)
-    t = torch.tensor([0.0, 1.0], device=device)
-    solver = odeint_adjoint if mode == "adjoint" else odeint
+def measure_step(forward: Callable[[], torch.Tensor], loss: Callable[[torch.Tensor], torch.Tensor],
+                 device: str) -> dict:
+    """Memory and time of one gradient step: ``loss(forward()).backward()``, run once here.
+
+    Returns ``saved_MB`` (bytes autograd saved for backward while ``forward`` ran, counted by
+    saved-tensor hooks), ``peak_rss_MB`` and ``peak_rss_rise_MB`` (the process's resident
+    memory, sampled every 0.5 ms from /proc/self/statm by a thread, and its rise over the level
+    before the step), ``seconds`` and, on CUDA, ``cuda_peak_MB``. Run it in a fresh process
+    (:func:`run_fresh`) after a warm-up, so that earlier work does not set the peak.
+    """
     saved = 0
 
     def pack(tensor):
@@ -81,9 +90,6 @@ def memory_run(mode: str, n_steps: int, batch: int, device: str) -> dict:
         saved += tensor.numel() * tensor.element_size()
         return tensor
 
-    # Warm up allocator and kernels with a tiny solve, then measure.
-    solver(f, x, t, method="rk4", step_size=0.5)[-1].square().mean().backward()
-    f.zero_grad()
     peak, stop = [0], threading.Event()
     baseline = _rss_bytes()
 
@@ -100,32 +106,48 @@ def memory_run(mode: str, n_steps: int, batch: int, device: str) -> dict:
     sampler.start()
     start = time.perf_counter()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        z = solver(f, x, t, method="rk4", step_size=1.0 / n_steps)[-1]
-    z.square().mean().backward()
+        out = forward()
+    loss(out).backward()
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     stop.set()
     sampler.join()
-    out = {"mode": mode, "steps": n_steps, "saved_MB": saved / 2**20,
-           "peak_rss_MB": peak[0] / 2**20,
-           "peak_rss_rise_MB": max(0, peak[0] - baseline) / 2**20, "seconds": seconds}
+    result = {"saved_MB": saved / 2**20, "peak_rss_MB": peak[0] / 2**20,
+              "peak_rss_rise_MB": max(0, peak[0] - baseline) / 2**20, "seconds": seconds}
     if device == "cuda":
-        out["cuda_peak_MB"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
-    return out
+        result["cuda_peak_MB"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+    return result
+
+
+def run_fresh(argv: list[str]) -> dict:
+    """Run ``python *argv`` in a fresh process with :data:`MALLOC_ENV`; the JSON object it
+    prints on its last line of output."""
+    env = dict(os.environ, **MALLOC_ENV)
+    res = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def memory_run(mode: str, n_steps: int, batch: int, device: str) -> dict:
+    """One training step in this process; returns saved bytes and the peak memory rise."""
+    torch.manual_seed(0)
+    f = MLPDynamics().to(device)
+    x = torch.randn(batch, 2, device=device)
+    t = torch.tensor([0.0, 1.0], device=device)
+    solver = odeint_adjoint if mode == "adjoint" else odeint
+    # Warm up allocator and kernels with a tiny solve, then measure.
+    solver(f, x, t, method="rk4", step_size=0.5)[-1].square().mean().backward()
+    f.zero_grad()
+    measured = measure_step(lambda: solver(f, x, t, method="rk4", step_size=1.0 / n_steps)[-1],
+                            lambda z: z.square().mean(), device)
+    return {"mode": mode, "steps": n_steps, **measured}
 
 
 def memory_benchmark(steps: list[int], batch: int, device: str) -> list[dict]:
-    rows = []
-    # Fixed malloc thresholds: large blocks are mmapped and returned at once, so the resident
-    # size follows the live tensors instead of glibc's cached free memory.
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072")
-    for n in steps:
-        for mode in ("adjoint", "backprop"):
-            cmd = [sys.executable, __file__, "--memory-child", mode, str(n), str(batch), device]
-            res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    return rows
+    return [run_fresh([__file__, "--memory-child", mode, str(n), str(batch), device])
+            for n in steps for mode in ("adjoint", "backprop")]
 
 
 # ---------------------------------------------------------------- 2. NFE and time

@@ -16,7 +16,8 @@ PNG, GIF = b"\x89PNG\r\n\x1a\n", (b"GIF89a", b"GIF87a")
 
 def test_the_studies_the_readme_promises_exist():
     assert {"toy_grid.py", "trace_exact_vs_hutchinson.py", "trajectories.py",
-            "tolerance_tradeoff.py", "depth_vs_width.py"} <= set(SCRIPTS)
+            "tolerance_tradeoff.py", "depth_vs_width.py", "odenet_digits.py",
+            "latent_ode_series.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -36,3 +37,16 @@ def test_script_runs_in_smoke_mode(script, tmp_path):
     if script == "depth_vs_width.py":
         result = json.loads((tmp_path / "depth_vs_width_quick.json").read_text())
         assert all(math.isfinite(r["kl"]) for r in result["rows"])
+    if script == "odenet_digits.py":
+        summary = {s["model"]: s for s in json.loads(
+            (tmp_path / "odenet_digits_quick.json").read_text())["summary"]}
+        assert set(summary) == {"ResNet-6", "ResNet-1", "ODE-Net"}
+        # one ODE block with the parameters of about one residual block (plus t's channel)
+        assert summary["ResNet-1"]["parameters"] < summary["ODE-Net"]["parameters"] \
+            < summary["ResNet-6"]["parameters"]
+        assert summary["ODE-Net"]["test_nfe"] > 0 and summary["ResNet-6"]["test_nfe"] == 0
+        assert all(0 <= s["accuracy_mean"] <= 1 for s in summary.values())
+    if script == "latent_ode_series.py":
+        mse = json.loads((tmp_path / "latent_ode_series_quick.json").read_text())["mse"]
+        assert {"latent_ode", "gru", "predict_zero"} <= set(mse)
+        assert all(math.isfinite(v) and v >= 0 for m in mse.values() for v in m.values())
