@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .datasets import TOY_DATASETS, make_toy
 from .estimators import OBJECTIVES, CNFDensity, PlanarFlowDensity
@@ -76,25 +78,64 @@ def load_rows(source: str, n_samples: int, seed: int) -> np.ndarray:
     return X
 
 
+def start_distributed(device: str) -> tuple[int, int, str]:
+    """Under ``torchrun`` (WORLD_SIZE > 1) join the process group: NCCL with one GPU per
+    process (cuda:LOCAL_RANK) when CUDA is asked for or "auto" finds it, else gloo on CPU.
+
+    Returns:
+        (rank, world size, the device this process trains on); (0, 1, device) without torchrun.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    elif device == "auto":
+        device = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    """``train``: fit CNFDensity; write model.pt, training.png, fit.png (2-D), summary.json."""
+    """``train``: fit CNFDensity; write model.pt, training.png, fit.png (2-D), summary.json.
+
+    Launched by ``torchrun --nproc_per_node=N -m cnflow train ...`` it trains data-parallel
+    (each process a share of every batch, gradients averaged by DDP; see :mod:`cnflow.train`)
+    and only rank 0 prints and writes files.
+    """
     from .plotting import plot_fit, plot_training_curves
 
     check_positive(args.resolution, "--resolution")
     check_device(args.device)
+    rank, world, device = start_distributed(args.device)
     X = load_rows(args.data, args.n_samples, args.seed)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     given = {"objective": args.objective, "max_iter": args.max_iter,
              "batch_size": args.batch_size, "lr": args.lr, "rtol": args.tol, "atol": args.tol,
              "hidden": None if args.hidden is None else tuple(args.hidden)}
-    est = CNFDensity(device=args.device, random_state=args.seed, verbose=not args.quiet,
+    est = CNFDensity(device=device, random_state=args.seed,
+                     verbose=not args.quiet and rank == 0,
                      **{k: v for k, v in given.items() if v is not None})
-    print(f"training CNFDensity on {args.data}: {X.shape[0]} rows × {X.shape[1]} features, "
-          f"{est._train_settings()['max_iter']} iterations of {est.objective} on {args.device}")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"training CNFDensity on {args.data}: {X.shape[0]} rows × {X.shape[1]} features, "
+              f"{est._train_settings()['max_iter']} iterations of {est.objective} on {device}"
+              + (f" ({world} processes)" if world > 1 else ""))
     start = time.perf_counter()
     est.fit(X)
     seconds = time.perf_counter() - start
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if rank != 0:
+        return
     est.save(out / "model.pt")
     summary = {"data": args.data, "objective": est.objective, "n_rows": int(X.shape[0]),
                "iterations": est.n_iter_, "seconds": seconds,

@@ -7,6 +7,12 @@ set with early stopping that keeps the best parameters, and survives faults: a n
 or a failed solve stops training at the last good parameters (never NaN weights), and
 Ctrl-C stops it cleanly with a warning.
 
+Data-parallel training: when ``torch.distributed`` is initialised with more than one process
+(e.g. under ``torchrun``), :func:`train` wraps the loss in
+:class:`~torch.nn.parallel.DistributedDataParallel`. Every process draws the same minibatch
+order, takes its own contiguous share of each batch, and DDP averages the gradients, so a step
+is the step of one process on the whole batch; only rank 0 shows progress.
+
 Example:
     >>> import torch
     >>> from cnflow.train import TrainConfig, train
@@ -26,12 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .ode import ODESolveError
 
 __all__ = ["LR_SCHEDULES", "TrainConfig", "TrainResult", "TrainingFault", "train",
-           "resolve_device", "reverse_kl_loss", "fit_density_matching"]
+           "resolve_device", "distributed_rank", "reverse_kl_loss", "fit_density_matching"]
 
 LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -96,6 +103,44 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+def distributed_rank() -> tuple[int, int] | None:
+    """(rank, world size) when ``torch.distributed`` runs more than one process, else None."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+class _LossModule(nn.Module):
+    """``loss_fn(model, batch)`` as a module's forward, for DistributedDataParallel to wrap."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
+
+
+def _data_parallel_loss(model: nn.Module, loss_fn: LossFn, batch_size: int,
+                        device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loss of this process's share of each batch, through DDP (gradients averaged)."""
+    rank, world = distributed_rank()  # type: ignore[misc]
+    if batch_size % world:
+        raise ValueError(f"batch_size ({batch_size}) must be a multiple of the number of "
+                         f"processes ({world}) so that every process takes an equal share")
+    from torch.nn.parallel import DistributedDataParallel
+
+    share = batch_size // world
+    wrapped = DistributedDataParallel(
+        _LossModule(model, loss_fn),
+        device_ids=[device.index] if device.type == "cuda" and device.index is not None
+        else None)
+    # each process its own random draws (e.g. flow matching's noise), from a seed per rank
+    torch.manual_seed(torch.initial_seed() + rank)
+    return lambda batch: wrapped(batch[rank * share:(rank + 1) * share])
+
+
 def _nfe(model: nn.Module, name: str) -> int | None:
     value = getattr(model, name, None)
     return int(value) if value is not None else None
@@ -113,6 +158,22 @@ def _evaluate(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, batch_size: in
         batch = X[start:start + batch_size]
         total += float(loss_fn(model, batch).detach()) * len(batch)
     return total / len(X)
+
+
+def _shared_loss(step_loss: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor,
+                 world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's loss and the mean over all processes (one all-reduce), so that every
+    process sees the same value and stops together; a failed solve here makes the mean NaN
+    everywhere instead of leaving the other processes waiting for gradients."""
+    try:
+        loss = step_loss(batch)
+        local = loss.detach().reshape(1).double()
+    except ODESolveError:
+        loss, local = None, torch.full((1,), math.nan, dtype=torch.float64, device=batch.device)
+    dist.all_reduce(local)
+    if loss is None:
+        raise TrainingFault("an ODE solve failed in this process's share of the batch")
+    return loss, local[0] / world
 
 
 def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfig, *,
@@ -135,9 +196,19 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
     Raises:
         TrainingFault: a non-finite loss or a failed solve without a validation set (with one,
             a warning is given instead and the best parameters are kept).
+
+    Under ``torch.distributed`` with several processes (see the module's docstring) every
+    process must call :func:`train` with the same X, config and generator seed; the batch size
+    must be a multiple of the number of processes; the reported loss is the mean over them.
     """
     n = len(X)
     batch_size = min(config.batch_size, n)
+    parallel = distributed_rank()
+    if parallel is None:
+        def step_loss(batch: torch.Tensor) -> torch.Tensor:
+            return loss_fn(model, batch)
+    else:
+        step_loss = _data_parallel_loss(model, loss_fn, batch_size, X.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
     if config.lr_schedule not in LR_SCHEDULES:
@@ -153,7 +224,7 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
     best_state, best_val, evals_no_change = None, math.inf, 0
     val_loss_fn = loss_fn if val_loss_fn is None else val_loss_fn
     progress = None
-    if config.verbose:
+    if config.verbose and (parallel is None or parallel[0] == 0):
         from tqdm.auto import tqdm
 
         progress = tqdm(total=config.max_iter, desc="training", unit="it")
@@ -174,8 +245,11 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
             start = time.perf_counter()
             try:
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model, batch)
-                loss_value = loss.detach()
+                if parallel is None:
+                    loss = step_loss(batch)
+                    loss_value = loss.detach()
+                else:
+                    loss, loss_value = _shared_loss(step_loss, batch, parallel[1])
                 if not torch.isfinite(loss_value):
                     raise TrainingFault(f"the training loss became {loss_value.item()} at "
                                         f"iteration {iteration}")
@@ -199,7 +273,7 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
                               RuntimeWarning, stacklevel=2)
                 result.stop_reason = "fault"
                 break
-            entry = {"iteration": iteration, "loss": float(loss.detach()),
+            entry = {"iteration": iteration, "loss": float(loss_value),
                      "nfe_forward": _nfe(model, "nfe_forward"),
                      "nfe_backward": _nfe(model, "nfe_backward"),
                      "seconds": time.perf_counter() - start}
