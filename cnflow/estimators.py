@@ -11,7 +11,6 @@ caller's space.
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from torch import nn
 
 from .flows.cnf import CNF
 from .flows.planar import PlanarFlow
-from .train import LR_SCHEDULES, TrainConfig, TrainingFault, resolve_device, train
+from .train import LR_SCHEDULES, TrainConfig, TrainingFault, resolve_device, seeded_rng, train
 
 __all__ = ["CNFDensity", "PlanarFlowDensity", "OBJECTIVES"]
 
@@ -102,16 +101,9 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         u = (X - self.mean_) / self.scale_
         return torch.as_tensor(u, dtype=self._torch_dtype(), device=self.device_)
 
-    @contextlib.contextmanager
     def _seeded(self, seed: int):
-        """Torch's global RNG forked and seeded inside; the caller's RNG state is untouched."""
-        devices = []
-        if self.device_.type == "cuda":
-            index = self.device_.index
-            devices = [torch.cuda.current_device() if index is None else index]
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
+        """Torch's global RNG forked and seeded inside (see :func:`cnflow.train.seeded_rng`)."""
+        return seeded_rng(seed, self.device_)
 
     # ------------------------------------------------------------ the estimator API
     def fit(self, X, y=None):

@@ -33,7 +33,6 @@ extrapolates past them (and before them, by solving backwards) at any times aske
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from collections.abc import Sequence
@@ -47,9 +46,9 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .ode import TABLEAUX, SolverStats, odeint, odeint_adjoint
+from .ode import TABLEAUX, NFECounts, SolverStats, odeint, odeint_adjoint
 from .ode.inputs import check_tolerances
-from .train import LR_SCHEDULES, TrainConfig, TrainingFault, resolve_device, train
+from .train import LR_SCHEDULES, TrainConfig, TrainingFault, resolve_device, seeded_rng, train
 
 __all__ = ["LatentODE", "LatentODENet", "LatentDynamics"]
 
@@ -190,7 +189,7 @@ def _pad(series: list[tuple[np.ndarray, np.ndarray]], t0: float, time_scale: flo
                    torch.as_tensor(mask, device=device), torch.as_tensor(lengths))
 
 
-class LatentODENet(nn.Module):
+class LatentODENet(NFECounts, nn.Module):
     r"""Encoder, latent dynamics and decoder of a latent ODE; all times are relative to t0.
 
     - Encoder: a GRU reads the observations backwards in time, from :math:`(x_n, \Delta_n)`
@@ -223,14 +222,6 @@ class LatentODENet(nn.Module):
                                      nn.Linear(dec_hidden, obs_dim))
         self.solver, self.rtol, self.atol, self.adjoint = solver, rtol, atol, adjoint
         self.stats_forward, self.stats_backward = SolverStats(), SolverStats()
-
-    @property
-    def nfe_forward(self) -> int:
-        return self.stats_forward.nfe
-
-    @property
-    def nfe_backward(self) -> int:
-        return self.stats_backward.nfe
 
     def encode(self, batch: _Padded) -> tuple[Tensor, Tensor]:
         """(μ, log s²) of q(z_t0 | x), each (B, L), from the GRU run backwards in time."""
@@ -402,16 +393,9 @@ class LatentODE(BaseEstimator):
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
 
-    @contextlib.contextmanager
     def _seeded(self, seed: int):
-        """Torch's global RNG forked and seeded inside; the caller's RNG state is untouched."""
-        devices = []
-        if self.device_.type == "cuda":
-            index = self.device_.index
-            devices = [torch.cuda.current_device() if index is None else index]
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
+        """Torch's global RNG forked and seeded inside (see :func:`cnflow.train.seeded_rng`)."""
+        return seeded_rng(seed, self.device_)
 
     def _padded(self, series) -> _Padded:
         checked = _check_series(series, self.n_features_in_)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._fused_divergence import concat_squash_with_divergence
-from .ode import SolverStats, odeint, odeint_adjoint
+from .ode import NFECounts, SolverStats, odeint, odeint_adjoint
 from .ode.inputs import check_tolerances, resolve_method
 from .ode.solve import DEFAULT_MAX_NUM_STEPS
 
@@ -452,7 +452,7 @@ class PlanarCNFField(nn.Module):
         return dz, trace, frob
 
 
-class ODEBlock(nn.Module):
+class ODEBlock(NFECounts, nn.Module):
     r"""An ODE-Net layer: the map :math:`h \mapsto h(T)` of the solution of an ODE.
 
     A residual block computes :math:`h_{k+1} = h_k + f(h_k, \theta_k)`, one Euler step of
@@ -538,16 +538,6 @@ class ODEBlock(nn.Module):
         self.seminorm = bool(seminorm)
         self.stats_forward = SolverStats()
         self.stats_backward = SolverStats()
-
-    @property
-    def nfe_forward(self) -> int:
-        """Function evaluations of the forward solve of the last call."""
-        return self.stats_forward.nfe
-
-    @property
-    def nfe_backward(self) -> int:
-        """Function evaluations of the adjoint solve of the last call's backward pass."""
-        return self.stats_backward.nfe
 
     def extra_repr(self) -> str:
         return (f"T={self.T:g}, solver={self.solver!r}, rtol={self.rtol:g}, "

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -38,7 +39,8 @@ from torch import nn
 from .ode import ODESolveError
 
 __all__ = ["LR_SCHEDULES", "TrainConfig", "TrainResult", "TrainingFault", "train",
-           "resolve_device", "distributed_rank", "reverse_kl_loss", "fit_density_matching"]
+           "resolve_device", "seeded_rng", "distributed_rank", "reverse_kl_loss",
+           "fit_density_matching"]
 
 LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -101,6 +103,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device):
+    """Torch's global RNG forked and seeded with ``seed`` inside the block (CPU and, for a CUDA
+    device, that device's generator); the caller's RNG state is untouched after it."""
+    devices = []
+    if device.type == "cuda":
+        devices = [torch.cuda.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def distributed_rank() -> tuple[int, int] | None:

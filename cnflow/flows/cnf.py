@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .. import divergence
 from ..nn import ConcatSquashMLP
-from ..ode import TABLEAUX, SolverStats, odeint, odeint_adjoint
+from ..ode import TABLEAUX, NFECounts, SolverStats, odeint, odeint_adjoint
 from ..ode.inputs import check_tolerances, resolve_method
 from ..ode.solve import DEFAULT_MAX_NUM_STEPS
 
@@ -64,7 +64,7 @@ def _is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-class CNF(nn.Module):
+class CNF(NFECounts, nn.Module):
     r"""A continuous normalizing flow with base :math:`\mathcal{N}(0, I)` (FFJORD).
 
     Data at :math:`t = 0` are carried by the velocity field ``net(t, z)`` to the base at
@@ -205,16 +205,6 @@ class CNF(nn.Module):
     def T(self) -> Tensor:
         """The end time, a 0-d tensor (differentiable when ``train_T``)."""
         return F.softplus(self.T_raw) if self.train_T else self.T_fixed
-
-    @property
-    def nfe_forward(self) -> int:
-        """Function evaluations of the forward solve of the last call."""
-        return self.stats_forward.nfe
-
-    @property
-    def nfe_backward(self) -> int:
-        """Function evaluations of the adjoint solve of the last call's backward pass."""
-        return self.stats_backward.nfe
 
     def extra_repr(self) -> str:
         learnable = " (learnable)" if self.train_T else ""

@@ -8,11 +8,11 @@ from .errors import (
     StepSizeUnderflowError,
 )
 from .solve import odeint
-from .stats import SolverStats
+from .stats import NFECounts, SolverStats
 from .tableaux import ADAPTIVE_METHODS, FIXED_METHODS, TABLEAUX, ButcherTableau
 
 __all__ = [
-    "odeint", "odeint_adjoint", "SolverStats", "ODESolveError", "StepSizeUnderflowError",
-    "MaxStepsExceededError", "NonFiniteStateError", "ButcherTableau", "TABLEAUX",
-    "ADAPTIVE_METHODS", "FIXED_METHODS",
+    "odeint", "odeint_adjoint", "SolverStats", "NFECounts", "ODESolveError",
+    "StepSizeUnderflowError", "MaxStepsExceededError", "NonFiniteStateError", "ButcherTableau",
+    "TABLEAUX", "ADAPTIVE_METHODS", "FIXED_METHODS",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SolverStats"]
+__all__ = ["SolverStats", "NFECounts"]
 
 
 @dataclass
@@ -39,3 +39,21 @@ class SolverStats:
 
     def reset(self) -> None:
         self.nfe = self.n_accepted = self.n_rejected = 0
+
+
+class NFECounts:
+    """``nfe_forward`` / ``nfe_backward`` read from ``stats_forward`` / ``stats_backward``, for
+    modules that solve ODEs (CNF, ODEBlock, LatentODENet) and keep the last call's stats."""
+
+    stats_forward: SolverStats
+    stats_backward: SolverStats
+
+    @property
+    def nfe_forward(self) -> int:
+        """Function evaluations of the forward solve of the last call."""
+        return self.stats_forward.nfe
+
+    @property
+    def nfe_backward(self) -> int:
+        """Function evaluations of the adjoint solve of the last call's backward pass."""
+        return self.stats_backward.nfe
