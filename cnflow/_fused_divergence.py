@@ -37,14 +37,14 @@ W_L^\top\|_F^2`; gradients through it are first order only (a second derivative 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["FUSED_ACTIVATIONS", "concat_squash_with_divergence"]
+__all__ = ["FUSED_ACTIVATIONS", "concat_squash_with_divergence", "concat_squash_vjp"]
 
 #: Activations with a hand-written second derivative here.
 FUSED_ACTIVATIONS = ("tanh", "sigmoid", "softplus")
@@ -77,95 +77,119 @@ def _pre_activation_grad(kind: str, h: Tensor, s: Tensor, h_bar: Tensor,
     return s * (h_bar + (1 - s) * s_bar)  # softplus: φ'' = s (1 − s)
 
 
+def _forward(kind: str, frobenius: bool, z: Tensor, t: Tensor,
+             raw: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], list[Tensor]]:
+    """The outputs ``(f, trace[, frobenius])`` and what :func:`_backward` needs."""
+    # per layer: linear weight W, bias b, gate weight a (out, 1), gate bias c, shift d (out, 1)
+    layers = [raw[i:i + 5] for i in range(0, len(raw), 5)]
+    gates = [torch.sigmoid(torch.addcmul(c, a[:, 0], t)) for _, _, a, c, _ in layers]
+    weights = [w * g.unsqueeze(1) for (w, *_), g in zip(layers, gates, strict=True)]
+    biases = [torch.addcmul(d[:, 0] * t, b, g)
+              for (_, b, _, _, d), g in zip(layers, gates, strict=True)]
+    n, dim = z.shape
+    hs, ss, ms, js = [], [], [], []
+    x, jac = z, None
+    for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
+        h, s = _layer(kind, x, weight, bias)
+        if jac is None:  # J_{-1} = I: M_0 = W_0ᵀ for every row (not stored)
+            jac = s.unsqueeze(1) * weight.T.contiguous().unsqueeze(0)
+        else:
+            m = (jac.reshape(n * dim, -1) @ weight.T).reshape(n, dim, -1)
+            ms.append(m)
+            jac = m * s.unsqueeze(1)
+        hs.append(h)
+        ss.append(s)
+        js.append(jac)
+        x = h
+    out = torch.addmm(biases[-1], x, weights[-1].T)
+    saved = [z, t, *raw, *gates, *weights, *hs, *ss, *ms, *js]
+    if not frobenius:
+        return (out, jac.reshape(n, -1) @ weights[-1].reshape(-1)), saved
+    # the whole D×D Jacobian of f (transposed): J_f[d, e] = ∂f_e/∂z_d
+    jac_f = (jac.reshape(n * dim, -1) @ weights[-1].T).reshape(n, dim, dim)
+    trace = torch.diagonal(jac_f, dim1=1, dim2=2).sum(-1)
+    saved.append(jac_f)
+    return (out, trace, jac_f.square().sum((1, 2))), saved
+
+
+def _backward(kind: str, frobenius: bool, saved: Sequence[Tensor], out_bar: Tensor,
+              trace_bar: Tensor, frob_bar: Tensor | None,
+              ) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """z̄, t̄ and the raw parameters' gradients from the cotangents of the outputs."""
+    # saved: z, t; per layer 5 raw, g, W'; per hidden layer h, s, J and (but the first) M
+    n_layers, leftover = divmod(len(saved) - frobenius + 3, 11)
+    assert leftover == 0, "not what _forward saved"
+    n_hidden = n_layers - 1
+    z, t = saved[0], saved[1]
+    raw = saved[2:2 + 5 * n_layers]
+    gates = saved[2 + 5 * n_layers:2 + 6 * n_layers]
+    weights = saved[2 + 6 * n_layers:2 + 7 * n_layers]
+    rest = saved[2 + 7 * n_layers:]
+    hs, ss = rest[:n_hidden], rest[n_hidden:2 * n_hidden]
+    ms, js = rest[2 * n_hidden:3 * n_hidden - 1], rest[3 * n_hidden - 1:4 * n_hidden - 1]
+    n, dim = z.shape
+    grads: list[Tensor] = [z] * (2 * len(weights))  # placeholders, all overwritten
+    last = weights[-1]
+    grads[-1] = out_bar.sum(0)
+    grads[-2] = out_bar.T @ hs[-1] + (trace_bar @ js[-1].reshape(n, -1)).reshape(last.shape)
+    x_bar = out_bar @ last
+    jac_bar = trace_bar[:, None, None] * last.unsqueeze(0)
+    if frobenius:  # ‖J_f‖²_F with J_f = J Wᵀ: J̄ += 2 r̄ J_f W, W̄ += Σ 2 r̄ J_fᵀ J
+        jac_f_bar = (2 * frob_bar)[:, None, None] * rest[-1]
+        jac_bar = jac_bar + (jac_f_bar.reshape(n * dim, dim) @ last).reshape(n, dim, -1)
+        grads[-2] = grads[-2] + jac_f_bar.reshape(n * dim, dim).T @ js[-1].reshape(
+            n * dim, -1)
+    for k in range(n_hidden - 1, -1, -1):
+        weight, h, s = weights[k], hs[k], ss[k]
+        m_bar = jac_bar * s.unsqueeze(1)
+        m = ms[k - 1] if k > 0 else weight.T.unsqueeze(0)
+        p_bar = _pre_activation_grad(kind, h, s, x_bar, (jac_bar * m).sum(1))
+        x_prev = hs[k - 1] if k > 0 else z
+        weight_bar = p_bar.T @ x_prev
+        if k > 0:
+            width = weight.shape[0]
+            flat_m_bar = m_bar.reshape(n * dim, width)
+            weight_bar = weight_bar + flat_m_bar.T @ js[k - 1].reshape(n * dim, -1)
+            jac_bar = (flat_m_bar @ weight).reshape(n, dim, -1)
+        else:
+            weight_bar = weight_bar + m_bar.sum(0).T
+        grads[2 * k], grads[2 * k + 1] = weight_bar, p_bar.sum(0)
+        x_bar = p_bar @ weight
+    # through the folding W' = diag(g) W, b' = g ⊙ b + d t, g = σ(a t + c)
+    raw_grads: list[Tensor] = []
+    t_bar = torch.zeros_like(t)
+    for k, gate in enumerate(gates):
+        w, b, a, _, d = raw[5 * k:5 * k + 5]
+        w_bar, b_bar = grads[2 * k], grads[2 * k + 1]
+        gate_bar = (w_bar * w).sum(1) + b_bar * b
+        c_bar = gate_bar * gate * (1 - gate)
+        raw_grads += [w_bar * gate.unsqueeze(1), b_bar * gate, (c_bar * t).unsqueeze(1),
+                      c_bar, (b_bar * t).unsqueeze(1)]
+        t_bar = t_bar + (c_bar * a[:, 0]).sum() + (b_bar * d[:, 0]).sum()
+    return x_bar, t_bar, raw_grads
+
+
 class _MLPWithDivergence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kind: str, frobenius: bool, z: Tensor, t: Tensor, *raw: Tensor):
-        # per layer: linear weight W, bias b, gate weight a (out, 1), gate bias c, shift d (out, 1)
-        layers = [raw[i:i + 5] for i in range(0, len(raw), 5)]
-        gates = [torch.sigmoid(torch.addcmul(c, a[:, 0], t)) for _, _, a, c, _ in layers]
-        weights = [w * g.unsqueeze(1) for (w, *_), g in zip(layers, gates, strict=True)]
-        biases = [torch.addcmul(d[:, 0] * t, b, g)
-                  for (_, b, _, _, d), g in zip(layers, gates, strict=True)]
-        n, dim = z.shape
-        hs, ss, ms, js = [], [], [], []
-        x, jac = z, None
-        for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
-            h, s = _layer(kind, x, weight, bias)
-            if jac is None:  # J_{-1} = I: M_0 = W_0ᵀ for every row (not stored)
-                jac = s.unsqueeze(1) * weight.T.contiguous().unsqueeze(0)
-            else:
-                m = (jac.reshape(n * dim, -1) @ weight.T).reshape(n, dim, -1)
-                ms.append(m)
-                jac = m * s.unsqueeze(1)
-            hs.append(h)
-            ss.append(s)
-            js.append(jac)
-            x = h
-        out = torch.addmm(biases[-1], x, weights[-1].T)
-        ctx.kind, ctx.frobenius, ctx.n_hidden = kind, frobenius, len(hs)
-        if not frobenius:
-            trace = jac.reshape(n, -1) @ weights[-1].reshape(-1)
-            ctx.save_for_backward(z, t, *raw, *gates, *weights, *hs, *ss, *ms, *js)
-            return out, trace
-        # the whole D×D Jacobian of f (transposed): J_f[d, e] = ∂f_e/∂z_d
-        jac_f = (jac.reshape(n * dim, -1) @ weights[-1].T).reshape(n, dim, dim)
-        trace = torch.diagonal(jac_f, dim1=1, dim2=2).sum(-1)
-        ctx.save_for_backward(z, t, *raw, *gates, *weights, *hs, *ss, *ms, *js, jac_f)
-        return out, trace, jac_f.square().sum((1, 2))
+        outputs, saved = _forward(kind, frobenius, z, t, raw)
+        ctx.kind, ctx.frobenius = kind, frobenius
+        ctx.save_for_backward(*saved)
+        return outputs
 
     @staticmethod
     @once_differentiable
     def backward(ctx, out_bar: Tensor, trace_bar: Tensor, frob_bar: Tensor | None = None):
-        kind, n_hidden = ctx.kind, ctx.n_hidden
-        n_layers = n_hidden + 1
-        saved = ctx.saved_tensors
-        z, t = saved[0], saved[1]
-        raw = saved[2:2 + 5 * n_layers]
-        gates = saved[2 + 5 * n_layers:2 + 6 * n_layers]
-        weights = saved[2 + 6 * n_layers:2 + 7 * n_layers]
-        rest = saved[2 + 7 * n_layers:]
-        hs, ss = rest[:n_hidden], rest[n_hidden:2 * n_hidden]
-        ms, js = rest[2 * n_hidden:3 * n_hidden - 1], rest[3 * n_hidden - 1:4 * n_hidden - 1]
-        n, dim = z.shape
-        grads: list[Tensor | None] = [None] * (2 * len(weights))
-        last = weights[-1]
-        grads[-1] = out_bar.sum(0)
-        grads[-2] = out_bar.T @ hs[-1] + (trace_bar @ js[-1].reshape(n, -1)).reshape(last.shape)
-        x_bar = out_bar @ last
-        jac_bar = trace_bar[:, None, None] * last.unsqueeze(0)
-        if ctx.frobenius:  # ‖J_f‖²_F with J_f = J Wᵀ: J̄ += 2 r̄ J_f W, W̄ += Σ 2 r̄ J_fᵀ J
-            jac_f_bar = (2 * frob_bar)[:, None, None] * rest[-1]
-            jac_bar = jac_bar + (jac_f_bar.reshape(n * dim, dim) @ last).reshape(n, dim, -1)
-            grads[-2] = grads[-2] + jac_f_bar.reshape(n * dim, dim).T @ js[-1].reshape(
-                n * dim, -1)
-        for k in range(n_hidden - 1, -1, -1):
-            weight, h, s = weights[k], hs[k], ss[k]
-            m_bar = jac_bar * s.unsqueeze(1)
-            m = ms[k - 1] if k > 0 else weight.T.unsqueeze(0)
-            p_bar = _pre_activation_grad(kind, h, s, x_bar, (jac_bar * m).sum(1))
-            x_prev = hs[k - 1] if k > 0 else z
-            weight_bar = p_bar.T @ x_prev
-            if k > 0:
-                width = weight.shape[0]
-                flat_m_bar = m_bar.reshape(n * dim, width)
-                weight_bar = weight_bar + flat_m_bar.T @ js[k - 1].reshape(n * dim, -1)
-                jac_bar = (flat_m_bar @ weight).reshape(n, dim, -1)
-            else:
-                weight_bar = weight_bar + m_bar.sum(0).T
-            grads[2 * k], grads[2 * k + 1] = weight_bar, p_bar.sum(0)
-            x_bar = p_bar @ weight
-        # through the folding W' = diag(g) W, b' = g ⊙ b + d t, g = σ(a t + c)
-        raw_grads: list[Tensor] = []
-        t_bar = torch.zeros_like(t)
-        for k, gate in enumerate(gates):
-            w, b, a, _, d = raw[5 * k:5 * k + 5]
-            w_bar, b_bar = grads[2 * k], grads[2 * k + 1]
-            gate_bar = (w_bar * w).sum(1) + b_bar * b
-            c_bar = gate_bar * gate * (1 - gate)
-            raw_grads += [w_bar * gate.unsqueeze(1), b_bar * gate, (c_bar * t).unsqueeze(1),
-                          c_bar, (b_bar * t).unsqueeze(1)]
-            t_bar = t_bar + (c_bar * a[:, 0]).sum() + (b_bar * d[:, 0]).sum()
-        return (None, None, x_bar, t_bar, *raw_grads)
+        z_bar, t_bar, raw_grads = _backward(ctx.kind, ctx.frobenius, ctx.saved_tensors,
+                                            out_bar, trace_bar, frob_bar)
+        return (None, None, z_bar, t_bar, *raw_grads)
+
+
+def _check(kind: str, layers: Sequence[Sequence[Tensor]]) -> None:
+    if kind not in FUSED_ACTIVATIONS:
+        raise ValueError(f"unknown activation {kind!r}; valid: {', '.join(FUSED_ACTIVATIONS)}")
+    if len(layers) < 2 or any(len(layer) != 5 for layer in layers):
+        raise ValueError("need at least two layers, each given as (W, b, a, c, d)")
 
 
 def concat_squash_with_divergence(kind: str, z: Tensor, t: Tensor,
@@ -199,9 +223,51 @@ def concat_squash_with_divergence(kind: str, z: Tensor, t: Tensor,
         >>> f.shape, tr.shape
         (torch.Size([5, 2]), torch.Size([5]))
     """
-    if kind not in FUSED_ACTIVATIONS:
-        raise ValueError(f"unknown activation {kind!r}; valid: {', '.join(FUSED_ACTIVATIONS)}")
-    if len(layers) < 2 or any(len(layer) != 5 for layer in layers):
-        raise ValueError("need at least two layers, each given as (W, b, a, c, d)")
+    _check(kind, layers)
     return _MLPWithDivergence.apply(kind, bool(frobenius), z, t,
                                     *(p for layer in layers for p in layer))
+
+
+#: ``pullback(f̄, τ̄, r̄) -> (z̄, parameter gradients)``, see :func:`concat_squash_vjp`.
+Pullback = Callable[[Tensor, Tensor, "Tensor | None"], tuple[Tensor, list[Tensor]]]
+
+
+def concat_squash_vjp(kind: str, z: Tensor, t: Tensor, layers: Sequence[Sequence[Tensor]],
+                      frobenius: bool = False) -> tuple[tuple[Tensor, ...], Pullback]:
+    r"""The outputs of :func:`concat_squash_with_divergence` and their pullback, without
+    autograd: ``pullback(f̄, τ̄, r̄)`` returns the vector-Jacobian products
+    :math:`\bar z = \bar f^\top \partial f/\partial z + \bar\tau^\top \partial\tau/\partial z
+    (+ \bar r^\top \partial r/\partial z)` and the same for every parameter, in the order
+    of ``layers`` flattened (r̄ only with ``frobenius``).
+
+    The adjoint method needs exactly this at every stage of its backward solve; calling the
+    forward and backward passes directly skips the autograd graph and engine.
+
+    Example:
+        >>> import torch
+        >>> from cnflow._fused_divergence import concat_squash_vjp
+        >>> from cnflow.nn import ConcatSquashMLP
+        >>> net = ConcatSquashMLP(2, hidden=(8,))
+        >>> layers = [(l.linear.weight, l.linear.bias, l.gate.weight, l.gate.bias,
+        ...            l.hyper_bias.weight) for l in net.layers]
+        >>> (f, tr), pullback = concat_squash_vjp("tanh", torch.randn(5, 2), torch.tensor(0.5),
+        ...                                       layers)
+        >>> z_bar, grads = pullback(torch.ones(5, 2), torch.ones(5), None)
+        >>> z_bar.shape, len(grads)
+        (torch.Size([5, 2]), 10)
+    """
+    _check(kind, layers)
+    raw = [p.detach() for layer in layers for p in layer]
+    with torch.no_grad():
+        outputs, saved = _forward(kind, bool(frobenius), z.detach(), t.detach(), raw)
+
+    def pullback(out_bar: Tensor, trace_bar: Tensor,
+                 frob_bar: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
+        if frobenius and frob_bar is None:
+            raise ValueError("frobenius=True needs the cotangent of the Frobenius norm")
+        with torch.no_grad():
+            z_bar, _, raw_grads = _backward(kind, bool(frobenius), saved, out_bar, trace_bar,
+                                            frob_bar)
+        return z_bar, raw_grads
+
+    return outputs, pullback

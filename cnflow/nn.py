@@ -16,13 +16,13 @@ called as ``module(t, x)``, the argument order of ODE dynamics ``f(t, z)``, exce
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._fused_divergence import concat_squash_with_divergence
+from ._fused_divergence import concat_squash_vjp, concat_squash_with_divergence
 from .ode import NFECounts, SolverStats, odeint, odeint_adjoint
 from .ode.inputs import check_tolerances, resolve_method
 from .ode.solve import DEFAULT_MAX_NUM_STEPS
@@ -210,6 +210,55 @@ class ConcatSquashMLP(nn.Module):
         first, last = self.layers[0].linear, self.layers[-1].linear
         return first.in_features == last.out_features
 
+    def _fused_kind(self) -> str | None:
+        """The activation's name when the hand-written backward applies, else None."""
+        fused = _FUSED_KINDS.get(type(self.activation))
+        if isinstance(self.activation, nn.Softplus) and self.activation.threshold != 20.0:
+            return None  # F.softplus's default threshold is what the fused path computes
+        if len(self.layers) < 2 or not self.has_analytic_divergence:
+            return None
+        return fused
+
+    def _fused_layers(self) -> list[tuple[Tensor, ...]]:
+        return [(layer.linear.weight, layer.linear.bias, layer.gate.weight, layer.gate.bias,
+                 layer.hyper_bias.weight) for layer in self.layers]
+
+    def divergence_vjp(self, t: Tensor, z: Tensor, frobenius: bool = False
+                       ) -> tuple[tuple[Tensor, ...], Callable] | None:
+        r""":meth:`forward_with_divergence` at one time t with its pullback, outside autograd.
+
+        Returns ``None`` where the hand-written backward does not apply (an activation other
+        than tanh, sigmoid or softplus, or a single layer). Else ``(outputs, pullback)``:
+        ``outputs`` as :meth:`forward_with_divergence` (computed without a graph), and
+        ``pullback(f̄, τ̄, r̄)`` returns :math:`\bar z` and a dict from each parameter to
+        its vector-Jacobian product :math:`\bar f^\top \partial f/\partial\theta +
+        \bar\tau^\top \partial\tau/\partial\theta (+ \bar r^\top \partial r/
+        \partial\theta)`, r the Frobenius norm (r̄ only with ``frobenius``). The adjoint
+        method calls this at every backward stage (see :class:`cnflow.CNF`).
+
+        Example:
+            >>> import torch
+            >>> from cnflow.nn import ConcatSquashMLP
+            >>> net = ConcatSquashMLP(2, hidden=(8, 8))
+            >>> (f, tr), pullback = net.divergence_vjp(torch.tensor(0.5), torch.randn(4, 2))
+            >>> z_bar, grads = pullback(torch.ones(4, 2), torch.ones(4), None)
+            >>> z_bar.shape, grads[net.layers[0].linear.weight].shape
+            (torch.Size([4, 2]), torch.Size([8, 2]))
+        """
+        kind = self._fused_kind()
+        if kind is None:
+            return None
+        layers = self._fused_layers()
+        outputs, raw_pullback = concat_squash_vjp(kind, z, t.reshape(()), layers,
+                                                  frobenius=frobenius)
+        params = [p for layer in layers for p in layer]
+
+        def pullback(out_bar: Tensor, trace_bar: Tensor, frob_bar: Tensor | None = None):
+            z_bar, grads = raw_pullback(out_bar, trace_bar, frob_bar)
+            return z_bar, dict(zip(params, grads, strict=True))
+
+        return outputs, pullback
+
     def forward_with_divergence(self, t: Tensor | float, z: Tensor,
                                 frobenius: bool = False) -> tuple[Tensor, ...]:
         r"""f(t, z) with the exact divergence tr(∂f/∂z) per row, by forward Jacobian propagation.
@@ -240,14 +289,11 @@ class ConcatSquashMLP(nn.Module):
         derivative = ACTIVATION_DERIVATIVES[type(self.activation)]
         tc = _time_column(t, z)
         n = z.shape[0]
-        fused = _FUSED_KINDS.get(type(self.activation))
-        if isinstance(self.activation, nn.Softplus) and self.activation.threshold != 20.0:
-            fused = None  # F.softplus's default threshold is what the fused path computes
-        if tc.shape[0] == 1 and fused is not None and len(self.layers) > 1:
+        fused = self._fused_kind()
+        if tc.shape[0] == 1 and fused is not None:
             # the solvers' case: hand-written backward (cnflow._fused_divergence)
-            return concat_squash_with_divergence(fused, z, tc.reshape(()), [
-                (layer.linear.weight, layer.linear.bias, layer.gate.weight, layer.gate.bias,
-                 layer.hyper_bias.weight) for layer in self.layers], frobenius=frobenius)
+            return concat_squash_with_divergence(fused, z, tc.reshape(()), self._fused_layers(),
+                                                 frobenius=frobenius)
         x = z
         jac = None  # (n, D, width): row d is ∂x/∂z_d, i.e. the Jacobian transposed
         last = len(self.layers) - 1

@@ -119,7 +119,49 @@ def test_counts_forward_and_backward_separately():
     ys = odeint_adjoint(f, y0, torch.tensor([0.0, 1.0], dtype=F64), stats=fwd, adjoint_stats=bwd)
     assert fwd.nfe > 0 and bwd.nfe == 0
     ys[-1].sum().backward()
-    assert bwd.nfe == 2 + 6 * bwd.n_steps
+    # the backward solve starts from the forward's next step: f at its start, no probe
+    assert bwd.nfe == 1 + 6 * bwd.n_steps
+    # with other tolerances it estimates its own first step (one more evaluation)
+    bwd_own = SolverStats()
+    ys = odeint_adjoint(f, y0, torch.tensor([0.0, 1.0], dtype=F64), adjoint_rtol=1e-7,
+                        adjoint_stats=bwd_own)
+    ys[-1].sum().backward()
+    assert bwd_own.nfe == 2 + 6 * bwd_own.n_steps
+
+
+def test_warm_started_backward_solve_meets_the_tolerance():
+    """Starting the backward solve from the forward's step size: gradients as accurate as
+    with the initial step estimate, against a tight reference."""
+    import cnflow.ode.adjoint as adjoint_module
+
+    torch.manual_seed(3)
+    f = MLPDynamics(dim=2, hidden=32).double()
+    with torch.no_grad():
+        for p in f.parameters():
+            p.mul_(2.0)
+    y0 = torch.randn(64, 2, dtype=F64)
+    t = torch.tensor([0.0, 1.5], dtype=F64)
+
+    def gradient(rtol, cold=False):
+        f.zero_grad()
+        settings_last_step = adjoint_module._Settings.last_step
+        if cold:  # the forward's step is never handed over
+            adjoint_module._Settings.last_step = property(lambda self: None,
+                                                          lambda self, value: None)
+        try:
+            ys = odeint_adjoint(f, y0, t, rtol=rtol, atol=rtol)
+            ys[-1].square().sum().backward()
+        finally:
+            adjoint_module._Settings.last_step = settings_last_step
+        return torch.cat([p.grad.reshape(-1) for p in f.parameters()])
+
+    reference = gradient(1e-11)
+    for rtol in (1e-4, 1e-6):
+        warm, cold = gradient(rtol), gradient(rtol, cold=True)
+        assert not torch.equal(warm, cold)  # two different step sequences
+        err_warm = float((warm - reference).norm() / reference.norm())
+        err_cold = float((cold - reference).norm() / reference.norm())
+        assert err_warm < 100 * rtol and err_warm < 10 * max(err_cold, rtol / 100)
 
 
 def _saved_bytes(solver, n_steps: int) -> int:
@@ -180,3 +222,54 @@ def test_double_backward_raises_instead_of_returning_zeros():
     (g,) = torch.autograd.grad(ys[-1].sum(), y0, create_graph=True)
     with pytest.raises(RuntimeError):
         g.sum().backward()
+
+
+class _LinearWithVJP(nn.Module):
+    """dy/dt = A y with a hand-written vector-Jacobian product (the protocol f.vjp)."""
+
+    def __init__(self, decline: bool = False, bad_shape: bool = False) -> None:
+        super().__init__()
+        self.A = nn.Parameter(torch.tensor([[-0.5, 1.0], [-1.0, -0.2]], dtype=torch.float64))
+        self.decline, self.bad_shape, self.calls = decline, bad_shape, 0
+
+    def forward(self, t, y):
+        return y @ self.A.T
+
+    def vjp(self, t, y, v, params):
+        self.calls += 1
+        if self.decline:
+            return None
+        y_bar = v @ self.A
+        if self.bad_shape:
+            y_bar = y_bar[:1]
+        grads = {id(self.A): v.T @ y}  # Σ_rows v_r y_rᵀ
+        return y @ self.A.T, y_bar, [grads.get(id(p)) for p in params]
+
+
+@pytest.mark.parametrize("decline", [False, True])
+def test_dynamics_with_their_own_vjp(decline):
+    """f.vjp is used by the backward pass (or declined, then autograd) with the same
+    gradients as autograd, for y0, A and t."""
+    y0 = torch.tensor([[1.0, 0.5], [-0.3, 2.0]], dtype=torch.float64)
+    grads = []
+    for f in [_LinearWithVJP(decline=decline), nn.Module()]:
+        if not isinstance(f, _LinearWithVJP):
+            f = _LinearWithVJP()
+            f.vjp = None  # not callable: autograd
+        y = y0.clone().requires_grad_(True)
+        t = torch.tensor([0.0, 0.4, 1.3], dtype=torch.float64, requires_grad=True)
+        ys = odeint_adjoint(f, y, t, rtol=1e-10, atol=1e-10)
+        (ys[1].sin().sum() + ys[2].square().sum()).backward()
+        grads.append((y.grad, f.A.grad, t.grad))
+        if f.vjp is not None:
+            assert f.calls > 0
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_dynamics_vjp_of_the_wrong_shape_raises():
+    f = _LinearWithVJP(bad_shape=True)
+    y = torch.ones(2, 2, dtype=torch.float64, requires_grad=True)
+    ys = odeint_adjoint(f, y, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="f.vjp returned shape"):
+        ys.sum().backward()

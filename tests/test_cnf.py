@@ -227,6 +227,7 @@ def test_transform_log_determinant_equals_autograd_jacobian_of_the_map():
 
 
 @pytest.mark.parametrize("trace, noise, exact_method", [
+    ("exact", "rademacher", "auto"),  # the adjoint takes the network's hand-written pullback
     ("exact", "rademacher", "vjp"),
     ("exact", "rademacher", "jvp"),
     ("hutchinson", "rademacher", "vjp"),
@@ -249,6 +250,52 @@ def test_adjoint_and_backprop_gradients_agree(trace, noise, exact_method):
     for a, b in zip(*grads):
         assert a.abs().max() > 0
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "softplus", "sigmoid"])
+@pytest.mark.parametrize("regularise", [False, True])
+def test_density_dynamics_vjp_equals_autograd(activation, regularise):
+    """The pullback the adjoint uses against autograd through the same dynamics, float64."""
+    from cnflow.flows.cnf import _DensityDynamics
+    net = ConcatSquashMLP(3, (8, 8), activation=activation).double()
+    f = _DensityDynamics(net, "auto", None, regularise)
+    n = 6
+    gen = torch.Generator().manual_seed(0)
+    state = tuple(torch.randn(shape, generator=gen, dtype=D64)
+                  for shape in [(n, 3), (n,), (n,), (n,)][:4 if regularise else 2])
+    v = tuple(torch.randn(s.shape, generator=gen, dtype=D64) for s in state)
+    t = torch.tensor(0.7, dtype=D64)
+    params = list(net.parameters())
+    value, state_bar, grads = f.vjp(t, state, v, params)
+    z = state[0].clone().requires_grad_(True)
+    expected_value = f(t, (z, *state[1:]))
+    expected = torch.autograd.grad(expected_value, [z, *params], grad_outputs=v)
+    for got, want in zip(value, expected_value, strict=True):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    assert all(part is None for part in state_bar[1:])  # Δ, K, J do not enter f
+    for got, want in zip([state_bar[0], *grads], expected, strict=True):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_adjoint_uses_the_hand_written_pullback_only_where_it_applies(monkeypatch):
+    """Exact trace, method auto: the pullback replaces autograd; Hutchinson or an explicit
+    method keep autograd."""
+    calls = []
+    original = ConcatSquashMLP.divergence_vjp
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConcatSquashMLP, "divergence_vjp", counted)
+    x = torch.randn(8, 2, dtype=D64)
+    for kwargs, used in [({}, True), ({"exact_method": "vjp"}, False),
+                         ({"trace": "hutchinson"}, False)]:
+        calls.clear()
+        flow = random_flow(hidden=(8, 8), **kwargs)
+        flow.log_prob(x).sum().backward()
+        assert (len(calls) == flow.nfe_backward) if used else not calls
 
 
 def test_sample_gradients_adjoint_and_backprop_agree():

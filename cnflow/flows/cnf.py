@@ -64,6 +64,59 @@ def _is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+class _DensityDynamics:
+    r"""The system a CNF integrates for densities: on the state (z, Δ) (with the regularisers,
+    (z, Δ, K, J)),
+
+    .. math:: \frac{d}{dt}(z, \Delta, K, J) = \left(f, \operatorname{tr}\frac{\partial f}
+        {\partial z}, \|f\|^2, \left\|\frac{\partial f}{\partial z}\right\|_F^2\right),
+
+    with the exact trace (``eps`` None) or Hutchinson's estimate with the probes ``eps``.
+    Where the network has a hand-written pullback (:meth:`ConcatSquashMLP.divergence_vjp
+    <cnflow.nn.ConcatSquashMLP.divergence_vjp>`) and the trace is exact, :meth:`vjp` gives the
+    adjoint method its vector-Jacobian products without autograd: with cotangents
+    :math:`(\bar z, \bar\Delta, \bar K, \bar J)` the network's output gets
+    :math:`\bar z + 2 \bar K f` and its trace and Frobenius norm :math:`\bar\Delta` and
+    :math:`\bar J`; Δ, K and J do not enter f, so their own products are zero.
+    """
+
+    def __init__(self, net: Callable, method: str, eps: Tensor | None, regularise: bool):
+        self.net, self.method, self.eps, self.regularise = net, method, eps, regularise
+
+    def __call__(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        z = state[0]
+        if self.eps is None:
+            out = divergence.exact(self.net, t, z, method=self.method,
+                                   frobenius=self.regularise)
+        else:
+            out = divergence.hutchinson(self.net, t, z, self.eps, frobenius=self.regularise)
+        dz, div = out[0], out[1]
+        if not self.regularise:
+            return dz, div
+        return dz, div, dz.square().sum(-1), out[2]
+
+    def vjp(self, t: Tensor, state: tuple[Tensor, ...], v: tuple[Tensor, ...],
+            params: Sequence[Tensor]):
+        """(f, vᵀ∂f/∂state, [vᵀ∂f/∂p]) for :func:`cnflow.odeint_adjoint`, or None (autograd)."""
+        pullback_of = getattr(self.net, "divergence_vjp", None)
+        if self.eps is not None or self.method not in ("auto", "analytic") or \
+                pullback_of is None:
+            return None
+        got = pullback_of(t, state[0], frobenius=self.regularise)
+        if got is None:
+            return None
+        outputs, pullback = got
+        dz, div = outputs[0], outputs[1]
+        if self.regularise:
+            z_bar, grads = pullback(torch.addcmul(v[0], v[2].unsqueeze(-1), dz, value=2),
+                                    v[1], v[3])
+            value = (dz, div, dz.square().sum(-1), outputs[2])
+        else:
+            z_bar, grads = pullback(v[0], v[1], None)
+            value = (dz, div)
+        return value, (z_bar, *(None,) * (len(state) - 1)), [grads.get(p) for p in params]
+
+
 class CNF(NFECounts, nn.Module):
     r"""A continuous normalizing flow with base :math:`\mathcal{N}(0, I)` (FFJORD).
 
@@ -459,19 +512,7 @@ class CNF(NFECounts, nn.Module):
               regularise: bool) -> tuple[Tensor, Tensor, CNFRegularisers | None]:
         """Solve [z, Δ(, kinetic, jacobian)] from x over [0, T] (or [T, 0] when reverse)."""
         eps = divergence.sample_noise(x, self.noise) if self.trace == "hutchinson" else None
-        net, method = self.net, self.exact_method
-
-        def f(t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-            z = state[0]
-            if eps is None:
-                out = divergence.exact(net, t, z, method=method, frobenius=regularise)
-            else:
-                out = divergence.hutchinson(net, t, z, eps, frobenius=regularise)
-            dz, div = out[0], out[1]
-            if not regularise:
-                return dz, div
-            return dz, div, dz.square().sum(-1), out[2]
-
+        f = _DensityDynamics(self.net, self.exact_method, eps, regularise)
         n = x.shape[0]
         zero = x.new_zeros(n)
         y0 = (x, zero, zero, zero) if regularise else (x, zero)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .inputs import FlatFn, State, check_tolerances, prepare, resolve_method
+from .inputs import FlatFn, FlatVJP, State, check_tolerances, prepare, resolve_method
 from .solve import DEFAULT_MAX_NUM_STEPS, integrate, solve_with_time_gradient
 from .stats import SolverStats
 from .tableaux import ButcherTableau
@@ -52,26 +52,37 @@ class _Settings:
     adjoint_stats: SolverStats
     f0: torch.Tensor | None = None  # f(t_0, y_0) when already evaluated
     f_out: list | None = None  # receives f(t_i, y_i) where the forward solve evaluated it
+    vjp: FlatVJP | None = None  # f's own vector-Jacobian product, when it has one
+    last_step: float | None = None  # the forward solve's next step: the backward's first
 
 
 def _augmented_dynamics(fn: FlatFn, n: int, params: Sequence[torch.Tensor],
-                        dtype: torch.dtype) -> FlatFn:
-    """The backward system on the flat state [y, a, a_θ] (a_θ: all parameters, flattened)."""
+                        dtype: torch.dtype, vjp: FlatVJP | None = None) -> FlatFn:
+    """The backward system on the flat state [y, a, a_θ] (a_θ: all parameters, flattened).
+
+    The vector-Jacobian products come from ``vjp`` (f's own) where it gives them, else from
+    autograd through f.
+    """
 
     def zeros(p: torch.Tensor) -> torch.Tensor:
         return torch.zeros(p.numel(), dtype=dtype, device=p.device)
 
-    def aug_fn(t: float, state: torch.Tensor) -> torch.Tensor:
-        y = state[:n].detach().requires_grad_(True)
-        a = state[n:2 * n]
+    def autograd_vjp(t: float, y: torch.Tensor, v: torch.Tensor):
+        y = y.detach().requires_grad_(True)
         with torch.enable_grad():
             dy = fn(t, y)
         if dy.requires_grad:
-            vjps = torch.autograd.grad(dy, (y, *params), grad_outputs=-a, allow_unused=True)
+            vjps = torch.autograd.grad(dy, (y, *params), grad_outputs=v, allow_unused=True)
         else:  # f ignores both y and θ
             vjps = (None,) * (1 + len(params))
-        pieces = [dy.detach(), torch.zeros_like(a) if vjps[0] is None else vjps[0]]
-        for p, g in zip(params, vjps[1:], strict=True):
+        return dy.detach(), vjps[0], vjps[1:]
+
+    def aug_fn(t: float, state: torch.Tensor) -> torch.Tensor:
+        y, a = state[:n], state[n:2 * n]
+        got = None if vjp is None else vjp(t, y, -a, params)
+        dy, vjp_y, vjp_params = autograd_vjp(t, y, -a) if got is None else got
+        pieces = [dy, torch.zeros_like(a) if vjp_y is None else vjp_y]
+        for p, g in zip(params, vjp_params, strict=True):
             pieces.append(zeros(p) if g is None else g.reshape(-1).to(dtype))
         return torch.cat(pieces)
 
@@ -81,13 +92,15 @@ def _augmented_dynamics(fn: FlatFn, n: int, params: Sequence[torch.Tensor],
 class _AdjointSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y0: torch.Tensor, settings: _Settings, *params: torch.Tensor):
+        step_out: list = []
         with torch.no_grad():
             ys = integrate(settings.fn, y0, settings.times, settings.tableau,
                            rtol=settings.rtol, atol=settings.atol,
                            step_size=settings.step_size, max_num_steps=settings.max_num_steps,
                            segments=settings.segments, stats=settings.stats,
-                           f0=settings.f0, f_out=settings.f_out)
+                           f0=settings.f0, f_out=settings.f_out, step_out=step_out)
         settings.f0 = settings.f_out = None  # values only, not kept with the graph
+        settings.last_step = step_out[-1] if step_out else None
         ctx.settings = settings
         ctx.save_for_backward(ys, *params)
         return ys
@@ -98,7 +111,7 @@ class _AdjointSolve(torch.autograd.Function):
         settings: _Settings = ctx.settings
         ys, *params = ctx.saved_tensors
         n, dtype = ys.shape[1], ys.dtype
-        aug_fn = _augmented_dynamics(settings.fn, n, params, dtype)
+        aug_fn = _augmented_dynamics(settings.fn, n, params, dtype, settings.vjp)
         # Error control: y and a, each part by itself; the parameter adjoint only without seminorm.
         segments = list(settings.segments) * 2
         if not settings.seminorm:
@@ -107,14 +120,24 @@ class _AdjointSolve(torch.autograd.Function):
         a_params = torch.cat([torch.zeros(p.numel(), dtype=dtype, device=ys.device)
                               for p in params]) if params else ys.new_zeros(0)
         times = settings.times
+        # Each backward interval starts from the step the previous solve (the forward's last
+        # interval, then the backward's) would have taken next: the backward solve retraces
+        # the forward path, so this spares the initial step-size probe, one evaluation.
+        # (Only with the forward's method and tolerances: else the forward's steps say little.)
+        same = (settings.adjoint_tableau is settings.tableau and settings.adjoint_rtol ==
+                settings.rtol and settings.adjoint_atol == settings.atol)
+        first_step = settings.last_step if same else None
         for i in range(len(times) - 1, 0, -1):
             a_y = a_y + grad_ys[i]
             state = torch.cat([ys[i], a_y, a_params])
+            step_out: list = []
             state = integrate(aug_fn, state, [times[i], times[i - 1]], settings.adjoint_tableau,
                               rtol=settings.adjoint_rtol, atol=settings.adjoint_atol,
                               step_size=settings.adjoint_step_size,
                               max_num_steps=settings.max_num_steps, segments=segments,
-                              stats=settings.adjoint_stats)[-1]
+                              stats=settings.adjoint_stats, first_step=first_step,
+                              step_out=step_out)[-1]
+            first_step = step_out[-1] if step_out else None
             a_y, a_params = state[n:2 * n], state[2 * n:]
         a_y = a_y + grad_ys[0]
         grads = []
@@ -159,6 +182,13 @@ def odeint_adjoint(
         As :func:`odeint`. Gradients reach ``y0``, the parameters and, when it requires grad,
         ``t``.
 
+    The backward pass needs f and the products vᵀ∂f/∂y, vᵀ∂f/∂θ at every stage; by default
+    autograd gives them. Dynamics that can compute them faster may define a method
+    ``f.vjp(t, y, v, params)`` returning ``(f(t, y), vᵀ∂f/∂y, [vᵀ∂f/∂p for p in params])``
+    (y, v and the first two results in the state's layout; ``None`` for a zero part or an
+    unused parameter), or ``None`` to fall back to autograd for that call. :class:`cnflow.CNF`
+    does so for its built-in networks.
+
     Example:
         >>> import torch
         >>> from cnflow import odeint_adjoint
@@ -199,7 +229,8 @@ def odeint_adjoint(
     check_tolerances(adjoint_rtol, adjoint_atol)
     stats = SolverStats() if stats is None else stats
     settings = _Settings(
-        fn=problem.fn, times=problem.times, segments=problem.segments, tableau=tableau,
+        fn=problem.fn, vjp=problem.vjp, times=problem.times, segments=problem.segments,
+        tableau=tableau,
         rtol=rtol, atol=atol, step_size=step_size, adjoint_tableau=adjoint_tableau,
         adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
         adjoint_step_size=adjoint_step_size,

@@ -20,6 +20,10 @@ __all__ = ["State", "FlatProblem", "prepare", "resolve_method", "check_tolerance
 
 State = torch.Tensor | tuple[torch.Tensor, ...]
 FlatFn = Callable[[float, torch.Tensor], torch.Tensor]
+#: ``vjp(t, y, v, params) -> (f(t, y), vᵀ∂f/∂y, [vᵀ∂f/∂p or None for p in params])`` on the
+#: flat state, or None from the call where the user's ``f.vjp`` declines.
+FlatVJP = Callable[[float, torch.Tensor, torch.Tensor, Sequence[torch.Tensor]],
+                   "tuple[torch.Tensor, torch.Tensor, list] | None"]
 
 
 @dataclass
@@ -34,6 +38,7 @@ class FlatProblem:
         segments: sizes of the parts of the flat state (one per tuple element), each measured
             by its own RMS norm in the error control.
         shapes: the shape of each part; ``is_tuple`` says whether the user gave a tuple.
+        vjp: the flat form of ``f.vjp`` when f has one (see :func:`cnflow.odeint_adjoint`).
     """
 
     fn: FlatFn
@@ -43,6 +48,7 @@ class FlatProblem:
     segments: list[int]
     shapes: list[torch.Size]
     is_tuple: bool
+    vjp: FlatVJP | None = None
 
     def unflatten(self, ys: torch.Tensor) -> State:
         """(len(t), N) flat solutions → the user's layout with a leading time axis."""
@@ -160,6 +166,48 @@ def _flat_dynamics(f, shapes: list[torch.Size], segments: list[int], is_tuple: b
     return fn_tuple
 
 
+def _flat_vjp(f, shapes: list[torch.Size], segments: list[int], is_tuple: bool,
+              dtype: torch.dtype, device: torch.device) -> FlatVJP | None:
+    """Wrap the user's ``f.vjp(t, y, v, params)`` (if any) for the flat state."""
+    user_vjp = getattr(f, "vjp", None)
+    if not callable(user_vjp):
+        return None
+
+    def split(y: torch.Tensor) -> State:
+        if not is_tuple:
+            return y.view(shapes[0])
+        return tuple(p.view(s) for p, s in zip(torch.split(y, segments), shapes, strict=True))
+
+    def flat(parts, like: torch.Tensor, what: str) -> torch.Tensor:
+        parts = (parts,) if not is_tuple else tuple(parts)
+        if len(parts) != len(shapes):
+            raise ValueError(f"f.vjp returned {len(parts)} parts for {what}, expected "
+                             f"{len(shapes)}")
+        pieces = []
+        for part, shape, size in zip(parts, shapes, segments, strict=True):
+            if part is None:
+                pieces.append(like.new_zeros(size))
+            elif part.shape != shape:
+                raise ValueError(f"f.vjp returned shape {tuple(part.shape)} for {what}, "
+                                 f"expected {tuple(shape)}")
+            else:
+                pieces.append(part.reshape(-1))
+        return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+
+    def vjp(t: float, y: torch.Tensor, v: torch.Tensor, params: Sequence[torch.Tensor]):
+        got = user_vjp(torch.full((), t, dtype=dtype, device=device), split(y), split(v),
+                       params)
+        if got is None:
+            return None
+        value, vjp_y, vjp_params = got
+        if len(vjp_params) != len(params):
+            raise ValueError(f"f.vjp returned {len(vjp_params)} parameter gradients for "
+                             f"{len(params)} parameters")
+        return flat(value, y, "f(t, y)"), flat(vjp_y, y, "vᵀ∂f/∂y"), list(vjp_params)
+
+    return vjp
+
+
 def prepare(f, y0: State, t, *, method: str, rtol: float, atol: float,
             step_size: float | None, max_num_steps: int) -> tuple[FlatProblem, ButcherTableau]:
     """Check every argument and build the flat problem and the method's tableau."""
@@ -176,5 +224,6 @@ def prepare(f, y0: State, t, *, method: str, rtol: float, atol: float,
     flat = torch.cat([p.reshape(-1) for p in parts]) if is_tuple else parts[0].reshape(-1)
     fn = _flat_dynamics(f, shapes, segments, is_tuple, flat.dtype, flat.device)
     problem = FlatProblem(fn=fn, y0=flat, t=t, times=times, segments=segments, shapes=shapes,
-                          is_tuple=is_tuple)
+                          is_tuple=is_tuple,
+                          vjp=_flat_vjp(f, shapes, segments, is_tuple, flat.dtype, flat.device))
     return problem, tableau

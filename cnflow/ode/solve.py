@@ -97,7 +97,8 @@ def _integrate_adaptive(fn: Callable, y0: torch.Tensor, times: list[float],
                         tableau: ButcherTableau, rtol: float, atol: float,
                         max_num_steps: int, segments: Sequence[int],
                         stats: SolverStats, f0: torch.Tensor | None,
-                        f_out: list | None) -> list[torch.Tensor]:
+                        f_out: list | None, first_step: float | None,
+                        step_out: list | None) -> list[torch.Tensor]:
     t_end = times[-1]
     direction = 1.0 if t_end > times[0] else -1.0
     n_control = sum(segments)
@@ -106,7 +107,11 @@ def _integrate_adaptive(fn: Callable, y0: torch.Tensor, times: list[float],
         f0 = fn(t, y)
     if not bool(torch.isfinite(f0).all()):
         raise NonFiniteStateError(f"f returned NaN or infinite values at t={t:g}", t=t)
-    h = initial_step_size(fn, t, y, f0, direction, tableau.order, rtol, atol, segments)
+    if first_step is None:
+        h = initial_step_size(fn, t, y, f0, direction, tableau.order, rtol, atol, segments)
+    else:
+        h = first_step
+    h_free = h  # the controller's step, before any shortening to land on t_end
     outputs = [y0]
     next_out = 1
     steps = 0
@@ -118,6 +123,7 @@ def _integrate_adaptive(fn: Callable, y0: torch.Tensor, times: list[float],
             h_try, t_new = remaining, t_end
         else:
             h_try, t_new = h, t + direction * h
+        h_free = max(h, h_try)
         if not h_try > 16 * math.ulp(max(abs(t), abs(t_new))):  # NaN-safe
             cls = NonFiniteStateError if last_was_nonfinite else StepSizeUnderflowError
             why = ("the state became NaN or infinite and smaller steps did not help"
@@ -158,6 +164,8 @@ def _integrate_adaptive(fn: Callable, y0: torch.Tensor, times: list[float],
         else:
             stats.n_rejected += 1
         h = next_step_size(h_try, ratio, tableau.order)
+    if step_out is not None:  # where a following solve of a similar problem may start
+        step_out.append(max(h, h_free))  # (an accepted step never shrinks h)
     return outputs
 
 
@@ -165,7 +173,8 @@ def integrate(fn: FlatFn, y0: torch.Tensor, times: list[float], tableau: Butcher
               rtol: float, atol: float, step_size: float | None, max_num_steps: int,
               segments: Sequence[int] | None = None,
               stats: SolverStats | None = None, f0: torch.Tensor | None = None,
-              f_out: list | None = None) -> torch.Tensor:
+              f_out: list | None = None, first_step: float | None = None,
+              step_out: list | None = None) -> torch.Tensor:
     """Solve a flat, already checked problem; returns the states at ``times``, (len, N).
 
     ``segments`` (default: the whole state as one part) are the sizes of the parts of the
@@ -174,6 +183,9 @@ def integrate(fn: FlatFn, y0: torch.Tensor, times: list[float], tableau: Butcher
     f(times[0], y0), already evaluated (not evaluated again, nor counted). ``f_out``, a list of
     ``len(times)`` entries, receives f(times[i], y_i) where the solver evaluated it anyway (the
     last stage of a first-same-as-last step ending on an output time); other entries are left.
+    Adaptive methods only: ``first_step`` replaces the initial step-size estimate (and its
+    evaluation of f), and ``step_out`` receives the step the controller would take next,
+    to start a following solve of a similar problem (the adjoint's backward solve).
     """
     stats = SolverStats() if stats is None else stats
     counted = _Counted(fn, stats)
@@ -182,7 +194,7 @@ def integrate(fn: FlatFn, y0: torch.Tensor, times: list[float], tableau: Butcher
     if tableau.adaptive:
         outputs = _integrate_adaptive(counted, y0, times, tableau, rtol, atol, max_num_steps,
                                       [y0.numel()] if segments is None else segments, stats,
-                                      f0, f_out)
+                                      f0, f_out, first_step, step_out)
     else:
         outputs = _integrate_fixed(counted, y0, times, tableau, step_size, max_num_steps, stats,
                                    f0)
