@@ -224,8 +224,10 @@ def concat_squash_with_divergence(kind: str, z: Tensor, t: Tensor,
         (torch.Size([5, 2]), torch.Size([5]))
     """
     _check(kind, layers)
-    return _MLPWithDivergence.apply(kind, bool(frobenius), z, t,
-                                    *(p for layer in layers for p in layer))
+    raw = [p for layer in layers for p in layer]
+    if not torch.is_grad_enabled():  # e.g. the adjoint's forward solve: no graph to record
+        return _forward(kind, bool(frobenius), z, t, raw)[0]
+    return _MLPWithDivergence.apply(kind, bool(frobenius), z, t, *raw)
 
 
 #: ``pullback(f̄, τ̄, r̄) -> (z̄, parameter gradients)``, see :func:`concat_squash_vjp`.
