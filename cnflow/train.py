@@ -58,6 +58,11 @@ class TrainingFault(RuntimeError):
     result: TrainResult | None = None
 
 
+def _cosine_factor(progress: float) -> float:
+    """(1 + cos(π p)) / 2 for the progress p clipped to [0, 1]: 1 at the start, 0 at the end."""
+    return 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
 @dataclass
 class TrainConfig:
     """Settings of :func:`train`.
@@ -66,8 +71,10 @@ class TrainConfig:
         max_iter: number of minibatch steps.
         batch_size: rows per step (capped at the number of training rows).
         lr: Adam's learning rate.
-        lr_schedule: ``"constant"``, or ``"cosine"``: lr · (1 + cos(π i / max_iter)) / 2 at
-            iteration i, annealing to 0 at the end (Loshchilov & Hutter 2017).
+        lr_schedule: ``"constant"``, or ``"cosine"``: lr · (1 + cos(π p)) / 2 with p the
+            progress, annealing to 0 at the end (Loshchilov & Hutter 2017). p is (i − 1) /
+            max_iter at iteration i or, with ``max_seconds`` (in one process), the fraction of
+            the time spent if that is larger: a time budget is annealed over in full.
         weight_decay: Adam's L2 penalty.
         n_iter_no_change: with a validation set, stop after this many evaluations without an
             improvement of at least ``tol``; None: never stop early.
@@ -228,12 +235,9 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
     if config.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; valid: "
                          f"{', '.join(LR_SCHEDULES)}")
-    if config.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, config.max_iter)
-                                                     / config.max_iter)))
-    else:
-        scheduler = None
+    # the cosine schedule follows the time budget too, except across processes (whose clocks
+    # differ, while their learning rates must agree)
+    timed_schedule = config.max_seconds is not None and parallel is None
     result = TrainResult()
     best_state, best_val, evals_no_change = None, math.inf, 0
     val_loss_fn = loss_fn if val_loss_fn is None else val_loss_fn
@@ -272,9 +276,13 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
                           if p.grad is not None]
                 if finite and not torch.stack(finite).all():  # one host sync
                     raise TrainingFault(f"non-finite gradients at iteration {iteration}")
+                if config.lr_schedule == "cosine":
+                    done = (iteration - 1) / config.max_iter
+                    if timed_schedule:
+                        done = max(done, (start - started) / config.max_seconds)
+                    for group in optimizer.param_groups:
+                        group["lr"] = config.lr * _cosine_factor(done)
                 optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
             except (TrainingFault, ODESolveError) as err:
                 model.load_state_dict(last_good)
                 fault = err if isinstance(err, TrainingFault) else TrainingFault(
@@ -288,6 +296,7 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
                 result.stop_reason = "fault"
                 break
             entry = {"iteration": iteration, "loss": float(loss_value),
+                     "lr": optimizer.param_groups[0]["lr"],
                      "nfe_forward": _nfe(model, "nfe_forward"),
                      "nfe_backward": _nfe(model, "nfe_backward"),
                      "seconds": time.perf_counter() - start}

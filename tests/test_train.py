@@ -143,3 +143,27 @@ def test_max_seconds_stops_training_on_time():
                    TrainConfig(max_iter=10_000, batch_size=8, max_seconds=0.2))
     assert result.stop_reason == "time_limit"
     assert 3 <= result.n_iter <= 12 and len(result.history) == result.n_iter
+
+
+def test_cosine_schedule_by_iterations_and_by_time():
+    """Iterations: lr (1 + cos(π (i − 1) / max_iter)) / 2. With a time budget the schedule
+    reaches its end when the time does, however many iterations that is."""
+    import time as _time
+
+    model = torch.nn.Linear(2, 1)
+    result = train(model, torch.randn(64, 2), lambda m, x: m(x).square().mean(),
+                   TrainConfig(max_iter=10, batch_size=8, lr=0.1, lr_schedule="cosine"))
+    expected = [0.05 * (1 + math.cos(math.pi * i / 10)) for i in range(10)]
+    assert [e["lr"] for e in result.history] == pytest.approx(expected, abs=1e-12)
+
+    def slow_loss(m, x):
+        _time.sleep(0.01)
+        return m(x).square().mean()
+
+    result = train(model, torch.randn(64, 2), slow_loss,
+                   TrainConfig(max_iter=10**6, batch_size=8, lr=0.1, lr_schedule="cosine",
+                               max_seconds=0.4))
+    lrs = [e["lr"] for e in result.history]
+    assert result.stop_reason == "time_limit" and len(lrs) >= 5
+    assert lrs[0] == pytest.approx(0.1) and lrs[-1] < 0.02
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
