@@ -216,8 +216,7 @@ def concat_squash_with_divergence(kind: str, z: Tensor, t: Tensor,
         >>> from cnflow._fused_divergence import concat_squash_with_divergence
         >>> from cnflow.nn import ConcatSquashMLP
         >>> net = ConcatSquashMLP(2, hidden=(8,))
-        >>> layers = [(l.linear.weight, l.linear.bias, l.gate.weight, l.gate.bias,
-        ...            l.hyper_bias.weight) for l in net.layers]
+        >>> layers = net._fused_layers()  # (W, b, a, c, d) per layer
         >>> f, tr = concat_squash_with_divergence("tanh", torch.randn(5, 2), torch.tensor(0.5),
         ...                                       layers)
         >>> f.shape, tr.shape
@@ -250,8 +249,7 @@ def concat_squash_vjp(kind: str, z: Tensor, t: Tensor, layers: Sequence[Sequence
         >>> from cnflow._fused_divergence import concat_squash_vjp
         >>> from cnflow.nn import ConcatSquashMLP
         >>> net = ConcatSquashMLP(2, hidden=(8,))
-        >>> layers = [(l.linear.weight, l.linear.bias, l.gate.weight, l.gate.bias,
-        ...            l.hyper_bias.weight) for l in net.layers]
+        >>> layers = net._fused_layers()  # (W, b, a, c, d) per layer
         >>> (f, tr), pullback = concat_squash_vjp("tanh", torch.randn(5, 2), torch.tensor(0.5),
         ...                                       layers)
         >>> z_bar, grads = pullback(torch.ones(5, 2), torch.ones(5), None)
