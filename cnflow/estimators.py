@@ -282,7 +282,8 @@ class CNFDensity(_FlowDensity):
         batch_size, weight_decay: the Adam loop.
         lr: Adam's learning rate; ``"auto"``: 1e-2 with flow matching, 5e-3 with maximum
             likelihood (measured best for each; see below).
-        lr_schedule: ``"cosine"`` anneals the learning rate to 0 over max_iter,
+        lr_schedule: ``"cosine"`` anneals the learning rate to 0 over max_iter (or over
+            max_seconds, if that ends first),
             ``"constant"`` keeps it; ``"auto"``: cosine with flow matching, constant with
             maximum likelihood (measured best for each; a cosine schedule over 1000
             maximum-likelihood steps gave KL 0.37 on checkerboard against 0.27).
@@ -301,9 +302,10 @@ class CNFDensity(_FlowDensity):
             evaluated every 500 (flow matching) or 20 (maximum likelihood) steps.
         n_iter_no_change: evaluations without improvement before stopping; used only with
             a validation set.
-        max_seconds: stop training after this many seconds (None: run max_iter steps). With
-            a cosine schedule the learning rate is then not annealed to 0; lower max_iter
-            instead where the schedule matters.
+        max_seconds: stop training after this many seconds (None: run max_iter steps). A
+            cosine schedule follows whichever of max_iter and max_seconds runs out first, so
+            ``CNFDensity(max_iter=10**7, max_seconds=240)`` trains for 240 s and anneals over
+            them (in one process; across processes, over max_iter only).
         dtype: "float32" or "float64".
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
         random_state: None, an int or a numpy RandomState; an int makes fits repeatable.
