@@ -124,6 +124,14 @@ def _check_state(y0: State) -> tuple[list[torch.Tensor], bool]:
     return parts, is_tuple
 
 
+def _split(y: torch.Tensor, shapes: list[torch.Size], segments: list[int],
+           is_tuple: bool) -> State:
+    """A flat state (N,) as the user's layout: one tensor, or a tuple of views."""
+    if not is_tuple:
+        return y.view(shapes[0])
+    return tuple(p.view(s) for p, s in zip(torch.split(y, segments), shapes, strict=True))
+
+
 def _flat_dynamics(f, shapes: list[torch.Size], segments: list[int], is_tuple: bool,
                    dtype: torch.dtype, device: torch.device) -> FlatFn:
     """Wrap the user's f(t, y) as fn(t: float, y_flat) -> dy_flat, checking what f returns."""
@@ -143,15 +151,16 @@ def _flat_dynamics(f, shapes: list[torch.Size], segments: list[int], is_tuple: b
         shape = shapes[0]
 
         def fn(t: float, y: torch.Tensor) -> torch.Tensor:
-            out = f(torch.full((), t, dtype=dtype, device=device), y.view(shape))
+            out = f(torch.full((), t, dtype=dtype, device=device),
+                    _split(y, shapes, segments, False))
             check(out, shape, "")
             return out.reshape(-1)
 
         return fn
 
     def fn_tuple(t: float, y: torch.Tensor) -> torch.Tensor:
-        parts = tuple(p.view(s) for p, s in zip(torch.split(y, segments), shapes, strict=True))
-        out = f(torch.full((), t, dtype=dtype, device=device), parts)
+        out = f(torch.full((), t, dtype=dtype, device=device),
+                _split(y, shapes, segments, True))
         if not isinstance(out, (tuple, list)) or len(out) != len(shapes):
             got = type(out).__name__
             if isinstance(out, (tuple, list)):
@@ -173,11 +182,6 @@ def _flat_vjp(f, shapes: list[torch.Size], segments: list[int], is_tuple: bool,
     if not callable(user_vjp):
         return None
 
-    def split(y: torch.Tensor) -> State:
-        if not is_tuple:
-            return y.view(shapes[0])
-        return tuple(p.view(s) for p, s in zip(torch.split(y, segments), shapes, strict=True))
-
     def flat(parts, like: torch.Tensor, what: str) -> torch.Tensor:
         parts = (parts,) if not is_tuple else tuple(parts)
         if len(parts) != len(shapes):
@@ -195,8 +199,9 @@ def _flat_vjp(f, shapes: list[torch.Size], segments: list[int], is_tuple: bool,
         return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
     def vjp(t: float, y: torch.Tensor, v: torch.Tensor, params: Sequence[torch.Tensor]):
-        got = user_vjp(torch.full((), t, dtype=dtype, device=device), split(y), split(v),
-                       params)
+        got = user_vjp(torch.full((), t, dtype=dtype, device=device),
+                       _split(y, shapes, segments, is_tuple),
+                       _split(v, shapes, segments, is_tuple), params)
         if got is None:
             return None
         value, vjp_y, vjp_params = got
