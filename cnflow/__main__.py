@@ -289,9 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=OBJECTIVES,
                    help="training objective (default: flow_matching)")
     p.add_argument("--max-iter", type=int,
-                   help="training iterations (default: 60000 with flow matching, 1000 with "
+                   help="training iterations (default: 20000 with flow matching, 1000 with "
                         "maximum likelihood)")
-    p.add_argument("--batch-size", type=int, help="rows per iteration (default: 512)")
+    p.add_argument("--batch-size", type=int, help="rows per iteration (default: 2048 for flow "
+                   "matching, 512 for maximum likelihood)")
     p.add_argument("--lr", type=float,
                    help="Adam's learning rate (default: 1e-2 with flow matching, 5e-3 with "
                         "maximum likelihood)")

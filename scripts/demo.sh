@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 if .venv/bin/python -c "import cnflow.estimators" >/dev/null 2>&1; then
-    .venv/bin/python -m cnflow train checkerboard --max-iter 20000 --out out/
+    .venv/bin/python -m cnflow train checkerboard --max-iter 8000 --out out/
 else
     echo "not built yet: the CNF estimator (issue 4) has not landed; the ODE core is ready:"
     .venv/bin/python - <<'PY'

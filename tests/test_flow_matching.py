@@ -19,6 +19,7 @@ import torch
 
 from cnflow import CNF, CNFDensity
 from cnflow.datasets import make_toy
+from cnflow.train import TrainingFault
 
 D64 = torch.float64
 
@@ -91,9 +92,11 @@ def test_estimator_loss_decreases_and_density_integrates_to_one():
     X = make_toy("8gaussians", 2000, random_state=0)
     est = CNFDensity(objective="flow_matching", hidden=(32, 32), max_iter=600, batch_size=256,
                      rtol=1e-6, atol=1e-6, random_state=0, device="cpu").fit(X)
-    losses = np.array([h["loss"] for h in est.history_])
+    fm = [h for h in est.history_ if h["objective"] == "flow_matching"]
+    losses = np.array([h["loss"] for h in fm])
+    assert len(fm) == 600 and est.n_iter_ == 606  # and 600 // 100 fine-tuning steps
     assert losses[-100:].mean() < 0.8 * losses[:10].mean()
-    assert {h["nfe_forward"] for h in est.history_} == {1}
+    assert {h["nfe_forward"] for h in fm} == {1}
     xs = np.linspace(-6, 6, 150)
     xx, yy = np.meshgrid(xs, xs)
     dens = np.exp(est.score_samples(np.stack([xx.ravel(), yy.ravel()], 1)))
@@ -104,7 +107,8 @@ def test_validation_uses_the_flow_matching_loss_with_fixed_draws():
     X = make_toy("moons", 600, random_state=0)
     est = CNFDensity(objective="flow_matching", hidden=(16,), max_iter=1000, batch_size=128,
                      validation_fraction=0.2, random_state=0, device="cpu").fit(X)
-    vals = [h["val_loss"] for h in est.history_ if "val_loss" in h]
+    vals = [h["val_loss"] for h in est.history_
+            if "val_loss" in h and h["objective"] == "flow_matching"]
     assert len(vals) == 2  # every 500 steps
     flow, u = est.flow_, est._standardise(X[:120])
     assert float(est._validation_loss(flow, u)) == float(est._validation_loss(flow, u))
@@ -112,15 +116,109 @@ def test_validation_uses_the_flow_matching_loss_with_fixed_draws():
 
 def test_auto_settings_per_objective():
     fm, ml = CNFDensity(), CNFDensity(objective="maximum_likelihood")
-    assert fm._train_settings() == {"max_iter": 60_000, "lr": 1e-2, "lr_schedule": "cosine",
-                                    "validation_interval": 500}
-    assert ml._train_settings() == {"max_iter": 1000, "lr": 5e-3, "lr_schedule": "constant",
-                                    "validation_interval": 20}
-    mine = CNFDensity(max_iter=7, lr=1e-3, lr_schedule="constant")._train_settings()
-    assert (mine["max_iter"], mine["lr"], mine["lr_schedule"]) == (7, 1e-3, "constant")
+    assert fm._train_settings() == {"max_iter": 20_000, "batch_size": 2048, "lr": 1e-2,
+                                    "lr_schedule": "cosine", "validation_interval": 500}
+    assert ml._train_settings() == {"max_iter": 1000, "batch_size": 512, "lr": 5e-3,
+                                    "lr_schedule": "constant", "validation_interval": 20}
+    mine = CNFDensity(max_iter=7, batch_size=64, lr=1e-3,
+                      lr_schedule="constant")._train_settings()
+    assert ((mine["max_iter"], mine["batch_size"], mine["lr"], mine["lr_schedule"])
+            == (7, 64, 1e-3, "constant"))
     with pytest.raises(ValueError, match="objective must be one of flow_matching"):
         CNFDensity(objective="mle").fit(np.random.default_rng(0).random((10, 2)))
     with pytest.raises(ValueError, match="lr must be a positive number or 'auto'"):
         CNFDensity(lr="fast").fit(np.random.default_rng(0).random((10, 2)))
     with pytest.raises(ValueError, match="lr_schedule must be one of auto"):
         CNFDensity(lr_schedule="linear").fit(np.random.default_rng(0).random((10, 2)))
+
+
+def _nll(est, X):
+    return -float(est.score(X))
+
+
+def test_fine_tuning_by_likelihood_follows_flow_matching():
+    X = make_toy("8gaussians", 2000, random_state=0)
+    common = dict(hidden=(16, 16), max_iter=300, batch_size=256, lr=1e-2, random_state=0,
+                  device="cpu")
+    plain = CNFDensity(fine_tune_iter=0, **common).fit(X)
+    tuned = CNFDensity(fine_tune_iter=40, **common).fit(X)
+    objectives = [h["objective"] for h in tuned.history_]
+    assert objectives == ["flow_matching"] * 300 + ["maximum_likelihood"] * 40
+    assert [h["iteration"] for h in tuned.history_] == list(range(1, 341))
+    assert tuned.n_iter_ == 340 and plain.n_iter_ == 300
+    # the flow-matching phase is the same fit, step for step
+    assert [h["loss"] for h in tuned.history_[:300]] == [h["loss"] for h in plain.history_]
+    fine = tuned.history_[300:]
+    assert fine[0]["lr"] == pytest.approx(5e-3)  # half the flow-matching lr, then cosine
+    assert fine[-1]["lr"] == pytest.approx(5e-3 * (1 + math.cos(math.pi * 39 / 40)) / 2)
+    assert all(h["nfe_forward"] > 1 and h["nfe_backward"] > 0 for h in fine)
+    # the solver's tolerances are the estimator's again once fine-tuning is over
+    assert (tuned.flow_.rtol, tuned.flow_.atol) == (tuned.rtol, tuned.atol)
+    X_test = make_toy("8gaussians", 4000, random_state=1)
+    assert _nll(tuned, X_test) < _nll(plain, X_test) - 0.05
+
+
+def test_fine_tuning_takes_the_last_quarter_of_a_time_budget():
+    X = make_toy("moons", 1000, random_state=0)
+    est = CNFDensity(hidden=(16,), max_iter=10**6, batch_size=128, max_seconds=2.0,
+                     random_state=0, device="cpu").fit(X)
+    fm = [h for h in est.history_ if h["objective"] == "flow_matching"]
+    ml = [h for h in est.history_ if h["objective"] == "maximum_likelihood"]
+    assert sum(h["seconds"] for h in fm) <= 1.5
+    assert len(ml) >= 1 and sum(h["seconds"] for h in ml) <= 0.5 + 2 * max(
+        h["seconds"] for h in ml)
+    assert est.history_[-1] is ml[-1]
+
+
+def test_fault_while_fine_tuning_keeps_the_flow_matching_fit(monkeypatch):
+    X = make_toy("moons", 500, random_state=0)
+    est = CNFDensity(hidden=(16,), max_iter=50, fine_tune_iter=5, batch_size=100,
+                     random_state=0, device="cpu")
+    calls = []
+
+    def failing(flow, u):
+        calls.append(1)
+        return torch.tensor(float("nan"), requires_grad=True)
+
+    monkeypatch.setattr(est, "_likelihood_loss", failing)
+    with pytest.raises(TrainingFault, match="training loss became nan at iteration 1"):
+        est.fit(X)
+    assert calls == [1]
+    assert est.n_iter_ == 50
+    assert {h["objective"] for h in est.history_} == {"flow_matching"}
+    assert (est.flow_.rtol, est.flow_.atol) == (est.rtol, est.atol)
+    assert np.isfinite(est.score_samples(X[:10])).all()
+
+
+def test_fine_tuning_settings():
+    assert CNFDensity()._fine_tune_steps(20_000) == 200
+    assert CNFDensity(fine_tune_iter=7)._fine_tune_steps(60_000) == 7
+    assert CNFDensity(objective="maximum_likelihood")._fine_tune_steps(1000) == 0
+    X = np.random.default_rng(0).random((10, 2))
+    for bad in (-1, 2.5, "some"):
+        with pytest.raises(ValueError, match="fine_tune_iter must be a non-negative integer"):
+            CNFDensity(fine_tune_iter=bad).fit(X)
+    with pytest.raises(ValueError, match="fine_tune_iter follows flow matching"):
+        CNFDensity(objective="maximum_likelihood", fine_tune_iter=5).fit(X)
+    for bad in (0, -1e-3, "tight"):
+        with pytest.raises(ValueError, match="fine_tune_tol must be a positive number"):
+            CNFDensity(fine_tune_tol=bad).fit(X)
+
+
+def test_auto_batch_size_is_per_objective(monkeypatch):
+    X = make_toy("moons", 3000, random_state=0)
+    seen = []
+    est = CNFDensity(hidden=(8,), max_iter=400, random_state=0, device="cpu")
+    original = est._likelihood_loss
+    monkeypatch.setattr(est, "_likelihood_loss",
+                        lambda flow, u: seen.append(len(u)) or original(flow, u))
+    sizes = []
+    original_fm = CNF.flow_matching_loss
+    monkeypatch.setattr(CNF, "flow_matching_loss",
+                        lambda self, x, **kw: sizes.append(len(x)) or original_fm(self, x, **kw))
+    est.fit(X)
+    assert set(sizes) == {2048} and len(sizes) == 400
+    assert seen == [512] * 4  # 400 // 100 fine-tuning steps
+    seen.clear(), sizes.clear()
+    est.set_params(batch_size=100).fit(X)
+    assert set(sizes) == {100} and seen == [100] * 4
