@@ -274,7 +274,9 @@ def _joined(first: TrainResult, second: TrainResult | None) -> TrainResult:
         entry["iteration"] += first.n_iter
     return TrainResult(history=first.history + second.history,
                        n_iter=first.n_iter + second.n_iter,
-                       best_val_loss=second.best_val_loss, stop_reason=second.stop_reason)
+                       best_val_loss=(second.best_val_loss if second.best_val_loss is not None
+                                      else first.best_val_loss),
+                       stop_reason=second.stop_reason)
 
 
 #: The training objectives of :class:`CNFDensity`.
@@ -482,9 +484,9 @@ class CNFDensity(_FlowDensity):
             return first
         remaining = None
         if config.max_seconds is not None:
-            remaining = config.max_seconds - (time.perf_counter() - started)
-            if remaining <= 0:
-                return first
+            # not returned early when no time is left: across processes, train agrees when
+            # to stop, and every process must enter it (DDP's set-up is collective)
+            remaining = max(config.max_seconds - (time.perf_counter() - started), 0.0)
         ml = _AUTO["maximum_likelihood"]
         second_config = dataclasses.replace(
             config, max_iter=n_fine, lr=config.lr / 2, lr_schedule="cosine",

@@ -81,7 +81,8 @@ class TrainConfig:
         tol: the improvement in validation loss that counts.
         validation_interval: evaluate the validation set every this many iterations.
         max_seconds: stop once training has run this long (wall clock, checked before each
-            step; stop_reason "time_limit"); None: no limit.
+            step; stop_reason "time_limit"; across processes, all stop once any one's time is
+            up); None: no limit.
         verbose: show a tqdm progress bar.
     """
 
@@ -160,6 +161,17 @@ def _data_parallel_loss(model: nn.Module, loss_fn: LossFn, batch_size: int,
     # each process its own random draws (e.g. flow matching's noise), from a seed per rank
     torch.manual_seed(torch.initial_seed() + rank)
     return lambda batch: wrapped(batch[rank * share:(rank + 1) * share])
+
+
+def _out_of_time(over: bool, device: torch.device) -> bool:
+    """Whether to stop for time: this process's verdict alone, or across processes the verdict
+    of any of them (their clocks differ; a process that stopped alone would leave the others
+    waiting for it in DDP's gradient exchange). One scalar all-reduce a step when parallel."""
+    if distributed_rank() is None:
+        return over
+    flag = torch.tensor([float(over)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def _nfe(model: nn.Module, name: str) -> int | None:
@@ -251,8 +263,8 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
     try:
         started = time.perf_counter()
         for iteration in range(1, config.max_iter + 1):
-            if (config.max_seconds is not None
-                    and time.perf_counter() - started >= config.max_seconds):
+            if config.max_seconds is not None and _out_of_time(
+                    time.perf_counter() - started >= config.max_seconds, X.device):
                 result.stop_reason = "time_limit"
                 break
             if cursor + batch_size > n:

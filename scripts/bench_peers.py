@@ -6,8 +6,9 @@ scored; KL = test NLL − H(p) with H(p) the true entropy (cnflow.datasets.true_
 
 - ``cnflow ML``: CNFDensity(objective="maximum_likelihood") — adjoint, exact trace, RNODE
   penalties, its defaults, stopped by ``max_seconds``;
-- ``cnflow FM``: CNFDensity() — flow matching, stopped by ``max_seconds``, over which its
-  cosine learning-rate schedule anneals;
+- ``cnflow FM``: CNFDensity() — its defaults, stopped by ``max_seconds``: flow matching
+  (batch 2048) for the first 75 % of the budget, over which its cosine learning-rate schedule
+  anneals, then maximum-likelihood fine-tuning (batch 512, solves at 1e-3) for the rest;
 - ``FFJORD-style``: written here on torchdiffeq's ``odeint_adjoint``: concat-squash MLP
   64-64-64 with tanh, dopri5 at rtol = atol = 1e-5, exact divergence by D autograd calls,
   learnable end time, Adam lr 1e-3, batch 512 (Grathwohl et al. 2019's toy settings);

@@ -1,10 +1,12 @@
 """Devices and data parallelism: two gloo processes on CPU take the steps of one process on the
 combined batch; CUDA results equal CPU ones (skipped without CUDA)."""
 
+import datetime
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +82,40 @@ def test_two_gloo_processes_take_the_steps_of_one_process_on_the_combined_batch(
         # the reported loss is the mean over the processes: the loss of the whole batch
         np.testing.assert_allclose(saved["losses"], [h["loss"] for h in result.history],
                                    rtol=1e-10)
+
+
+def _late_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Rank 1 starts its clock 0.6 s after rank 0: a time limit must still stop both at the
+    same step, or rank 0 would leave rank 1 waiting in DDP's gradient exchange. Then a
+    CNFDensity fit with a time limit (its two phases, each stopped by its own share of it)."""
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        flow, X = _problem()
+        dist.barrier()
+        if rank == 1:
+            time.sleep(0.6)
+        result = train(flow, X, _nll, TrainConfig(max_iter=10**6, batch_size=32,
+                                                  max_seconds=1.0))
+        dist.barrier()
+        est = CNFDensity(hidden=(8,), max_iter=10**6, batch_size=32, max_seconds=2.0,
+                         fine_tune_iter=10**6, random_state=0, device="cpu")
+        est.fit(X.numpy())
+        torch.save({"n_iter": result.n_iter, "stop": result.stop_reason,
+                    "objectives": [h["objective"] for h in est.history_]},
+                   Path(out_dir) / f"late{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_time_limit_stops_every_process_at_the_same_step(tmp_path):
+    mp.spawn(_late_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    late = [torch.load(tmp_path / f"late{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert late[0] == late[1]
+    assert late[0]["stop"] == "time_limit" and late[0]["n_iter"] > 0
+    assert "maximum_likelihood" in late[0]["objectives"]  # both phases ran, in step
 
 
 def test_torchrun_entry_point_trains_and_only_rank_0_writes(tmp_path):
