@@ -40,10 +40,17 @@ def _nll(flow: CNF, batch: torch.Tensor) -> torch.Tensor:
     return -flow.log_prob(batch).mean()
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _join(rank: int, world: int, port: int) -> None:
+    """Join a gloo group on this machine, one thread a process; a collective that waits
+    for a process that never comes fails after 30 s instead of hanging."""
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    _join(rank, world, port)
     try:
         flow, X = _problem()
         if rank == 1:  # DDP must start every process from rank 0's parameters
@@ -88,10 +95,7 @@ def _late_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """Rank 1 starts its clock 0.6 s after rank 0: a time limit must still stop both at the
     same step, or rank 0 would leave rank 1 waiting in DDP's gradient exchange. Then a
     CNFDensity fit with a time limit (its two phases, each stopped by its own share of it)."""
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=30))
+    _join(rank, world, port)
     try:
         flow, X = _problem()
         dist.barrier()
