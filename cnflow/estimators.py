@@ -522,7 +522,7 @@ class CNFDensity(_FlowDensity):
         if self.objective == "flow_matching":
             return flow.flow_matching_loss(u)
         if not (self.kinetic_energy or self.jacobian_norm):
-            return -flow.log_prob(u).mean()
+            return self._likelihood_loss(flow, u)
         logp, reg = flow.log_prob(u, return_regularisers=True)
         return (-logp.mean() + self.kinetic_energy * reg.kinetic.mean()
                 + self.jacobian_norm * reg.jacobian.mean())

@@ -163,11 +163,11 @@ def _data_parallel_loss(model: nn.Module, loss_fn: LossFn, batch_size: int,
     return lambda batch: wrapped(batch[rank * share:(rank + 1) * share])
 
 
-def _out_of_time(over: bool, device: torch.device) -> bool:
+def _out_of_time(over: bool, parallel: tuple[int, int] | None, device: torch.device) -> bool:
     """Whether to stop for time: this process's verdict alone, or across processes the verdict
     of any of them (their clocks differ; a process that stopped alone would leave the others
     waiting for it in DDP's gradient exchange). One scalar all-reduce a step when parallel."""
-    if distributed_rank() is None:
+    if parallel is None:
         return over
     flag = torch.tensor([float(over)], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -264,7 +264,7 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
         started = time.perf_counter()
         for iteration in range(1, config.max_iter + 1):
             if config.max_seconds is not None and _out_of_time(
-                    time.perf_counter() - started >= config.max_seconds, X.device):
+                    time.perf_counter() - started >= config.max_seconds, parallel, X.device):
                 result.stop_reason = "time_limit"
                 break
             if cursor + batch_size > n:
