@@ -335,7 +335,10 @@ class CNFDensity(_FlowDensity):
             0.0193 with 512 for both, 0.0158 with 2048 for both, 0.0135 with 2048 then 512;
             on checkerboard 0.127, 0.141 and 0.129 (within this setting's seed-to-seed spread
             of about ±0.01); flow matching alone for 170 s gave 0.039 at 512 and 0.025 at 2048
-            on pinwheel.
+            on pinwheel. (This docstring's pinwheel KLs are test NLL − H(p) with an entropy
+            that took the arms to be disjoint, 0.0067 nats too high; the paired estimate of
+            ``scripts/bench_peers.py`` is about 0.007 higher. Differences between settings
+            stand.)
         weight_decay: Adam's L2 penalty.
         lr: Adam's learning rate; ``"auto"``: 1e-2 with flow matching, 5e-3 with maximum
             likelihood (measured best for each; see below).

@@ -14,7 +14,7 @@ import json
 import time
 
 from cnflow import CNFDensity
-from cnflow.datasets import TOY_DATASETS, make_toy, true_entropy
+from cnflow.datasets import TOY_DATASETS, empirical_entropy, make_toy
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     est.fit(X)
     seconds = time.perf_counter() - start
     nll = -est.score(X_test)
-    entropy = true_entropy(args.dataset)
+    entropy = empirical_entropy(args.dataset, X_test)
     nfe = [h["nfe_forward"] for h in est.history_]
     print(json.dumps({"dataset": args.dataset, "params": params, "iterations": est.n_iter_,
                       "seconds": round(seconds, 1), "seconds_per_iteration": seconds / est.n_iter_,
