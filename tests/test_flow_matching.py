@@ -45,15 +45,17 @@ def gaussian_log_prob(x, mu, sigma):
             - d * math.log(sigma) - 0.5 * d * math.log(2 * math.pi))
 
 
-@pytest.mark.parametrize("T", [1.0, 2.5])
-def test_loss_equals_its_definition(T):
-    """Data at t = 0, base at t = T: the loss regresses f(s T, (1−s)x + s z) on (z − x)/T."""
+@pytest.mark.parametrize("T, gamma", [(1.0, 1.0), (2.5, 1.0), (2.5, 1.5)])
+def test_loss_equals_its_definition(T, gamma):
+    """Data at t = 0, base at t = T: the loss regresses f(s T, (1−s)x + s z) on (z − x)/T,
+    with s = u^γ, u ~ U(0, 1)."""
     flow = CNF(3, hidden=(16,), T=T).double()
     x = torch.randn(50, 3, dtype=D64)
-    loss = flow.flow_matching_loss(x, generator=torch.Generator().manual_seed(7))
+    loss = flow.flow_matching_loss(x, generator=torch.Generator().manual_seed(7),
+                                   time_exponent=gamma)
     g = torch.Generator().manual_seed(7)
     z = torch.randn(50, 3, generator=g, dtype=D64)
-    s = torch.rand(50, 1, generator=g, dtype=D64)
+    s = torch.rand(50, 1, generator=g, dtype=D64) ** gamma
     expected = (flow.net(s * T, (1 - s) * x + s * z) - (z - x) / T).square().sum(-1).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
     assert (flow.nfe_forward, flow.nfe_backward) == (1, 0)
@@ -75,17 +77,41 @@ def test_closed_form_minimiser_gives_the_exact_density(T):
                                rtol=0, atol=0.03)
 
 
-def test_closed_form_field_minimises_the_loss():
+@pytest.mark.parametrize("gamma", [1.0, 2.0])
+def test_closed_form_field_minimises_the_loss(gamma):
     """Perturbing the minimiser by a constant c raises the loss by exactly ‖c‖² (in
-    expectation; here on one large fixed draw, to Monte Carlo accuracy)."""
+    expectation; here on one large fixed draw, to Monte Carlo accuracy), whatever the law of
+    the times: the field is the minimiser at every t."""
     mu, sigma, T = torch.tensor([1.0, 2.0], dtype=D64), 0.5, 1.0
     x = mu + sigma * torch.randn(200_000, 2, dtype=D64)
     losses = {}
     for shift in (0.0, 0.3):
         flow = CNF(2, net=GaussianMarginalField(mu, sigma, T, shift=shift), T=T)
         losses[shift] = float(flow.flow_matching_loss(
-            x, generator=torch.Generator().manual_seed(0)).detach())
+            x, generator=torch.Generator().manual_seed(0), time_exponent=gamma).detach())
     assert losses[0.3] - losses[0.0] == pytest.approx(2 * 0.3 ** 2, rel=0.03)
+
+
+def test_time_exponent_reaches_the_loss_and_is_checked(monkeypatch):
+    seen = []
+    original = CNF.flow_matching_loss
+
+    def spy(self, x, **kwargs):
+        seen.append(kwargs.get("time_exponent"))
+        return original(self, x, **kwargs)
+
+    monkeypatch.setattr(CNF, "flow_matching_loss", spy)
+    X = make_toy("moons", 300, random_state=0)
+    est = CNFDensity(hidden=(8,), max_iter=3, fine_tune_iter=0, time_exponent=2.5,
+                     random_state=0, device="cpu").fit(X)
+    est._validation_loss(est.flow_, est._standardise(X[:50]))
+    assert len(seen) == 4 and set(seen) == {2.5}  # 3 training steps and the validation loss
+    assert CNFDensity().time_exponent == 1.5
+    for bad in (0, -1.0, float("nan"), "2", True):
+        with pytest.raises(ValueError, match="time_exponent must be a positive number"):
+            CNFDensity(max_iter=1, time_exponent=bad).fit(X)
+    with pytest.raises(ValueError, match="time_exponent must be a positive number"):
+        CNF(2).flow_matching_loss(torch.randn(4, 2), time_exponent=0.0)
 
 
 def test_estimator_loss_decreases_and_density_integrates_to_one():
