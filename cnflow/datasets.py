@@ -49,11 +49,21 @@ def _pinwheel(n: int, rng: np.random.RandomState) -> np.ndarray:
     labels = np.repeat(np.arange(n_arms), counts)
     features = rng.randn(n, 2) * np.array([0.3, 0.1])
     features[:, 0] += 1.0
-    angles = 2 * np.pi * labels / n_arms + 0.25 * np.exp(features[:, 0])
+    return rng.permutation(_pinwheel_image(features[:, 0], features[:, 1], labels))
+
+
+def _pinwheel_image(f0: np.ndarray, f1: np.ndarray, arm: np.ndarray) -> np.ndarray:
+    """2 R(θ) f with θ = 2πk/5 + 0.25 e^{f₀}: where arm k takes the point f = (f₀, f₁)."""
+    angles = 2 * np.pi * arm / 5 + 0.25 * np.exp(f0)
     cos, sin = np.cos(angles), np.sin(angles)
-    rotated = np.stack([features[:, 0] * cos - features[:, 1] * sin,
-                        features[:, 0] * sin + features[:, 1] * cos], axis=1)
-    return 2 * rng.permutation(rotated)
+    return 2 * np.stack([f0 * cos - f1 * sin, f0 * sin + f1 * cos], axis=1)
+
+
+def _pinwheel_term(f0: np.ndarray, f1: np.ndarray) -> np.ndarray:
+    """log of one preimage's share of the density: N(f; (1, 0), diag(0.3², 0.1²)) divided
+    by 5 arms and by the map's Jacobian determinant |4 (1 − 0.25 e^{f₀} f₁)|."""
+    return (-math.log(5 * 4 * 2 * math.pi * 0.3 * 0.1) - 0.5 * ((f0 - 1) / 0.3) ** 2
+            - 0.5 * (f1 / 0.1) ** 2 - np.log(np.abs(1 - 0.25 * np.exp(f0) * f1)))
 
 
 def _two_spirals(n: int, rng: np.random.RandomState) -> np.ndarray:
@@ -165,7 +175,6 @@ def _pinwheel_log_density(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
     out = np.full(len(x), -np.inf)
     alpha = np.linspace(-math.pi, math.pi, _PINWHEEL_GRID + 1)
     arm_angles = 2 * math.pi * np.arange(5) / 5
-    const = -math.log(5 * 4 * 2 * math.pi * 0.3 * 0.1)
     for start in range(0, len(x), chunk):
         y = x[start:start + chunk] / 2
         r = np.hypot(y[:, 0], y[:, 1])
@@ -186,9 +195,7 @@ def _pinwheel_log_density(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
             lo, f_lo, hi = (np.where(keep_lo, mid, lo), np.where(keep_lo, f_mid, f_lo),
                             np.where(keep_lo, hi, mid))
         root = 0.5 * (lo + hi)
-        f0, f1 = rr * np.cos(root), rr * np.sin(root)
-        log_terms = (const - 0.5 * ((f0 - 1) / 0.3) ** 2 - 0.5 * (f1 / 0.1) ** 2
-                     - np.log(np.abs(1 - 0.25 * np.exp(f0) * f1)))
+        log_terms = _pinwheel_term(rr * np.cos(root), rr * np.sin(root))
         np.logaddexp.at(out, start + rows // 5, log_terms)
     return out
 
@@ -276,12 +283,9 @@ def _pinwheel_entropy(n_monte_carlo: int, random_state) -> float:
     log_det = np.log(1 - 0.25 * np.exp(f0) * f1)
     disjoint = math.log(5) + math.log(2 * math.pi * math.e * 0.03) + math.log(4) + log_det.mean()
     m = min(n_monte_carlo, 100_000)
-    f0, f1, log_det = f0[:m], f1[:m], log_det[:m]
-    angle = 2 * np.pi * arm[:m] / 5 + 0.25 * np.exp(f0)
-    cos, sin = np.cos(angle), np.sin(angle)
-    x = 2 * np.stack([f0 * cos - f1 * sin, f0 * sin + f1 * cos], axis=1)
-    log_own = (-math.log(5 * 4 * 2 * math.pi * 0.03) - 0.5 * ((f0 - 1) / 0.3) ** 2
-               - 0.5 * (f1 / 0.1) ** 2 - log_det)
+    f0, f1 = f0[:m], f1[:m]
+    x = _pinwheel_image(f0, f1, arm[:m])
+    log_own = _pinwheel_term(f0, f1)
     return float(disjoint - (_pinwheel_log_density(x) - log_own).mean())
 
 

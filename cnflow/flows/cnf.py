@@ -65,6 +65,14 @@ def _is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def check_time_exponent(value: object) -> float:
+    """``value`` as a float if it is a finite number > 0 (flow matching's γ), else ValueError."""
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0):
+        raise ValueError(f"time_exponent must be a positive number, got {value!r}")
+    return float(value)
+
+
 class _DensityDynamics:
     r"""The system a CNF integrates for densities: on the state (z, Δ) (with the regularisers,
     (z, Δ, K, J)),
@@ -457,9 +465,7 @@ class CNF(NFECounts, nn.Module):
             optimal transport". Esser et al. (2024), "Scaling rectified flow transformers for
             high-resolution image synthesis".
         """
-        if not (isinstance(time_exponent, numbers.Real) and not isinstance(time_exponent, bool)
-                and math.isfinite(time_exponent) and time_exponent > 0):
-            raise ValueError(f"time_exponent must be a positive number, got {time_exponent!r}")
+        check_time_exponent(time_exponent)
         x = self._check_data(x, "x")
         n = x.shape[0]
         T = self.T.detach().to(x.dtype)
