@@ -296,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float,
                    help="Adam's learning rate (default: 1e-2 with flow matching, 5e-3 with "
                         "maximum likelihood)")
-    p.add_argument("--hidden", type=int, nargs="+", help="hidden widths (default: 64 64 64)")
+    p.add_argument("--hidden", type=int, nargs="+",
+                   help="hidden widths (default: 64 64 64 64 64 with flow matching, 64 64 64 "
+                        "with maximum likelihood)")
     p.add_argument("--tol", type=float, help="rtol = atol of the ODE solver (default: 1e-5)")
     p.add_argument("--device", default="auto",
                    help="cpu, cuda, cuda:1, ... or auto: CUDA when available (default: auto)")

@@ -177,9 +177,11 @@ def test_fine_tuning_by_likelihood_follows_flow_matching():
     fine = tuned.history_[300:]
     assert fine[0]["lr"] == pytest.approx(5e-3)  # half the flow-matching lr, then cosine
     assert fine[-1]["lr"] == pytest.approx(5e-3 * (1 + math.cos(math.pi * 39 / 40)) / 2)
-    assert all(h["nfe_forward"] > 1 and h["nfe_backward"] > 0 for h in fine)
-    # the solver's tolerances are the estimator's again once fine-tuning is over
+    # two features: backpropagation through the solver, no backward solve
+    assert all(h["nfe_forward"] > 1 and h["nfe_backward"] == 0 for h in fine)
+    # the solver's settings are the estimator's again once fine-tuning is over
     assert (tuned.flow_.rtol, tuned.flow_.atol) == (tuned.rtol, tuned.atol)
+    assert tuned.flow_.adjoint is True
     X_test = make_toy("8gaussians", 4000, random_state=1)
     assert _nll(tuned, X_test) < _nll(plain, X_test) - 0.05
 
@@ -214,6 +216,46 @@ def test_fault_while_fine_tuning_keeps_the_flow_matching_fit(monkeypatch):
     assert {h["objective"] for h in est.history_} == {"flow_matching"}
     assert (est.flow_.rtol, est.flow_.atol) == (est.rtol, est.atol)
     assert np.isfinite(est.score_samples(X[:10])).all()
+
+
+def test_fine_tuning_gradients_by_adjoint_or_backpropagation():
+    X2 = make_toy("moons", 400, random_state=0)
+    X9 = np.random.default_rng(0).normal(size=(400, 9))
+    common = dict(hidden=(8,), max_iter=4, fine_tune_iter=2, batch_size=100, random_state=0,
+                  device="cpu")
+
+    def backward_nfe(est):
+        return [h["nfe_backward"] for h in est.history_
+                if h["objective"] == "maximum_likelihood"]
+
+    # "auto": backpropagation up to 8 features, the adjoint method above
+    assert CNFDensity()._fine_tune_by_adjoint(8) is False
+    assert CNFDensity()._fine_tune_by_adjoint(9) is True
+    assert backward_nfe(CNFDensity(**common).fit(X2)) == [0, 0]
+    assert all(n > 0 for n in backward_nfe(CNFDensity(**common).fit(X9)))
+    forced = CNFDensity(fine_tune_adjoint=True, **common).fit(X2)
+    assert all(n > 0 for n in backward_nfe(forced))
+    assert forced.flow_.adjoint is True
+    # the estimator's own adjoint setting is restored (and still used for scoring's gradients)
+    est = CNFDensity(fine_tune_adjoint=True, adjoint=False, **common).fit(X9)
+    assert all(n > 0 for n in backward_nfe(est)) and est.flow_.adjoint is False
+    for bad in (1, "yes", None):
+        with pytest.raises(ValueError, match="fine_tune_adjoint must be True, False or 'auto'"):
+            CNFDensity(fine_tune_adjoint=bad).fit(X2)
+
+
+def test_hidden_auto_is_per_objective():
+    assert CNFDensity()._hidden() == (64, 64, 64, 64, 64)
+    assert CNFDensity(objective="maximum_likelihood")._hidden() == (64, 64, 64)
+    assert CNFDensity(hidden=[32, 16])._hidden() == (32, 16)
+    X = make_toy("moons", 300, random_state=0)
+    est = CNFDensity(max_iter=2, fine_tune_iter=0, batch_size=100, random_state=0,
+                     device="cpu").fit(X)
+    widths = [layer.linear.out_features for layer in est.flow_.net.layers]
+    assert widths == [64, 64, 64, 64, 64, 2]
+    for bad in ("wide", 64, (64, 0), (64, 2.5), (True,)):
+        with pytest.raises(ValueError, match="hidden must be 'auto' or a sequence"):
+            CNFDensity(hidden=bad).fit(X)
 
 
 def test_fine_tuning_settings():
