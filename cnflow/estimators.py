@@ -294,8 +294,8 @@ _AUTO = {
 
 #: With ``fine_tune_adjoint="auto"``, fine-tuning backpropagates through the solver for up to
 #: this many features and uses the adjoint method above: the exact trace's forward Jacobians
-#: that backpropagation keeps grow as D² per row and stage (about 3 MB a stage at D = 2,
-#: batch 512 and five layers of 64; 600 MB a stage at D = 64).
+#: that backpropagation keeps grow as D² per row and stage (about 4 MB a stage at D = 2,
+#: batch 512 and five layers of 64; 75 MB a stage, GBs a solve, at D = 64).
 _FINE_TUNE_BACKPROP_MAX_FEATURES = 8
 
 
@@ -397,7 +397,7 @@ class CNFDensity(_FlowDensity):
         fine_tune_adjoint: fine-tuning's gradients by the adjoint method (True) or by
             backpropagation through the solver (False); ``"auto"``: backpropagation for up to
             8 features, the adjoint method above. At ``fine_tune_tol``'s few solver steps the
-            tensors backpropagation keeps are small in low dimension (about 3 MB a stage at
+            tensors backpropagation keeps are small in low dimension (about 4 MB a stage at
             D = 2 and batch 512; the exact trace's Jacobians grow as D²), and it skips the
             backward solve: a fine-tuning step on pinwheel (batch 512, solves at 1e-3, three
             layers of 64) took 140 ms against 245–290 ms by the adjoint, at the same forward

@@ -12,7 +12,7 @@ Writes FOLDER/toy_grid.png and toy_grid.json (FOLDER: density_examples/figures b
 toy_grid_quick.* with --quick, a smoke run of a few steps on two datasets).
 
 Run: .venv/bin/python density_examples/toy_grid.py [--quick] [--out FOLDER]
-(about 4 minutes on 2 CPU cores).
+(about 12 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
