@@ -7,7 +7,7 @@ with p's exact log-density (cnflow.datasets.empirical_entropy; the paired estima
 64-component GaussianMixture fitted to the same data is reported beside it for scale.
 
 Run: .venv/bin/python scripts/bench_quality.py [--quick] [--out docs]
-(about 12 minutes on 2 CPU cores; --quick: tiny fits in seconds, for the tests).
+(about 10 minutes on 2 CPU cores; --quick: tiny fits in seconds, for the tests).
 Never run it while anything else is running.
 """
 
