@@ -487,13 +487,7 @@ class CNFDensity(_FlowDensity):
         if self.objective == "maximum_likelihood" and not _is_auto(steps) and steps > 0:
             raise ValueError("fine_tune_iter follows flow matching; with "
                              "objective='maximum_likelihood' leave it at 'auto' or 0")
-        if not _is_auto(self.hidden):
-            widths = self.hidden
-            if (isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__")
-                    or not all(isinstance(h, numbers.Integral) and not isinstance(h, bool)
-                               and h >= 1 for h in widths)):
-                raise ValueError(f"hidden must be 'auto' or a sequence of positive integers, "
-                                 f"got {widths!r}")
+        self._hidden()  # raises on bad widths
         if not (_is_auto(self.fine_tune_adjoint) or isinstance(self.fine_tune_adjoint, bool)):
             raise ValueError(f"fine_tune_adjoint must be True, False or 'auto', got "
                              f"{self.fine_tune_adjoint!r}")
@@ -504,10 +498,16 @@ class CNFDensity(_FlowDensity):
         super()._check_params()
 
     def _hidden(self) -> tuple[int, ...]:
-        """The hidden widths, "auto" resolved per objective."""
-        if _is_auto(self.hidden):
+        """The hidden widths, "auto" resolved per objective; a ValueError if they are bad."""
+        widths = self.hidden
+        if _is_auto(widths):
             return self._auto()["hidden"]
-        return tuple(int(h) for h in self.hidden)
+        if (isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__")
+                or not all(isinstance(h, numbers.Integral) and not isinstance(h, bool)
+                           and h >= 1 for h in widths)):
+            raise ValueError(f"hidden must be 'auto' or a sequence of positive integers, "
+                             f"got {widths!r}")
+        return tuple(int(h) for h in widths)
 
     def _fine_tune_by_adjoint(self, n_features: int) -> bool:
         """Whether fine-tuning takes its gradients by the adjoint method ("auto" resolved)."""
