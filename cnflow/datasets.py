@@ -293,6 +293,7 @@ def _pinwheel_entropy(n_monte_carlo: int, random_state) -> float:
 #: Entropies for integer seeds, which always give the same draws.
 _pinwheel_entropy_of_seed = functools.lru_cache(maxsize=8)(_pinwheel_entropy)
 
+
 def empirical_entropy(name: str, X) -> float | None:
     r"""−(1/n) Σ log p(xᵢ) over the rows of X, with the exact log-density; None where it is
     not known (see :func:`log_density`).
