@@ -25,6 +25,7 @@ from torch import nn
 
 from .flows.cnf import CNF, check_time_exponent
 from .flows.planar import PlanarFlow
+from .preprocessing import PREPROCESSINGS, TabularPreprocessor
 from .train import (
     LR_SCHEDULES,
     TrainConfig,
@@ -43,6 +44,20 @@ _FORMAT = "cnflow-estimator/1"
 
 def _is_auto(value) -> bool:
     return isinstance(value, str) and value == "auto"
+
+
+def _tensors(state):
+    """A nested dict of numpy arrays as torch tensors (for a weights_only file)."""
+    if isinstance(state, dict):
+        return {k: _tensors(v) for k, v in state.items()}
+    return torch.from_numpy(np.ascontiguousarray(state)) if isinstance(state, np.ndarray) else state
+
+
+def _arrays(state):
+    """The inverse of :func:`_tensors`."""
+    if isinstance(state, dict):
+        return {k: _arrays(v) for k, v in state.items()}
+    return state.numpy() if isinstance(state, torch.Tensor) else state
 
 
 class _FlowDensity(DensityMixin, BaseEstimator):
@@ -98,14 +113,18 @@ class _FlowDensity(DensityMixin, BaseEstimator):
                                                  and self.max_seconds > 0):
             raise ValueError(f"max_seconds must be None or a positive number, got "
                              f"{self.max_seconds!r}")
-        if not (0.0 <= self.validation_fraction < 1.0):
-            raise ValueError(
-                f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
-        if self.n_iter_no_change is not None and (
-                not isinstance(self.n_iter_no_change, numbers.Integral)
-                or self.n_iter_no_change < 1):
-            raise ValueError("n_iter_no_change must be None or a positive integer, got "
-                             f"{self.n_iter_no_change!r}")
+        fraction = self.validation_fraction
+        if not (_is_auto(fraction) or (isinstance(fraction, numbers.Real)
+                                       and not isinstance(fraction, bool)
+                                       and 0.0 <= fraction < 1.0)):
+            raise ValueError(f"validation_fraction must be in [0, 1) or 'auto', got "
+                             f"{fraction!r}")
+        patience = self.n_iter_no_change
+        if not (patience is None or _is_auto(patience) or (
+                isinstance(patience, numbers.Integral) and not isinstance(patience, bool)
+                and patience >= 1)):
+            raise ValueError("n_iter_no_change must be None, 'auto' or a positive integer, "
+                             f"got {patience!r}")
         if self.lr_schedule not in ("auto", *LR_SCHEDULES):
             raise ValueError(f"lr_schedule must be one of auto, {', '.join(LR_SCHEDULES)}, "
                              f"got {self.lr_schedule!r}")
@@ -116,9 +135,25 @@ class _FlowDensity(DensityMixin, BaseEstimator):
     def _torch_dtype(self) -> torch.dtype:
         return _DTYPES[self.dtype]
 
-    def _standardise(self, X: np.ndarray) -> torch.Tensor:
-        u = (X - self.mean_) / self.scale_
-        return torch.as_tensor(u, dtype=self._torch_dtype(), device=self.device_)
+    def _transform(self, X: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """The fitted preprocessing of X: the mapped rows as a tensor on the model's device,
+        and the log-determinant of the map at each row (numpy, float64)."""
+        U, logdet = self.preprocessor_.transform(X)
+        return torch.as_tensor(U, dtype=self._torch_dtype(), device=self.device_), logdet
+
+    def _preprocessing_kind(self, n_samples: int) -> str:
+        """The preprocessing to fit ("standardize" unless a subclass offers others)."""
+        return "standardize"
+
+    def _validation_fraction(self, n_samples: int) -> float:
+        """The share of rows held out, "auto" resolved (none, unless a subclass says)."""
+        return 0.0 if _is_auto(self.validation_fraction) else float(self.validation_fraction)
+
+    def _n_iter_no_change(self) -> int | None:
+        """Validations without improvement before stopping, "auto" resolved."""
+        if _is_auto(self.n_iter_no_change):
+            return _AUTO_N_ITER_NO_CHANGE
+        return self.n_iter_no_change
 
     def _seeded(self, seed: int):
         """Torch's global RNG forked and seeded inside (see :func:`cnflow.train.seeded_rng`)."""
@@ -137,26 +172,29 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         """
         self._check_params()
         # A refit that fails must not leave the old flow with the new data's scaling.
-        for name in ("flow_", "history_", "n_iter_", "mean_", "scale_", "device_"):
+        for name in ("flow_", "history_", "n_iter_", "mean_", "scale_", "device_",
+                     "preprocessor_"):
             self.__dict__.pop(name, None)
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        self.device_ = resolve_device(self.device)
-        self.mean_ = X.mean(axis=0)
-        scale = X.std(axis=0)
-        self.scale_ = np.where(scale > 0, scale, 1.0)
-        n_val = int(round(self.validation_fraction * len(X)))
-        if self.validation_fraction > 0 and (n_val < 1 or len(X) - n_val < 1):
-            raise ValueError(f"validation_fraction={self.validation_fraction} leaves no rows "
+        device = resolve_device(self.device)
+        fraction = self._validation_fraction(len(X))
+        n_val = int(round(fraction * len(X)))
+        if fraction > 0 and (n_val < 1 or len(X) - n_val < 1):
+            raise ValueError(f"validation_fraction={fraction} leaves no rows "
                              f"for training or validation with {len(X)} samples")
         perm = rng.permutation(len(X))
-        U = self._standardise(X)
+        preprocessor = TabularPreprocessor(self._preprocessing_kind(len(X)),
+                                           random_state=seed).fit(X)
+        self.device_, self.preprocessor_ = device, preprocessor
+        self.mean_, self.scale_ = preprocessor.mean_, preprocessor.scale_
+        U, _ = self._transform(X)
         U_val = U[torch.as_tensor(perm[:n_val], device=U.device)] if n_val else None
         U_train = U[torch.as_tensor(perm[n_val:], device=U.device)] if n_val else U
         config = TrainConfig(max_seconds=self.max_seconds,
                              weight_decay=self.weight_decay,
-                             n_iter_no_change=self.n_iter_no_change if n_val else None,
+                             n_iter_no_change=self._n_iter_no_change() if n_val else None,
                              verbose=self.verbose, **self._train_settings())
         fault, result = None, None
         with self._seeded(seed):
@@ -178,14 +216,14 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         """Log-density of each row of X, in the caller's units; numpy array (n_samples,)."""
         check_is_fitted(self, "flow_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        U = self._standardise(X)
+        U, logdet = self._transform(X)
         out = []
         self.flow_.eval()
         with torch.no_grad():
             for start in range(0, len(U), self._score_batch_size):
                 out.append(self._log_prob(self.flow_, U[start:start + self._score_batch_size]))
         log_q = torch.cat(out).double().cpu().numpy()
-        return log_q - np.log(self.scale_).sum()
+        return log_q + logdet
 
     def score(self, X, y=None) -> float:
         """Mean log-likelihood of the rows of X (as GaussianMixture.score)."""
@@ -199,7 +237,7 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
         with self._seeded(seed), torch.no_grad():
             u = self.flow_.sample(int(n_samples))
-        return u.double().cpu().numpy() * self.scale_ + self.mean_
+        return self.preprocessor_.inverse_transform(u.double().cpu().numpy())
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
@@ -217,6 +255,7 @@ class _FlowDensity(DensityMixin, BaseEstimator):
             "state_dict": {k: v.detach().cpu() for k, v in self.flow_.state_dict().items()},
             "mean": torch.from_numpy(self.mean_),
             "scale": torch.from_numpy(self.scale_),
+            "preprocessor": _tensors(self.preprocessor_.state()),
             "n_features_in": int(self.n_features_in_),
             "feature_names_in": ([str(n) for n in self.feature_names_in_]
                                  if hasattr(self, "feature_names_in_") else None),
@@ -239,6 +278,11 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         est.device_ = resolve_device(est.device)
         est.mean_ = data["mean"].numpy()
         est.scale_ = data["scale"].numpy()
+        if data.get("preprocessor") is not None:
+            est.preprocessor_ = TabularPreprocessor.from_state(_arrays(data["preprocessor"]))
+        else:  # files of the first format standardised only
+            est.preprocessor_ = TabularPreprocessor.from_state(
+                {"kind": "standardize", "mean": est.mean_, "scale": est.scale_})
         est.n_features_in_ = data["n_features_in"]
         if data.get("feature_names_in") is not None:
             est.feature_names_in_ = np.asarray(data["feature_names_in"], dtype=object)
@@ -251,11 +295,31 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         return est
 
 
+#: Up to this many rows, CNFDensity's "auto" settings treat the data as a small table: they
+#: Gaussianise the columns and whiten them, hold out a validation split, start the flow at the
+#: identity (the Gaussian copula of the preprocessed data) and keep the parameters best on
+#: held-out likelihood (see CNFDensity's docstring).
+_SMALL_DATA_MAX_ROWS = 20_000
+_SMALL_DATA_VALIDATION_FRACTION = 0.2
+#: Flow-matching steps between validations on small data (maximum-likelihood steps: 20).
+_SMALL_DATA_VALIDATION_INTERVAL = 100
+_AUTO_N_ITER_NO_CHANGE = 10
+
 # Fine-tuning after flow matching: one maximum-likelihood step per this many flow-matching
 # steps ("auto"), and flow matching's share of a max_seconds budget (measured; see
 # CNFDensity's docstring).
 _FINE_TUNE_PER_STEPS = 100
 _FLOW_MATCHING_SHARE = 0.75
+
+
+def _zero_last_layer(flow: nn.Module) -> None:
+    """Zero the output layer of a CNF's built-in network, so that its field is 0 and the flow
+    the identity (gradients still reach that layer)."""
+    last = flow.net.layers[-1]
+    with torch.no_grad():
+        for module in (last.linear, last.hyper_bias):
+            for param in module.parameters():
+                param.zero_()
 
 
 def _tagged(result: TrainResult | None, objective: str) -> TrainResult | None:
@@ -446,8 +510,7 @@ class CNFDensity(_FlowDensity):
                  batch_size="auto", lr="auto", lr_schedule="auto", weight_decay=0.0,
                  kinetic_energy=0.01, jacobian_norm=0.01, time_exponent=1.5,
                  fine_tune_iter="auto", fine_tune_tol=1e-3, fine_tune_adjoint="auto",
-                 validation_fraction=0.0,
-                 n_iter_no_change=None,
+                 preprocessing="auto", validation_fraction="auto", n_iter_no_change="auto",
                  max_seconds=None,
                  dtype="float32", device="auto", random_state=None, verbose=False):
         self.hidden = hidden
@@ -468,6 +531,7 @@ class CNFDensity(_FlowDensity):
         self.fine_tune_iter = fine_tune_iter
         self.fine_tune_tol = fine_tune_tol
         self.fine_tune_adjoint = fine_tune_adjoint
+        self.preprocessing = preprocessing
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.max_seconds = max_seconds
@@ -492,6 +556,9 @@ class CNFDensity(_FlowDensity):
             raise ValueError(f"fine_tune_adjoint must be True, False or 'auto', got "
                              f"{self.fine_tune_adjoint!r}")
         check_time_exponent(self.time_exponent)
+        if self.preprocessing not in ("auto", *PREPROCESSINGS):
+            raise ValueError(f"preprocessing must be one of auto, {', '.join(PREPROCESSINGS)}, "
+                             f"got {self.preprocessing!r}")
         if not (isinstance(self.fine_tune_tol, numbers.Real) and self.fine_tune_tol > 0):
             raise ValueError(f"fine_tune_tol must be a positive number, got "
                              f"{self.fine_tune_tol!r}")
@@ -508,6 +575,19 @@ class CNFDensity(_FlowDensity):
             raise ValueError(f"hidden must be 'auto' or a sequence of positive integers, "
                              f"got {widths!r}")
         return tuple(int(h) for h in widths)
+
+    def _preprocessing_kind(self, n_samples: int) -> str:
+        """"auto": Gaussianise and whiten up to 20,000 rows, standardise above."""
+        if _is_auto(self.preprocessing):
+            return "gaussianize" if n_samples <= _SMALL_DATA_MAX_ROWS else "standardize"
+        return self.preprocessing
+
+    def _validation_fraction(self, n_samples: int) -> float:
+        """"auto": 0.2 from 10 up to 20,000 rows, none otherwise."""
+        if _is_auto(self.validation_fraction):
+            small = 10 <= n_samples <= _SMALL_DATA_MAX_ROWS
+            return _SMALL_DATA_VALIDATION_FRACTION if small else 0.0
+        return float(self.validation_fraction)
 
     def _fine_tune_by_adjoint(self, n_features: int) -> bool:
         """Whether fine-tuning takes its gradients by the adjoint method ("auto" resolved)."""
@@ -529,7 +609,17 @@ class CNFDensity(_FlowDensity):
         half the learning rate, cosine-annealed, with solves at ``fine_tune_tol`` and
         gradients as ``fine_tune_adjoint`` says; with
         ``max_seconds``, flow matching has the first 75 % of the time and fine-tuning the rest.
-        Each history entry says which objective its step took."""
+        Each history entry says which objective its step took.
+
+        With a validation set, the flow starts at the identity (its last layer zeroed) and
+        every phase validates before its first step, so the parameters kept are the best on
+        held-out likelihood, the preprocessed data's Gaussian included."""
+        if U_val is not None:
+            _zero_last_layer(flow)
+            config = dataclasses.replace(config, validate_at_start=True)
+            if self.objective == "flow_matching":
+                config = dataclasses.replace(
+                    config, validation_interval=_SMALL_DATA_VALIDATION_INTERVAL)
         n_fine = self._fine_tune_steps(config.max_iter)
         if not n_fine:
             result = super()._train(flow, U_train, U_val, config, generator)
@@ -562,8 +652,7 @@ class CNFDensity(_FlowDensity):
         flow.adjoint = self._fine_tune_by_adjoint(flow.dim)
         try:
             second = train(flow, U_train, self._likelihood_loss, second_config, X_val=U_val,
-                           val_loss_fn=lambda f, u: _FlowDensity._validation_loss(self, f, u),
-                           generator=generator)
+                           val_loss_fn=self._validation_loss, generator=generator)
         except TrainingFault as err:
             err.result = _joined(first, _tagged(err.result, "maximum_likelihood"))
             raise
@@ -594,13 +683,15 @@ class CNFDensity(_FlowDensity):
                 + self.jacobian_norm * reg.jacobian.mean())
 
     def _validation_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
-        """The objective on held-out rows: the flow-matching loss with draws fixed from one
-        evaluation to the next (so changes are the model's), or the exact NLL."""
-        if self.objective == "flow_matching":
-            generator = torch.Generator(device=u.device).manual_seed(len(u))
-            return flow.flow_matching_loss(u, generator=generator,
-                                           time_exponent=float(self.time_exponent))
-        return super()._validation_loss(flow, u)
+        """The held-out rows' mean negative log-likelihood, by the exact trace with solves at
+        ``fine_tune_tol`` (whichever objective trains), so that the parameters kept are the
+        most likely on new data."""
+        saved = flow.rtol, flow.atol
+        flow.rtol = flow.atol = float(self.fine_tune_tol)
+        try:
+            return -self._log_prob(flow, u).mean()
+        finally:
+            flow.rtol, flow.atol = saved
 
     def _log_prob(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         """Scoring and validation use the exact trace, so they are deterministic."""

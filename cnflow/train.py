@@ -80,6 +80,8 @@ class TrainConfig:
             improvement of at least ``tol``; None: never stop early.
         tol: the improvement in validation loss that counts.
         validation_interval: evaluate the validation set every this many iterations.
+        validate_at_start: also evaluate it before the first step, so that the starting
+            parameters are kept when no step improves on them.
         max_seconds: stop once training has run this long (wall clock, checked before each
             step; stop_reason "time_limit"; across processes, all stop once any one's time is
             up); None: no limit.
@@ -94,6 +96,7 @@ class TrainConfig:
     n_iter_no_change: int | None = None
     tol: float = 1e-4
     validation_interval: int = 20
+    validate_at_start: bool = False
     max_seconds: float | None = None
     verbose: bool = False
 
@@ -262,6 +265,15 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
     cursor, last_good = 0, None
     try:
         started = time.perf_counter()
+        if X_val is not None and config.validate_at_start:
+            try:
+                best_val = _evaluate(model, X_val, val_loss_fn, max(batch_size, 1024))
+            except ODESolveError:
+                best_val = math.nan
+            if math.isfinite(best_val):
+                best_state = _snapshot(model)
+            else:
+                best_val = math.inf
         for iteration in range(1, config.max_iter + 1):
             if config.max_seconds is not None and _out_of_time(
                     time.perf_counter() - started >= config.max_seconds, parallel, X.device):

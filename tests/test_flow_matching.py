@@ -102,10 +102,9 @@ def test_time_exponent_reaches_the_loss_and_is_checked(monkeypatch):
 
     monkeypatch.setattr(CNF, "flow_matching_loss", spy)
     X = make_toy("moons", 300, random_state=0)
-    est = CNFDensity(hidden=(8,), max_iter=3, fine_tune_iter=0, time_exponent=2.5,
-                     random_state=0, device="cpu").fit(X)
-    est._validation_loss(est.flow_, est._standardise(X[:50]))
-    assert len(seen) == 4 and set(seen) == {2.5}  # 3 training steps and the validation loss
+    CNFDensity(hidden=(8,), max_iter=3, fine_tune_iter=0, time_exponent=2.5,
+               random_state=0, device="cpu").fit(X)
+    assert len(seen) == 3 and set(seen) == {2.5}  # 3 training steps (validation: likelihood)
     assert CNFDensity().time_exponent == 1.5
     for bad in (0, -1.0, float("nan"), "2", True):
         with pytest.raises(ValueError, match="time_exponent must be a positive number"):
@@ -129,15 +128,20 @@ def test_estimator_loss_decreases_and_density_integrates_to_one():
     assert dens.sum() * (xs[1] - xs[0]) ** 2 == pytest.approx(1.0, abs=0.03)
 
 
-def test_validation_uses_the_flow_matching_loss_with_fixed_draws():
+def test_validation_is_the_held_out_likelihood_every_100_steps():
     X = make_toy("moons", 600, random_state=0)
-    est = CNFDensity(objective="flow_matching", hidden=(16,), max_iter=1000, batch_size=128,
-                     validation_fraction=0.2, random_state=0, device="cpu").fit(X)
-    vals = [h["val_loss"] for h in est.history_
-            if "val_loss" in h and h["objective"] == "flow_matching"]
-    assert len(vals) == 2  # every 500 steps
-    flow, u = est.flow_, est._standardise(X[:120])
-    assert float(est._validation_loss(flow, u)) == float(est._validation_loss(flow, u))
+    est = CNFDensity(objective="flow_matching", hidden=(16,), max_iter=300, batch_size=128,
+                     fine_tune_iter=0, random_state=0, device="cpu").fit(X)
+    entries = [h for h in est.history_ if "val_loss" in h]
+    assert [h["iteration"] for h in entries] == [100, 200, 300]
+    flow, u = est.flow_, est._transform(X[:120])[0]
+    with torch.no_grad():
+        value = float(est._validation_loss(flow, u))
+        assert value == float(est._validation_loss(flow, u))  # deterministic
+        # the exact negative log-likelihood at fine_tune_tol
+        flow.rtol = flow.atol = est.fine_tune_tol
+        expected = -float(flow.log_prob(u).mean())
+    assert value == pytest.approx(expected, rel=1e-12)
 
 
 def test_auto_settings_per_objective():
@@ -165,7 +169,7 @@ def _nll(est, X):
 def test_fine_tuning_by_likelihood_follows_flow_matching():
     X = make_toy("8gaussians", 2000, random_state=0)
     common = dict(hidden=(16, 16), max_iter=300, batch_size=256, lr=1e-2, random_state=0,
-                  device="cpu")
+                  device="cpu", preprocessing="standardize", validation_fraction=0.0)
     plain = CNFDensity(fine_tune_iter=0, **common).fit(X)
     tuned = CNFDensity(fine_tune_iter=40, **common).fit(X)
     objectives = [h["objective"] for h in tuned.history_]
@@ -201,7 +205,7 @@ def test_fine_tuning_takes_the_last_quarter_of_a_time_budget():
 def test_fault_while_fine_tuning_keeps_the_flow_matching_fit(monkeypatch):
     X = make_toy("moons", 500, random_state=0)
     est = CNFDensity(hidden=(16,), max_iter=50, fine_tune_iter=5, batch_size=100,
-                     random_state=0, device="cpu")
+                     validation_fraction=0.0, random_state=0, device="cpu")
     calls = []
 
     def failing(flow, u):
