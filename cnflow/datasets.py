@@ -387,9 +387,9 @@ def make_warped_mixture(n_samples: int, n_features: int, *, random_state=None) -
     log-density (:func:`warped_mixture_log_density`): a tabular benchmark whose KL to the truth
     can be measured as the dimension grows.
 
-    y is drawn from a mixture of four correlated Gaussians; then v = sinh(y) elementwise
-    (heavy tails), w = M v with M a fixed scaled rotation (mixes the columns), and x_j = w_j
-    for even j, x_j = exp(w_j / 2) for odd j (positive, right-skewed columns). Every step is
+    y is drawn from a mixture of four correlated Gaussians; then v = 2 sinh(y/2) elementwise
+    (heavier tails), w = M v with M a fixed scaled rotation (mixes the columns), and x_j = w_j
+    for even j, x_j = exp(w_j / 4) for odd j (positive, right-skewed columns). Every step is
     invertible with a known Jacobian, so log p(x) is exact.
 
     Arguments:
@@ -409,14 +409,14 @@ def make_warped_mixture(n_samples: int, n_features: int, *, random_state=None) -
     comp = rng.choice(len(p["weights"]), size=n_samples, p=p["weights"])
     eps = rng.randn(n_samples, n_features)
     y = p["means"][comp] + np.einsum("nij,nj->ni", p["chols"][comp], eps)
-    w = np.sinh(y) @ p["mix"].T
-    return np.where(p["skewed"], np.exp(0.5 * w), w)
+    w = 2 * np.sinh(y / 2) @ p["mix"].T
+    return np.where(p["skewed"], np.exp(w / 4), w)
 
 
 def warped_mixture_log_density(X) -> np.ndarray:
     r"""The exact log-density of :func:`make_warped_mixture` at each row of X (D from X):
-    log p(x) = log p_mix(y) − Σ_j log cosh y_j − log|det M| − Σ_{odd j} (w_j/2 − log 2),
-    with w, y the preimages (w_j = 2 log x_j on the skewed columns, −inf where x_j ≤ 0)."""
+    log p(x) = log p_mix(y) − Σ_j log cosh(y_j/2) − log|det M| − Σ_{odd j} (w_j/4 − log 4),
+    with w, y the preimages (w_j = 4 log x_j on the skewed columns, −inf where x_j ≤ 0)."""
     from scipy.special import logsumexp
 
     X = np.asarray(X, dtype=np.float64)
@@ -425,16 +425,17 @@ def warped_mixture_log_density(X) -> np.ndarray:
     p = _warped_mixture_parameters(X.shape[1])
     skewed = p["skewed"]
     with np.errstate(divide="ignore", invalid="ignore"):
-        w = np.where(skewed, 2 * np.log(np.where(skewed, X, 1.0)), X)
+        w = np.where(skewed, 4 * np.log(np.where(skewed, X, 1.0)), X)
     bad = (skewed & (X <= 0)).any(axis=1)
     w = np.where(np.isfinite(w), w, 0.0)
-    y = np.arcsinh(np.linalg.solve(p["mix"], w.T).T)
+    y = 2 * np.arcsinh(np.linalg.solve(p["mix"], w.T).T / 2)
     log_comp = []
     for mean, chol, weight in zip(p["means"], p["chols"], p["weights"], strict=True):
         r = np.linalg.solve(chol, (y - mean).T).T
         log_comp.append(math.log(weight) - 0.5 * (r * r).sum(1) - np.log(np.diag(chol)).sum()
                         - 0.5 * X.shape[1] * math.log(2 * math.pi))
     log_mix = logsumexp(np.stack(log_comp), axis=0)
-    log_det = ((np.logaddexp(y, -y) - math.log(2)).sum(1) + np.linalg.slogdet(p["mix"])[1]
-               + np.where(skewed, 0.5 * w - math.log(2), 0.0).sum(1))
+    log_det = ((np.logaddexp(y / 2, -y / 2) - math.log(2)).sum(1)
+               + np.linalg.slogdet(p["mix"])[1]
+               + np.where(skewed, w / 4 - math.log(4), 0.0).sum(1))
     return np.where(bad, -np.inf, log_mix - log_det)

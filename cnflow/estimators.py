@@ -24,8 +24,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from .flows.cnf import CNF, check_time_exponent
+from .flows.mixture import FlowMixture
 from .flows.planar import PlanarFlow
-from .preprocessing import PREPROCESSINGS, TabularPreprocessor
+from .preprocessing import PREPROCESSINGS, TabularPreprocessor, choose_preprocessing
 from .train import (
     LR_SCHEDULES,
     TrainConfig,
@@ -44,6 +45,12 @@ _FORMAT = "cnflow-estimator/1"
 
 def _is_auto(value) -> bool:
     return isinstance(value, str) and value == "auto"
+
+
+def folds_of(perm: np.ndarray, n_members: int, n_val: int) -> list[np.ndarray]:
+    """The held-out rows of each member: n_members folds of the permutation (cross-fitting),
+    or with one member its first n_val rows."""
+    return np.array_split(perm, n_members) if n_members > 1 else [perm[:n_val]]
 
 
 def _tensors(state):
@@ -145,6 +152,10 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         """The preprocessing to fit ("standardize" unless a subclass offers others)."""
         return "standardize"
 
+    def _n_members(self, n_samples: int) -> int:
+        """How many flows the fitted model averages (one, unless a subclass says)."""
+        return 1
+
     def _validation_fraction(self, n_samples: int) -> float:
         """The share of rows held out, "auto" resolved (none, unless a subclass says)."""
         return 0.0 if _is_auto(self.validation_fraction) else float(self.validation_fraction)
@@ -173,40 +184,66 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         self._check_params()
         # A refit that fails must not leave the old flow with the new data's scaling.
         for name in ("flow_", "history_", "n_iter_", "mean_", "scale_", "device_",
-                     "preprocessor_"):
+                     "preprocessor_", "n_members_", "preprocessing_scores_"):
             self.__dict__.pop(name, None)
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         device = resolve_device(self.device)
-        fraction = self._validation_fraction(len(X))
+        n_members = self._n_members(len(X))
+        fraction = 1 / n_members if n_members > 1 else self._validation_fraction(len(X))
         n_val = int(round(fraction * len(X)))
         if fraction > 0 and (n_val < 1 or len(X) - n_val < 1):
             raise ValueError(f"validation_fraction={fraction} leaves no rows "
                              f"for training or validation with {len(X)} samples")
         perm = rng.permutation(len(X))
-        preprocessor = TabularPreprocessor(self._preprocessing_kind(len(X)),
-                                           random_state=seed).fit(X)
+        kind = self._preprocessing_kind(len(X))
+        if kind == "choose":  # by held-out likelihood, on the first validation fold
+            first = folds_of(perm, n_members, n_val)[0]
+            kind, self.preprocessing_scores_ = choose_preprocessing(
+                X, perm[~np.isin(perm, first)], first, random_state=seed)
+        preprocessor = TabularPreprocessor(kind, random_state=seed).fit(X)
         self.device_, self.preprocessor_ = device, preprocessor
         self.mean_, self.scale_ = preprocessor.mean_, preprocessor.scale_
         U, _ = self._transform(X)
-        U_val = U[torch.as_tensor(perm[:n_val], device=U.device)] if n_val else None
-        U_train = U[torch.as_tensor(perm[n_val:], device=U.device)] if n_val else U
         config = TrainConfig(max_seconds=self.max_seconds,
                              weight_decay=self.weight_decay,
                              n_iter_no_change=self._n_iter_no_change() if n_val else None,
                              verbose=self.verbose, **self._train_settings())
-        fault, result = None, None
-        with self._seeded(seed):
-            flow = self._build_flow(X.shape[1]).to(self.device_, self._torch_dtype())
-            try:
-                result = self._train(flow, U_train, U_val, config,
-                                     torch.Generator().manual_seed(seed))
-            except TrainingFault as err:
-                fault, result = err, err.result
-        self.flow_ = flow
-        self.history_ = [] if result is None else result.history
-        self.n_iter_ = 0 if result is None else result.n_iter
+        folds = folds_of(perm, n_members, n_val)
+        members, history, n_iter, fault = [], [], 0, None
+        started = time.perf_counter()
+        for k, fold in enumerate(folds):
+            rest = perm[~np.isin(perm, fold)]
+            U_val = U[torch.as_tensor(fold, device=U.device)] if n_val else None
+            U_train = U[torch.as_tensor(rest, device=U.device)] if n_val else U
+            member_config = config
+            if config.max_seconds is not None and n_members > 1:  # the time left, shared
+                left = config.max_seconds - (time.perf_counter() - started)
+                member_config = dataclasses.replace(
+                    config, max_seconds=max(left, 0.0) / (n_members - k))
+            result = None
+            with self._seeded(seed + k):
+                flow = self._build_flow(X.shape[1]).to(self.device_, self._torch_dtype())
+                try:
+                    result = self._train(flow, U_train, U_val, member_config,
+                                         torch.Generator().manual_seed(seed + k))
+                except TrainingFault as err:
+                    fault, result = err, err.result
+            members.append(flow)
+            for entry in [] if result is None else result.history:
+                if n_members > 1:
+                    entry["member"] = k
+                entry["iteration"] += n_iter
+                history.append(entry)
+            n_iter += 0 if result is None else result.n_iter
+            if fault is not None or (result is not None
+                                     and result.stop_reason == "interrupted"):
+                break
+        self.n_members_ = len(members)
+        self.flow_ = members[0] if n_members == 1 else FlowMixture(members)
+        self.history_ = history
+        self.n_iter_ = n_iter
         if fault is not None:
             # The flow holds its last good parameters and stays usable; the caller is told.
             raise fault
@@ -260,6 +297,7 @@ class _FlowDensity(DensityMixin, BaseEstimator):
             "feature_names_in": ([str(n) for n in self.feature_names_in_]
                                  if hasattr(self, "feature_names_in_") else None),
             "n_iter": int(self.n_iter_),
+            "n_members": int(getattr(self, "n_members_", 1)),
             "history": self.history_,
         }, path)
 
@@ -289,7 +327,10 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         est.n_iter_ = data["n_iter"]
         est.history_ = data["history"]
         # Cast before loading so that float64 weights are never rounded through float32.
-        flow = est._build_flow(est.n_features_in_).to(est.device_, est._torch_dtype())
+        est.n_members_ = int(data.get("n_members", 1))
+        members = [est._build_flow(est.n_features_in_) for _ in range(est.n_members_)]
+        flow = members[0] if est.n_members_ == 1 else FlowMixture(members)
+        flow = flow.to(est.device_, est._torch_dtype())
         flow.load_state_dict(data["state_dict"])
         est.flow_ = flow
         return est
@@ -299,11 +340,14 @@ class _FlowDensity(DensityMixin, BaseEstimator):
 #: Gaussianise the columns and whiten them, hold out a validation split, start the flow at the
 #: identity (the Gaussian copula of the preprocessed data) and keep the parameters best on
 #: held-out likelihood (see CNFDensity's docstring).
-_SMALL_DATA_MAX_ROWS = 20_000
+_SMALL_DATA_MAX_ROWS = 10_000
 _SMALL_DATA_VALIDATION_FRACTION = 0.2
 #: Flow-matching steps between validations on small data (maximum-likelihood steps: 20).
 _SMALL_DATA_VALIDATION_INTERVAL = 100
 _AUTO_N_ITER_NO_CHANGE = 10
+#: Up to this many rows, "auto" averages this many flows, each holding out its own fold.
+_ENSEMBLE_MAX_ROWS = 1_000
+_ENSEMBLE_MEMBERS = 5
 
 # Fine-tuning after flow matching: one maximum-likelihood step per this many flow-matching
 # steps ("auto"), and flow matching's share of a max_seconds budget (measured; see
@@ -383,6 +427,26 @@ class CNFDensity(_FlowDensity):
       RNODE penalties. Each step solves the ODE forwards and backwards (tens of network
       evaluations), but the objective is the likelihood itself; prefer it when the model is
       judged by likelihood at small budgets of iterations, or to fine-tune.
+
+    **Small tables** (up to 10,000 rows, the ``"auto"`` settings of ``preprocessing``,
+    ``validation_fraction``, ``n_iter_no_change`` and ``n_members``). The rows are mapped by
+    :class:`cnflow.preprocessing.TabularPreprocessor`: each column through its own smoothed
+    kernel distribution function to N(0, 1) (exact log-derivative; the kernel is never
+    narrower than the column's recording step), then whitened by a shrunk covariance. The
+    flow starts at the identity, where the model is the Gaussian copula of those marginals,
+    and 20 % of the rows are held out: every phase scores them by exact likelihood before its
+    first step and every 100 flow-matching (20 maximum-likelihood) steps, stops after 10
+    scorings without improvement, and keeps the best parameters, so the fit never ends below
+    that Gaussian on held-out rows. Up to 1,000 rows, five flows are fitted, each holding out
+    a different fifth of the rows (cross-fitting), and the density is their average
+    (:class:`cnflow.flows.FlowMixture`); together they have seen every row, and averaging
+    lowers the variance of a fit to so few rows. Each member has an equal share of
+    ``max_seconds``. Measured on iris (112 rows, 30 s per flow, 2 CPU cores): one flow
+    scored −2.18 to −2.81 on the test rows by seed (mean −2.40), the average of five −2.12.
+    Above 10,000 rows the data are standardised per column and nothing is held out, the
+    settings measured on the 2-D toys (20,000 to 50,000 rows) below.
+    ``scripts/bench_real.py`` compares these defaults with cross-validated Gaussian mixtures
+    and kernel densities and with zuko's NSF and MAF on scikit-learn's bundled data sets.
 
     Measured on 2 CPU cores (``scripts/bench_quality.py``, 50k training rows, 20k test rows,
     batch 512, before the fine-tuning and batch defaults below): checkerboard test KL 0.124
@@ -467,12 +531,19 @@ class CNFDensity(_FlowDensity):
             layers of 64) took 140 ms against 245–290 ms by the adjoint, at the same forward
             NFE. Pinwheel test KL (paired, 240 s, seed 0, three layers of 64): 0.0140 against
             0.0150 by the adjoint.
-        validation_fraction: rows held out for early stopping (0: none); their loss is the
-            objective's own (the flow-matching loss with fixed draws, or the exact NLL),
-            evaluated every 500 (flow matching) or 20 (maximum likelihood and fine-tuning)
-            steps.
-        n_iter_no_change: evaluations without improvement before stopping; used only with
-            a validation set.
+        preprocessing: ``"standardize"`` (per column), ``"whiten"`` (full covariance) or
+            ``"gaussianize"`` (per-column Gaussianisation, then whitening), see
+            :mod:`cnflow.preprocessing`; densities are always returned in the caller's units.
+            ``"auto"``: ``"gaussianize"`` up to 10,000 rows, ``"standardize"`` above.
+        n_members: the number of flows averaged, each holding out its own 1/n_members of the
+            rows for validation; ``"auto"``: 5 from 10 up to 1,000 rows, else 1 (and 1 when
+            ``validation_fraction`` is set).
+        validation_fraction: rows held out to select the parameters (0: none), scored by
+            exact likelihood (solves at ``fine_tune_tol``) before the first step and every 100
+            flow-matching or 20 maximum-likelihood steps, the flow starting at the identity;
+            the best parameters are kept. ``"auto"``: 0.2 from 10 up to 10,000 rows, 0 above.
+        n_iter_no_change: scorings without improvement before a phase stops; used only with
+            a validation set; ``"auto"``: 10.
         max_seconds: stop training after this many seconds (None: run max_iter steps). A
             cosine schedule follows whichever of max_iter and max_seconds runs out first, so
             ``CNFDensity(max_iter=10**7, max_seconds=240)`` trains for 240 s and anneals over
@@ -510,7 +581,8 @@ class CNFDensity(_FlowDensity):
                  batch_size="auto", lr="auto", lr_schedule="auto", weight_decay=0.0,
                  kinetic_energy=0.01, jacobian_norm=0.01, time_exponent=1.5,
                  fine_tune_iter="auto", fine_tune_tol=1e-3, fine_tune_adjoint="auto",
-                 preprocessing="auto", validation_fraction="auto", n_iter_no_change="auto",
+                 preprocessing="auto", n_members="auto", validation_fraction="auto",
+                 n_iter_no_change="auto",
                  max_seconds=None,
                  dtype="float32", device="auto", random_state=None, verbose=False):
         self.hidden = hidden
@@ -532,6 +604,7 @@ class CNFDensity(_FlowDensity):
         self.fine_tune_tol = fine_tune_tol
         self.fine_tune_adjoint = fine_tune_adjoint
         self.preprocessing = preprocessing
+        self.n_members = n_members
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.max_seconds = max_seconds
@@ -556,6 +629,14 @@ class CNFDensity(_FlowDensity):
             raise ValueError(f"fine_tune_adjoint must be True, False or 'auto', got "
                              f"{self.fine_tune_adjoint!r}")
         check_time_exponent(self.time_exponent)
+        members = self.n_members
+        if not (_is_auto(members) or (isinstance(members, numbers.Integral)
+                                      and not isinstance(members, bool) and members >= 1)):
+            raise ValueError(f"n_members must be a positive integer or 'auto', got {members!r}")
+        if (isinstance(members, numbers.Integral) and members > 1
+                and not _is_auto(self.validation_fraction)):
+            raise ValueError("with n_members > 1 each member holds out its own fold of the "
+                             "rows; leave validation_fraction at 'auto'")
         if self.preprocessing not in ("auto", *PREPROCESSINGS):
             raise ValueError(f"preprocessing must be one of auto, {', '.join(PREPROCESSINGS)}, "
                              f"got {self.preprocessing!r}")
@@ -577,13 +658,25 @@ class CNFDensity(_FlowDensity):
         return tuple(int(h) for h in widths)
 
     def _preprocessing_kind(self, n_samples: int) -> str:
-        """"auto": Gaussianise and whiten up to 20,000 rows, standardise above."""
+        """"auto": up to 10,000 rows (with a validation split), "choose" (whitening or
+        Gaussianised columns, by held-out likelihood); "standardize" above."""
         if _is_auto(self.preprocessing):
-            return "gaussianize" if n_samples <= _SMALL_DATA_MAX_ROWS else "standardize"
+            small = n_samples <= _SMALL_DATA_MAX_ROWS and (
+                self._n_members(n_samples) > 1 or self._validation_fraction(n_samples) > 0)
+            return "choose" if small else "standardize"
         return self.preprocessing
 
+    def _n_members(self, n_samples: int) -> int:
+        """"auto": five cross-fitted flows from 10 up to 1,000 rows, one otherwise (and one
+        when validation_fraction is set)."""
+        if _is_auto(self.n_members):
+            small = (10 <= n_samples <= _ENSEMBLE_MAX_ROWS
+                     and _is_auto(self.validation_fraction))
+            return _ENSEMBLE_MEMBERS if small else 1
+        return int(self.n_members)
+
     def _validation_fraction(self, n_samples: int) -> float:
-        """"auto": 0.2 from 10 up to 20,000 rows, none otherwise."""
+        """"auto": 0.2 from 10 up to 10,000 rows, none otherwise."""
         if _is_auto(self.validation_fraction):
             small = 10 <= n_samples <= _SMALL_DATA_MAX_ROWS
             return _SMALL_DATA_VALIDATION_FRACTION if small else 0.0
@@ -695,6 +788,8 @@ class CNFDensity(_FlowDensity):
 
     def _log_prob(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         """Scoring and validation use the exact trace, so they are deterministic."""
+        if isinstance(flow, FlowMixture):
+            return flow.combine([self._log_prob(member, u) for member in flow.members])
         saved, flow.trace = flow.trace, "exact"
         try:
             return flow.log_prob(u)

@@ -37,7 +37,8 @@ import numpy as np
 from scipy import special
 from sklearn.covariance import LedoitWolf
 
-__all__ = ["MarginalGaussianizer", "Whitening", "TabularPreprocessor", "PREPROCESSINGS"]
+__all__ = ["MarginalGaussianizer", "Whitening", "TabularPreprocessor", "PREPROCESSINGS",
+           "choose_preprocessing"]
 
 #: The preprocessing choices of :class:`TabularPreprocessor` (and of the estimators).
 PREPROCESSINGS = ("standardize", "whiten", "gaussianize")
@@ -337,3 +338,42 @@ class TabularPreprocessor:
         pre.whitening_ = (Whitening().load_state(state["whitening"])
                           if "whitening" in state else None)
         return pre
+
+
+def choose_preprocessing(X: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
+                         kinds: tuple[str, ...] = ("whiten", "gaussianize"),
+                         components: tuple[int, ...] = (1, 2, 4),
+                         random_state: int = 0) -> tuple[str, dict[str, float]]:
+    r"""The preprocessing under which a flexible model generalises best, judged on held-out
+    rows.
+
+    For each kind, the map is fitted on ``X[train_rows]`` only, a full-covariance Gaussian
+    mixture with each of ``components`` is fitted to the mapped training rows, and the held-out
+    rows are scored in the caller's units (the map's log-determinant added back); the kind
+    with the best mixture wins. Gaussianised marginals help columns that are skewed, bounded
+    or dequantised, but can bend clusters that a plain scaling leaves simple; the mixture,
+    fitted in seconds, tells which (a cheap stand-in for the flow that follows).
+
+    Returns:
+        ``(kind, scores)``: the chosen kind and each kind's best held-out mean log-likelihood.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    X = np.asarray(X, dtype=np.float64)
+    scores = {}
+    for kind in kinds:
+        pre = TabularPreprocessor(kind, random_state=random_state).fit(X[train_rows])
+        W_train, _ = pre.transform(X[train_rows])
+        W_val, logdet = pre.transform(X[val_rows])
+        best = -np.inf
+        for k in components:
+            if k > len(train_rows) // 2:
+                continue
+            try:
+                mixture = GaussianMixture(k, covariance_type="full", reg_covar=1e-3,
+                                          random_state=random_state).fit(W_train)
+            except ValueError:  # too few distinct rows for k components
+                continue
+            best = max(best, float(np.mean(mixture.score_samples(W_val) + logdet)))
+        scores[kind] = best
+    return max(kinds, key=lambda kind: scores[kind]), scores

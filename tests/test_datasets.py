@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from cnflow.datasets import TOY_DATASETS, log_density, make_toy, true_entropy
 
@@ -147,3 +148,70 @@ def test_pinwheel_has_five_arms_away_from_the_origin():
 def test_bounded_support(name, bound):
     x = make_toy(name, 20_000, random_state=0)
     assert np.abs(x).max() < bound
+
+
+# ---------------------------------------------------------------- real and synthetic tables
+
+@pytest.mark.parametrize("name, shape", [("wine", (178, 13)), ("iris", (150, 4)),
+                                         ("diabetes", (442, 9)), ("digits", (1797, 64))])
+def test_load_real_splits_three_to_one(name, shape):
+    from cnflow.datasets import load_real
+
+    X_train, X_test = load_real(name)
+    assert X_train.shape[1] == X_test.shape[1] == shape[1]
+    assert len(X_train) + len(X_test) == shape[0] and len(X_test) == math.ceil(shape[0] / 4)
+    again, _ = load_real(name)
+    np.testing.assert_array_equal(again, X_train)  # fixed seeds
+    if name == "digits":  # integers 0..16 spread over their unit step
+        assert X_train.min() >= 0 and X_train.max() < 17 and (X_train % 1 > 0).mean() > 0.99
+    if name == "iris":  # recorded to 0.1, spread over that step
+        base = np.floor(np.round(X_train * 10, 6)) / 10
+        assert ((X_train - base) < 0.1 + 1e-9).all()
+    with pytest.raises(ValueError, match="unknown real data set"):
+        load_real("boston")
+
+
+def _warp_forward_torch(y, p):
+    """The generator's map y -> x in torch (float64), for autograd's Jacobian."""
+    w = (2 * torch.sinh(y / 2)) @ torch.as_tensor(p["mix"]).T
+    skewed = torch.as_tensor(p["skewed"])
+    return torch.where(skewed, torch.exp(w / 4), w)
+
+
+def test_warped_mixture_log_density_is_the_change_of_variables():
+    """log p(x) = log p_mix(y) − log|det ∂x/∂y| with the Jacobian from autograd."""
+    from scipy.stats import multivariate_normal
+
+    from cnflow.datasets import _warped_mixture_parameters, warped_mixture_log_density
+
+    d = 5
+    p = _warped_mixture_parameters(d)
+    rng = np.random.RandomState(0)
+    for _ in range(5):
+        y = torch.as_tensor(rng.randn(d) * 1.5, dtype=torch.float64)
+        x = _warp_forward_torch(y[None], p)[0]
+        jac = torch.autograd.functional.jacobian(lambda v: _warp_forward_torch(v[None], p)[0], y)
+        log_mix = np.log(sum(w * multivariate_normal(m, c @ c.T).pdf(y.numpy())
+                             for w, m, c in zip(p["weights"], p["means"], p["chols"])))
+        expected = log_mix - torch.linalg.slogdet(jac)[1].item()
+        got = warped_mixture_log_density(x.numpy()[None])[0]
+        assert got == pytest.approx(expected, abs=1e-9)
+
+
+def test_warped_mixture_density_integrates_to_one_and_matches_samples():
+    from cnflow.datasets import make_warped_mixture, warped_mixture_log_density
+
+    xs = np.linspace(-12, 12, 1201)
+    ys = np.linspace(1e-6, 8, 801)  # the odd column is positive
+    grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2)
+    density = np.exp(warped_mixture_log_density(grid)).reshape(len(xs), len(ys))
+    mass = np.trapezoid(np.trapezoid(density, ys, axis=1), xs)
+    assert mass == pytest.approx(1.0, abs=2e-3)
+    X = make_warped_mixture(200_000, 2, random_state=0)
+    inside = (np.abs(X[:, 0]) < 1) & (X[:, 1] > 0.5) & (X[:, 1] < 1.5)
+    bx, by = np.linspace(-1, 1, 401), np.linspace(0.5, 1.5, 401)
+    box = np.stack(np.meshgrid(bx, by, indexing="ij"), -1).reshape(-1, 2)
+    inner = np.exp(warped_mixture_log_density(box)).reshape(len(bx), len(by))
+    expected = np.trapezoid(np.trapezoid(inner, by, axis=1), bx)
+    assert inside.mean() == pytest.approx(expected, abs=4e-3)
+    assert np.isneginf(warped_mixture_log_density(np.array([[0.0, -1.0]])))[0]

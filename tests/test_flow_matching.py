@@ -102,7 +102,7 @@ def test_time_exponent_reaches_the_loss_and_is_checked(monkeypatch):
 
     monkeypatch.setattr(CNF, "flow_matching_loss", spy)
     X = make_toy("moons", 300, random_state=0)
-    CNFDensity(hidden=(8,), max_iter=3, fine_tune_iter=0, time_exponent=2.5,
+    CNFDensity(hidden=(8,), max_iter=3, fine_tune_iter=0, time_exponent=2.5, n_members=1,
                random_state=0, device="cpu").fit(X)
     assert len(seen) == 3 and set(seen) == {2.5}  # 3 training steps (validation: likelihood)
     assert CNFDensity().time_exponent == 1.5
@@ -131,7 +131,7 @@ def test_estimator_loss_decreases_and_density_integrates_to_one():
 def test_validation_is_the_held_out_likelihood_every_100_steps():
     X = make_toy("moons", 600, random_state=0)
     est = CNFDensity(objective="flow_matching", hidden=(16,), max_iter=300, batch_size=128,
-                     fine_tune_iter=0, random_state=0, device="cpu").fit(X)
+                     fine_tune_iter=0, n_members=1, random_state=0, device="cpu").fit(X)
     entries = [h for h in est.history_ if "val_loss" in h]
     assert [h["iteration"] for h in entries] == [100, 200, 300]
     flow, u = est.flow_, est._transform(X[:120])[0]
@@ -226,7 +226,7 @@ def test_fine_tuning_gradients_by_adjoint_or_backpropagation():
     X2 = make_toy("moons", 400, random_state=0)
     X9 = np.random.default_rng(0).normal(size=(400, 9))
     common = dict(hidden=(8,), max_iter=4, fine_tune_iter=2, batch_size=100, random_state=0,
-                  device="cpu")
+                  n_members=1, device="cpu")
 
     def backward_nfe(est):
         return [h["nfe_backward"] for h in est.history_
@@ -254,7 +254,7 @@ def test_hidden_auto_is_per_objective():
     assert CNFDensity(hidden=[32, 16])._hidden() == (32, 16)
     X = make_toy("moons", 300, random_state=0)
     est = CNFDensity(max_iter=2, fine_tune_iter=0, batch_size=100, random_state=0,
-                     device="cpu").fit(X)
+                     n_members=1, device="cpu").fit(X)
     widths = [layer.linear.out_features for layer in est.flow_.net.layers]
     assert widths == [64, 64, 64, 64, 64, 2]
     for bad in ("wide", 64, (64, 0), (64, 2.5), (True,)):

@@ -3,6 +3,8 @@
 from .cnf import CNF, CNFRegularisers
 from .dense import DenseFlow
 from .discrete import CLOSED_FORMS, DiscreteFlow
+from .mixture import FlowMixture
 from .planar import PlanarFlow
 
-__all__ = ["CNF", "CNFRegularisers", "DenseFlow", "DiscreteFlow", "PlanarFlow", "CLOSED_FORMS"]
+__all__ = ["CNF", "CNFRegularisers", "DenseFlow", "DiscreteFlow", "FlowMixture", "PlanarFlow",
+           "CLOSED_FORMS"]
