@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     ax = fig.subplots()
     labels = [f"{r['params']['preprocessing']}\n{r['params']['n_members']} flow"
               + ("s" if r["params"]["n_members"] > 1 else "") for r in rows]
-    ax.bar(range(len(rows)), [r["cv_mean"] for r in rows],
-           yerr=[r["cv_std"] for r in rows], color="tab:blue", alpha=0.8, capsize=3,
-           label="CNFDensity, mean CV log-likelihood (± fold std)")
+    ax.errorbar(range(len(rows)), [r["cv_mean"] for r in rows],
+                yerr=[r["cv_std"] for r in rows], fmt="o", color="tab:blue", capsize=4,
+                label="CNFDensity, mean CV log-likelihood (± fold std)")
     ax.axhline(result["best_test_ll"], color="tab:green", ls="--",
                label=f"chosen CNFDensity on test rows: {result['best_test_ll']:.2f}")
     ax.axhline(mixture_test, color="tab:red", ls=":",

@@ -31,10 +31,10 @@ error, train mean log-likelihood, seconds and iterations. Prints Markdown tables
 bench_real.json and bench_real.md to --out.
 
 Run: .venv/bin/python scripts/bench_real.py [--budget 120] [--suites real synthetic large]
-(4 neural models × 8 data sets × the budget: about 65 minutes at the default on 2 CPU cores,
-plus about 5 for --large). --quick: 2 s budgets on one data set of each suite, for the tests.
-Needs the benchmark extra (zuko): bash scripts/setup.sh test,bench. Never run it while
-anything else runs.
+(4 neural models × 8 data sets × at most the budget: about 50 minutes at the default on 2 CPU
+cores, --large included; zuko's flows often stop early). --quick: 2 s budgets on one data
+set of each suite, for the tests. Needs the benchmark extra (zuko): bash scripts/setup.sh
+test,bench. Never run it while anything else runs.
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ def fit_zuko(model: str, X: np.ndarray, budget: float, seed: int = 0):
         with torch.no_grad():
             return float(-flow().log_prob(U_val).mean())
 
-    best, best_state, stale, steps = val_nll(), None, 0, 0
+    best, stale, steps = val_nll(), 0, 0
+    best_state = {k: v.clone() for k, v in flow.state_dict().items()}  # the start may be best
     started = time.perf_counter()
     while time.perf_counter() - started < budget and stale < 30:
         batch = U_train[torch.randint(len(U_train), (min(128, len(U_train)),))]
@@ -130,8 +131,7 @@ def fit_zuko(model: str, X: np.ndarray, budget: float, seed: int = 0):
                 best_state = {k: v.clone() for k, v in flow.state_dict().items()}
             else:
                 stale += 1
-    if best_state is not None:
-        flow.load_state_dict(best_state)
+    flow.load_state_dict(best_state)
 
     def score(Z: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -204,7 +204,7 @@ def run_large(rows: tuple[int, ...], steps: int) -> list[dict]:
 def _table(rows: list[dict], synthetic: bool) -> str:
     head = "| data (train rows × D) | model | test LL ± SE | train LL | "
     head += "KL ± SE | " if synthetic else ""
-    head += "seconds | iterations |"
+    head += "fit (s) | score (s) | iterations |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     best = {}
     for r in rows:
@@ -215,7 +215,7 @@ def _table(rows: list[dict], synthetic: bool) -> str:
                 f"{mark}{r['test_ll']:.2f}{mark} ± {r['test_se']:.2f} | {r['train_ll']:.2f} | ")
         if synthetic:
             line += f"{r['kl']:.3f} ± {r['kl_se']:.3f} | "
-        line += f"{r['seconds']:.0f} | {r['iterations']} |"
+        line += f"{r['seconds']:.0f} | {r['score_seconds']:.2f} | {r['iterations']} |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -230,11 +230,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--large-steps", type=int, default=300)
     parser.add_argument("--quick", action="store_true", help="2 s budgets, one data set each")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="rewrite the Markdown tables from the JSON in --out")
     parser.add_argument("--large-child", nargs=2, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", default="docs")
     args = parser.parse_args(argv)
     if args.large_child:
         print(json.dumps(large_child(*args.large_child)))
+        return {}
+    if args.tables_only:
+        path = Path(args.out) / "bench_real.json"
+        text = markdown(json.loads(path.read_text()))
+        path.with_suffix(".md").write_text(text)
+        print(text)
         return {}
     budget = 2.0 if args.quick else args.budget
     real = [d for d in REAL_DATASETS if args.datasets is None or d in args.datasets]
@@ -265,22 +273,6 @@ def main(argv: list[str] | None = None) -> dict:
     if "large" in args.suites:
         large = run_large((1000, 10_000) if args.quick else LARGE_ROWS,
                           5 if args.quick else args.large_steps)
-    md = []
-    if rows["real"]:
-        md += ["Real data (test mean log-likelihood, higher is better; best in bold):", "",
-               _table(rows["real"], synthetic=False), ""]
-    if rows["synthetic"]:
-        md += ["Synthetic data with an exact density (KL = E[log p − log q] on test rows, "
-               "lower is better):", "", _table(rows["synthetic"], synthetic=True), ""]
-    if large:
-        md += ["Large n (8gaussians, flow-matching steps of batch 2048):", "",
-               "| rows | s/step | epoch (s) | peak RSS (MB) | data (MB) |",
-               "|---|---|---|---|---|"]
-        md += [f"| {r['rows']:,} | {r['seconds_per_step']:.4f} | {r['epoch_seconds']:.1f} | "
-               f"{r['peak_rss_mb']:.0f} | {r['data_mb']:.0f} |" for r in large]
-        md.append("")
-    text = "\n".join(md)
-    print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "bench_real_quick" if args.quick else "bench_real"
@@ -288,10 +280,41 @@ def main(argv: list[str] | None = None) -> dict:
                          "threads": torch.get_num_threads(), "machine": platform.platform(),
                          "date": time.strftime("%Y-%m-%d")},
               "real": rows["real"], "synthetic": rows["synthetic"], "large": large}
+    previous = out / f"{stem}.json"
+    if previous.exists() and not args.quick:
+        # a partial run (some suites, data sets or models) keeps the other rows of the last
+        kept = json.loads(previous.read_text())
+        for suite in ("real", "synthetic"):
+            fresh = {(r["data"], r["model"]): r for r in result[suite]}
+            merged = [fresh.pop((r["data"], r["model"]), r) for r in kept.get(suite, [])]
+            result[suite] = merged + list(fresh.values())
+        if "large" not in args.suites:
+            result["large"] = kept.get("large", [])
+    text = markdown(result)
+    print(text)
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (out / f"{stem}.md").write_text(text)
     print(f"wrote {out / stem}.json and .md")
     return result
+
+
+def markdown(result: dict) -> str:
+    """The Markdown tables of a result."""
+    md = []
+    if result["real"]:
+        md += ["Real data (test mean log-likelihood, higher is better; best in bold):", "",
+               _table(result["real"], synthetic=False), ""]
+    if result["synthetic"]:
+        md += ["Synthetic data with an exact density (KL = E[log p − log q] on test rows, "
+               "lower is better):", "", _table(result["synthetic"], synthetic=True), ""]
+    if result["large"]:
+        md += ["Large n (8gaussians, flow-matching steps of batch 2048):", "",
+               "| rows | s/step | epoch (s) | peak RSS of the process (MB) | data (MB) |",
+               "|---|---|---|---|---|"]
+        md += [f"| {r['rows']:,} | {r['seconds_per_step']:.4f} | {r['epoch_seconds']:.2f} | "
+               f"{r['peak_rss_mb']:.0f} | {r['data_mb']:.0f} |" for r in result["large"]]
+        md.append("")
+    return "\n".join(md)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ PNG, GIF = b"\x89PNG\r\n\x1a\n", (b"GIF89a", b"GIF87a")
 def test_the_studies_the_readme_promises_exist():
     assert {"toy_grid.py", "trace_exact_vs_hutchinson.py", "trajectories.py",
             "tolerance_tradeoff.py", "depth_vs_width.py", "odenet_digits.py",
-            "latent_ode_series.py"} <= set(SCRIPTS)
+            "latent_ode_series.py", "model_selection_real_data.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
