@@ -557,7 +557,10 @@ class CNFDensity(_FlowDensity):
         max_seconds: stop training after this many seconds (None: run max_iter steps). A
             cosine schedule follows whichever of max_iter and max_seconds runs out first, so
             ``CNFDensity(max_iter=10**7, max_seconds=240)`` trains for 240 s and anneals over
-            them (in one process; across processes, over max_iter only).
+            them (in one process; across processes, over max_iter only). It bounds the
+            training loops (shared equally by the members); fitting and choosing the
+            preprocessing on a small table comes on top (seconds; about 25 s at 64 columns and
+            4,000 rows).
         dtype: "float32" or "float64".
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
         random_state: None, an int or a numpy RandomState; an int makes fits repeatable.
