@@ -197,11 +197,11 @@ class _FlowDensity(DensityMixin, BaseEstimator):
             raise ValueError(f"validation_fraction={fraction} leaves no rows "
                              f"for training or validation with {len(X)} samples")
         perm = rng.permutation(len(X))
+        folds = folds_of(perm, n_members, n_val)
         kind = self._preprocessing_kind(len(X))
         if kind == "choose":  # by held-out likelihood, on the first validation fold
-            first = folds_of(perm, n_members, n_val)[0]
             kind, self.preprocessing_scores_ = choose_preprocessing(
-                X, perm[~np.isin(perm, first)], first, random_state=seed)
+                X, perm[~np.isin(perm, folds[0])], folds[0], random_state=seed)
         preprocessor = TabularPreprocessor(kind, random_state=seed).fit(X)
         self.device_, self.preprocessor_ = device, preprocessor
         self.mean_, self.scale_ = preprocessor.mean_, preprocessor.scale_
@@ -210,7 +210,6 @@ class _FlowDensity(DensityMixin, BaseEstimator):
                              weight_decay=self.weight_decay,
                              n_iter_no_change=self._n_iter_no_change() if n_val else None,
                              verbose=self.verbose, **self._train_settings())
-        folds = folds_of(perm, n_members, n_val)
         members, history, n_iter, fault = [], [], 0, None
         started = time.perf_counter()
         for k, fold in enumerate(folds):
