@@ -1,5 +1,5 @@
 """scripts/claims.py: every sub-command runs in its smoke mode (--quick) and writes a PNG and a
-JSON with the structure the README's "Results" reads. No timing is asserted."""
+JSON with the structure docs/results.md reads. No timing is asserted."""
 
 import json
 import math
