@@ -11,6 +11,7 @@ caller's space.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import numbers
 import time
@@ -23,8 +24,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from .flows.base import GaussianMixtureBase, fit_gaussian_mixture_base
 from .flows.cnf import CNF, check_time_exponent
-from .flows.mixture import FlowMixture
+from .flows.mixture import FlowMixture, best_mixture_weight
 from .flows.planar import PlanarFlow
 from .preprocessing import PREPROCESSINGS, TabularPreprocessor, choose_preprocessing
 from .train import (
@@ -74,8 +76,22 @@ class _FlowDensity(DensityMixin, BaseEstimator):
     _score_batch_size = 4096
 
     # ------------------------------------------------------------ subclass interface
-    def _build_flow(self, n_features: int) -> nn.Module:
+    def _build_flow(self, n_features: int, base: nn.Module | None = None) -> nn.Module:
         raise NotImplementedError
+
+    def _fit_mixture(self, U_train: torch.Tensor, U_val: torch.Tensor | None,
+                     n_samples: int, seed: int) -> GaussianMixtureBase | None:
+        """A Gaussian mixture fitted to a member's training rows, where the subclass uses
+        one (as the flow's base or to stack with it); None otherwise."""
+        return None
+
+    def _base_of(self, mixture: GaussianMixtureBase | None) -> nn.Module | None:
+        """The base density to build a member's flow with (None: the flow's own)."""
+        return None
+
+    def _stacks(self, n_samples: int) -> bool:
+        """Whether each member's flow is stacked with its Gaussian mixture."""
+        return False
 
     def _training_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         return -flow.log_prob(u).mean()
@@ -98,8 +114,10 @@ class _FlowDensity(DensityMixin, BaseEstimator):
                     for name, value in chosen.items()}
         return {**settings, "validation_interval": auto["validation_interval"]}
 
-    def _validation_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
-        return -self._log_prob(flow, u).mean()
+    def _validation_loss(self, flow: nn.Module, u: torch.Tensor,
+                         reduce: bool = True) -> torch.Tensor:
+        nll = -self._log_prob(flow, u)
+        return nll.mean() if reduce else nll
 
     def _train(self, flow: nn.Module, U_train: torch.Tensor, U_val: torch.Tensor | None,
                config: TrainConfig, generator: torch.Generator) -> TrainResult:
@@ -184,9 +202,11 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         self._check_params()
         # A refit that fails must not leave the old flow with the new data's scaling.
         for name in ("flow_", "history_", "n_iter_", "mean_", "scale_", "device_",
-                     "preprocessor_", "n_members_", "preprocessing_scores_"):
+                     "preprocessor_", "n_members_", "preprocessing_scores_",
+                     "stacking_weights_"):
             self.__dict__.pop(name, None)
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        started = time.perf_counter()  # max_seconds bounds the whole fit
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         device = resolve_device(self.device)
@@ -196,6 +216,9 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         if fraction > 0 and (n_val < 1 or len(X) - n_val < 1):
             raise ValueError(f"validation_fraction={fraction} leaves no rows "
                              f"for training or validation with {len(X)} samples")
+        if self._stacks(len(X)) and not n_val:
+            raise ValueError("stacking chooses the flow's weight on held-out rows; with "
+                             "stacking=True set validation_fraction > 0 (or leave it 'auto')")
         perm = rng.permutation(len(X))
         folds = folds_of(perm, n_members, n_val)
         kind = self._preprocessing_kind(len(X))
@@ -211,24 +234,27 @@ class _FlowDensity(DensityMixin, BaseEstimator):
                              n_iter_no_change=self._n_iter_no_change() if n_val else None,
                              verbose=self.verbose, **self._train_settings())
         members, history, n_iter, fault = [], [], 0, None
-        started = time.perf_counter()
         for k, fold in enumerate(folds):
             rest = perm[~np.isin(perm, fold)]
             U_val = U[torch.as_tensor(fold, device=U.device)] if n_val else None
             U_train = U[torch.as_tensor(rest, device=U.device)] if n_val else U
+            mixture = self._fit_mixture(U_train, U_val, len(X), seed + k)
             member_config = config
-            if config.max_seconds is not None and n_members > 1:  # the time left, shared
+            if config.max_seconds is not None:  # the time left, shared by the members left
                 left = config.max_seconds - (time.perf_counter() - started)
                 member_config = dataclasses.replace(
                     config, max_seconds=max(left, 0.0) / (n_members - k))
             result = None
             with self._seeded(seed + k):
-                flow = self._build_flow(X.shape[1]).to(self.device_, self._torch_dtype())
+                flow = self._build_flow(X.shape[1], self._base_of(mixture)).to(
+                    self.device_, self._torch_dtype())
                 try:
                     result = self._train(flow, U_train, U_val, member_config,
                                          torch.Generator().manual_seed(seed + k))
                 except TrainingFault as err:
                     fault, result = err, err.result
+            if fault is None and self._stacks(len(X)):
+                flow = self._stacked(flow, mixture, U_val)
             members.append(flow)
             for entry in [] if result is None else result.history:
                 if n_members > 1:
@@ -241,6 +267,7 @@ class _FlowDensity(DensityMixin, BaseEstimator):
                 break
         self.n_members_ = len(members)
         self.flow_ = members[0] if n_members == 1 else FlowMixture(members)
+        self.stacking_weights_ = self._stacking_weights()
         self.history_ = history
         self.n_iter_ = n_iter
         if fault is not None:
@@ -275,6 +302,47 @@ class _FlowDensity(DensityMixin, BaseEstimator):
             u = self.flow_.sample(int(n_samples))
         return self.preprocessor_.inverse_transform(u.double().cpu().numpy())
 
+    def _stacked(self, flow: nn.Module, mixture: GaussianMixtureBase,
+                 U_val: torch.Tensor) -> FlowMixture:
+        """The two-member density w·flow + (1 − w)·mixture, with the w that maximises the
+        held-out rows' mean log-likelihood (:func:`cnflow.flows.mixture.best_mixture_weight`)."""
+        mixture = copy.deepcopy(mixture).to(self.device_, self._torch_dtype())
+        with torch.no_grad():
+            log_flow = -self._validation_loss(flow, U_val, reduce=False)
+            log_mixture = mixture.log_prob(U_val)
+        w = best_mixture_weight(log_flow.double().cpu().numpy(),
+                                log_mixture.double().cpu().numpy())
+        return FlowMixture([flow, mixture], weights=[w, 1.0 - w]).to(self.device_,
+                                                                     self._torch_dtype())
+
+    def _member_list(self) -> list[nn.Module]:
+        """The fitted members (one, or the cross-fitted ones)."""
+        if self.n_members_ > 1:
+            return list(self.flow_.members)
+        return [self.flow_]
+
+    def _member_parts(self) -> list[tuple[nn.Module, GaussianMixtureBase | None]]:
+        """Each member's flow and the mixture stacked with it (None where not stacked)."""
+        parts = []
+        for member in self._member_list():
+            if isinstance(member, FlowMixture):  # a stacked member: [flow, mixture]
+                parts.append((member.members[0], member.members[1]))
+            else:
+                parts.append((member, None))
+        return parts
+
+    def _stacking_weights(self) -> list[float] | None:
+        """The flow's weight in each stacked member (None when nothing is stacked)."""
+        parts = self._member_list()
+        if not any(isinstance(m, FlowMixture) for m in parts):
+            return None
+        return [float(m.weights[0]) if isinstance(m, FlowMixture) and not m.weights.is_meta
+                else (None if isinstance(m, FlowMixture) else 1.0) for m in parts]
+
+    def _member_bases(self) -> list[nn.Module | None]:
+        """The base density module of each member's flow (None where it has its own)."""
+        return [getattr(flow, "base", None) for flow, _ in self._member_parts()]
+
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         """Write the fitted estimator to a ``torch.save`` file that loads with
@@ -297,6 +365,10 @@ class _FlowDensity(DensityMixin, BaseEstimator):
                                  if hasattr(self, "feature_names_in_") else None),
             "n_iter": int(self.n_iter_),
             "n_members": int(getattr(self, "n_members_", 1)),
+            "base_components": [0 if b is None else int(b.n_components)
+                                for b in self._member_bases()],
+            "stacked_components": [0 if m is None else int(m.n_components)
+                                   for _, m in self._member_parts()],
             "history": self.history_,
         }, path)
 
@@ -327,11 +399,25 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         est.history_ = data["history"]
         # Cast before loading so that float64 weights are never rounded through float32.
         est.n_members_ = int(data.get("n_members", 1))
-        members = [est._build_flow(est.n_features_in_) for _ in range(est.n_members_)]
+        D = est.n_features_in_
+        components = data.get("base_components") or [0] * est.n_members_
+        stacked = data.get("stacked_components") or [0] * est.n_members_
+        if len(components) != est.n_members_ or len(stacked) != est.n_members_:
+            raise ValueError(f"{path} is damaged: {len(components)} base densities and "
+                             f"{len(stacked)} stacked mixtures for {est.n_members_} flows")
+        members = []
+        for k_base, k_stack in zip(components, stacked):
+            flow = est._build_flow(D, GaussianMixtureBase.empty(int(k_base), D) if k_base
+                                   else None)
+            if k_stack:  # the weights are placeholders, replaced by the saved ones
+                flow = FlowMixture([flow, GaussianMixtureBase.empty(int(k_stack), D)],
+                                   weights=[0.5, 0.5])
+            members.append(flow)
         flow = members[0] if est.n_members_ == 1 else FlowMixture(members)
         flow = flow.to(est.device_, est._torch_dtype())
         flow.load_state_dict(data["state_dict"])
         est.flow_ = flow
+        est.stacking_weights_ = est._stacking_weights()
         return est
 
 
@@ -388,6 +474,9 @@ def _joined(first: TrainResult, second: TrainResult | None) -> TrainResult:
 
 #: The training objectives of :class:`CNFDensity`.
 OBJECTIVES = ("flow_matching", "maximum_likelihood")
+#: The base densities of :class:`CNFDensity`: N(0, I), or a Gaussian mixture fitted to the
+#: preprocessed rows (:class:`cnflow.flows.base.GaussianMixtureBase`).
+BASES = ("normal", "mixture")
 
 # What "auto" means per objective, chosen by measurement (see CNFDensity's docstring).
 _AUTO = {
@@ -428,30 +517,29 @@ class CNFDensity(_FlowDensity):
       judged by likelihood at small budgets of iterations, or to fine-tune.
 
     **Small tables** (up to 10,000 rows, the ``"auto"`` settings of ``preprocessing``,
-    ``validation_fraction``, ``n_iter_no_change`` and ``n_members``). The rows are mapped by
-    :class:`cnflow.preprocessing.TabularPreprocessor`: whitened by a shrunk covariance, or
-    first each column through its own smoothed kernel distribution function to N(0, 1)
-    (exact log-derivative; the kernel is never narrower than the column's recording step).
-    The flow starts at the identity, where the model is the best Gaussian in that space (with
-    Gaussianised columns, a Gaussian copula), and 20 % of the rows are held out: every phase
-    scores them by exact likelihood before its first step and every 100 flow-matching (20
-    maximum-likelihood) steps, stops after 10 scorings without improvement, and keeps the
-    best parameters, so the fit never ends below that Gaussian on held-out rows. The map is
-    chosen by :func:`cnflow.preprocessing.choose_preprocessing`: whitening alone, unless
-    Gaussianised columns then whitening let a full-covariance Gaussian mixture (1 to 16
-    components, seconds to fit) score the first validation fold better by more than two
-    standard errors. With ``random_state=0`` it picks Gaussianised columns on digits
-    (held-out −99.4 against −126.7) and diabetes (−24.4 against −25.5), whitening on iris,
-    wine and ``make_warped_mixture`` data in 8 to 64 dimensions, whose per-column maps would
-    bend the clusters: in 8-D a flow reached KL 0.43 in 120 s after Gaussianised columns
-    (picked by a mixture of at most 4 components), 0.24 after whitening. Up to 1,000 rows,
-    five flows are fitted, each holding out a different fifth of the rows (cross-fitting),
-    and the density is their average
+    ``stacking``, ``validation_fraction``, ``n_iter_no_change`` and ``n_members``). The rows
+    are mapped by :class:`cnflow.preprocessing.TabularPreprocessor` and 20 % are held out.
+    The map is chosen by :func:`cnflow.preprocessing.choose_preprocessing`: whitening by a
+    shrunk covariance, unless logarithms of the positive right-skewed columns, or each column
+    through its own smoothed kernel distribution function to N(0, 1), then whitening, let a
+    full-covariance Gaussian mixture score the first validation fold better by more than two
+    standard errors. The flow starts at the identity (the best Gaussian in that space); every
+    phase scores the held-out rows by exact likelihood before its first step and every 100
+    flow-matching (20 maximum-likelihood) steps, stops after 10 scorings without
+    improvement, and keeps the best parameters. The fitted density is then stacked with a
+    Gaussian mixture (1 to 16 full-covariance components, chosen on the same held-out rows):
+    :math:`w\,p_\text{flow} + (1 - w)\,p_\text{mixture}` with the weight w that maximises
+    the held-out likelihood, so that the fit is never worse there than either part. On
+    ``make_warped_mixture`` data the flow carries the fit in 8 dimensions, the mixture in 64
+    (where 120 s on 2 CPU cores is too little for a flow to learn a 64-D density from 3,200
+    rows), and the stack beats both in between; the figures are in ``docs/results.md``
+    ("Real tabular data"). Up to 1,000 rows, five such members are fitted, each holding out
+    a different fifth of the rows (cross-fitting), and the density is their average
     (:class:`cnflow.flows.FlowMixture`); together they have seen every row, and averaging
-    lowers the variance of a fit to so few rows. Each member has an equal share of
-    ``max_seconds``. Measured on iris (112 rows, Gaussianised columns, 24 s per flow, 2 CPU
-    cores): one flow scored −2.18 to −2.81 on the test rows by seed (mean −2.40), the average
-    of five −2.12.
+    lowers the variance of a fit to so few rows. The members share ``max_seconds`` equally.
+    Measured on iris (112 rows, Gaussianised columns, 24 s per flow, 2 CPU cores, before
+    stacking): one flow scored −2.18 to −2.81 on the test rows by seed (mean −2.40), the
+    average of five −2.12.
     Above 10,000 rows the data are standardised per column and nothing is held out, the
     settings measured on the 2-D toys (20,000 to 50,000 rows) below.
     ``scripts/bench_real.py`` compares these defaults with cross-validated Gaussian mixtures
@@ -540,10 +628,23 @@ class CNFDensity(_FlowDensity):
             layers of 64) took 140 ms against 245–290 ms by the adjoint, at the same forward
             NFE. Pinwheel test KL (paired, 240 s, seed 0, three layers of 64): 0.0140 against
             0.0150 by the adjoint.
-        preprocessing: ``"standardize"`` (per column), ``"whiten"`` (full covariance) or
+        preprocessing: ``"standardize"`` (per column), ``"whiten"`` (full covariance),
+            ``"log"`` (logarithms of the positive right-skewed columns, then whitening) or
             ``"gaussianize"`` (per-column Gaussianisation, then whitening), see
             :mod:`cnflow.preprocessing`; densities are always returned in the caller's units.
-            ``"auto"``: ``"gaussianize"`` up to 10,000 rows, ``"standardize"`` above.
+            ``"auto"``: chosen among whiten, log and gaussianize by held-out likelihood (see
+            above) up to 10,000 rows when rows are held out, ``"standardize"`` otherwise.
+        base: the flow's base density in the preprocessed space: ``"normal"`` (N(0, I),
+            default) or ``"mixture"``, the Gaussian mixture described under ``stacking``
+            (:class:`cnflow.flows.base.GaussianMixtureBase`; flow matching then pairs each
+            row with a draw from that row's component, and the flow starts at the mixture).
+        stacking: whether each member's density is :math:`w\,p_\text{flow} + (1 - w)\,
+            p_\text{mixture}`, with the mixture the full-covariance Gaussian mixture (1 to 16
+            components, each fitted from three k-means starts) best on the member's held-out
+            rows, fitted to its training rows, and w ∈ [0, 1] the weight that maximises the
+            held-out rows' likelihood after training (stacking, Smyth & Wolpert 1999);
+            needs held-out rows. ``"auto"``: wherever ``preprocessing`` is chosen (small
+            tables), off otherwise. Fitted weights: ``stacking_weights_``.
         n_members: the number of flows averaged, each holding out its own 1/n_members of the
             rows for validation; ``"auto"``: 5 from 10 up to 1,000 rows, else 1 (and 1 when
             ``validation_fraction`` is set).
@@ -556,10 +657,10 @@ class CNFDensity(_FlowDensity):
         max_seconds: stop training after this many seconds (None: run max_iter steps). A
             cosine schedule follows whichever of max_iter and max_seconds runs out first, so
             ``CNFDensity(max_iter=10**7, max_seconds=240)`` trains for 240 s and anneals over
-            them (in one process; across processes, over max_iter only). It bounds the
-            training loops (shared equally by the members); fitting and choosing the
-            preprocessing on a small table comes on top (seconds; about 25 s at 64 columns and
-            4,000 rows).
+            them (in one process; across processes, over max_iter only). It bounds the whole
+            fit: choosing and fitting the preprocessing and the base mixtures come first, and
+            the members share the time left equally. A fit can overrun it by the last step
+            and validation, and by a final scoring of the held-out rows.
         dtype: "float32" or "float64".
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
         random_state: None, an int or a numpy RandomState; an int makes fits repeatable.
@@ -600,7 +701,8 @@ class CNFDensity(_FlowDensity):
                  batch_size="auto", lr="auto", lr_schedule="auto", weight_decay=0.0,
                  kinetic_energy=0.01, jacobian_norm=0.01, time_exponent=1.5,
                  fine_tune_iter="auto", fine_tune_tol=1e-3, fine_tune_adjoint="auto",
-                 preprocessing="auto", n_members="auto", validation_fraction="auto",
+                 preprocessing="auto", base="normal", stacking="auto", n_members="auto",
+                 validation_fraction="auto",
                  n_iter_no_change="auto",
                  max_seconds=None,
                  dtype="float32", device="auto", random_state=None, verbose=False):
@@ -623,6 +725,8 @@ class CNFDensity(_FlowDensity):
         self.fine_tune_tol = fine_tune_tol
         self.fine_tune_adjoint = fine_tune_adjoint
         self.preprocessing = preprocessing
+        self.base = base
+        self.stacking = stacking
         self.n_members = n_members
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -659,6 +763,10 @@ class CNFDensity(_FlowDensity):
         if self.preprocessing not in ("auto", *PREPROCESSINGS):
             raise ValueError(f"preprocessing must be one of auto, {', '.join(PREPROCESSINGS)}, "
                              f"got {self.preprocessing!r}")
+        if self.base not in BASES:
+            raise ValueError(f"base must be one of {', '.join(BASES)}, got {self.base!r}")
+        if not (_is_auto(self.stacking) or isinstance(self.stacking, bool)):
+            raise ValueError(f"stacking must be True, False or 'auto', got {self.stacking!r}")
         if not (isinstance(self.fine_tune_tol, numbers.Real) and self.fine_tune_tol > 0):
             raise ValueError(f"fine_tune_tol must be a positive number, got "
                              f"{self.fine_tune_tol!r}")
@@ -779,9 +887,31 @@ class CNFDensity(_FlowDensity):
     def _auto(self) -> dict:
         return _AUTO[self.objective]
 
-    def _build_flow(self, n_features: int) -> nn.Module:
+    def _stacks(self, n_samples: int) -> bool:
+        """"auto": stack wherever the preprocessing is chosen (small tables with held-out
+        rows)."""
+        if _is_auto(self.stacking):
+            return self._preprocessing_kind(n_samples) == "choose"
+        return bool(self.stacking)
+
+    def _fit_mixture(self, U_train: torch.Tensor, U_val: torch.Tensor | None,
+                     n_samples: int, seed: int) -> GaussianMixtureBase | None:
+        """The full-covariance Gaussian mixture (1 to 16 components) best on the member's
+        held-out rows (by BIC without them), fitted to its training rows, when it is the
+        base or is stacked."""
+        if self.base != "mixture" and not self._stacks(n_samples):
+            return None
+        val = None if U_val is None else U_val.double().cpu().numpy()
+        mixture, _ = fit_gaussian_mixture_base(U_train.double().cpu().numpy(), val,
+                                               random_state=seed)
+        return mixture
+
+    def _base_of(self, mixture: GaussianMixtureBase | None) -> nn.Module | None:
+        return copy.deepcopy(mixture) if self.base == "mixture" else None
+
+    def _build_flow(self, n_features: int, base: nn.Module | None = None) -> nn.Module:
         return CNF(n_features, hidden=self._hidden(), trace=self.trace, solver=self.solver,
-                   rtol=self.rtol, atol=self.atol, adjoint=self.adjoint)
+                   rtol=self.rtol, atol=self.atol, adjoint=self.adjoint, base=base)
 
     def _training_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         """The flow-matching loss, or the mean NLL plus the RNODE penalties
@@ -794,14 +924,16 @@ class CNFDensity(_FlowDensity):
         return (-logp.mean() + self.kinetic_energy * reg.kinetic.mean()
                 + self.jacobian_norm * reg.jacobian.mean())
 
-    def _validation_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
-        """The held-out rows' mean negative log-likelihood, by the exact trace with solves at
-        ``fine_tune_tol`` (whichever objective trains), so that the parameters kept are the
-        most likely on new data."""
+    def _validation_loss(self, flow: nn.Module, u: torch.Tensor,
+                         reduce: bool = True) -> torch.Tensor:
+        """The held-out rows' mean negative log-likelihood (each row's, with
+        ``reduce=False``), by the exact trace with solves at ``fine_tune_tol`` (whichever
+        objective trains), so that the parameters kept are the most likely on new data."""
         saved = flow.rtol, flow.atol
         flow.rtol = flow.atol = float(self.fine_tune_tol)
         try:
-            return -self._log_prob(flow, u).mean()
+            nll = -self._log_prob(flow, u)
+            return nll.mean() if reduce else nll
         finally:
             flow.rtol, flow.atol = saved
 
@@ -809,6 +941,8 @@ class CNFDensity(_FlowDensity):
         """Scoring and validation use the exact trace, so they are deterministic."""
         if isinstance(flow, FlowMixture):
             return flow.combine([self._log_prob(member, u) for member in flow.members])
+        if not isinstance(flow, CNF):  # e.g. a stacked Gaussian mixture
+            return flow.log_prob(u)
         saved, flow.trace = flow.trace, "exact"
         try:
             return flow.log_prob(u)
@@ -883,5 +1017,5 @@ class PlanarFlowDensity(_FlowDensity):
     def _auto(self) -> dict:
         return self._auto_settings
 
-    def _build_flow(self, n_features: int) -> nn.Module:
+    def _build_flow(self, n_features: int, base: nn.Module | None = None) -> nn.Module:
         return PlanarFlow(n_features, n_layers=int(self.n_layers), closed_form="log_prob")

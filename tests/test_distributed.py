@@ -105,7 +105,8 @@ def _late_worker(rank: int, world: int, port: int, out_dir: str) -> None:
                                                   max_seconds=1.0))
         dist.barrier()
         est = CNFDensity(hidden=(8,), max_iter=10**6, batch_size=32, max_seconds=2.0,
-                         fine_tune_iter=10**6, random_state=0, device="cpu")
+                         fine_tune_iter=10**6, validation_fraction=0.0, random_state=0,
+                         device="cpu")
         est.fit(X.numpy())
         torch.save({"n_iter": result.n_iter, "stop": result.stop_reason,
                     "objectives": [h["objective"] for h in est.history_]},

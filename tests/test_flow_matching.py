@@ -131,7 +131,8 @@ def test_estimator_loss_decreases_and_density_integrates_to_one():
 def test_validation_is_the_held_out_likelihood_every_100_steps():
     X = make_toy("moons", 600, random_state=0)
     est = CNFDensity(objective="flow_matching", hidden=(16,), max_iter=300, batch_size=128,
-                     fine_tune_iter=0, n_members=1, random_state=0, device="cpu").fit(X)
+                     fine_tune_iter=0, n_members=1, stacking=False, random_state=0,
+                     device="cpu").fit(X)
     entries = [h for h in est.history_ if "val_loss" in h]
     assert [h["iteration"] for h in entries] == [100, 200, 300]
     flow, u = est.flow_, est._transform(X[:120])[0]
@@ -193,7 +194,7 @@ def test_fine_tuning_by_likelihood_follows_flow_matching():
 def test_fine_tuning_takes_the_last_quarter_of_a_time_budget():
     X = make_toy("moons", 1000, random_state=0)
     est = CNFDensity(hidden=(16,), max_iter=10**6, batch_size=128, max_seconds=2.0,
-                     random_state=0, device="cpu").fit(X)
+                     validation_fraction=0.0, random_state=0, device="cpu").fit(X)
     fm = [h for h in est.history_ if h["objective"] == "flow_matching"]
     ml = [h for h in est.history_ if h["objective"] == "maximum_likelihood"]
     assert sum(h["seconds"] for h in fm) <= 1.5
@@ -226,7 +227,7 @@ def test_fine_tuning_gradients_by_adjoint_or_backpropagation():
     X2 = make_toy("moons", 400, random_state=0)
     X9 = np.random.default_rng(0).normal(size=(400, 9))
     common = dict(hidden=(8,), max_iter=4, fine_tune_iter=2, batch_size=100, random_state=0,
-                  n_members=1, device="cpu")
+                  n_members=1, stacking=False, device="cpu")
 
     def backward_nfe(est):
         return [h["nfe_backward"] for h in est.history_
@@ -254,7 +255,7 @@ def test_hidden_auto_is_per_objective():
     assert CNFDensity(hidden=[32, 16])._hidden() == (32, 16)
     X = make_toy("moons", 300, random_state=0)
     est = CNFDensity(max_iter=2, fine_tune_iter=0, batch_size=100, random_state=0,
-                     n_members=1, device="cpu").fit(X)
+                     n_members=1, stacking=False, device="cpu").fit(X)
     widths = [layer.linear.out_features for layer in est.flow_.net.layers]
     assert widths == [64, 64, 64, 64, 64, 2]
     for bad in ("wide", 64, (64, 0), (64, 2.5), (True,)):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from scipy.special import logsumexp
 from sklearn.model_selection import GridSearchCV, KFold
 
 from cnflow import CNFDensity
@@ -58,16 +59,45 @@ def test_validate_at_start_keeps_the_start_when_every_step_is_worse():
     assert model.weight.item() > 0.3
 
 
-def test_over_fitting_flow_is_rolled_back_to_the_gaussian_copula():
-    """A huge learning rate makes every step worse on held-out rows: the fit must end at the
-    identity flow, whose density is the Gaussian copula of the preprocessed data, exactly."""
+def _mixture_log_density(mixture, W):
+    """A GaussianMixtureBase's log-density at the rows W, by scipy from its parameters."""
+    weights = mixture.log_weights.exp().double().numpy()
+    chol = mixture.scale_tril.double().numpy()
+    return logsumexp(np.stack([
+        np.log(w) + stats.multivariate_normal(m, c @ c.T).logpdf(W)
+        for w, m, c in zip(weights, mixture.means.double().numpy(), chol)]), axis=0)
+
+
+def _identity_flow_log_density(est, W):
+    """log p of the preprocessed rows W when every member's flow is the identity: each
+    flow's base density (N(0, I) or its mixture), stacked with the member's mixture by its
+    weight, averaged over the members, all by scipy."""
+    per_member = []
+    weights = est.stacking_weights_ or [1.0] * est.n_members_
+    for (flow, stacked), w in zip(est._member_parts(), weights):
+        log_flow = (stats.norm.logpdf(W).sum(1) if flow.base is None
+                    else _mixture_log_density(flow.base, W))
+        if stacked is not None:
+            with np.errstate(divide="ignore"):  # a weight of 1 leaves the mixture out
+                log_flow = np.logaddexp(np.log(w) + log_flow,
+                                        np.log1p(-w) + _mixture_log_density(stacked, W))
+        per_member.append(log_flow)
+    return logsumexp(np.stack(per_member), axis=0) - np.log(len(per_member))
+
+
+@pytest.mark.parametrize("base, lr, atol", [("normal", 0.5, 1e-7), ("mixture", 1e-9, 1e-5)])
+def test_the_fit_starts_at_its_base_and_rolls_back_to_it(base, lr, atol):
+    """With base="normal", a huge learning rate makes every step worse on held-out rows: the
+    fit must end at the identity flow, whose density is N(0, I) in the preprocessed space
+    (stacked with each member's Gaussian mixture), exactly. With the mixture base a step that
+    barely moves shows the start: the identity flow over the members' mixtures (by scipy)."""
     X, _ = load_real("wine")
-    est = CNFDensity(hidden=(16,), lr=0.5, max_iter=300, fine_tune_iter=20, dtype="float64",
-                     rtol=1e-8, atol=1e-8, random_state=0, device="cpu").fit(X)
-    assert any("val_loss" in h for h in est.history_)
+    est = CNFDensity(hidden=(16,), lr=lr, max_iter=300, fine_tune_iter=20, dtype="float64",
+                     rtol=1e-8, atol=1e-8, base=base, random_state=0, device="cpu").fit(X)
+    assert est.n_members_ == 5 and any("val_loss" in h for h in est.history_)
     W, logdet = est.preprocessor_.transform(X)
-    copula = stats.norm.logpdf(W).sum(1) + logdet
-    np.testing.assert_allclose(est.score_samples(X), copula, atol=1e-7)
+    np.testing.assert_allclose(est.score_samples(X), _identity_flow_log_density(est, W) + logdet,
+                               atol=atol)
     # and sampling inverts the preprocessing: samples have the data's range and units
     S = est.sample(2000, random_state=0)
     assert np.isfinite(S).all()

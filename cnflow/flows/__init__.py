@@ -1,10 +1,11 @@
 """Flows: torch modules with ``log_prob(x)``, ``sample(n)`` and ``sample_with_log_prob(n)``."""
 
+from .base import GaussianMixtureBase
 from .cnf import CNF, CNFRegularisers
 from .dense import DenseFlow
 from .discrete import CLOSED_FORMS, DiscreteFlow
 from .mixture import FlowMixture
 from .planar import PlanarFlow
 
-__all__ = ["CNF", "CNFRegularisers", "DenseFlow", "DiscreteFlow", "FlowMixture", "PlanarFlow",
-           "CLOSED_FORMS"]
+__all__ = ["CNF", "CNFRegularisers", "DenseFlow", "DiscreteFlow", "FlowMixture",
+           "GaussianMixtureBase", "PlanarFlow", "CLOSED_FORMS"]

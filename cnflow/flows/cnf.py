@@ -1,8 +1,9 @@
 r"""The continuous normalizing flow: state and log-density integrated jointly.
 
 A CNF transforms data x into a base sample z by the flow of an ODE,
-:math:`\dot z = f(z, t)` from :math:`z(0) = x` to :math:`z(T)`, here with base
-:math:`\mathcal{N}(0, I)`. By the instantaneous change of variables (Chen et al. 2018) the
+:math:`\dot z = f(z, t)` from :math:`z(0) = x` to :math:`z(T)`, with base
+:math:`\mathcal{N}(0, I)` (or any base density module, e.g. a Gaussian mixture, see
+:mod:`cnflow.flows.base`). By the instantaneous change of variables (Chen et al. 2018) the
 log-determinant of the map :math:`x \mapsto z(T)` is the integral of the divergence along the
 path, so one solve of the augmented system
 
@@ -162,6 +163,10 @@ class CNF(NFECounts, nn.Module):
         max_num_steps: the most steps one solve may take.
         seminorm: leave the parameter adjoint out of the adjoint's error control (Kidger et al.
             2021).
+        base: the base density at t = T, a module with ``log_prob(z)``, ``sample(n,
+            generator)`` and ``draw_coupled(x, generator)`` (e.g.
+            :class:`cnflow.flows.base.GaussianMixtureBase`); None (default) is
+            :math:`\mathcal{N}(0, I)`.
 
     Attributes:
         stats_forward: :class:`~cnflow.SolverStats` of the forward solve of the last call of
@@ -215,6 +220,7 @@ class CNF(NFECounts, nn.Module):
         step_size: float | None = None,
         max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
         seminorm: bool = True,
+        base: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if not _is_positive_int(dim):
@@ -239,6 +245,15 @@ class CNF(NFECounts, nn.Module):
             net = ConcatSquashMLP(dim, hidden, activation=activation)
         elif not callable(net):
             raise ValueError(f"net must be callable as net(t, z), got {type(net).__name__}")
+        if base is not None:
+            missing = [m for m in ("log_prob", "sample", "draw_coupled")
+                       if not callable(getattr(base, m, None))]
+            if not isinstance(base, nn.Module) or missing:
+                raise ValueError("base must be an nn.Module with log_prob, sample and "
+                                 f"draw_coupled; missing: {', '.join(missing) or 'nn.Module'}")
+            if getattr(base, "dim", dim) != dim:
+                raise ValueError(f"base has dimension {base.dim}, the flow {dim}")
+        self.base = base  # a submodule (its buffers follow .to() and state_dict) or None
         self.net = net  # registered as a submodule when it is an nn.Module
         self.dim = dim
         self.trace = trace
@@ -311,7 +326,7 @@ class CNF(NFECounts, nn.Module):
         return logp
 
     def sample(self, n: int) -> Tensor:
-        """n draws from the flow: base draws z ~ N(0, I) integrated from t = T back to 0.
+        """n draws from the flow: base draws z integrated from t = T back to 0.
 
         Only the state is integrated (no trace). Gradients reach the parameters (adjoint or
         backprop, as the flow is set).
@@ -324,8 +339,7 @@ class CNF(NFECounts, nn.Module):
         """
         if not _is_positive_int(n):
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        ref = self._reference()
-        z = torch.randn(n, self.dim, dtype=ref.dtype, device=ref.device)
+        z = self._base_draws(n)
 
         def f(t: Tensor, state: Tensor) -> Tensor:
             return self.net(t, state)
@@ -394,8 +408,7 @@ class CNF(NFECounts, nn.Module):
         """
         if not _is_positive_int(n):
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        ref = self._reference()
-        z = torch.randn(n, self.dim, dtype=ref.dtype, device=ref.device)
+        z = self._base_draws(n)
         x, logdet, _ = self._flow(z, reverse=True, regularise=False)
         return x, self.base_log_prob(z) - logdet
 
@@ -423,7 +436,9 @@ class CNF(NFECounts, nn.Module):
                            time_exponent: float = 1.0) -> Tensor:
         r"""The conditional flow-matching loss of a minibatch: training without any ODE solve.
 
-        Each row x is paired with a base draw :math:`z \sim \mathcal{N}(0, I)` and a time
+        Each row x is paired with a base draw :math:`z \sim \mathcal{N}(0, I)` (with a
+        ``base`` module, a draw from ``base.draw_coupled(x)``, whose law is the base's) and a
+        time
         :math:`t = T u^{\gamma}`, :math:`u \sim U(0, 1)` (γ = ``time_exponent``; γ = 1 is
         t ~ U(0, T)); on the straight path :math:`x_t = (1 - t/T)\,x + (t/T)\,z`
         from the data (t = 0) to the base (t = T), the velocity is :math:`(z - x)/T`, and the
@@ -469,7 +484,10 @@ class CNF(NFECounts, nn.Module):
         x = self._check_data(x, "x")
         n = x.shape[0]
         T = self.T.detach().to(x.dtype)
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        if self.base is None:
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        else:
+            z = self.base.draw_coupled(x, generator=generator)
         s = torch.rand((n, 1), generator=generator, dtype=x.dtype, device=x.device)
         if time_exponent != 1:
             s = s.pow(time_exponent)
@@ -479,10 +497,20 @@ class CNF(NFECounts, nn.Module):
         return (velocity - (z - x) / T).square().sum(-1).mean()
 
     def base_log_prob(self, z: Tensor) -> Tensor:
-        r"""The base log-density :math:`\log \mathcal{N}(z; 0, I)` of each row, shape (n,)."""
+        r"""The base log-density of each row, shape (n,): :math:`\log \mathcal{N}(z; 0, I)`,
+        or the ``base`` module's."""
+        if self.base is not None:
+            return self.base.log_prob(z)
         return -0.5 * z.square().sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
 
     # ------------------------------------------------------------------ internals
+
+    def _base_draws(self, n: int) -> Tensor:
+        """n draws from the base, of the flow's dtype and device."""
+        ref = self._reference()
+        if self.base is not None:
+            return self.base.sample(n).to(ref.dtype)
+        return torch.randn(n, self.dim, dtype=ref.dtype, device=ref.device)
 
     def _reference(self) -> Tensor:
         """A tensor of the flow's dtype and device (the T parameter or buffer)."""

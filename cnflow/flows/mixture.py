@@ -1,12 +1,14 @@
-r"""An equal-weight mixture of flows: the density of an ensemble.
+r"""A mixture of flows (or of any densities): the density of an ensemble or a stack.
 
-.. math:: p(x) = \frac{1}{K} \sum_{k=1}^{K} p_k(x), \qquad
-    \log p(x) = \operatorname{logsumexp}_k \log p_k(x) - \log K,
+.. math:: p(x) = \sum_{k=1}^{K} w_k\, p_k(x), \qquad
+    \log p(x) = \operatorname{logsumexp}_k \big(\log w_k + \log p_k(x)\big),
 
-a normalised density whenever every member is one. Sampling draws each row's member
-uniformly, then samples that member. Averaging members fitted on different splits of the data
-(cross-fitting, or bagging; Breiman 1996) lowers the variance of a density estimate made from
-few rows, and together the members have seen every row.
+with equal weights :math:`w_k = 1/K` unless given; a normalised density whenever every member
+is one. Sampling draws each row's member by the weights, then samples that member. Averaging
+members fitted on different splits of the data (cross-fitting, or bagging; Breiman 1996)
+lowers the variance of a density estimate made from few rows, and together the members have
+seen every row; weights chosen on held-out rows combine different models (stacking; Smyth &
+Wolpert 1999), see :func:`best_mixture_weight`.
 
 Example:
     >>> import torch
@@ -21,40 +23,68 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FlowMixture"]
+__all__ = ["FlowMixture", "best_mixture_weight"]
 
 
 class FlowMixture(nn.Module):
-    """The equal-weight mixture of ``members`` (modules with ``log_prob`` and ``sample``).
+    """The mixture of ``members`` (modules with ``log_prob`` and ``sample``).
 
     Arguments:
-        members: K ≥ 1 flows over the same space.
+        members: K ≥ 1 densities over the same space.
+        weights: K non-negative weights summing to 1 (None: 1/K each), held in the buffer
+            ``log_weights`` (saved in ``state_dict``, not trained).
 
     Attributes:
-        members: the flows, an ``nn.ModuleList``.
+        members: the densities, an ``nn.ModuleList``.
     """
 
-    def __init__(self, members: Sequence[nn.Module]) -> None:
+    def __init__(self, members: Sequence[nn.Module],
+                 weights: Sequence[float] | Tensor | None = None) -> None:
         super().__init__()
         if len(members) < 1:
             raise ValueError("a FlowMixture needs at least one member")
         self.members = nn.ModuleList(members)
+        if weights is None:
+            self.register_buffer("log_weights", None)
+        else:
+            w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+            if len(w) != len(members) or not bool(torch.isfinite(w).all() and (w >= 0).all()):
+                raise ValueError(f"weights must be {len(members)} non-negative numbers, got "
+                                 f"{w.tolist()}")
+            if abs(float(w.sum()) - 1.0) > 1e-6:
+                raise ValueError(f"weights must sum to 1, got {float(w.sum())}")
+            self.register_buffer("log_weights", w.log())
+
+    @property
+    def weights(self) -> Tensor:
+        """The members' weights, shape (K,)."""
+        if self.log_weights is None:
+            return torch.full((len(self.members),), 1.0 / len(self.members))
+        return self.log_weights.exp()
 
     def combine(self, member_log_probs: Sequence[Tensor]) -> Tensor:
-        """log((1/K) Σ_k exp(log p_k)) from the members' log-densities, each shape (n,)."""
+        """log Σ_k w_k exp(log p_k) from the members' log-densities, each shape (n,)."""
         stacked = torch.stack(list(member_log_probs))
-        return torch.logsumexp(stacked, dim=0) - math.log(len(self.members))
+        if self.log_weights is None:
+            return torch.logsumexp(stacked, dim=0) - math.log(len(self.members))
+        log_w = self.log_weights.to(stacked.dtype).unsqueeze(1)
+        return torch.logsumexp(stacked + log_w, dim=0)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """The mixture's log-density of each row of x, shape (n,)."""
         return self.combine([member.log_prob(x) for member in self.members])
 
     def sample(self, n: int) -> Tensor:
-        """n rows: each from a member drawn uniformly (torch's global generator), shape (n, D)."""
-        choice = torch.randint(len(self.members), (n,))
+        """n rows: each from a member drawn by the weights (torch's global generator), shape
+        (n, D)."""
+        if self.log_weights is None:
+            choice = torch.randint(len(self.members), (n,))
+        else:
+            choice = torch.multinomial(self.weights.double().cpu(), n, replacement=True)
         out = None
         for k, member in enumerate(self.members):
             rows = torch.nonzero(choice == k).flatten()
@@ -74,3 +104,54 @@ class FlowMixture(nn.Module):
     @property
     def nfe_backward(self) -> int:
         return sum(int(getattr(m, "nfe_backward", 0)) for m in self.members)
+
+
+def best_mixture_weight(log_p: np.ndarray, log_q: np.ndarray, tol: float = 1e-6) -> float:
+    r"""The weight w ∈ [0, 1] that maximises the mean held-out log-likelihood of the
+    two-member mixture :math:`w\,p + (1 - w)\,q`,
+
+    .. math:: \max_{w \in [0, 1]} \frac1n \sum_i \log\big(w\, p(x_i) + (1 - w)\, q(x_i)\big),
+
+    from the rows' log-densities under each member. The objective is concave in w, so the
+    maximiser is an end point when the derivative there says so, and otherwise the root of
+    the derivative :math:`\sum_i (p_i - q_i)/(w p_i + (1 - w) q_i)`, found by bisection to
+    ``tol``.
+
+    Arguments:
+        log_p, log_q: log-densities of the same rows under the two members, shape (n,).
+
+    Returns:
+        w, a float in [0, 1].
+    """
+    log_p = np.asarray(log_p, dtype=np.float64)
+    log_q = np.asarray(log_q, dtype=np.float64)
+    if log_p.shape != log_q.shape or log_p.ndim != 1 or len(log_p) == 0:
+        raise ValueError(f"log_p and log_q must be equal-length 1-D arrays, got shapes "
+                         f"{log_p.shape} and {log_q.shape}")
+    if np.isnan(log_p).any() or np.isnan(log_q).any():
+        raise ValueError("log_p and log_q must not contain NaN")
+    if (log_p == np.inf).any() or (log_q == np.inf).any():
+        raise ValueError("log_p and log_q must not contain +inf")
+    shift = np.maximum(log_p, log_q)
+    informative = shift > -np.inf  # a row of density 0 under both says nothing about w
+    if not informative.any():
+        return 1.0
+    shift = shift[informative]
+    # each row rescaled by its larger density: the same maximiser, no underflow
+    p, q = np.exp(log_p[informative] - shift), np.exp(log_q[informative] - shift)
+
+    def slope(w: float) -> float:
+        mix = w * p + (1 - w) * q
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(mix > 0, (p - q) / mix, np.where(p > q, np.inf, -np.inf))
+        return float(terms.mean())
+
+    if slope(1.0) >= 0:
+        return 1.0
+    if slope(0.0) <= 0:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if slope(mid) > 0 else (lo, mid)
+    return 0.5 * (lo + hi)
