@@ -11,6 +11,7 @@ from .ode import (
     MaxStepsExceededError,
     NonFiniteStateError,
     ODESolveError,
+    SolveOptions,
     SolverStats,
     StepSizeUnderflowError,
     odeint,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CNF", "CNFRegularisers", "CNFDensity", "PlanarFlow", "DenseFlow", "PlanarFlowDensity",
-    "odeint", "odeint_adjoint", "SolverStats", "ODESolveError", "StepSizeUnderflowError",
-    "MaxStepsExceededError", "NonFiniteStateError", "ODEBlock", "LatentODE",
+    "odeint", "odeint_adjoint", "SolveOptions", "SolverStats", "ODESolveError",
+    "StepSizeUnderflowError", "MaxStepsExceededError", "NonFiniteStateError", "ODEBlock",
+    "LatentODE",
 ]

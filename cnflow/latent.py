@@ -46,7 +46,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .ode import TABLEAUX, NFECounts, SolverStats, odeint, odeint_adjoint
+from .ode import TABLEAUX, NFECounts, SolveOptions, SolverStats
 from .ode.inputs import check_tolerances
 from .train import LR_SCHEDULES, TrainConfig, TrainingFault, resolve_device, seeded_rng, train
 
@@ -253,13 +253,10 @@ class LatentODENet(NFECounts, nn.Module):
 
     def _solve(self, z0: Tensor, times: Tensor) -> Tensor:
         t = torch.cat([times.new_zeros(1), times])
-        options = {"method": self.solver, "rtol": self.rtol, "atol": self.atol,
-                   "stats": self.stats_forward}
-        if self.adjoint and torch.is_grad_enabled():
-            ys = odeint_adjoint(self.dynamics, z0, t, adjoint_stats=self.stats_backward,
-                                **options)
-        else:
-            ys = odeint(self.dynamics, z0, t, **options)
+        options = SolveOptions(method=self.solver, rtol=self.rtol, atol=self.atol,
+                               adjoint=bool(self.adjoint))
+        ys = options.solve(self.dynamics, z0, t, stats=self.stats_forward,
+                           adjoint_stats=self.stats_backward)
         return ys[1:]
 
     def decode_at(self, z0: Tensor, times: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._fused_divergence import concat_squash_vjp, concat_squash_with_divergence
-from .ode import NFECounts, SolverStats, odeint, odeint_adjoint
+from .ode import NFECounts, SolveOptions, SolverStats
 from .ode.inputs import check_tolerances, resolve_method
 from .ode.solve import DEFAULT_MAX_NUM_STEPS
 
@@ -601,13 +601,9 @@ class ODEBlock(NFECounts, nn.Module):
             raise ValueError("h contains NaN or infinite values")
         t = torch.tensor([0.0, self.T], dtype=h.dtype, device=h.device)
         self.stats_forward, self.stats_backward = SolverStats(), SolverStats()
-        options = {"method": self.solver, "rtol": self.rtol, "atol": self.atol,
-                   "step_size": self.step_size, "max_num_steps": self.max_num_steps,
-                   "stats": self.stats_forward}
-        if self.adjoint and torch.is_grad_enabled():
-            ys = odeint_adjoint(self.func, h, t, adjoint_params=tuple(self.func.parameters()),
-                                seminorm=self.seminorm, adjoint_stats=self.stats_backward,
-                                **options)
-        else:
-            ys = odeint(self.func, h, t, **options)
+        options = SolveOptions(method=self.solver, rtol=self.rtol, atol=self.atol,
+                               step_size=self.step_size, max_num_steps=self.max_num_steps,
+                               adjoint=self.adjoint, seminorm=self.seminorm)
+        ys = options.solve(self.func, h, t, params=tuple(self.func.parameters()),
+                           stats=self.stats_forward, adjoint_stats=self.stats_backward)
         return ys[-1]

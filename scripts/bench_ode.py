@@ -21,17 +21,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import platform
 import statistics
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from measure import measure_step, run_fresh
 from torch import nn
 
 from cnflow import SolverStats, odeint, odeint_adjoint
@@ -61,73 +57,6 @@ class MLPDynamics(nn.Module):
 
 
 # ---------------------------------------------------------------- 1. memory
-
-
-# Fixed malloc thresholds: large blocks are mmapped and returned at once, so the resident size
-# follows the live tensors instead of glibc's cached free memory.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def measure_step(forward: Callable[[], torch.Tensor], loss: Callable[[torch.Tensor], torch.Tensor],
-                 device: str) -> dict:
-    """Memory and time of one gradient step: ``loss(forward()).backward()``, run once here.
-
-    Returns ``saved_MB`` (bytes autograd saved for backward while ``forward`` ran, counted by
-    saved-tensor hooks), ``peak_rss_MB`` and ``peak_rss_rise_MB`` (the process's resident
-    memory, sampled every 0.5 ms from /proc/self/statm by a thread, and its rise over the level
-    before the step), ``seconds`` and, on CUDA, ``cuda_peak_MB``. Run it in a fresh process
-    (:func:`run_fresh`) after a warm-up, so that earlier work does not set the peak.
-    """
-    saved = 0
-
-    def pack(tensor):
-        nonlocal saved
-        saved += tensor.numel() * tensor.element_size()
-        return tensor
-
-    peak, stop = [0], threading.Event()
-    baseline = _rss_bytes()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.0005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base_cuda = torch.cuda.memory_allocated()
-    sampler.start()
-    start = time.perf_counter()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = forward()
-    loss(out).backward()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    stop.set()
-    sampler.join()
-    result = {"saved_MB": saved / 2**20, "peak_rss_MB": peak[0] / 2**20,
-              "peak_rss_rise_MB": max(0, peak[0] - baseline) / 2**20, "seconds": seconds}
-    if device == "cuda":
-        result["cuda_peak_MB"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
-    return result
-
-
-def run_fresh(argv: list[str]) -> dict:
-    """Run ``python *argv`` in a fresh process with :data:`MALLOC_ENV`; the JSON object it
-    prints on its last line of output."""
-    env = dict(os.environ, **MALLOC_ENV)
-    res = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env)
-    if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def memory_run(mode: str, n_steps: int, batch: int, device: str) -> dict:

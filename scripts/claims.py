@@ -12,7 +12,7 @@ memory        Adjoint training needs memory independent of the number of solver 
               backward (saved-tensor hooks, exact) and the peak rise of the process's resident
               memory over the level before the step (a thread reads /proc/self/statm every
               0.5 ms; glibc is told to return large blocks to the system at once). The helpers
-              are scripts/bench_ode.py's measure_step and run_fresh.
+              are scripts/measure.py's measure_step and run_fresh.
 reverse_cost  The backward (adjoint) solve takes roughly half the evaluations of the forward
               solve (Chen et al. 2018, figure 3c; a torchdiffeq maintainer later said the
               paper's numbers came from scipy's odeint, torchdiffeq issue 97). Measured: backward
@@ -54,9 +54,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_ode import measure_step, run_fresh
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from measure import measure_step, run_fresh
 
 from cnflow import CNF, CNFDensity
 from cnflow.datasets import empirical_entropy, make_toy

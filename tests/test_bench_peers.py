@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_peers.py"
 
 

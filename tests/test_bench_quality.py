@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_quality.py"
 
 

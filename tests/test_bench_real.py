@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_real.py"
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "claims.py"
 PNG = b"\x89PNG\r\n\x1a\n"
 

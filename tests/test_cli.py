@@ -185,6 +185,7 @@ def test_subcommand_errors_are_one_line_with_exit_code_2(trained, tmp_path, caps
     assert not (tmp_path / "x.npy").exists()
 
 
+@pytest.mark.slow
 def test_a_real_process(trained, tmp_path):
     res = cli("sample", trained, "--n", "3", "--out", tmp_path / "s.csv")
     assert res.returncode == 0 and res.stderr == "", res.stderr

@@ -39,6 +39,7 @@ def test_eight_gaussians_modes_and_entropy():
     assert true_entropy("moons") is None
 
 
+@pytest.mark.slow
 def test_pinwheel_entropy_agrees_with_a_nearest_neighbour_estimate():
     """Kozachenko–Leonenko (k = 4) on 100,000 samples: an estimate independent of the
     root finding behind log_density (slightly biased low at this n)."""
@@ -85,7 +86,8 @@ def test_pinwheel_log_density_sums_every_preimage():
     assert (logp[radius < 0.5] - log_own[radius < 0.5]).max() > 0.1  # overlaps are found
 
 
-@pytest.mark.parametrize("name", ["pinwheel", "8gaussians", "checkerboard"])
+@pytest.mark.parametrize("name", [pytest.param("pinwheel", marks=pytest.mark.slow), "8gaussians",
+                                  "checkerboard"])
 def test_log_density_integrates_to_one_and_matches_sample_frequencies(name):
     edges = np.linspace(-6, 6, 481)
     mid = (edges[:-1] + edges[1:]) / 2
@@ -102,6 +104,7 @@ def test_log_density_integrates_to_one_and_matches_sample_frequencies(name):
     assert (np.abs(counts - expected) < 5 * stderr + 0.01 * expected).all()
 
 
+@pytest.mark.slow
 def test_pinwheel_entropy_is_the_mean_negative_log_density():
     x = make_toy("pinwheel", 100_000, random_state=5)
     assert -log_density("pinwheel", x).mean() == pytest.approx(true_entropy("pinwheel"),

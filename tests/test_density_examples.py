@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
+
 FOLDER = Path(__file__).resolve().parents[1] / "density_examples"
 SCRIPTS = sorted(p.name for p in FOLDER.glob("*.py") if not p.name.startswith("_"))
 PNG, GIF = b"\x89PNG\r\n\x1a\n", (b"GIF89a", b"GIF87a")

@@ -18,6 +18,8 @@ import torch.multiprocessing as mp
 from cnflow import CNF, CNFDensity
 from cnflow.train import TrainConfig, distributed_rank, train
 
+pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
+
 CONFIG = {"max_iter": 4, "batch_size": 32, "lr": 1e-2}
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

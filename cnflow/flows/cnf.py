@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from .. import divergence
 from ..nn import ConcatSquashMLP
-from ..ode import TABLEAUX, NFECounts, SolverStats, odeint, odeint_adjoint
+from ..ode import TABLEAUX, NFECounts, SolveOptions, SolverStats
 from ..ode.inputs import check_tolerances, resolve_method
 from ..ode.solve import DEFAULT_MAX_NUM_STEPS
 
@@ -279,6 +279,13 @@ class CNF(NFECounts, nn.Module):
     # ------------------------------------------------------------------ properties
 
     @property
+    def solve_options(self) -> SolveOptions:
+        """The flow's solves, as one validated :class:`cnflow.ode.SolveOptions`."""
+        return SolveOptions(method=self.solver, rtol=self.rtol, atol=self.atol,
+                            step_size=self.step_size, max_num_steps=self.max_num_steps,
+                            adjoint=self.adjoint, seminorm=self.seminorm)
+
+    @property
     def T(self) -> Tensor:
         """The end time, a 0-d tensor (differentiable when ``train_T``)."""
         return F.softplus(self.T_raw) if self.train_T else self.T_fixed
@@ -386,10 +393,8 @@ class CNF(NFECounts, nn.Module):
             return self.net(t, state)
 
         self.stats_forward, self.stats_backward = SolverStats(), SolverStats()
-        states = odeint(f, z, times, method=self.solver, rtol=self.rtol, atol=self.atol,
-                        step_size=self.step_size, max_num_steps=self.max_num_steps,
-                        stats=self.stats_forward)
-        return times, states
+        options = self.solve_options.replace(adjoint=False)  # backpropagation, as documented
+        return times, options.solve(f, z, times, stats=self.stats_forward)
 
     def sample_with_log_prob(self, n: int) -> tuple[Tensor, Tensor]:
         r"""n draws x and their log-densities, from one reverse solve with the trace.
@@ -543,15 +548,9 @@ class CNF(NFECounts, nn.Module):
     def _solve(self, f: Callable, y0, t: Tensor):
         """Integrate f from y0 over t with the flow's settings; the state at t[-1]."""
         self.stats_forward, self.stats_backward = SolverStats(), SolverStats()
-        options = {"method": self.solver, "rtol": self.rtol, "atol": self.atol,
-                   "step_size": self.step_size, "max_num_steps": self.max_num_steps,
-                   "stats": self.stats_forward}
-        if self.adjoint and torch.is_grad_enabled():
-            params = tuple(self.net.parameters()) if isinstance(self.net, nn.Module) else ()
-            ys = odeint_adjoint(f, y0, t, adjoint_params=params, seminorm=self.seminorm,
-                                adjoint_stats=self.stats_backward, **options)
-        else:
-            ys = odeint(f, y0, t, **options)
+        params = tuple(self.net.parameters()) if isinstance(self.net, nn.Module) else ()
+        ys = self.solve_options.solve(f, y0, t, params=params, stats=self.stats_forward,
+                                      adjoint_stats=self.stats_backward)
         if isinstance(ys, tuple):
             return tuple(y[-1] for y in ys)
         return ys[-1]

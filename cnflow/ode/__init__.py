@@ -7,12 +7,13 @@ from .errors import (
     ODESolveError,
     StepSizeUnderflowError,
 )
+from .options import SolveOptions
 from .solve import odeint
 from .stats import NFECounts, SolverStats
 from .tableaux import ADAPTIVE_METHODS, FIXED_METHODS, TABLEAUX, ButcherTableau
 
 __all__ = [
-    "odeint", "odeint_adjoint", "SolverStats", "NFECounts", "ODESolveError",
+    "odeint", "odeint_adjoint", "SolveOptions", "SolverStats", "NFECounts", "ODESolveError",
     "StepSizeUnderflowError", "MaxStepsExceededError", "NonFiniteStateError", "ButcherTableau",
     "TABLEAUX", "ADAPTIVE_METHODS", "FIXED_METHODS",
 ]

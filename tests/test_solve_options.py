@@ -1,0 +1,87 @@
+"""SolveOptions: one validated description of a solve, and the one place above the numerical
+core that picks between odeint and odeint_adjoint."""
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnflow import CNF, ODEBlock, SolveOptions, SolverStats, odeint
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"method": "rk45"}, "unknown method"),
+    ({"rtol": -1.0}, "rtol must be a finite number"),
+    ({"rtol": 0.0, "atol": 0.0}, "cannot both be zero"),
+    ({"step_size": 0.1}, "fixed-step methods only"),
+    ({"max_num_steps": 0}, "max_num_steps must be a positive integer"),
+    ({"max_num_steps": True}, "max_num_steps must be a positive integer"),
+    ({"adjoint": 1}, "adjoint must be True or False"),
+    ({"seminorm": "yes"}, "seminorm must be True or False"),
+])
+def test_bad_settings_fail_where_they_are_written(changes, message):
+    with pytest.raises(ValueError, match=message):
+        SolveOptions(**changes)
+    with pytest.raises(ValueError, match=message):
+        SolveOptions().replace(**changes)
+
+
+def test_solve_is_odeint_and_takes_adjoint_gradients_only_when_asked():
+    f = torch.nn.Linear(3, 3).double()
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    options = SolveOptions(rtol=1e-9, atol=1e-9)
+    with torch.no_grad():
+        reference = odeint(lambda s, y: f(y), y0, t, rtol=1e-9, atol=1e-9)
+        # under no_grad nothing is recorded: a plain solve, the same values
+        torch.testing.assert_close(options.solve(lambda s, y: f(y), y0, t), reference,
+                                   rtol=0, atol=0)
+    grads = {}
+    for adjoint in (True, False):
+        forward, backward = SolverStats(), SolverStats()
+        ys = options.replace(adjoint=adjoint).solve(
+            lambda s, y: f(y), y0, t, params=tuple(f.parameters()), stats=forward,
+            adjoint_stats=backward)
+        torch.testing.assert_close(ys, reference, rtol=1e-12, atol=1e-12)
+        f.zero_grad()
+        ys[-1].square().sum().backward()
+        grads[adjoint] = f.weight.grad.clone()
+        assert forward.nfe > 0 and (backward.nfe > 0) is adjoint
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-6, atol=1e-8)
+
+
+def test_fixed_step_solve_matches_the_exponential():
+    options = SolveOptions(method="rk4", step_size=0.01, adjoint=False)
+    ys = options.solve(lambda s, y: -y, torch.ones(1, dtype=torch.float64),
+                       torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert float(ys[-1, 0]) == pytest.approx(math.exp(-1), abs=1e-9)
+
+
+def test_models_describe_their_solves_by_the_options():
+    flow = CNF(2, hidden=(8,), solver="bosh3", rtol=1e-4, atol=1e-6, adjoint=False)
+    assert flow.solve_options == SolveOptions(method="bosh3", rtol=1e-4, atol=1e-6,
+                                              adjoint=False)
+
+    class Decay(torch.nn.Module):
+        def forward(self, t, h):
+            return -h
+
+    block = ODEBlock(Decay(), rtol=1e-8, atol=1e-8).double()
+    h = torch.ones(3, 2, dtype=torch.float64)
+    torch.testing.assert_close(block(h), h * math.exp(-1), rtol=1e-7, atol=1e-9)
+
+
+def test_only_the_options_module_calls_odeint_adjoint_outside_the_core():
+    """Above cnflow/ode/, no module chooses between odeint and odeint_adjoint itself."""
+    root = Path(__file__).resolve().parents[1] / "cnflow"
+    callers = []
+    for path in root.rglob("*.py"):
+        if "ode" in path.relative_to(root).parts[:1]:
+            continue
+        code = [line for line in path.read_text().splitlines()
+                if not line.lstrip().startswith((">>>", "...", "#"))]
+        if any(re.search(r"\bodeint(_adjoint)?\(", line) for line in code):
+            callers.append(path.name)
+    assert callers == []
