@@ -306,7 +306,7 @@ class _FlowDensity(DensityMixin, BaseEstimator):
                  U_val: torch.Tensor) -> FlowMixture:
         """The two-member density w·flow + (1 − w)·mixture, with the w that maximises the
         held-out rows' mean log-likelihood (:func:`cnflow.flows.mixture.best_mixture_weight`)."""
-        mixture = copy.deepcopy(mixture).to(self.device_, self._torch_dtype())
+        mixture = mixture.to(self.device_, self._torch_dtype())  # the base, if any, is a copy
         with torch.no_grad():
             log_flow = -self._validation_loss(flow, U_val, reduce=False)
             log_mixture = mixture.log_prob(U_val)
@@ -336,12 +336,15 @@ class _FlowDensity(DensityMixin, BaseEstimator):
         parts = self._member_list()
         if not any(isinstance(m, FlowMixture) for m in parts):
             return None
-        return [float(m.weights[0]) if isinstance(m, FlowMixture) and not m.weights.is_meta
-                else (None if isinstance(m, FlowMixture) else 1.0) for m in parts]
-
-    def _member_bases(self) -> list[nn.Module | None]:
-        """The base density module of each member's flow (None where it has its own)."""
-        return [getattr(flow, "base", None) for flow, _ in self._member_parts()]
+        weights: list[float | None] = []
+        for member in parts:
+            if not isinstance(member, FlowMixture):
+                weights.append(1.0)
+            elif member.weights.is_meta:  # a model placed on the meta device holds no values
+                weights.append(None)
+            else:
+                weights.append(float(member.weights[0]))
+        return weights
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
@@ -365,8 +368,9 @@ class _FlowDensity(DensityMixin, BaseEstimator):
                                  if hasattr(self, "feature_names_in_") else None),
             "n_iter": int(self.n_iter_),
             "n_members": int(getattr(self, "n_members_", 1)),
-            "base_components": [0 if b is None else int(b.n_components)
-                                for b in self._member_bases()],
+            "base_components": [0 if getattr(flow, "base", None) is None
+                                else int(flow.base.n_components)
+                                for flow, _ in self._member_parts()],
             "stacked_components": [0 if m is None else int(m.n_components)
                                    for _, m in self._member_parts()],
             "history": self.history_,

@@ -1,8 +1,8 @@
 """Benchmark of the log-density's correction term against the dimension D = 2 … 512.
 
 A flow's log-density is the base log-density plus a correction: a log-determinant for a
-discrete flow, the integral of a trace for a CNF. Its cost per evaluation is what the seed's
-argument is about (Chen et al. 2018; Grathwohl et al. 2019):
+discrete flow, the integral of a trace for a CNF. Its cost per evaluation is what the argument
+for CNFs is about (Chen et al. 2018; Grathwohl et al. 2019):
 
 - ``slogdet``: log|det J| of a general dense D×D Jacobian, one per row, by LU
   (``torch.linalg.slogdet``): O(D³) a row. (Forming J would cost D more products; not timed.)

@@ -1,4 +1,4 @@
-"""The seed's claims about neural ODEs and CNFs, measured on this package.
+"""Claims about neural ODEs and CNFs from the literature, measured on this package.
 
 Four sub-commands, one per claim; each writes OUT/claims_<name>.json and .png (OUT: docs by
 default; *_quick.* with --quick, a smoke run of a few seconds for the tests).
