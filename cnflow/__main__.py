@@ -33,7 +33,7 @@ import torch
 
 from .datasets import TOY_DATASETS, make_toy
 from .estimators import OBJECTIVES, CNFDensity, PlanarFlowDensity
-from .train import resolve_device
+from .training import resolve_device
 
 _ESTIMATORS = {cls.__name__: cls for cls in (CNFDensity, PlanarFlowDensity)}
 
@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     """``train``: fit CNFDensity; write model.pt, training.png, fit.png (2-D), summary.json.
 
     Launched by ``torchrun --nproc_per_node=N -m cnflow train ...`` it trains data-parallel
-    (each process a share of every batch, gradients averaged by DDP; see :mod:`cnflow.train`)
+    (each process a share of every batch, gradients averaged by DDP; see :mod:`cnflow.training`)
     and only rank 0 prints and writes files.
     """
     from .plotting import plot_fit, plot_training_curves

@@ -48,7 +48,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from .ode import TABLEAUX, NFECounts, SolveOptions, SolverStats
 from .ode.inputs import check_tolerances
-from .train import LR_SCHEDULES, TrainConfig, TrainingFault, resolve_device, seeded_rng, train
+from .training import LR_SCHEDULES, TrainConfig, TrainingFault, resolve_device, seeded_rng, train
 
 __all__ = ["LatentODE", "LatentODENet", "LatentDynamics"]
 
@@ -391,7 +391,7 @@ class LatentODE(BaseEstimator):
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
 
     def _seeded(self, seed: int):
-        """Torch's global RNG forked and seeded inside (see :func:`cnflow.train.seeded_rng`)."""
+        """Torch's global RNG forked and seeded inside (see :func:`cnflow.training.seeded_rng`)."""
         return seeded_rng(seed, self.device_)
 
     def _padded(self, series) -> _Padded:

@@ -42,7 +42,7 @@ import torch
 from cnflow import CNF, PlanarFlow
 from cnflow.datasets import make_toy
 from cnflow.nn import PlanarCNFField
-from cnflow.train import TrainConfig, fit_density_matching, reverse_kl_loss, train
+from cnflow.training import TrainConfig, fit_density_matching, reverse_kl_loss, train
 
 TARGETS = ("ring", "8gaussians")
 OBJECTIVES = ("density_matching", "maximum_likelihood")

@@ -60,7 +60,7 @@ from measure import measure_step, run_fresh
 
 from cnflow import CNF, CNFDensity
 from cnflow.datasets import empirical_entropy, make_toy
-from cnflow.train import TrainConfig, train
+from cnflow.training import TrainConfig, train
 
 CLAIMS = ("memory", "reverse_cost", "tolerance", "depth")
 DATASET = "checkerboard"
@@ -260,7 +260,7 @@ class Run:
 
 
 def training_run(run: Run, sizes: Sizes, n_iter: int) -> dict:
-    """Train a CNF by maximum likelihood with cnflow.train and keep, per iteration, the forward
+    """Train a CNF by maximum likelihood with cnflow.training and keep, per iteration, the forward
     and backward NFE, the loss and the seconds of the forward pass and of the whole step."""
     X = make_toy(DATASET, sizes.n_train, random_state=0)
     X_test = make_toy(DATASET, sizes.n_test, random_state=1)

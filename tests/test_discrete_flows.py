@@ -13,7 +13,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from cnflow import CNF, DenseFlow, PlanarFlow, PlanarFlowDensity
 from cnflow.datasets import make_toy
-from cnflow.train import TrainConfig, fit_density_matching, reverse_kl_loss
+from cnflow.training import TrainConfig, fit_density_matching, reverse_kl_loss
 
 D64 = torch.float64
 

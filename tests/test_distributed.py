@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cnflow import CNF, CNFDensity
-from cnflow.train import TrainConfig, distributed_rank, train
+from cnflow.training import TrainConfig, distributed_rank, train
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 

@@ -13,7 +13,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from cnflow import CNFDensity
 from cnflow.datasets import make_toy
-from cnflow.train import TrainingFault
+from cnflow.training import TrainingFault
 
 
 def fast(**kw):

@@ -19,7 +19,7 @@ import torch
 
 from cnflow import CNF, CNFDensity
 from cnflow.datasets import make_toy
-from cnflow.train import TrainingFault
+from cnflow.training import TrainingFault
 
 D64 = torch.float64
 

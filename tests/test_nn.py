@@ -132,7 +132,7 @@ def test_divergence_gradients_equal_double_backprop_of_the_autograd_jacobian(act
 @pytest.mark.parametrize("frobenius", [False, True])
 def test_fused_divergence_passes_gradcheck(kind, frobenius):
     """Finite differences of (f, tr ∂f/∂z) for z, t and every raw parameter."""
-    from cnflow._fused_divergence import concat_squash_with_divergence
+    from cnflow.nn.fused import concat_squash_with_divergence
 
     torch.manual_seed(2)
     sizes = [(2, 4), (4, 5), (5, 2)]

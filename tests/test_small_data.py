@@ -10,7 +10,7 @@ from sklearn.model_selection import GridSearchCV, KFold
 
 from cnflow import CNFDensity
 from cnflow.datasets import load_real
-from cnflow.train import TrainConfig, train
+from cnflow.training import TrainConfig, train
 
 
 @pytest.mark.parametrize("n, expected", [

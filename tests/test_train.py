@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from cnflow import ODESolveError
-from cnflow.train import TrainConfig, TrainingFault, train
+from cnflow.training import TrainConfig, TrainingFault, train
 
 
 class Gaussian(nn.Module):
@@ -167,3 +167,15 @@ def test_cosine_schedule_by_iterations_and_by_time():
     assert result.stop_reason == "time_limit" and len(lrs) >= 5
     assert lrs[0] == pytest.approx(0.1) and lrs[-1] < 0.02
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_the_old_module_name_still_imports_with_a_deprecation_warning():
+    import importlib
+    import sys
+
+    sys.modules.pop("cnflow.train", None)
+    with pytest.warns(DeprecationWarning, match="cnflow.training"):
+        old = importlib.import_module("cnflow.train")
+    from cnflow import training
+
+    assert old.train is training.train and old.TrainConfig is training.TrainConfig

@@ -213,7 +213,7 @@ def concat_squash_with_divergence(kind: str, z: Tensor, t: Tensor,
 
     Example:
         >>> import torch
-        >>> from cnflow._fused_divergence import concat_squash_with_divergence
+        >>> from cnflow.nn.fused import concat_squash_with_divergence
         >>> from cnflow.nn import ConcatSquashMLP
         >>> net = ConcatSquashMLP(2, hidden=(8,))
         >>> layers = net._fused_layers()  # (W, b, a, c, d) per layer
@@ -246,7 +246,7 @@ def concat_squash_vjp(kind: str, z: Tensor, t: Tensor, layers: Sequence[Sequence
 
     Example:
         >>> import torch
-        >>> from cnflow._fused_divergence import concat_squash_vjp
+        >>> from cnflow.nn.fused import concat_squash_vjp
         >>> from cnflow.nn import ConcatSquashMLP
         >>> net = ConcatSquashMLP(2, hidden=(8,))
         >>> layers = net._fused_layers()  # (W, b, a, c, d) per layer

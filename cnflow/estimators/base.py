@@ -1,0 +1,426 @@
+"""The base of the flow density estimators: validation, preprocessing, seeding, training,
+scoring, sampling and persistence, shared by every estimator.
+
+The estimators follow scikit-learn's conventions: ``__init__`` stores parameters only, fitted
+state ends in ``_``, use before ``fit`` raises ``NotFittedError``, ``random_state`` makes a CPU
+fit repeatable bit for bit, and inputs are validated by scikit-learn's own helpers.
+
+Data are standardised inside, u = (x − μ) / σ, and the model's density q(u) is returned in the
+caller's units: log p(x) = log q(u) − Σ_j log σ_j, so densities integrate to 1 over the
+caller's space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
+
+from ..flows.base import GaussianMixtureBase
+from ..flows.mixture import FlowMixture, best_mixture_weight
+from ..preprocessing import TabularPreprocessor, choose_preprocessing
+from ..training import (
+    LR_SCHEDULES,
+    TrainConfig,
+    TrainingFault,
+    TrainResult,
+    resolve_device,
+    seeded_rng,
+    train,
+)
+
+__all__ = ["FlowDensityEstimator"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_FORMAT = "cnflow-estimator/1"
+
+#: Validations without improvement before early stopping, for n_iter_no_change="auto".
+_AUTO_N_ITER_NO_CHANGE = 10
+
+
+def _is_auto(value) -> bool:
+    return isinstance(value, str) and value == "auto"
+
+
+def folds_of(perm: np.ndarray, n_members: int, n_val: int) -> list[np.ndarray]:
+    """The held-out rows of each member: n_members folds of the permutation (cross-fitting),
+    or with one member its first n_val rows."""
+    return np.array_split(perm, n_members) if n_members > 1 else [perm[:n_val]]
+
+
+def _tensors(state):
+    """A nested dict of numpy arrays as torch tensors (for a weights_only file)."""
+    if isinstance(state, dict):
+        return {k: _tensors(v) for k, v in state.items()}
+    return torch.from_numpy(np.ascontiguousarray(state)) if isinstance(state, np.ndarray) else state
+
+
+def _arrays(state):
+    """The inverse of :func:`_tensors`."""
+    if isinstance(state, dict):
+        return {k: _arrays(v) for k, v in state.items()}
+    return state.numpy() if isinstance(state, torch.Tensor) else state
+
+
+class FlowDensityEstimator(DensityMixin, BaseEstimator):
+    """Plumbing shared by every flow estimator: validation, scaling, seeding, training,
+    scoring, sampling and persistence. A subclass says how to build its flow and its loss."""
+
+    _score_batch_size = 4096
+
+    # ------------------------------------------------------------ subclass interface
+    def _build_flow(self, n_features: int, base: nn.Module | None = None) -> nn.Module:
+        raise NotImplementedError
+
+    def _fit_mixture(self, U_train: torch.Tensor, U_val: torch.Tensor | None,
+                     n_samples: int, seed: int) -> GaussianMixtureBase | None:
+        """A Gaussian mixture fitted to a member's training rows, where the subclass uses
+        one (as the flow's base or to stack with it); None otherwise."""
+        return None
+
+    def _base_of(self, mixture: GaussianMixtureBase | None) -> nn.Module | None:
+        """The base density to build a member's flow with (None: the flow's own)."""
+        return None
+
+    def _stacks(self, n_samples: int) -> bool:
+        """Whether each member's flow is stacked with its Gaussian mixture."""
+        return False
+
+    def _training_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
+        return -flow.log_prob(u).mean()
+
+    def _log_prob(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
+        return flow.log_prob(u)
+
+    def _auto(self) -> dict:
+        """What "auto" means for max_iter, batch_size, lr, lr_schedule, and the validation
+        interval."""
+        raise NotImplementedError
+
+    def _train_settings(self) -> dict:
+        """The loop's max_iter, batch_size, lr, lr_schedule and validation_interval, "auto"
+        resolved."""
+        auto = self._auto()
+        chosen = {"max_iter": self.max_iter, "batch_size": self.batch_size, "lr": self.lr,
+                  "lr_schedule": self.lr_schedule}
+        settings = {name: auto[name] if _is_auto(value) else value
+                    for name, value in chosen.items()}
+        return {**settings, "validation_interval": auto["validation_interval"]}
+
+    def _validation_loss(self, flow: nn.Module, u: torch.Tensor,
+                         reduce: bool = True) -> torch.Tensor:
+        nll = -self._log_prob(flow, u)
+        return nll.mean() if reduce else nll
+
+    def _train(self, flow: nn.Module, U_train: torch.Tensor, U_val: torch.Tensor | None,
+               config: TrainConfig, generator: torch.Generator) -> TrainResult:
+        """Train ``flow`` in place (a subclass may run several phases)."""
+        return train(flow, U_train, self._training_loss, config, X_val=U_val,
+                     val_loss_fn=self._validation_loss, generator=generator)
+
+    def _check_params(self) -> None:
+        for name in ("max_iter", "batch_size"):
+            value = getattr(self, name)
+            if _is_auto(value):
+                continue
+            if not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer or 'auto', got {value!r}")
+        if not (_is_auto(self.lr) or (isinstance(self.lr, numbers.Real) and self.lr > 0)):
+            raise ValueError(f"lr must be a positive number or 'auto', got {self.lr!r}")
+        if self.max_seconds is not None and not (isinstance(self.max_seconds, numbers.Real)
+                                                 and self.max_seconds > 0):
+            raise ValueError(f"max_seconds must be None or a positive number, got "
+                             f"{self.max_seconds!r}")
+        fraction = self.validation_fraction
+        if not (_is_auto(fraction) or (isinstance(fraction, numbers.Real)
+                                       and not isinstance(fraction, bool)
+                                       and 0.0 <= fraction < 1.0)):
+            raise ValueError(f"validation_fraction must be in [0, 1) or 'auto', got "
+                             f"{fraction!r}")
+        patience = self.n_iter_no_change
+        if not (patience is None or _is_auto(patience) or (
+                isinstance(patience, numbers.Integral) and not isinstance(patience, bool)
+                and patience >= 1)):
+            raise ValueError("n_iter_no_change must be None, 'auto' or a positive integer, "
+                             f"got {patience!r}")
+        if self.lr_schedule not in ("auto", *LR_SCHEDULES):
+            raise ValueError(f"lr_schedule must be one of auto, {', '.join(LR_SCHEDULES)}, "
+                             f"got {self.lr_schedule!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+
+    # ------------------------------------------------------------ helpers
+    def _torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    def _transform(self, X: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """The fitted preprocessing of X: the mapped rows as a tensor on the model's device,
+        and the log-determinant of the map at each row (numpy, float64)."""
+        U, logdet = self.preprocessor_.transform(X)
+        return torch.as_tensor(U, dtype=self._torch_dtype(), device=self.device_), logdet
+
+    def _preprocessing_kind(self, n_samples: int) -> str:
+        """The preprocessing to fit ("standardize" unless a subclass offers others)."""
+        return "standardize"
+
+    def _n_members(self, n_samples: int) -> int:
+        """How many flows the fitted model averages (one, unless a subclass says)."""
+        return 1
+
+    def _validation_fraction(self, n_samples: int) -> float:
+        """The share of rows held out, "auto" resolved (none, unless a subclass says)."""
+        return 0.0 if _is_auto(self.validation_fraction) else float(self.validation_fraction)
+
+    def _n_iter_no_change(self) -> int | None:
+        """Validations without improvement before stopping, "auto" resolved."""
+        if _is_auto(self.n_iter_no_change):
+            return _AUTO_N_ITER_NO_CHANGE
+        return self.n_iter_no_change
+
+    def _seeded(self, seed: int):
+        """Torch's global RNG forked and seeded inside (see :func:`cnflow.training.seeded_rng`)."""
+        return seeded_rng(seed, self.device_)
+
+    # ------------------------------------------------------------ the estimator API
+    def fit(self, X, y=None):
+        """Fit the flow to the rows of X (by the estimator's training objective).
+
+        Arguments:
+            X: array-like (n_samples, n_features); at least 2 rows.
+            y: ignored.
+
+        Returns:
+            self
+        """
+        self._check_params()
+        # A refit that fails must not leave the old flow with the new data's scaling.
+        for name in ("flow_", "history_", "n_iter_", "mean_", "scale_", "device_",
+                     "preprocessor_", "n_members_", "preprocessing_scores_",
+                     "stacking_weights_"):
+            self.__dict__.pop(name, None)
+        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        started = time.perf_counter()  # max_seconds bounds the whole fit
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        device = resolve_device(self.device)
+        n_members = self._n_members(len(X))
+        fraction = 1 / n_members if n_members > 1 else self._validation_fraction(len(X))
+        n_val = int(round(fraction * len(X)))
+        if fraction > 0 and (n_val < 1 or len(X) - n_val < 1):
+            raise ValueError(f"validation_fraction={fraction} leaves no rows "
+                             f"for training or validation with {len(X)} samples")
+        if self._stacks(len(X)) and not n_val:
+            raise ValueError("stacking chooses the flow's weight on held-out rows; with "
+                             "stacking=True set validation_fraction > 0 (or leave it 'auto')")
+        perm = rng.permutation(len(X))
+        folds = folds_of(perm, n_members, n_val)
+        kind = self._preprocessing_kind(len(X))
+        if kind == "choose":  # by held-out likelihood, on the first validation fold
+            kind, self.preprocessing_scores_ = choose_preprocessing(
+                X, perm[~np.isin(perm, folds[0])], folds[0], random_state=seed)
+        preprocessor = TabularPreprocessor(kind, random_state=seed).fit(X)
+        self.device_, self.preprocessor_ = device, preprocessor
+        self.mean_, self.scale_ = preprocessor.mean_, preprocessor.scale_
+        U, _ = self._transform(X)
+        config = TrainConfig(max_seconds=self.max_seconds,
+                             weight_decay=self.weight_decay,
+                             n_iter_no_change=self._n_iter_no_change() if n_val else None,
+                             verbose=self.verbose, **self._train_settings())
+        members, history, n_iter, fault = [], [], 0, None
+        for k, fold in enumerate(folds):
+            rest = perm[~np.isin(perm, fold)]
+            U_val = U[torch.as_tensor(fold, device=U.device)] if n_val else None
+            U_train = U[torch.as_tensor(rest, device=U.device)] if n_val else U
+            mixture = self._fit_mixture(U_train, U_val, len(X), seed + k)
+            member_config = config
+            if config.max_seconds is not None:  # the time left, shared by the members left
+                left = config.max_seconds - (time.perf_counter() - started)
+                member_config = dataclasses.replace(
+                    config, max_seconds=max(left, 0.0) / (n_members - k))
+            result = None
+            with self._seeded(seed + k):
+                flow = self._build_flow(X.shape[1], self._base_of(mixture)).to(
+                    self.device_, self._torch_dtype())
+                try:
+                    result = self._train(flow, U_train, U_val, member_config,
+                                         torch.Generator().manual_seed(seed + k))
+                except TrainingFault as err:
+                    fault, result = err, err.result
+            if fault is None and self._stacks(len(X)):
+                flow = self._stacked(flow, mixture, U_val)
+            members.append(flow)
+            for entry in [] if result is None else result.history:
+                if n_members > 1:
+                    entry["member"] = k
+                entry["iteration"] += n_iter
+                history.append(entry)
+            n_iter += 0 if result is None else result.n_iter
+            if fault is not None or (result is not None
+                                     and result.stop_reason == "interrupted"):
+                break
+        self.n_members_ = len(members)
+        self.flow_ = members[0] if n_members == 1 else FlowMixture(members)
+        self.stacking_weights_ = self._stacking_weights()
+        self.history_ = history
+        self.n_iter_ = n_iter
+        if fault is not None:
+            # The flow holds its last good parameters and stays usable; the caller is told.
+            raise fault
+        return self
+
+    def score_samples(self, X) -> np.ndarray:
+        """Log-density of each row of X, in the caller's units; numpy array (n_samples,)."""
+        check_is_fitted(self, "flow_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        U, logdet = self._transform(X)
+        out = []
+        self.flow_.eval()
+        with torch.no_grad():
+            for start in range(0, len(U), self._score_batch_size):
+                out.append(self._log_prob(self.flow_, U[start:start + self._score_batch_size]))
+        log_q = torch.cat(out).double().cpu().numpy()
+        return log_q + logdet
+
+    def score(self, X, y=None) -> float:
+        """Mean log-likelihood of the rows of X (as GaussianMixture.score)."""
+        return float(self.score_samples(X).mean())
+
+    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
+        """Draw rows from the fitted density; numpy array (n_samples, n_features)."""
+        check_is_fitted(self, "flow_")
+        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+        with self._seeded(seed), torch.no_grad():
+            u = self.flow_.sample(int(n_samples))
+        return self.preprocessor_.inverse_transform(u.double().cpu().numpy())
+
+    def _stacked(self, flow: nn.Module, mixture: GaussianMixtureBase,
+                 U_val: torch.Tensor) -> FlowMixture:
+        """The two-member density w·flow + (1 − w)·mixture, with the w that maximises the
+        held-out rows' mean log-likelihood (:func:`cnflow.flows.mixture.best_mixture_weight`)."""
+        mixture = mixture.to(self.device_, self._torch_dtype())  # the base, if any, is a copy
+        with torch.no_grad():
+            log_flow = -self._validation_loss(flow, U_val, reduce=False)
+            log_mixture = mixture.log_prob(U_val)
+        w = best_mixture_weight(log_flow.double().cpu().numpy(),
+                                log_mixture.double().cpu().numpy())
+        return FlowMixture([flow, mixture], weights=[w, 1.0 - w]).to(self.device_,
+                                                                     self._torch_dtype())
+
+    def _member_list(self) -> list[nn.Module]:
+        """The fitted members (one, or the cross-fitted ones)."""
+        if self.n_members_ > 1:
+            return list(self.flow_.members)
+        return [self.flow_]
+
+    def _member_parts(self) -> list[tuple[nn.Module, GaussianMixtureBase | None]]:
+        """Each member's flow and the mixture stacked with it (None where not stacked)."""
+        parts = []
+        for member in self._member_list():
+            if isinstance(member, FlowMixture):  # a stacked member: [flow, mixture]
+                parts.append((member.members[0], member.members[1]))
+            else:
+                parts.append((member, None))
+        return parts
+
+    def _stacking_weights(self) -> list[float] | None:
+        """The flow's weight in each stacked member (None when nothing is stacked)."""
+        parts = self._member_list()
+        if not any(isinstance(m, FlowMixture) for m in parts):
+            return None
+        weights: list[float | None] = []
+        for member in parts:
+            if not isinstance(member, FlowMixture):
+                weights.append(1.0)
+            elif member.weights.is_meta:  # a model placed on the meta device holds no values
+                weights.append(None)
+            else:
+                weights.append(float(member.weights[0]))
+        return weights
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Write the fitted estimator to a ``torch.save`` file that loads with
+        ``weights_only=True`` (tensors and plain Python values only; no code runs on load)."""
+        check_is_fitted(self, "flow_")
+        params = self.get_params(deep=False)
+        seed = params["random_state"]
+        params["random_state"] = int(seed) if isinstance(seed, numbers.Integral) else None
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+        torch.save({
+            "format": _FORMAT,
+            "estimator": type(self).__name__,
+            "params": params,
+            "state_dict": {k: v.detach().cpu() for k, v in self.flow_.state_dict().items()},
+            "mean": torch.from_numpy(self.mean_),
+            "scale": torch.from_numpy(self.scale_),
+            "preprocessor": _tensors(self.preprocessor_.state()),
+            "n_features_in": int(self.n_features_in_),
+            "feature_names_in": ([str(n) for n in self.feature_names_in_]
+                                 if hasattr(self, "feature_names_in_") else None),
+            "n_iter": int(self.n_iter_),
+            "n_members": int(getattr(self, "n_members_", 1)),
+            "base_components": [0 if getattr(flow, "base", None) is None
+                                else int(flow.base.n_components)
+                                for flow, _ in self._member_parts()],
+            "stacked_components": [0 if m is None else int(m.n_components)
+                                   for _, m in self._member_parts()],
+            "history": self.history_,
+        }, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None):
+        """Read a file written by :meth:`save`; ``device`` overrides the saved device."""
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a file written by {cls.__name__}.save")
+        if data["estimator"] != cls.__name__:
+            raise ValueError(f"{path} holds a {data['estimator']}, not a {cls.__name__}")
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in data["params"].items()}
+        est = cls(**params)
+        if device is not None:
+            est.device = device
+        est.device_ = resolve_device(est.device)
+        est.mean_ = data["mean"].numpy()
+        est.scale_ = data["scale"].numpy()
+        if data.get("preprocessor") is not None:
+            est.preprocessor_ = TabularPreprocessor.from_state(_arrays(data["preprocessor"]))
+        else:  # files of the first format standardised only
+            est.preprocessor_ = TabularPreprocessor.from_state(
+                {"kind": "standardize", "mean": est.mean_, "scale": est.scale_})
+        est.n_features_in_ = data["n_features_in"]
+        if data.get("feature_names_in") is not None:
+            est.feature_names_in_ = np.asarray(data["feature_names_in"], dtype=object)
+        est.n_iter_ = data["n_iter"]
+        est.history_ = data["history"]
+        # Cast before loading so that float64 weights are never rounded through float32.
+        est.n_members_ = int(data.get("n_members", 1))
+        D = est.n_features_in_
+        components = data.get("base_components") or [0] * est.n_members_
+        stacked = data.get("stacked_components") or [0] * est.n_members_
+        if len(components) != est.n_members_ or len(stacked) != est.n_members_:
+            raise ValueError(f"{path} is damaged: {len(components)} base densities and "
+                             f"{len(stacked)} stacked mixtures for {est.n_members_} flows")
+        members = []
+        for k_base, k_stack in zip(components, stacked):
+            flow = est._build_flow(D, GaussianMixtureBase.empty(int(k_base), D) if k_base
+                                   else None)
+            if k_stack:  # the weights are placeholders, replaced by the saved ones
+                flow = FlowMixture([flow, GaussianMixtureBase.empty(int(k_stack), D)],
+                                   weights=[0.5, 0.5])
+            members.append(flow)
+        flow = members[0] if est.n_members_ == 1 else FlowMixture(members)
+        flow = flow.to(est.device_, est._torch_dtype())
+        flow.load_state_dict(data["state_dict"])
+        est.flow_ = flow
+        est.stacking_weights_ = est._stacking_weights()
+        return est

@@ -1,0 +1,24 @@
+r"""Time-dependent networks for the dynamics of neural ODEs and continuous normalizing flows.
+
+A CNF's velocity field :math:`f(z, t)` must depend on time as well as the state. The
+concat-squash layer of FFJORD (Grathwohl et al. 2019) brings t in twice, as a gate and as a
+bias,
+
+.. math:: \operatorname{layer}(x, t) = (W x + b) \odot \sigma(a t + c) + d\, t,
+
+and :class:`ConcatSquashMLP` stacks such layers with a smooth activation in between.
+:class:`PlanarCNFField` is the planar CNF of Chen et al. (2018): a sum of M planar units whose
+parameters a hypernetwork makes from t, with a closed-form divergence. Every module here is
+called as ``module(t, x)``, the argument order of ODE dynamics ``f(t, z)``, except
+:class:`ODEBlock`, the ODE-Net layer h ↦ h(T) that wraps such dynamics (Chen et al. 2018).
+"""
+
+from __future__ import annotations
+
+from .activations import ACTIVATION_DERIVATIVES, ACTIVATIONS
+from .concat_squash import ConcatSquashLinear, ConcatSquashMLP
+from .ode_block import ODEBlock
+from .planar_field import PlanarCNFField
+
+__all__ = ["ConcatSquashLinear", "ConcatSquashMLP", "PlanarCNFField", "ODEBlock", "ACTIVATIONS",
+           "ACTIVATION_DERIVATIVES"]

@@ -1,0 +1,300 @@
+r"""The concat-squash network of FFJORD: a time-dependent MLP for a CNF's velocity field.
+
+The concat-squash layer (Grathwohl et al. 2019) brings t in twice, as a gate and as a bias,
+
+.. math:: \operatorname{layer}(x, t) = (W x + b) \odot \sigma(a t + c) + d\, t,
+
+and :class:`ConcatSquashMLP` stacks such layers with a smooth activation in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .activations import _FUSED_KINDS, ACTIVATION_DERIVATIVES, ACTIVATIONS
+from .fused import concat_squash_vjp, concat_squash_with_divergence
+
+__all__ = ["ConcatSquashLinear", "ConcatSquashMLP"]
+
+
+def _time_column(t: Tensor | float, like: Tensor) -> Tensor:
+    """t as a column to broadcast against x (..., features): (1, 1) for a scalar, (n, 1)."""
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    if t.ndim == 0:
+        return t.reshape(1, 1)
+    return t.reshape(-1, 1)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+
+class ConcatSquashLinear(nn.Module):
+    r"""A linear layer gated and shifted by time: :math:`(W x + b) \odot \sigma(a t + c) + d t`.
+
+    Arguments:
+        in_features: size of x.
+        out_features: size of the output.
+
+    Attributes:
+        linear: :math:`W, b`, an ``nn.Linear(in_features, out_features)``.
+        gate: :math:`a, c`, an ``nn.Linear(1, out_features)``.
+        hyper_bias: :math:`d`, an ``nn.Linear(1, out_features, bias=False)``.
+
+    Example:
+        >>> import torch
+        >>> from cnflow.nn import ConcatSquashLinear
+        >>> layer = ConcatSquashLinear(3, 5)
+        >>> layer(torch.tensor(0.5), torch.randn(10, 3)).shape
+        torch.Size([10, 5])
+
+    References:
+        Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud (2019), "FFJORD: Free-form
+        continuous dynamics for scalable reversible generative models".
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.gate = nn.Linear(1, out_features)
+        self.hyper_bias = nn.Linear(1, out_features, bias=False)
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        """The layer at time t.
+
+        Arguments:
+            t: a scalar (0-d tensor or float), or one time per row of x, shape (n,) or (n, 1).
+            x: inputs, shape (n, in_features).
+
+        Returns:
+            Shape (n, out_features).
+        """
+        tc = _time_column(t, x)
+        if tc.shape[0] == 1:  # one time for all rows: one affine map
+            return F.linear(x, *self.affine_at(tc))
+        return self.linear(x) * torch.sigmoid(self.gate(tc)) + self.hyper_bias(tc)
+
+    def affine_at(self, tc: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The layer at one time t as an affine map: :math:`(\operatorname{diag}(g) W,\;
+        g \odot b + d\, t)` with :math:`g = \sigma(a t + c)`.
+
+        Folding the gate into the weights turns the layer into a single matrix product on
+        the batch (the gate is applied to the 64×64 weights, not to every row), which is how
+        the ODE solvers, with one t for all rows, evaluate it.
+
+        Arguments:
+            tc: the time, shape (1, 1).
+
+        Returns:
+            ``(weight, bias)`` of shapes (out, in) and (out,).
+        """
+        t = tc.reshape(())
+        # the submodules' parameters used directly: one small op each, no module calls
+        gate = torch.sigmoid(torch.addcmul(self.gate.bias, self.gate.weight[:, 0], t))
+        weight = self.linear.weight * gate.unsqueeze(1)
+        shift = self.hyper_bias.weight[:, 0] * t
+        bias = torch.addcmul(shift, self.linear.bias, gate)
+        return weight, bias
+
+
+class ConcatSquashMLP(nn.Module):
+    r"""A time-dependent MLP of :class:`ConcatSquashLinear` layers: f(t, z) for an ODE.
+
+    The layers map ``in_features → hidden[0] → … → hidden[-1] → out_features``, with the
+    activation after every layer but the last.
+
+    Arguments:
+        in_features: size of the state z.
+        hidden: widths of the hidden layers (may be empty: a single time-dependent affine map).
+        out_features: size of the output; default ``in_features`` (a velocity field).
+        activation: a name from :data:`ACTIVATIONS` (``"tanh"`` default, ``"softplus"``,
+            ``"elu"``, ``"silu"``/``"swish"``, ``"sigmoid"``) or an ``nn.Module`` to use.
+
+    Example:
+        >>> import torch
+        >>> from cnflow.nn import ConcatSquashMLP
+        >>> f = ConcatSquashMLP(2, hidden=(32, 32), activation="softplus")
+        >>> f(torch.tensor(0.0), torch.randn(5, 2)).shape
+        torch.Size([5, 2])
+
+    References:
+        Grathwohl et al. (2019), "FFJORD".
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (64, 64, 64),
+                 out_features: int | None = None, activation: str | nn.Module = "tanh") -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        hidden = tuple(hidden)
+        if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
+            raise ValueError(f"hidden must be a sequence of positive integers, got {hidden!r}")
+        if isinstance(activation, str):
+            if activation not in ACTIVATIONS:
+                raise ValueError(
+                    f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+            self.activation = ACTIVATIONS[activation]()
+        elif isinstance(activation, nn.Module):
+            self.activation = activation
+        else:
+            raise ValueError("activation must be a name or an nn.Module, got "
+                             f"{type(activation).__name__}")
+        out_features = in_features if out_features is None else out_features
+        sizes = (in_features, *hidden, out_features)
+        self.layers = nn.ModuleList(
+            ConcatSquashLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+    def forward(self, t: Tensor | float, z: Tensor) -> Tensor:
+        """f(t, z): t a scalar or one time per row, z of shape (n, in_features)."""
+        x = z
+        for i, layer in enumerate(self.layers):
+            x = layer(t, x)
+            if i < len(self.layers) - 1:
+                x = self.activation(x)
+        return x
+
+    @property
+    def has_analytic_divergence(self) -> bool:
+        """Whether :meth:`forward_with_divergence` applies: a velocity field (out = in) with a
+        built-in activation (type exactly one of :data:`ACTIVATION_DERIVATIVES`; ELU only with
+        alpha = 1, Softplus only with beta = 1)."""
+        act = self.activation
+        if type(act) not in ACTIVATION_DERIVATIVES:
+            return False
+        if isinstance(act, nn.ELU) and act.alpha != 1.0:
+            return False
+        if isinstance(act, nn.Softplus) and act.beta != 1.0:
+            return False
+        first, last = self.layers[0].linear, self.layers[-1].linear
+        return first.in_features == last.out_features
+
+    def _fused_kind(self) -> str | None:
+        """The activation's name when the hand-written backward applies, else None."""
+        fused = _FUSED_KINDS.get(type(self.activation))
+        if isinstance(self.activation, nn.Softplus) and self.activation.threshold != 20.0:
+            return None  # F.softplus's default threshold is what the fused path computes
+        if len(self.layers) < 2 or not self.has_analytic_divergence:
+            return None
+        return fused
+
+    def _fused_layers(self) -> list[tuple[Tensor, ...]]:
+        return [(layer.linear.weight, layer.linear.bias, layer.gate.weight, layer.gate.bias,
+                 layer.hyper_bias.weight) for layer in self.layers]
+
+    def divergence_vjp(self, t: Tensor, z: Tensor, frobenius: bool = False
+                       ) -> tuple[tuple[Tensor, ...], Callable] | None:
+        r""":meth:`forward_with_divergence` at one time t with its pullback, outside autograd.
+
+        Returns ``None`` where the hand-written backward does not apply (an activation other
+        than tanh, sigmoid or softplus, or a single layer). Else ``(outputs, pullback)``:
+        ``outputs`` as :meth:`forward_with_divergence` (computed without a graph), and
+        ``pullback(f̄, τ̄, r̄)`` returns :math:`\bar z` and a dict from each parameter to
+        its vector-Jacobian product :math:`\bar f^\top \partial f/\partial\theta +
+        \bar\tau^\top \partial\tau/\partial\theta (+ \bar r^\top \partial r/
+        \partial\theta)`, r the Frobenius norm (r̄ only with ``frobenius``). The adjoint
+        method calls this at every backward stage (see :class:`cnflow.CNF`).
+
+        Example:
+            >>> import torch
+            >>> from cnflow.nn import ConcatSquashMLP
+            >>> net = ConcatSquashMLP(2, hidden=(8, 8))
+            >>> (f, tr), pullback = net.divergence_vjp(torch.tensor(0.5), torch.randn(4, 2))
+            >>> z_bar, grads = pullback(torch.ones(4, 2), torch.ones(4), None)
+            >>> z_bar.shape, grads[net.layers[0].linear.weight].shape
+            (torch.Size([4, 2]), torch.Size([8, 2]))
+        """
+        kind = self._fused_kind()
+        if kind is None:
+            return None
+        layers = self._fused_layers()
+        outputs, raw_pullback = concat_squash_vjp(kind, z, t.reshape(()), layers,
+                                                  frobenius=frobenius)
+        params = [p for layer in layers for p in layer]
+
+        def pullback(out_bar: Tensor, trace_bar: Tensor, frob_bar: Tensor | None = None):
+            z_bar, grads = raw_pullback(out_bar, trace_bar, frob_bar)
+            return z_bar, dict(zip(params, grads, strict=True))
+
+        return outputs, pullback
+
+    def forward_with_divergence(self, t: Tensor | float, z: Tensor,
+                                frobenius: bool = False) -> tuple[Tensor, ...]:
+        r"""f(t, z) with the exact divergence tr(∂f/∂z) per row, by forward Jacobian propagation.
+
+        The Jacobian of the activations with respect to z is carried through the layers with
+        them: with x_0 = z, p_k = (W_k x_{k−1} + b_k) ⊙ g_k + d_k t, g_k = σ(a_k t + c_k),
+        x_k = φ(p_k),
+
+        .. math:: \frac{\partial x_k}{\partial z} = \operatorname{diag}(\varphi'(p_k) \odot g_k)
+            \, W_k \, \frac{\partial x_{k-1}}{\partial z},
+
+        one batched matrix product of D rows per layer (the cost of D extra forward passes,
+        as plain operations with no double backward), and only the diagonal of the last
+        layer's Jacobian is formed unless the Frobenius norm is asked for. Use for small D; for
+        large D, Hutchinson's estimator is cheaper.
+
+        Arguments:
+            t: a scalar or one time per row.
+            z: shape (n, D).
+            frobenius: also return ‖∂f/∂z‖²_F per row.
+
+        Returns:
+            ``(f, trace)`` of shapes (n, D) and (n,), or ``(f, trace, frobenius)``.
+        """
+        if not self.has_analytic_divergence:
+            raise ValueError("forward_with_divergence needs a built-in activation and "
+                             "out_features == in_features")
+        derivative = ACTIVATION_DERIVATIVES[type(self.activation)]
+        tc = _time_column(t, z)
+        n = z.shape[0]
+        fused = self._fused_kind()
+        if tc.shape[0] == 1 and fused is not None:
+            # the solvers' case: hand-written backward (cnflow.nn.fused)
+            return concat_squash_with_divergence(fused, z, tc.reshape(()), self._fused_layers(),
+                                                 frobenius=frobenius)
+        x = z
+        jac = None  # (n, D, width): row d is ∂x/∂z_d, i.e. the Jacobian transposed
+        last = len(self.layers) - 1
+        for k, layer in enumerate(self.layers):
+            if tc.shape[0] == 1:  # one time: the gate folds into the weights (see affine_at)
+                weight, bias = layer.affine_at(tc)
+                p = F.linear(x, weight, bias)
+            else:  # one time per row: diag(g_row) W differs by row; gate the outputs
+                gate = torch.sigmoid(layer.gate(tc))  # (n, out)
+                p = layer.linear(x) * gate + layer.hyper_bias(tc)
+                weight = layer.linear.weight
+            if k == last:
+                dz = p
+                if jac is None:  # a single layer: the Jacobian is diag(g) W for every row
+                    jac_last = weight.T.unsqueeze(0) if tc.shape[0] == 1 else \
+                        gate.unsqueeze(1) * weight.T.unsqueeze(0)
+                    trace = torch.diagonal(jac_last, dim1=1, dim2=2).sum(-1).expand(n)
+                    frob = jac_last.square().sum((1, 2)).expand(n)
+                elif tc.shape[0] == 1:
+                    # Σ_d Σ_i W'[d, i] J[:, d, i]: one matrix-vector product
+                    trace = jac.reshape(n, -1) @ weight.reshape(-1)
+                    frob = (jac @ weight.T).square().sum((1, 2)) if frobenius else trace
+                else:
+                    # diag_d = g_d Σ_i W[d, i] J[:, d, i]
+                    trace = (gate * (jac * weight.unsqueeze(0)).sum(-1)).sum(-1)
+                    frob = ((jac @ weight.T) * gate.unsqueeze(1)).square().sum((1, 2)) \
+                        if frobenius else trace
+                break
+            h = self.activation(p)
+            scale = derivative(p, h)
+            if tc.shape[0] != 1:
+                scale = scale * gate
+            scale = scale.unsqueeze(1)  # (n, 1, out)
+            # (the first layer's D×width Jacobian made contiguous, so that the next product
+            # is one matrix multiply rather than a strided batched one)
+            jac = scale * (weight.T.contiguous().unsqueeze(0) if jac is None
+                           else jac @ weight.T)
+            x = h
+        return (dz, trace, frob) if frobenius else (dz, trace)

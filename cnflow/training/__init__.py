@@ -1,0 +1,18 @@
+"""Training: the loop every estimator shares, its objectives, devices and data parallelism.
+
+- :mod:`~cnflow.training.loop`: :func:`train`, minibatch Adam with history, validation, early
+  stopping and fault handling;
+- :mod:`~cnflow.training.objectives`: density matching by reverse KL;
+- :mod:`~cnflow.training.distributed`: data parallelism under ``torch.distributed``;
+- :mod:`~cnflow.training.devices`: device resolution and seeded random streams.
+"""
+
+from .devices import resolve_device, seeded_rng
+from .distributed import distributed_rank
+from .faults import TrainingFault
+from .loop import LR_SCHEDULES, TrainConfig, TrainResult, train
+from .objectives import fit_density_matching, reverse_kl_loss
+
+__all__ = ["LR_SCHEDULES", "TrainConfig", "TrainResult", "TrainingFault", "train",
+           "resolve_device", "seeded_rng", "distributed_rank", "reverse_kl_loss",
+           "fit_density_matching"]
