@@ -42,6 +42,8 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
+from .interfaces import AnalyticDivergence
+
 __all__ = ["exact", "hutchinson", "sample_noise", "has_analytic_divergence", "EXACT_METHODS",
            "NOISE_TYPES", "TRACE_ESTIMATORS", "Dynamics"]
 
@@ -185,9 +187,9 @@ def exact(f: Dynamics, t: Tensor, z: Tensor, *, method: str = ...,
 
 
 def has_analytic_divergence(f: object) -> bool:
-    """Whether f computes its own exact divergence (``f.forward_with_divergence``)."""
-    return bool(getattr(f, "has_analytic_divergence", False)) and hasattr(
-        f, "forward_with_divergence")
+    """Whether f computes its own exact divergence (:class:`cnflow.interfaces.
+    AnalyticDivergence`, and it applies to this f)."""
+    return isinstance(f, AnalyticDivergence) and bool(f.has_analytic_divergence)
 
 
 def _exact_analytic(f, t: Tensor, z: Tensor, create_graph: bool, frobenius: bool):

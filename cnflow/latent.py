@@ -35,24 +35,25 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .ode import TABLEAUX, NFECounts, SolveOptions, SolverStats
+from .estimators.base import DTYPES, EstimatorBase, draw_seed
+from .estimators.params import Boolean, InstanceOf, Integer, Options, Real
+from .ode import ADAPTIVE_METHODS, NFECounts, SolveOptions, SolverStats
 from .ode.inputs import check_tolerances
-from .training import LR_SCHEDULES, TrainConfig, TrainingFault, resolve_device, seeded_rng, train
+from .ode.options import SolvesODEs
+from .training import LR_SCHEDULES, TrainConfig, TrainingFault, resolve_device, train
 
 __all__ = ["LatentODE", "LatentODENet", "LatentDynamics"]
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -189,7 +190,7 @@ def _pad(series: list[tuple[np.ndarray, np.ndarray]], t0: float, time_scale: flo
                    torch.as_tensor(mask, device=device), torch.as_tensor(lengths))
 
 
-class LatentODENet(NFECounts, nn.Module):
+class LatentODENet(SolvesODEs, NFECounts, nn.Module):
     r"""Encoder, latent dynamics and decoder of a latent ODE; all times are relative to t0.
 
     - Encoder: a GRU reads the observations backwards in time, from :math:`(x_n, \Delta_n)`
@@ -203,7 +204,8 @@ class LatentODENet(NFECounts, nn.Module):
     Arguments:
         obs_dim: D. latent_dim: L. rec_hidden, ode_hidden, dec_hidden: the widths of the GRU,
         the dynamics MLP and the decoder.
-        solver, rtol, atol, adjoint: how the latent ODE is solved and differentiated.
+        solve_options: how the latent ODE is solved and differentiated (a
+            :class:`cnflow.SolveOptions`; default: dopri5 at rtol 1e-4, atol 1e-5, no adjoint).
 
     Attributes:
         stats_forward, stats_backward, nfe_forward, nfe_backward: as :class:`cnflow.CNF`'s,
@@ -211,8 +213,8 @@ class LatentODENet(NFECounts, nn.Module):
     """
 
     def __init__(self, obs_dim: int, latent_dim: int = 4, rec_hidden: int = 32,
-                 ode_hidden: int = 32, dec_hidden: int = 32, *, solver: str = "dopri5",
-                 rtol: float = 1e-4, atol: float = 1e-5, adjoint: bool = False) -> None:
+                 ode_hidden: int = 32, dec_hidden: int = 32, *,
+                 solve_options: SolveOptions | None = None) -> None:
         super().__init__()
         self.obs_dim, self.latent_dim = obs_dim, latent_dim
         self.gru = nn.GRU(obs_dim + 1, rec_hidden, batch_first=True)
@@ -220,7 +222,8 @@ class LatentODENet(NFECounts, nn.Module):
         self.dynamics = LatentDynamics(latent_dim, ode_hidden)
         self.decoder = nn.Sequential(nn.Linear(latent_dim, dec_hidden), nn.Tanh(),
                                      nn.Linear(dec_hidden, obs_dim))
-        self.solver, self.rtol, self.atol, self.adjoint = solver, rtol, atol, adjoint
+        self.solve_options = (SolveOptions(rtol=1e-4, atol=1e-5, adjoint=False)
+                              if solve_options is None else solve_options)
         self.stats_forward, self.stats_backward = SolverStats(), SolverStats()
 
     def encode(self, batch: _Padded) -> tuple[Tensor, Tensor]:
@@ -253,9 +256,7 @@ class LatentODENet(NFECounts, nn.Module):
 
     def _solve(self, z0: Tensor, times: Tensor) -> Tensor:
         t = torch.cat([times.new_zeros(1), times])
-        options = SolveOptions(method=self.solver, rtol=self.rtol, atol=self.atol,
-                               adjoint=bool(self.adjoint))
-        ys = options.solve(self.dynamics, z0, t, stats=self.stats_forward,
+        ys = self.solve_options.solve(self.dynamics, z0, t, stats=self.stats_forward,
                            adjoint_stats=self.stats_backward)
         return ys[1:]
 
@@ -288,7 +289,13 @@ class LatentODENet(NFECounts, nn.Module):
 
 
 # ---------------------------------------------------------------------- the estimator
-class LatentODE(BaseEstimator):
+#: The latent ODE's methods: one solve serves a batch's observation times, which a fixed-step
+#: method would have to step onto.
+_ADAPTIVE = Options(*ADAPTIVE_METHODS, label=f"an adaptive method ({', '.join(ADAPTIVE_METHODS)}): "
+                    "a fixed-step method would step onto every observation time")
+
+
+class LatentODE(EstimatorBase):
     r"""A latent ODE for irregularly-sampled time series, fitted by maximising the ELBO.
 
     See the module docstring for the model. Values are standardised per feature and times
@@ -303,7 +310,8 @@ class LatentODE(BaseEstimator):
         obs_std: σ, the observation noise's standard deviation, in standardised units (a
             fraction of each feature's standard deviation).
         n_samples: draws of z_t0 per series in the training ELBO.
-        solver, rtol, atol: how the latent ODE is solved (a method of :func:`cnflow.odeint`).
+        method, rtol, atol: how the latent ODE is solved (an adaptive method of
+            :func:`cnflow.odeint`; ``solver``, the old name of ``method``, is deprecated).
         adjoint: gradients by the adjoint method. Off by default: one solve serves the union
             of a batch's observation times, and the adjoint's backward pass solves once per
             interval between them, which costs more than backpropagation here.
@@ -344,17 +352,18 @@ class LatentODE(BaseEstimator):
 
     def __init__(self, latent_dim: int = 4, rec_hidden: int = 32, ode_hidden: int = 32,
                  dec_hidden: int = 32, obs_std: float = 0.1, n_samples: int = 1,
-                 solver: str = "dopri5", rtol: float = 1e-4, atol: float = 1e-5,
+                 method: str = "dopri5", rtol: float = 1e-4, atol: float = 1e-5,
                  adjoint: bool = False, max_iter: int = 500, batch_size: int = 32,
                  lr: float = 1e-2, lr_schedule: str = "cosine", dtype: str = "float32",
-                 device: str = "auto", random_state=None, verbose: bool = False) -> None:
+                 device: str = "auto", random_state=None, verbose: bool = False,
+                 solver: str = "deprecated") -> None:
         self.latent_dim = latent_dim
         self.rec_hidden = rec_hidden
         self.ode_hidden = ode_hidden
         self.dec_hidden = dec_hidden
         self.obs_std = obs_std
         self.n_samples = n_samples
-        self.solver = solver
+        self.method = method
         self.rtol = rtol
         self.atol = atol
         self.adjoint = adjoint
@@ -366,38 +375,46 @@ class LatentODE(BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.solver = solver
 
     # ------------------------------------------------------------ checks and helpers
-    def _check_params(self) -> None:
-        for name in ("latent_dim", "rec_hidden", "ode_hidden", "dec_hidden", "n_samples",
-                     "max_iter", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("obs_std", "lr"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if self.solver not in TABLEAUX or not TABLEAUX[self.solver].adaptive:
-            adaptive = [name for name, tab in TABLEAUX.items() if tab.adaptive]
-            raise ValueError(f"solver must be an adaptive method ({', '.join(adaptive)}), got "
-                             f"{self.solver!r}: a fixed-step method would step onto every "
-                             "observation time")
-        check_tolerances(self.rtol, self.atol)
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; valid: "
-                             f"{', '.join(LR_SCHEDULES)}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+    _parameter_kinds = {
+        **{name: [Integer(1)] for name in ("latent_dim", "rec_hidden", "ode_hidden",
+                                           "dec_hidden", "n_samples", "max_iter",
+                                           "batch_size")},
+        "obs_std": [Real(0, None)],
+        "lr": [Real(0, None)],
+        "method": [_ADAPTIVE],
+        "solver": ["deprecated", _ADAPTIVE],
+        "rtol": [Real(0, None, closed="left")],
+        "atol": [Real(0, None, closed="left")],
+        "adjoint": [Boolean()],
+        "lr_schedule": [Options(*LR_SCHEDULES)],
+        "dtype": [Options(*DTYPES)],
+        "device": [InstanceOf(str, torch.device)],
+        "verbose": [Boolean(), Integer(0)],
+    }
 
-    def _seeded(self, seed: int):
-        """Torch's global RNG forked and seeded inside (see :func:`cnflow.training.seeded_rng`)."""
-        return seeded_rng(seed, self.device_)
+    def _check_related_parameters(self) -> None:
+        check_tolerances(self.rtol, self.atol)
+
+    def _solve_options(self) -> SolveOptions:
+        """The latent solves' options (``solver``, the deprecated name of ``method``, where
+        that was set)."""
+        method = self.method
+        if self.solver != "deprecated":
+            warnings.warn("LatentODE(solver=...) is deprecated and will be removed in the next "
+                          "release; use method=... (an adaptive method: a fixed-step one "
+                          "would step onto every observation time)", DeprecationWarning,
+                          stacklevel=3)
+            method = self.solver
+        return SolveOptions(method=method, rtol=self.rtol, atol=self.atol,
+                            adjoint=self.adjoint)
 
     def _padded(self, series) -> _Padded:
         checked = _check_series(series, self.n_features_in_)
         return _pad(checked, self.t0_, self.time_scale_, self.mean_, self.scale_,
-                    _DTYPES[self.dtype], self.device_)
+                    DTYPES[self.dtype], self.device_)
 
     def _fitted(self) -> None:
         check_is_fitted(self, "module_", msg="This LatentODE is not fitted yet: call fit(series) "
@@ -416,19 +433,19 @@ class LatentODE(BaseEstimator):
         Returns:
             self
         """
-        self._check_params()
+        self._validate_parameters()
         for name in ("module_", "history_", "n_iter_", "t0_", "time_scale_", "mean_", "scale_",
                      "n_features_in_", "device_"):
             self.__dict__.pop(name, None)
         checked = _check_series(series)
-        rng = check_random_state(self.random_state)
-        seed = int(rng.randint(np.iinfo(np.int32).max))
+        seed = draw_seed(self.random_state)
+        options = self._solve_options()
         all_times = np.concatenate([t for t, _ in checked])
         all_values = np.concatenate([x for _, x in checked])
         t0, span = float(all_times.min()), float(all_times.max() - all_times.min())
         scale = all_values.std(axis=0)
         device = resolve_device(self.device)
-        dtype = _DTYPES[self.dtype]
+        dtype = DTYPES[self.dtype]
         mean, scale = all_values.mean(axis=0), np.where(scale > 0, scale, 1.0)
         data = _pad(checked, t0, span if span > 0 else 1.0, mean, scale, dtype, device)
         self.device_ = device
@@ -445,9 +462,8 @@ class LatentODE(BaseEstimator):
         fault, result = None, None
         with self._seeded(seed):
             module = LatentODENet(all_values.shape[1], self.latent_dim, self.rec_hidden,
-                                  self.ode_hidden, self.dec_hidden, solver=self.solver,
-                                  rtol=self.rtol, atol=self.atol,
-                                  adjoint=self.adjoint).to(device, dtype)
+                                  self.ode_hidden, self.dec_hidden,
+                                  solve_options=options).to(device, dtype)
             try:
                 result = train(module, torch.arange(len(checked), dtype=dtype), loss_fn, config,
                                generator=torch.Generator().manual_seed(seed))
@@ -521,7 +537,7 @@ class LatentODE(BaseEstimator):
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         self._fitted()
-        seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+        seed = draw_seed(random_state)
         generator = torch.Generator(device=self.device_).manual_seed(seed)
 
         def draw(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -547,7 +563,7 @@ class LatentODE(BaseEstimator):
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         self._fitted()
         batch = self._padded(series)
-        seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+        seed = draw_seed(random_state)
         generator = torch.Generator(device=self.device_).manual_seed(seed)
         self.module_.eval()
         with torch.no_grad():

@@ -94,7 +94,7 @@ def build(kind: str, channels: int) -> nn.Module:
     stem = [nn.Conv2d(1, channels, 3, padding=1), norm(channels), nn.ReLU(),
             nn.Conv2d(channels, channels, 4, stride=2, padding=1)]
     if kind == "ODE-Net":
-        features = [ODEBlock(ODEFunc(channels), T=1.0, solver="dopri5", rtol=1e-3, atol=1e-3)]
+        features = [ODEBlock(ODEFunc(channels), T=1.0, method="dopri5", rtol=1e-3, atol=1e-3)]
     else:
         features = [ResBlock(channels) for _ in range(int(kind.split("-")[1]))]
     head = [norm(channels), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

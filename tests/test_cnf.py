@@ -178,7 +178,7 @@ def test_input_gradient_through_the_adjoint_with_a_plain_function_net():
 
 
 def test_fixed_step_solver():
-    flow = CNF(3, net=LinearDynamics(A3), solver="rk4", step_size=0.01)
+    flow = CNF(3, net=LinearDynamics(A3), method="rk4", step_size=0.01)
     x = torch.randn(10, 3, dtype=D64)
     with torch.no_grad():
         logp = flow.log_prob(x)
@@ -367,7 +367,9 @@ def test_built_in_network_default_float32_and_state_dict():
     ({"dim": 0}, "dim"),
     ({"trace": "stochastic"}, "unknown trace"),
     ({"noise": "uniform"}, "unknown noise"),
-    ({"solver": "rk45"}, "unknown solver"),
+    ({"method": "rk45"}, "unknown method"),
+    ({"T": True}, "T must be"),
+    ({"adjoint": 1}, "adjoint must be True or False"),
     ({"exact_method": "fast"}, "unknown exact_method"),
     ({"T": 0.0}, "T must be"),
     ({"T": float("nan")}, "T must be"),

@@ -33,7 +33,7 @@ def _free_port() -> int:
 def _problem() -> tuple[CNF, torch.Tensor]:
     """A float64 CNF with fixed rk4 steps (every row's solve independent of the batch)."""
     torch.manual_seed(0)
-    flow = CNF(2, hidden=(8, 8), solver="rk4", step_size=0.25).double()
+    flow = CNF(2, hidden=(8, 8), method="rk4", step_size=0.25).double()
     X = torch.randn(64, 2, dtype=torch.float64) * torch.tensor([1.0, 0.5], dtype=torch.float64)
     return flow, X
 

@@ -58,8 +58,10 @@ def test_bad_input_messages(fitted):
         est.sample(0)
     with pytest.raises(ValueError, match="max_iter"):
         fast(max_iter=0).fit(X)
-    with pytest.raises(ValueError, match="unknown solver 'rk45'; valid: dopri5"):
-        fast(solver="rk45").fit(X)
+    with pytest.raises(ValueError, match="method must be one of dopri5"):
+        fast(method="rk45").fit(X)
+    with pytest.raises(ValueError, match="max_iter must be a positive integer or 'auto', got True"):
+        fast(max_iter=True).fit(X)
 
 
 def test_pickle_and_save_load_round_trips(fitted, tmp_path):
@@ -146,3 +148,31 @@ def test_save_load_keeps_feature_names(tmp_path):
     plain = fast().fit(make_toy("moons", 200, random_state=0))
     plain.save(tmp_path / "p.pt")
     assert not hasattr(CNFDensity.load(tmp_path / "p.pt"), "feature_names_in_")
+
+
+def test_solver_is_the_deprecated_name_of_method():
+    X = make_toy("moons", 200, random_state=0)
+    with pytest.warns(DeprecationWarning, match="use method"):
+        est = fast(solver="bosh3").fit(X)
+    assert est.flow_.method == "bosh3"
+    assert fast(method="bosh3").fit(X).flow_.method == "bosh3"
+
+
+def test_fitting_and_scoring_never_change_a_flows_settings(monkeypatch):
+    """Fine-tuning, validation and scoring pass their own trace and solve options to each
+    call; the flow's settings stay as built."""
+    from cnflow import CNF
+
+    original = CNF.__setattr__
+
+    def guarded(self, name, value):
+        if name in ("solve_options", "trace") and name in self.__dict__:
+            raise AssertionError(f"the flow's {name} was changed after it was built")
+        original(self, name, value)
+
+    monkeypatch.setattr(CNF, "__setattr__", guarded)
+    X = make_toy("8gaussians", 300, random_state=0)
+    est = fast(max_iter=20, fine_tune_iter=2, trace="hutchinson", validation_fraction=0.2,
+               n_members=1, stacking=False).fit(X)
+    est.score_samples(X[:5])
+    assert est.flow_.trace == "hutchinson" and est.flow_.rtol == 1e-9

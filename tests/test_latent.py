@@ -236,7 +236,8 @@ def test_use_before_fit_is_refused():
 @pytest.mark.parametrize("params,match", [
     ({"latent_dim": 0}, "latent_dim"),
     ({"obs_std": -1.0}, "obs_std"),
-    ({"solver": "rk4"}, "adaptive"),
+    ({"method": "rk4"}, "method must be an adaptive method"),
+    ({"max_iter": True}, "max_iter must be a positive integer"),
     ({"rtol": -1.0}, "rtol"),
     ({"dtype": "float16"}, "dtype"),
     ({"lr_schedule": "step"}, "lr_schedule"),
@@ -265,3 +266,9 @@ def test_adjoint_gradients_of_the_elbo_equal_backprop(tiny):
     net.adjoint = False
     for a, b in zip(grads[True], grads[False]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_solver_is_the_deprecated_name_of_method():
+    with pytest.warns(DeprecationWarning, match="use method"):
+        model = LatentODE(solver="bosh3", max_iter=1, random_state=0).fit(make_series(n=2))
+    assert model.module_.method == "bosh3"

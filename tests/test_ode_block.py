@@ -45,7 +45,7 @@ def test_public_name_is_the_nn_class():
                                        ("rk4", {"step_size": 0.1})])
 def test_output_is_odeint_of_its_function(adjoint, method, kw):
     func = TimeMLP().double()
-    block = ODEBlock(func, T=1.5, solver=method, adjoint=adjoint, **kw)
+    block = ODEBlock(func, T=1.5, method=method, adjoint=adjoint, **kw)
     h = torch.randn(6, 3, dtype=F64)
     stats = SolverStats()
     direct = odeint(func, h, torch.tensor([0.0, 1.5], dtype=F64), method=method, stats=stats,
@@ -112,13 +112,13 @@ def test_gradients_match_the_closed_form():
 def test_nfe_counts_forward_and_backward():
     func = TimeMLP()
     h = torch.randn(4, 3)
-    block = ODEBlock(func, solver="rk4", step_size=0.1)  # 10 steps of 4 evaluations
+    block = ODEBlock(func, method="rk4", step_size=0.1)  # 10 steps of 4 evaluations
     out = block(h)
     assert block.nfe_forward == 40
     assert block.nfe_backward == 0  # nothing solved backwards yet
     out.sum().backward()
     assert block.nfe_backward == 40  # the adjoint solve, rk4 with the same steps
-    backprop = ODEBlock(func, solver="rk4", step_size=0.1, adjoint=False)
+    backprop = ODEBlock(func, method="rk4", step_size=0.1, adjoint=False)
     backprop(h).sum().backward()
     assert backprop.nfe_forward == 40 and backprop.nfe_backward == 0
     adaptive = ODEBlock(func)
@@ -153,9 +153,9 @@ def test_feature_maps_and_parameters_train():
     ({"T": -1.0}, "T must be a positive"),
     ({"T": float("nan")}, "T must be a positive"),
     ({"T": True}, "T must be a positive"),
-    ({"solver": "heun"}, "unknown method"),
+    ({"method": "heun"}, "unknown method"),
     ({"rtol": -1.0}, "rtol"),
-    ({"solver": "dopri5", "step_size": 0.1}, "step_size"),
+    ({"method": "dopri5", "step_size": 0.1}, "step_size"),
     ({"max_num_steps": 0}, "max_num_steps"),
 ])
 def test_bad_settings_raise_value_error(kwargs, match):

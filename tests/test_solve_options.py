@@ -60,7 +60,7 @@ def test_fixed_step_solve_matches_the_exponential():
 
 
 def test_models_describe_their_solves_by_the_options():
-    flow = CNF(2, hidden=(8,), solver="bosh3", rtol=1e-4, atol=1e-6, adjoint=False)
+    flow = CNF(2, hidden=(8,), method="bosh3", rtol=1e-4, atol=1e-6, adjoint=False)
     assert flow.solve_options == SolveOptions(method="bosh3", rtol=1e-4, atol=1e-6,
                                               adjoint=False)
 
@@ -85,3 +85,55 @@ def test_only_the_options_module_calls_odeint_adjoint_outside_the_core():
         if any(re.search(r"\bodeint(_adjoint)?\(", line) for line in code):
             callers.append(path.name)
     assert callers == []
+
+
+class _Decay(torch.nn.Module):
+    def forward(self, t, h):
+        return -h
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: CNF(2, hidden=(8,), **kw),
+    lambda **kw: ODEBlock(_Decay(), **kw),
+])
+def test_models_hold_one_options_object_and_check_each_setting_that_is_changed(make):
+    model = make(method="rk4", step_size=0.5)
+    assert model.solve_options.method == "rk4" and model.method == "rk4"
+    model.adjoint = False
+    assert model.solve_options.adjoint is False and model.solve_options.step_size == 0.5
+    with pytest.raises(ValueError, match="rtol must be a finite number"):
+        model.rtol = -1.0
+    assert model.solve_options.rtol > 0  # the failed change left the options as they were
+    given = SolveOptions(method="bosh3", rtol=1e-6, atol=1e-8)
+    assert make(solve_options=given).solve_options is given
+    with pytest.raises(ValueError, match="not both .*rtol"):
+        make(solve_options=given, rtol=1e-2)
+    with pytest.raises(ValueError, match="solve_options must be a SolveOptions"):
+        make(solve_options={"method": "rk4"})
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: CNF(2, hidden=(8,), **kw),
+    lambda **kw: ODEBlock(_Decay(), **kw),
+])
+def test_the_old_name_solver_still_works_for_one_release_with_a_warning(make):
+    with pytest.warns(DeprecationWarning, match="use method"):
+        model = make(solver="bosh3")
+    assert model.method == "bosh3"
+    with pytest.warns(DeprecationWarning, match="use method"):
+        assert model.solver == "bosh3"
+
+
+def test_log_prob_takes_this_calls_trace_and_options_without_changing_the_flow():
+    torch.manual_seed(0)
+    flow = CNF(2, hidden=(8, 8), trace="hutchinson").double()
+    x = torch.randn(16, 2, dtype=torch.float64)
+    tight = flow.solve_options.replace(rtol=1e-10, atol=1e-10)
+    exact = CNF(2, net=flow.net, trace="exact", solve_options=tight).double()
+    with torch.no_grad():
+        reference = exact.log_prob(x)
+        got = flow.log_prob(x, trace="exact", solve_options=tight)
+    torch.testing.assert_close(got, reference, rtol=0, atol=0)
+    assert flow.trace == "hutchinson" and flow.solve_options.rtol == 1e-5
+    with pytest.raises(ValueError, match="unknown trace"):
+        flow.log_prob(x, trace="stochastic")

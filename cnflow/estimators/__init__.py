@@ -1,19 +1,15 @@
 """scikit-learn style density estimators over the flows: fit, score_samples, score, sample.
 
-The estimators follow scikit-learn's conventions: ``__init__`` stores parameters only, fitted
-state ends in ``_``, use before ``fit`` raises ``NotFittedError``, ``random_state`` makes a CPU
-fit repeatable bit for bit, and inputs are validated by scikit-learn's own helpers.
-
-Data are standardised inside, u = (x − μ) / σ, and the model's density q(u) is returned in the
-caller's units: log p(x) = log q(u) − Σ_j log σ_j, so densities integrate to 1 over the
-caller's space.
-
-The estimators share one base, :class:`~cnflow.estimators.base.FlowDensityEstimator`; each
-subclass says how to build its flow and what its loss is.
+Every estimator derives from :class:`~cnflow.estimators.base.EstimatorBase` (parameters checked
+against their declared kinds, dtype, seeding); the density estimators from
+:class:`~cnflow.estimators.base.FlowDensityEstimator`, whose conventions (scikit-learn's, and
+densities in the caller's units) its docstring states. Each subclass declares its parameters'
+kinds, builds its flow and says what its loss is.
 """
 
-from .base import FlowDensityEstimator
+from .base import EstimatorBase, FlowDensityEstimator
 from .cnf_density import BASES, OBJECTIVES, CNFDensity
 from .planar_density import PlanarFlowDensity
 
-__all__ = ["CNFDensity", "PlanarFlowDensity", "FlowDensityEstimator", "OBJECTIVES", "BASES"]
+__all__ = ["CNFDensity", "PlanarFlowDensity", "EstimatorBase", "FlowDensityEstimator",
+           "OBJECTIVES", "BASES"]

@@ -36,10 +36,12 @@ from ..training import (
     seeded_rng,
     train,
 )
+from .params import Boolean, InstanceOf, Integer, Options, Real, check_parameters
 
-__all__ = ["FlowDensityEstimator"]
+__all__ = ["EstimatorBase", "FlowDensityEstimator"]
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: The floating-point types an estimator computes in, by the name its ``dtype`` takes.
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _FORMAT = "cnflow-estimator/1"
 
 #: Validations without improvement before early stopping, for n_iter_no_change="auto".
@@ -70,11 +72,63 @@ def _arrays(state):
     return state.numpy() if isinstance(state, torch.Tensor) else state
 
 
-class FlowDensityEstimator(DensityMixin, BaseEstimator):
+def draw_seed(random_state) -> int:
+    """A torch seed drawn from ``random_state`` (None, an int or a numpy RandomState), as
+    scikit-learn's estimators draw theirs."""
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+class EstimatorBase(BaseEstimator):
+    """What every cnflow estimator shares: parameters checked against declared kinds, the
+    torch dtype, and seeded random streams.
+
+    A subclass declares ``_parameter_kinds`` (parameter name → accepted kinds, see
+    :mod:`cnflow.estimators.params`) and, for rules that tie parameters together,
+    overrides :meth:`_check_related_parameters`; ``fit`` calls :meth:`_validate_parameters`
+    first. ``dtype`` and ``device_`` name the floating-point type and the fitted device.
+    """
+
+    _parameter_kinds: dict[str, list] = {}
+
+    def _validate_parameters(self) -> None:
+        """Every declared kind, then the rules between parameters; ValueError naming the
+        first parameter that is wrong."""
+        kinds: dict[str, list] = {}
+        for cls in reversed(type(self).__mro__):  # a subclass's kinds extend its bases'
+            kinds.update(cls.__dict__.get("_parameter_kinds", {}))
+        check_parameters(self, kinds)
+        self._check_related_parameters()
+
+    def _check_related_parameters(self) -> None:
+        """Rules that tie parameters together (none by default)."""
+
+    def _torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def _seeded(self, seed: int):
+        """Torch's global RNG forked and seeded inside (see :func:`cnflow.training.seeded_rng`)."""
+        return seeded_rng(seed, self.device_)
+
+
+class FlowDensityEstimator(DensityMixin, EstimatorBase):
     """Plumbing shared by every flow estimator: validation, scaling, seeding, training,
     scoring, sampling and persistence. A subclass says how to build its flow and its loss."""
 
     _score_batch_size = 4096
+
+    _parameter_kinds = {
+        "max_iter": [Integer(1), "auto"],
+        "batch_size": [Integer(1), "auto"],
+        "lr": [Real(0, None), "auto"],
+        "lr_schedule": [Options("auto", *LR_SCHEDULES)],
+        "weight_decay": [Real(0, None, closed="left")],
+        "max_seconds": [None, Real(0, None)],
+        "validation_fraction": [Real(0, 1, closed="left"), "auto"],
+        "n_iter_no_change": [None, "auto", Integer(1)],
+        "dtype": [Options(*DTYPES)],
+        "device": [InstanceOf(str, torch.device)],
+        "verbose": [Boolean(), Integer(0)],
+    }
 
     # ------------------------------------------------------------ subclass interface
     def _build_flow(self, n_features: int, base: nn.Module | None = None) -> nn.Module:
@@ -126,41 +180,7 @@ class FlowDensityEstimator(DensityMixin, BaseEstimator):
         return train(flow, U_train, self._training_loss, config, X_val=U_val,
                      val_loss_fn=self._validation_loss, generator=generator)
 
-    def _check_params(self) -> None:
-        for name in ("max_iter", "batch_size"):
-            value = getattr(self, name)
-            if _is_auto(value):
-                continue
-            if not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer or 'auto', got {value!r}")
-        if not (_is_auto(self.lr) or (isinstance(self.lr, numbers.Real) and self.lr > 0)):
-            raise ValueError(f"lr must be a positive number or 'auto', got {self.lr!r}")
-        if self.max_seconds is not None and not (isinstance(self.max_seconds, numbers.Real)
-                                                 and self.max_seconds > 0):
-            raise ValueError(f"max_seconds must be None or a positive number, got "
-                             f"{self.max_seconds!r}")
-        fraction = self.validation_fraction
-        if not (_is_auto(fraction) or (isinstance(fraction, numbers.Real)
-                                       and not isinstance(fraction, bool)
-                                       and 0.0 <= fraction < 1.0)):
-            raise ValueError(f"validation_fraction must be in [0, 1) or 'auto', got "
-                             f"{fraction!r}")
-        patience = self.n_iter_no_change
-        if not (patience is None or _is_auto(patience) or (
-                isinstance(patience, numbers.Integral) and not isinstance(patience, bool)
-                and patience >= 1)):
-            raise ValueError("n_iter_no_change must be None, 'auto' or a positive integer, "
-                             f"got {patience!r}")
-        if self.lr_schedule not in ("auto", *LR_SCHEDULES):
-            raise ValueError(f"lr_schedule must be one of auto, {', '.join(LR_SCHEDULES)}, "
-                             f"got {self.lr_schedule!r}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
-
     # ------------------------------------------------------------ helpers
-    def _torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.dtype]
-
     def _transform(self, X: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """The fitted preprocessing of X: the mapped rows as a tensor on the model's device,
         and the log-determinant of the map at each row (numpy, float64)."""
@@ -185,10 +205,6 @@ class FlowDensityEstimator(DensityMixin, BaseEstimator):
             return _AUTO_N_ITER_NO_CHANGE
         return self.n_iter_no_change
 
-    def _seeded(self, seed: int):
-        """Torch's global RNG forked and seeded inside (see :func:`cnflow.training.seeded_rng`)."""
-        return seeded_rng(seed, self.device_)
-
     # ------------------------------------------------------------ the estimator API
     def fit(self, X, y=None):
         """Fit the flow to the rows of X (by the estimator's training objective).
@@ -200,7 +216,7 @@ class FlowDensityEstimator(DensityMixin, BaseEstimator):
         Returns:
             self
         """
-        self._check_params()
+        self._validate_parameters()
         # A refit that fails must not leave the old flow with the new data's scaling.
         for name in ("flow_", "history_", "n_iter_", "mean_", "scale_", "device_",
                      "preprocessor_", "n_members_", "preprocessing_scores_",
@@ -209,7 +225,7 @@ class FlowDensityEstimator(DensityMixin, BaseEstimator):
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         started = time.perf_counter()  # max_seconds bounds the whole fit
         rng = check_random_state(self.random_state)
-        seed = int(rng.randint(np.iinfo(np.int32).max))
+        seed = int(rng.randint(np.iinfo(np.int32).max))  # as draw_seed, then the row order
         device = resolve_device(self.device)
         n_members = self._n_members(len(X))
         fraction = 1 / n_members if n_members > 1 else self._validation_fraction(len(X))
@@ -298,7 +314,7 @@ class FlowDensityEstimator(DensityMixin, BaseEstimator):
         check_is_fitted(self, "flow_")
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+        seed = draw_seed(random_state)
         with self._seeded(seed), torch.no_grad():
             u = self.flow_.sample(int(n_samples))
         return self.preprocessor_.inverse_transform(u.double().cpu().numpy())

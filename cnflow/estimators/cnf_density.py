@@ -6,13 +6,17 @@ import copy
 import dataclasses
 import numbers
 import time
+import warnings
 
 import torch
 from torch import nn
 
+from .. import divergence
 from ..flows.base import GaussianMixtureBase, fit_gaussian_mixture_base
-from ..flows.cnf import CNF, check_time_exponent
+from ..flows.cnf import CNF
 from ..flows.mixture import FlowMixture
+from ..ode import TABLEAUX
+from ..ode.inputs import check_tolerances
 from ..preprocessing import PREPROCESSINGS
 from ..training import (
     TrainConfig,
@@ -21,6 +25,7 @@ from ..training import (
     train,
 )
 from .base import FlowDensityEstimator, _is_auto
+from .params import Boolean, Integer, IntegerSequence, Options, Real
 
 __all__ = ["CNFDensity", "OBJECTIVES", "BASES"]
 
@@ -166,7 +171,8 @@ class CNFDensity(FlowDensityEstimator):
         objective: ``"flow_matching"`` or ``"maximum_likelihood"`` (see above).
         trace: "exact" or "hutchinson" divergence during maximum-likelihood training
             (scoring always uses the exact trace, so ``score_samples`` is deterministic).
-        solver, rtol, atol: the ODE method and its tolerances.
+        method, rtol, atol: the ODE method (a method of :func:`cnflow.odeint`) and its
+            tolerances.
         adjoint: gradients by the adjoint method (True) or backprop through the solver.
         max_iter: training steps; ``"auto"``: 20,000 with flow matching (about 3 minutes
             at batch 2048 on 2 CPU cores, plus about 1 minute of fine-tuning), 1000 with
@@ -263,6 +269,7 @@ class CNFDensity(FlowDensityEstimator):
             fit: choosing and fitting the preprocessing and the base mixtures come first, and
             the members share the time left equally. A fit can overrun it by the last step
             and validation, and by a final scoring of the held-out rows.
+        solver: the deprecated name of ``method`` (warns; removed in the next release).
         dtype: "float32" or "float64".
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
         random_state: None, an int or a numpy RandomState; an int makes fits repeatable.
@@ -299,7 +306,7 @@ class CNFDensity(FlowDensityEstimator):
     """
 
     def __init__(self, hidden="auto", objective="flow_matching", trace="exact",
-                 solver="dopri5", rtol=1e-5, atol=1e-5, adjoint=True, max_iter="auto",
+                 method="dopri5", rtol=1e-5, atol=1e-5, adjoint=True, max_iter="auto",
                  batch_size="auto", lr="auto", lr_schedule="auto", weight_decay=0.0,
                  kinetic_energy=0.01, jacobian_norm=0.01, time_exponent=1.5,
                  fine_tune_iter="auto", fine_tune_tol=1e-3, fine_tune_adjoint="auto",
@@ -307,11 +314,12 @@ class CNFDensity(FlowDensityEstimator):
                  validation_fraction="auto",
                  n_iter_no_change="auto",
                  max_seconds=None,
-                 dtype="float32", device="auto", random_state=None, verbose=False):
+                 dtype="float32", device="auto", random_state=None, verbose=False,
+                 solver="deprecated"):
         self.hidden = hidden
         self.objective = objective
         self.trace = trace
-        self.solver = solver
+        self.method = method
         self.rtol = rtol
         self.atol = atol
         self.adjoint = adjoint
@@ -337,42 +345,48 @@ class CNFDensity(FlowDensityEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.solver = solver
 
-    def _check_params(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got "
-                             f"{self.objective!r}")
+    _parameter_kinds = {
+        "hidden": ["auto", IntegerSequence(1)],
+        "objective": [Options(*OBJECTIVES)],
+        "trace": [Options(*divergence.TRACE_ESTIMATORS)],
+        "method": [Options(*TABLEAUX)],
+        "solver": ["deprecated", Options(*TABLEAUX)],
+        "rtol": [Real(0, None, closed="left")],
+        "atol": [Real(0, None, closed="left")],
+        "adjoint": [Boolean()],
+        "kinetic_energy": [Real(0, None, closed="left")],
+        "jacobian_norm": [Real(0, None, closed="left")],
+        "time_exponent": [Real(0, None)],
+        "fine_tune_iter": [Integer(0), "auto"],
+        "fine_tune_tol": [Real(0, None)],
+        "fine_tune_adjoint": [Boolean(), "auto"],
+        "preprocessing": [Options("auto", *PREPROCESSINGS)],
+        "base": [Options(*BASES)],
+        "stacking": [Boolean(), "auto"],
+        "n_members": [Integer(1), "auto"],
+    }
+
+    def _check_related_parameters(self) -> None:
         steps = self.fine_tune_iter
-        if not (_is_auto(steps) or (isinstance(steps, numbers.Integral) and steps >= 0)):
-            raise ValueError(f"fine_tune_iter must be a non-negative integer or 'auto', got "
-                             f"{steps!r}")
         if self.objective == "maximum_likelihood" and not _is_auto(steps) and steps > 0:
             raise ValueError("fine_tune_iter follows flow matching; with "
                              "objective='maximum_likelihood' leave it at 'auto' or 0")
-        self._hidden()  # raises on bad widths
-        if not (_is_auto(self.fine_tune_adjoint) or isinstance(self.fine_tune_adjoint, bool)):
-            raise ValueError(f"fine_tune_adjoint must be True, False or 'auto', got "
-                             f"{self.fine_tune_adjoint!r}")
-        check_time_exponent(self.time_exponent)
         members = self.n_members
-        if not (_is_auto(members) or (isinstance(members, numbers.Integral)
-                                      and not isinstance(members, bool) and members >= 1)):
-            raise ValueError(f"n_members must be a positive integer or 'auto', got {members!r}")
-        if (isinstance(members, numbers.Integral) and members > 1
-                and not _is_auto(self.validation_fraction)):
+        if not _is_auto(members) and members > 1 and not _is_auto(self.validation_fraction):
             raise ValueError("with n_members > 1 each member holds out its own fold of the "
                              "rows; leave validation_fraction at 'auto'")
-        if self.preprocessing not in ("auto", *PREPROCESSINGS):
-            raise ValueError(f"preprocessing must be one of auto, {', '.join(PREPROCESSINGS)}, "
-                             f"got {self.preprocessing!r}")
-        if self.base not in BASES:
-            raise ValueError(f"base must be one of {', '.join(BASES)}, got {self.base!r}")
-        if not (_is_auto(self.stacking) or isinstance(self.stacking, bool)):
-            raise ValueError(f"stacking must be True, False or 'auto', got {self.stacking!r}")
-        if not (isinstance(self.fine_tune_tol, numbers.Real) and self.fine_tune_tol > 0):
-            raise ValueError(f"fine_tune_tol must be a positive number, got "
-                             f"{self.fine_tune_tol!r}")
-        super()._check_params()
+        check_tolerances(self.rtol, self.atol)
+
+    def _method(self) -> str:
+        """``method``, or ``solver`` (its deprecated name) where that was set."""
+        if self.solver == "deprecated":
+            return self.method
+        warnings.warn("CNFDensity(solver=...) is deprecated and will be removed in the next "
+                      "release; use method=... (the name odeint and torchdiffeq use)",
+                      DeprecationWarning, stacklevel=3)
+        return self.solver
 
     def _hidden(self) -> tuple[int, ...]:
         """The hidden widths, "auto" resolved per objective; a ValueError if they are bad."""
@@ -469,22 +483,20 @@ class CNFDensity(FlowDensityEstimator):
             config, max_iter=n_fine, lr=config.lr / 2, lr_schedule="cosine",
             batch_size=ml["batch_size"] if _is_auto(self.batch_size) else config.batch_size,
             max_seconds=remaining, validation_interval=ml["validation_interval"])
-        saved = flow.rtol, flow.atol, flow.adjoint
-        flow.rtol = flow.atol = float(self.fine_tune_tol)
-        flow.adjoint = self._fine_tune_by_adjoint(flow.dim)
+        tol = float(self.fine_tune_tol)
+        fine_tuning = flow.solve_options.replace(
+            rtol=tol, atol=tol, adjoint=self._fine_tune_by_adjoint(flow.dim))
+
+        def fine_tune_loss(flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
+            return -flow.log_prob(u, solve_options=fine_tuning).mean()
+
         try:
-            second = train(flow, U_train, self._likelihood_loss, second_config, X_val=U_val,
+            second = train(flow, U_train, fine_tune_loss, second_config, X_val=U_val,
                            val_loss_fn=self._validation_loss, generator=generator)
         except TrainingFault as err:
             err.result = _joined(first, _tagged(err.result, "maximum_likelihood"))
             raise
-        finally:
-            flow.rtol, flow.atol, flow.adjoint = saved
         return _joined(first, _tagged(second, "maximum_likelihood"))
-
-    def _likelihood_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
-        """The mean negative log-likelihood, without the RNODE penalties."""
-        return -flow.log_prob(u).mean()
 
     def _auto(self) -> dict:
         return _AUTO[self.objective]
@@ -512,7 +524,7 @@ class CNFDensity(FlowDensityEstimator):
         return copy.deepcopy(mixture) if self.base == "mixture" else None
 
     def _build_flow(self, n_features: int, base: nn.Module | None = None) -> nn.Module:
-        return CNF(n_features, hidden=self._hidden(), trace=self.trace, solver=self.solver,
+        return CNF(n_features, hidden=self._hidden(), trace=self.trace, method=self._method(),
                    rtol=self.rtol, atol=self.atol, adjoint=self.adjoint, base=base)
 
     def _training_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
@@ -521,7 +533,7 @@ class CNFDensity(FlowDensityEstimator):
         if self.objective == "flow_matching":
             return flow.flow_matching_loss(u, time_exponent=float(self.time_exponent))
         if not (self.kinetic_energy or self.jacobian_norm):
-            return self._likelihood_loss(flow, u)
+            return -flow.log_prob(u).mean()
         logp, reg = flow.log_prob(u, return_regularisers=True)
         return (-logp.mean() + self.kinetic_energy * reg.kinetic.mean()
                 + self.jacobian_norm * reg.jacobian.mean())
@@ -531,22 +543,18 @@ class CNFDensity(FlowDensityEstimator):
         """The held-out rows' mean negative log-likelihood (each row's, with
         ``reduce=False``), by the exact trace with solves at ``fine_tune_tol`` (whichever
         objective trains), so that the parameters kept are the most likely on new data."""
-        saved = flow.rtol, flow.atol
-        flow.rtol = flow.atol = float(self.fine_tune_tol)
-        try:
-            nll = -self._log_prob(flow, u)
-            return nll.mean() if reduce else nll
-        finally:
-            flow.rtol, flow.atol = saved
+        nll = -self._log_prob(flow, u, tolerance=float(self.fine_tune_tol))
+        return nll.mean() if reduce else nll
 
-    def _log_prob(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
-        """Scoring and validation use the exact trace, so they are deterministic."""
+    def _log_prob(self, flow: nn.Module, u: torch.Tensor,
+                  tolerance: float | None = None) -> torch.Tensor:
+        """Scoring and validation use the exact trace, so they are deterministic; with
+        ``tolerance``, solves at rtol = atol = tolerance (else the flow's own)."""
         if isinstance(flow, FlowMixture):
-            return flow.combine([self._log_prob(member, u) for member in flow.members])
+            return flow.combine([self._log_prob(member, u, tolerance)
+                                 for member in flow.members])
         if not isinstance(flow, CNF):  # e.g. a stacked Gaussian mixture
             return flow.log_prob(u)
-        saved, flow.trace = flow.trace, "exact"
-        try:
-            return flow.log_prob(u)
-        finally:
-            flow.trace = saved
+        options = (None if tolerance is None
+                   else flow.solve_options.replace(rtol=tolerance, atol=tolerance))
+        return flow.log_prob(u, trace="exact", solve_options=options)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
-
 from torch import nn
 
 from ..flows.planar import PlanarFlow
 from .base import FlowDensityEstimator
+from .params import Integer
 
 __all__ = ["PlanarFlowDensity"]
 
@@ -71,10 +70,7 @@ class PlanarFlowDensity(FlowDensityEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _check_params(self) -> None:
-        if not isinstance(self.n_layers, numbers.Integral) or self.n_layers < 1:
-            raise ValueError(f"n_layers must be a positive integer, got {self.n_layers!r}")
-        super()._check_params()
+    _parameter_kinds = {"n_layers": [Integer(1)]}
 
     def _auto(self) -> dict:
         return self._auto_settings

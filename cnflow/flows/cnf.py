@@ -36,10 +36,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import divergence
+from ..interfaces import BaseDensity, DivergencePullback
 from ..nn import ConcatSquashMLP
-from ..ode import TABLEAUX, NFECounts, SolveOptions, SolverStats
-from ..ode.inputs import check_tolerances, resolve_method
+from ..ode import NFECounts, SolveOptions, SolverStats
+from ..ode.inputs import check_end_time
+from ..ode.options import SolvesODEs, deprecated_solver, options_from
 from ..ode.solve import DEFAULT_MAX_NUM_STEPS
+from .flow import Flow, check_count
 
 __all__ = ["CNF", "CNFRegularisers"]
 
@@ -72,6 +75,13 @@ def check_time_exponent(value: object) -> float:
             and math.isfinite(value) and value > 0):
         raise ValueError(f"time_exponent must be a positive number, got {value!r}")
     return float(value)
+
+
+def _checked_trace(trace: object) -> str:
+    if trace not in divergence.TRACE_ESTIMATORS:
+        raise ValueError(f"unknown trace {trace!r}; valid: "
+                         f"{', '.join(divergence.TRACE_ESTIMATORS)}")
+    return trace  # type: ignore[return-value]
 
 
 class _DensityDynamics:
@@ -108,11 +118,10 @@ class _DensityDynamics:
     def vjp(self, t: Tensor, state: tuple[Tensor, ...], v: tuple[Tensor, ...],
             params: Sequence[Tensor]):
         """(f, vᵀ∂f/∂state, [vᵀ∂f/∂p]) for :func:`cnflow.odeint_adjoint`, or None (autograd)."""
-        pullback_of = getattr(self.net, "divergence_vjp", None)
         if self.eps is not None or self.method not in ("auto", "analytic") or \
-                pullback_of is None:
+                not isinstance(self.net, DivergencePullback):
             return None
-        got = pullback_of(t, state[0], frobenius=self.regularise)
+        got = self.net.divergence_vjp(t, state[0], frobenius=self.regularise)
         if got is None:
             return None
         outputs, pullback = got
@@ -127,7 +136,7 @@ class _DensityDynamics:
         return value, (z_bar, *(None,) * (len(state) - 1)), [grads.get(p) for p in params]
 
 
-class CNF(NFECounts, nn.Module):
+class CNF(SolvesODEs, NFECounts, Flow):
     r"""A continuous normalizing flow with base :math:`\mathcal{N}(0, I)` (FFJORD).
 
     Data at :math:`t = 0` are carried by the velocity field ``net(t, z)`` to the base at
@@ -147,8 +156,8 @@ class CNF(NFECounts, nn.Module):
         trace: ``"exact"`` (default) or ``"hutchinson"``, see :mod:`cnflow.divergence`.
         noise: the Hutchinson probes, ``"rademacher"`` (default) or ``"gaussian"``; drawn once
             per solve and held fixed along it.
-        solver: an ODE method of :func:`cnflow.odeint`: ``"dopri5"`` (default), ``"bosh3"``,
-            ``"euler"``, ``"midpoint"``, ``"rk4"``.
+        method: an ODE method of :func:`cnflow.odeint`: ``"dopri5"`` (default), ``"bosh3"``,
+            ``"euler"``, ``"midpoint"``, ``"rk4"`` (``solver``, its old name, is deprecated).
         rtol, atol: the solver's tolerances.
         adjoint: gradients by the adjoint method (constant memory) instead of backpropagation
             through the solver.
@@ -167,8 +176,14 @@ class CNF(NFECounts, nn.Module):
             generator)`` and ``draw_coupled(x, generator)`` (e.g.
             :class:`cnflow.flows.base.GaussianMixtureBase`); None (default) is
             :math:`\mathcal{N}(0, I)`.
+        solve_options: all of method, rtol, atol, adjoint, step_size, max_num_steps and
+            seminorm at once, as a :class:`cnflow.SolveOptions` (then leave those at their
+            defaults).
 
     Attributes:
+        solve_options: the :class:`~cnflow.SolveOptions` of the flow's solves; ``method``,
+            ``rtol``, ``atol``, ``adjoint``, ``step_size``, ``max_num_steps`` and ``seminorm``
+            read it (and setting one replaces it with a checked copy).
         stats_forward: :class:`~cnflow.SolverStats` of the forward solve of the last call of
             :meth:`log_prob`, :meth:`sample` or :meth:`transform`.
         stats_backward: those of the adjoint solve made when gradients are taken through that
@@ -209,7 +224,7 @@ class CNF(NFECounts, nn.Module):
         T: float = 1.0,
         trace: str = "exact",
         noise: str = "rademacher",
-        solver: str = "dopri5",
+        method: str = "dopri5",
         rtol: float = 1e-5,
         atol: float = 1e-5,
         adjoint: bool = True,
@@ -221,34 +236,31 @@ class CNF(NFECounts, nn.Module):
         max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
         seminorm: bool = True,
         base: nn.Module | None = None,
+        solve_options: SolveOptions | None = None,
+        solver: str | None = None,
     ) -> None:
         super().__init__()
+        method = deprecated_solver(solver, method, "CNF")
+        self.solve_options = options_from(
+            solve_options, SolveOptions(), method=method, rtol=rtol, atol=atol, adjoint=adjoint,
+            step_size=step_size, max_num_steps=max_num_steps, seminorm=seminorm)
         if not _is_positive_int(dim):
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        if trace not in divergence.TRACE_ESTIMATORS:
-            raise ValueError(f"unknown trace {trace!r}; valid: "
-                             f"{', '.join(divergence.TRACE_ESTIMATORS)}")
+        _checked_trace(trace)
         if noise not in divergence.NOISE_TYPES:
             raise ValueError(f"unknown noise {noise!r}; valid: {', '.join(divergence.NOISE_TYPES)}")
         if exact_method not in divergence.EXACT_METHODS:
             raise ValueError(f"unknown exact_method {exact_method!r}; valid: "
                              f"{', '.join(divergence.EXACT_METHODS)}")
-        if solver not in TABLEAUX:
-            raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(TABLEAUX)}")
-        resolve_method(solver, step_size)  # the solver's own checks of step_size
-        check_tolerances(rtol, atol)
-        if not _is_positive_int(max_num_steps):
-            raise ValueError(f"max_num_steps must be a positive integer, got {max_num_steps!r}")
-        if not isinstance(T, (int, float)) or not math.isfinite(T) or T <= 0:
-            raise ValueError(f"T must be a positive finite number, got {T!r}")
+        check_end_time(T)
         if net is None:
             net = ConcatSquashMLP(dim, hidden, activation=activation)
         elif not callable(net):
             raise ValueError(f"net must be callable as net(t, z), got {type(net).__name__}")
         if base is not None:
-            missing = [m for m in ("log_prob", "sample", "draw_coupled")
-                       if not callable(getattr(base, m, None))]
-            if not isinstance(base, nn.Module) or missing:
+            if not (isinstance(base, nn.Module) and isinstance(base, BaseDensity)):
+                missing = [m for m in ("log_prob", "sample", "draw_coupled")
+                           if not callable(getattr(base, m, None))]
                 raise ValueError("base must be an nn.Module with log_prob, sample and "
                                  f"draw_coupled; missing: {', '.join(missing) or 'nn.Module'}")
             if getattr(base, "dim", dim) != dim:
@@ -258,14 +270,8 @@ class CNF(NFECounts, nn.Module):
         self.dim = dim
         self.trace = trace
         self.noise = noise
-        self.solver = solver
-        self.rtol, self.atol = float(rtol), float(atol)
-        self.adjoint = bool(adjoint)
         self.train_T = bool(train_T)
         self.exact_method = exact_method
-        self.step_size = step_size
-        self.max_num_steps = max_num_steps
-        self.seminorm = bool(seminorm)
         # T (and with it the flow's dtype and device) follows the network's parameters.
         like = next(iter(net.parameters()), None) if isinstance(net, nn.Module) else None
         factory = {} if like is None else {"dtype": like.dtype, "device": like.device}
@@ -279,13 +285,6 @@ class CNF(NFECounts, nn.Module):
     # ------------------------------------------------------------------ properties
 
     @property
-    def solve_options(self) -> SolveOptions:
-        """The flow's solves, as one validated :class:`cnflow.ode.SolveOptions`."""
-        return SolveOptions(method=self.solver, rtol=self.rtol, atol=self.atol,
-                            step_size=self.step_size, max_num_steps=self.max_num_steps,
-                            adjoint=self.adjoint, seminorm=self.seminorm)
-
-    @property
     def T(self) -> Tensor:
         """The end time, a 0-d tensor (differentiable when ``train_T``)."""
         return F.softplus(self.T_raw) if self.train_T else self.T_fixed
@@ -293,19 +292,23 @@ class CNF(NFECounts, nn.Module):
     def extra_repr(self) -> str:
         learnable = " (learnable)" if self.train_T else ""
         return (f"dim={self.dim}, T={float(self.T.detach()):.4g}{learnable}, "
-                f"trace={self.trace!r}, solver={self.solver!r}, rtol={self.rtol:g}, "
+                f"trace={self.trace!r}, method={self.method!r}, rtol={self.rtol:g}, "
                 f"atol={self.atol:g}, adjoint={self.adjoint}")
 
     # ------------------------------------------------------------------ public methods
 
     @overload
-    def log_prob(self, x: Tensor, return_regularisers: Literal[False] = ...) -> Tensor: ...
+    def log_prob(self, x: Tensor, return_regularisers: Literal[False] = ..., *,
+                 trace: str | None = ..., solve_options: SolveOptions | None = ...
+                 ) -> Tensor: ...
 
     @overload
-    def log_prob(self, x: Tensor,
-                 return_regularisers: Literal[True]) -> tuple[Tensor, CNFRegularisers]: ...
+    def log_prob(self, x: Tensor, return_regularisers: Literal[True], *,
+                 trace: str | None = ..., solve_options: SolveOptions | None = ...
+                 ) -> tuple[Tensor, CNFRegularisers]: ...
 
-    def log_prob(self, x: Tensor, return_regularisers: bool = False):
+    def log_prob(self, x: Tensor, return_regularisers: bool = False, *,
+                 trace: str | None = None, solve_options: SolveOptions | None = None):
         r"""The log-density of each row of x.
 
         .. math:: \log p(x) = \log \mathcal{N}(z(T); 0, I)
@@ -320,13 +323,18 @@ class CNF(NFECounts, nn.Module):
             return_regularisers: also integrate and return the RNODE regularisers along the
                 same path, for a training loss such as
                 ``-logp.mean() + λ_K * reg.kinetic.mean() + λ_J * reg.jacobian.mean()``.
+            trace: this call's trace estimator (None: the flow's ``trace``), e.g. ``"exact"``
+                to score a flow trained with Hutchinson's.
+            solve_options: this call's :class:`~cnflow.SolveOptions` (None: the flow's), e.g.
+                ``flow.solve_options.replace(rtol=1e-7, atol=1e-7)`` for a tighter score.
 
         Returns:
             log p(x), shape (n,); with ``return_regularisers``, the pair ``(log_prob,
             CNFRegularisers(kinetic, jacobian))``, each of shape (n,).
         """
         x = self._check_data(x, "x")
-        z, logdet, regs = self._flow(x, reverse=False, regularise=return_regularisers)
+        z, logdet, regs = self._flow(x, reverse=False, regularise=return_regularisers,
+                                     trace=trace, options=solve_options)
         logp = self.base_log_prob(z) + logdet
         if return_regularisers:
             return logp, regs
@@ -344,8 +352,7 @@ class CNF(NFECounts, nn.Module):
         Returns:
             Shape (n, dim), of the flow's dtype and device.
         """
-        if not _is_positive_int(n):
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_count(n)
         z = self._base_draws(n)
 
         def f(t: Tensor, state: Tensor) -> Tensor:
@@ -411,8 +418,7 @@ class CNF(NFECounts, nn.Module):
         Returns:
             ``(x, log_q)`` of shapes (n, dim) and (n,).
         """
-        if not _is_positive_int(n):
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_count(n)
         z = self._base_draws(n)
         x, logdet, _ = self._flow(z, reverse=True, regularise=False)
         return x, self.base_log_prob(z) - logdet
@@ -501,69 +507,44 @@ class CNF(NFECounts, nn.Module):
         self.stats_forward, self.stats_backward = SolverStats(nfe=1), SolverStats()
         return (velocity - (z - x) / T).square().sum(-1).mean()
 
-    def base_log_prob(self, z: Tensor) -> Tensor:
-        r"""The base log-density of each row, shape (n,): :math:`\log \mathcal{N}(z; 0, I)`,
-        or the ``base`` module's."""
-        if self.base is not None:
-            return self.base.log_prob(z)
-        return -0.5 * z.square().sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
-
     # ------------------------------------------------------------------ internals
-
-    def _base_draws(self, n: int) -> Tensor:
-        """n draws from the base, of the flow's dtype and device."""
-        ref = self._reference()
-        if self.base is not None:
-            return self.base.sample(n).to(ref.dtype)
-        return torch.randn(n, self.dim, dtype=ref.dtype, device=ref.device)
 
     def _reference(self) -> Tensor:
         """A tensor of the flow's dtype and device (the T parameter or buffer)."""
         return self.T_raw if self.train_T else self.T_fixed
-
-    def _check_data(self, x: Tensor, name: str) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise ValueError(f"{name} must be a torch tensor, got {type(x).__name__}")
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"{name} must have shape (n, {self.dim}), got {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} is empty (no rows)")
-        ref = self._reference()
-        if not x.is_floating_point():
-            raise ValueError(f"{name} must be floating point, got dtype {x.dtype}")
-        if x.dtype != ref.dtype:
-            raise ValueError(f"{name} has dtype {x.dtype} but the flow is {ref.dtype}; convert "
-                             f"one of them (e.g. flow.to({x.dtype}) or x.to({ref.dtype}))")
-        if x.device != ref.device:
-            raise ValueError(f"{name} is on {x.device} but the flow is on {ref.device}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN or infinite values")
-        return x
 
     def _times(self, reverse: bool, like: Tensor) -> Tensor:
         end = self.T.to(like.dtype).reshape(1)
         start = torch.zeros(1, dtype=like.dtype, device=like.device)
         return torch.cat([end, start]) if reverse else torch.cat([start, end])
 
-    def _solve(self, f: Callable, y0, t: Tensor):
-        """Integrate f from y0 over t with the flow's settings; the state at t[-1]."""
+    def _solve(self, f: Callable, y0, t: Tensor, options: SolveOptions | None = None):
+        """Integrate f from y0 over t with ``options`` (None: the flow's); the state at
+        t[-1]."""
         self.stats_forward, self.stats_backward = SolverStats(), SolverStats()
         params = tuple(self.net.parameters()) if isinstance(self.net, nn.Module) else ()
-        ys = self.solve_options.solve(f, y0, t, params=params, stats=self.stats_forward,
-                                      adjoint_stats=self.stats_backward)
+        options = self.solve_options if options is None else options
+        ys = options.solve(f, y0, t, params=params, stats=self.stats_forward,
+                           adjoint_stats=self.stats_backward)
         if isinstance(ys, tuple):
             return tuple(y[-1] for y in ys)
         return ys[-1]
 
-    def _flow(self, x: Tensor, reverse: bool,
-              regularise: bool) -> tuple[Tensor, Tensor, CNFRegularisers | None]:
-        """Solve [z, Δ(, kinetic, jacobian)] from x over [0, T] (or [T, 0] when reverse)."""
-        eps = divergence.sample_noise(x, self.noise) if self.trace == "hutchinson" else None
+    def _flow(self, x: Tensor, reverse: bool, regularise: bool, trace: str | None = None,
+              options: SolveOptions | None = None
+              ) -> tuple[Tensor, Tensor, CNFRegularisers | None]:
+        """Solve [z, Δ(, kinetic, jacobian)] from x over [0, T] (or [T, 0] when reverse),
+        with the flow's trace and options unless this call gives its own."""
+        trace = self.trace if trace is None else _checked_trace(trace)
+        if options is not None and not isinstance(options, SolveOptions):
+            raise ValueError(f"solve_options must be a SolveOptions, got "
+                             f"{type(options).__name__}")
+        eps = divergence.sample_noise(x, self.noise) if trace == "hutchinson" else None
         f = _DensityDynamics(self.net, self.exact_method, eps, regularise)
         n = x.shape[0]
         zero = x.new_zeros(n)
         y0 = (x, zero, zero, zero) if regularise else (x, zero)
-        yT = self._solve(f, y0, self._times(reverse, x))
+        yT = self._solve(f, y0, self._times(reverse, x), options)
         regs = None
         if regularise:
             # Integrated backwards the quadratures come out negated: report the positive integrals.

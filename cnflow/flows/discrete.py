@@ -18,10 +18,9 @@ Either way :meth:`DiscreteFlow.log_prob`, :meth:`DiscreteFlow.sample` and
 
 from __future__ import annotations
 
-import math
+from torch import Tensor
 
-import torch
-from torch import Tensor, nn
+from .flow import Flow, check_count
 
 __all__ = ["DiscreteFlow", "CLOSED_FORMS"]
 
@@ -29,7 +28,7 @@ __all__ = ["DiscreteFlow", "CLOSED_FORMS"]
 CLOSED_FORMS = ("log_prob", "sample")
 
 
-class DiscreteFlow(nn.Module):
+class DiscreteFlow(Flow):
     """Base class: subclasses set ``self.dim``, ``self.closed_form`` and implement
     :meth:`forward_layers` (the closed-form direction) and :meth:`inverse_layers`."""
 
@@ -37,13 +36,13 @@ class DiscreteFlow(nn.Module):
     closed_form: str
 
     def _init_common(self, dim: int, closed_form: str) -> None:
-        if not (isinstance(dim, int) and dim >= 1):
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        check_count(dim, "dim")
         if closed_form not in CLOSED_FORMS:
             raise ValueError(f"closed_form must be one of {', '.join(CLOSED_FORMS)}, got "
                              f"{closed_form!r}")
         self.dim = dim
         self.closed_form = closed_form
+        self.base = None  # N(0, I)
 
     # ------------------------------------------------------------ subclass interface
     def forward_layers(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,13 +54,6 @@ class DiscreteFlow(nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------ density model
-    def _reference(self) -> Tensor:
-        return next(self.parameters())
-
-    def base_log_prob(self, z: Tensor) -> Tensor:
-        r""":math:`\log \mathcal{N}(z; 0, I)` of each row, shape (n,)."""
-        return -0.5 * z.square().sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
-
     def to_base(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Data to base: (z, log|det ∂z/∂x|) per row."""
         x = self._check_data(x, "x")
@@ -87,23 +79,6 @@ class DiscreteFlow(nn.Module):
     def sample_with_log_prob(self, n: int) -> tuple[Tensor, Tensor]:
         r"""n draws x and their :math:`\log q(x) = \log \mathcal{N}(z) - \log|\det \partial x/
         \partial z|`, both differentiable in the parameters (reparametrised)."""
-        if not (isinstance(n, int) and n >= 1):
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        ref = self._reference()
-        z = torch.randn(n, self.dim, dtype=ref.dtype, device=ref.device)
+        z = self._base_draws(check_count(n))
         x, logdet = self.to_data(z)
         return x, self.base_log_prob(z) - logdet
-
-    def _check_data(self, x: Tensor, name: str) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise ValueError(f"{name} must be a torch tensor, got {type(x).__name__}")
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"{name} must have shape (n, {self.dim}), got {tuple(x.shape)}")
-        ref = self._reference()
-        if x.dtype != ref.dtype:
-            raise ValueError(f"{name} has dtype {x.dtype} but the flow is {ref.dtype}")
-        if x.device != ref.device:
-            raise ValueError(f"{name} is on {x.device} but the flow is on {ref.device}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN or infinite values")
-        return x

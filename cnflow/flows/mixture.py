@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..interfaces import CountsEvaluations
+
 __all__ = ["FlowMixture", "best_mixture_weight"]
 
 
@@ -99,11 +101,11 @@ class FlowMixture(nn.Module):
     @property
     def nfe_forward(self) -> int:
         """The members' function evaluations in their last forward solves, summed."""
-        return sum(int(getattr(m, "nfe_forward", 0)) for m in self.members)
+        return sum(m.nfe_forward for m in self.members if isinstance(m, CountsEvaluations))
 
     @property
     def nfe_backward(self) -> int:
-        return sum(int(getattr(m, "nfe_backward", 0)) for m in self.members)
+        return sum(m.nfe_backward for m in self.members if isinstance(m, CountsEvaluations))
 
 
 def best_mixture_weight(log_p: np.ndarray, log_q: np.ndarray, tol: float = 1e-6) -> float:

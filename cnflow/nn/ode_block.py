@@ -2,20 +2,18 @@ r"""The ODE-Net layer h ↦ h(T) of Chen et al. (2018)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from ..ode import NFECounts, SolveOptions, SolverStats
-from ..ode.inputs import check_tolerances, resolve_method
+from ..ode.inputs import check_end_time
+from ..ode.options import SolvesODEs, deprecated_solver, options_from
 from ..ode.solve import DEFAULT_MAX_NUM_STEPS
-from .concat_squash import _is_positive_int
 
 __all__ = ["ODEBlock"]
 
 
-class ODEBlock(NFECounts, nn.Module):
+class ODEBlock(SolvesODEs, NFECounts, nn.Module):
     r"""An ODE-Net layer: the map :math:`h \mapsto h(T)` of the solution of an ODE.
 
     A residual block computes :math:`h_{k+1} = h_k + f(h_k, \theta_k)`, one Euler step of
@@ -35,8 +33,8 @@ class ODEBlock(NFECounts, nn.Module):
         func: the dynamics, an ``nn.Module`` called as ``func(t, h)`` with t a 0-d tensor of
             h's dtype, returning a tensor of h's shape. Its parameters are the block's.
         T: the end time, a positive finite number.
-        solver: a method of :func:`cnflow.odeint` (``"dopri5"`` default, ``"bosh3"``,
-            ``"euler"``, ``"midpoint"``, ``"rk4"``).
+        method: a method of :func:`cnflow.odeint` (``"dopri5"`` default, ``"bosh3"``,
+            ``"euler"``, ``"midpoint"``, ``"rk4"``; ``solver``, its old name, is deprecated).
         rtol, atol: the adaptive solver's tolerances. The default 1e-3 suits a classifier,
             whose features need no more accuracy than its decisions; a density model (whose
             log-determinant is integrated too) needs tighter ones.
@@ -45,8 +43,12 @@ class ODEBlock(NFECounts, nn.Module):
         max_num_steps: the most steps one solve may attempt.
         seminorm: leave the parameter adjoint out of the adjoint's error control (Kidger,
             Chen & Lyons 2021).
+        solve_options: all of the above solve settings at once, as a
+            :class:`cnflow.SolveOptions` (then leave those at their defaults).
 
     Attributes:
+        solve_options: the :class:`~cnflow.SolveOptions` of the block's solves (``method``,
+            ``rtol``, ``atol``, ``adjoint``, ... read it; setting one replaces it, checked).
         stats_forward: :class:`~cnflow.SolverStats` of the forward solve of the last call.
         stats_backward: those of the adjoint solve of that call's backward pass (filled by
             ``backward()``; zero with ``adjoint=False``, where backpropagation re-evaluates
@@ -76,34 +78,30 @@ class ODEBlock(NFECounts, nn.Module):
         section 3 (replacing residual networks with ODEs for supervised learning).
     """
 
-    def __init__(self, func: nn.Module, T: float = 1.0, solver: str = "dopri5",
+    #: The separate solve settings' defaults (a classifier's tolerances).
+    DEFAULT_OPTIONS = SolveOptions(rtol=1e-3, atol=1e-3)
+
+    def __init__(self, func: nn.Module, T: float = 1.0, method: str = "dopri5",
                  rtol: float = 1e-3, atol: float = 1e-3, adjoint: bool = True, *,
                  step_size: float | None = None, max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
-                 seminorm: bool = True) -> None:
+                 seminorm: bool = True, solve_options: SolveOptions | None = None,
+                 solver: str | None = None) -> None:
         super().__init__()
+        method = deprecated_solver(solver, method, "ODEBlock")
         if not isinstance(func, nn.Module):
             raise ValueError("func must be an nn.Module called as func(t, h) (its parameters "
                              f"are the block's), got {type(func).__name__}")
-        if (isinstance(T, bool) or not isinstance(T, (int, float)) or not math.isfinite(T)
-                or T <= 0):
-            raise ValueError(f"T must be a positive finite number, got {T!r}")
-        resolve_method(solver, step_size)  # unknown solver names, step_size checks
-        check_tolerances(rtol, atol)
-        if not _is_positive_int(max_num_steps):
-            raise ValueError(f"max_num_steps must be a positive integer, got {max_num_steps!r}")
+        self.T = check_end_time(T)
+        self.solve_options = options_from(
+            solve_options, self.DEFAULT_OPTIONS, method=method, rtol=rtol, atol=atol,
+            adjoint=adjoint, step_size=step_size, max_num_steps=max_num_steps,
+            seminorm=seminorm)
         self.func = func
-        self.T = float(T)
-        self.solver = solver
-        self.rtol, self.atol = float(rtol), float(atol)
-        self.adjoint = bool(adjoint)
-        self.step_size = step_size
-        self.max_num_steps = max_num_steps
-        self.seminorm = bool(seminorm)
         self.stats_forward = SolverStats()
         self.stats_backward = SolverStats()
 
     def extra_repr(self) -> str:
-        return (f"T={self.T:g}, solver={self.solver!r}, rtol={self.rtol:g}, "
+        return (f"T={self.T:g}, method={self.method!r}, rtol={self.rtol:g}, "
                 f"atol={self.atol:g}, adjoint={self.adjoint}")
 
     def forward(self, h: Tensor) -> Tensor:
@@ -118,9 +116,6 @@ class ODEBlock(NFECounts, nn.Module):
             raise ValueError("h contains NaN or infinite values")
         t = torch.tensor([0.0, self.T], dtype=h.dtype, device=h.device)
         self.stats_forward, self.stats_backward = SolverStats(), SolverStats()
-        options = SolveOptions(method=self.solver, rtol=self.rtol, atol=self.atol,
-                               step_size=self.step_size, max_num_steps=self.max_num_steps,
-                               adjoint=self.adjoint, seminorm=self.seminorm)
-        ys = options.solve(self.func, h, t, params=tuple(self.func.parameters()),
+        ys = self.solve_options.solve(self.func, h, t, params=tuple(self.func.parameters()),
                            stats=self.stats_forward, adjoint_stats=self.stats_backward)
         return ys[-1]

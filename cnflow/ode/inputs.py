@@ -83,6 +83,14 @@ def check_tolerances(rtol: float, atol: float) -> None:
         raise ValueError("rtol and atol cannot both be zero")
 
 
+def check_end_time(T: object) -> float:
+    """T as a float if it is a positive finite number (not a bool), else ValueError."""
+    if (isinstance(T, bool) or not isinstance(T, (int, float)) or not math.isfinite(T)
+            or T <= 0):
+        raise ValueError(f"T must be a positive finite number, got {T!r}")
+    return float(T)
+
+
 def _check_times(t: torch.Tensor | Sequence[float]) -> tuple[torch.Tensor, list[float]]:
     if not isinstance(t, torch.Tensor):
         t = torch.as_tensor(t, dtype=torch.float64)

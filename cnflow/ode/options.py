@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -29,7 +30,7 @@ from .inputs import State, check_tolerances, resolve_method
 from .solve import DEFAULT_MAX_NUM_STEPS, odeint
 from .stats import SolverStats
 
-__all__ = ["SolveOptions"]
+__all__ = ["SolveOptions", "SolvesODEs", "options_from", "deprecated_solver"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,3 +93,77 @@ class SolveOptions:
             return odeint_adjoint(f, y0, t, adjoint_params=params, seminorm=self.seminorm,
                                   adjoint_stats=adjoint_stats, **options)
         return odeint(f, y0, t, **options)
+
+
+def options_from(given: SolveOptions | None, defaults: SolveOptions, **settings) -> SolveOptions:
+    """The options of a module given either whole (``given``) or setting by setting.
+
+    Arguments:
+        given: the caller's :class:`SolveOptions`, or None.
+        defaults: the module's defaults of the separate settings.
+        settings: the separate settings as given (method, rtol, atol, ...).
+
+    Raises:
+        ValueError: both ``given`` and a separate setting other than its default.
+    """
+    if given is None:
+        return SolveOptions(**settings)
+    if not isinstance(given, SolveOptions):
+        raise ValueError(f"solve_options must be a SolveOptions, got {type(given).__name__}")
+    changed = [name for name, value in settings.items() if value != getattr(defaults, name)]
+    if changed:
+        raise ValueError("give the solve's settings either as solve_options or one by one, "
+                         f"not both (also given: {', '.join(changed)})")
+    return given
+
+
+def deprecated_solver(solver: str | None, method: str, owner: str) -> str:
+    """``method``, or ``solver`` (the old name, warned about) when it was given instead."""
+    if solver is None:
+        return method
+    warnings.warn(f"{owner}(solver=...) is deprecated and will be removed in the next release; "
+                  "use method=... (the name odeint and torchdiffeq use)",
+                  DeprecationWarning, stacklevel=3)
+    return solver
+
+
+class SolvesODEs:
+    """A module whose solves one :class:`SolveOptions` describes.
+
+    The options live in ``solve_options``; ``method``, ``rtol``, ``atol``, ``step_size``,
+    ``max_num_steps``, ``adjoint`` and ``seminorm`` read them, and setting one replaces the
+    options with a checked copy (so a bad value fails where it is set). ``solver`` is the
+    deprecated name of ``method``.
+
+    Example:
+        >>> from cnflow.ode.options import SolveOptions, SolvesODEs
+        >>> class Block(SolvesODEs):
+        ...     def __init__(self):
+        ...         self.solve_options = SolveOptions(method="rk4", step_size=0.1)
+        >>> block = Block()
+        >>> block.rtol = 1e-3
+        >>> block.solve_options.rtol, block.method
+        (0.001, 'rk4')
+    """
+
+    solve_options: SolveOptions
+
+    @property
+    def solver(self) -> str:
+        """Deprecated name of ``method``."""
+        warnings.warn("solver is deprecated; use method", DeprecationWarning, stacklevel=2)
+        return self.solve_options.method
+
+
+def _forwarded(name: str) -> property:
+    def get(self: SolvesODEs):
+        return getattr(self.solve_options, name)
+
+    def set_(self: SolvesODEs, value) -> None:
+        self.solve_options = self.solve_options.replace(**{name: value})
+
+    return property(get, set_, doc=f"``solve_options.{name}`` (settable; checked).")
+
+
+for _field in dataclasses.fields(SolveOptions):
+    setattr(SolvesODEs, _field.name, _forwarded(_field.name))
