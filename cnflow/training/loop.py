@@ -390,7 +390,7 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
             stop = None
             if validation is not None and validation.due(iteration):
                 stop = validation.update(model, iteration, entry, last_good)
-            if stop != "fault":
+            if stop != "fault":  # a step whose validation failed is not recorded
                 result.history.append(entry)
             if stop is not None:
                 result.stop_reason = stop
