@@ -179,3 +179,102 @@ def test_the_old_module_name_still_imports_with_a_deprecation_warning():
     from cnflow import training
 
     assert old.train is training.train and old.TrainConfig is training.TrainConfig
+
+
+def test_learning_rate_follows_the_cosine_by_iterations_and_by_time():
+    from cnflow.training.loop import _learning_rate
+
+    cosine = TrainConfig(max_iter=10, lr=0.2, lr_schedule="cosine")
+    assert _learning_rate(cosine, 1, None) == pytest.approx(0.2)  # progress 0
+    assert _learning_rate(cosine, 6, None) == pytest.approx(0.1)  # progress 1/2
+    assert _learning_rate(cosine, 11, None) == pytest.approx(0.0, abs=1e-15)  # progress 1
+    timed = TrainConfig(max_iter=10, lr=0.2, lr_schedule="cosine", max_seconds=4.0)
+    assert _learning_rate(timed, 1, 2.0) == pytest.approx(0.1)  # the time budget is ahead
+    assert _learning_rate(timed, 6, 0.4) == pytest.approx(0.1)  # the iterations are ahead
+    assert _learning_rate(timed, 1, None) == pytest.approx(0.2)  # the clock not followed
+    assert _learning_rate(timed, 2, 9.0) == pytest.approx(0.0, abs=1e-15)  # clipped at 1
+    assert _learning_rate(cosine, 3, 100.0) == _learning_rate(cosine, 3, None)  # no budget
+    constant = TrainConfig(max_iter=10, lr=0.2, max_seconds=4.0)
+    assert _learning_rate(constant, 7, 3.0) == 0.2
+
+
+def test_minibatch_sampler_visits_every_row_once_per_epoch_and_repeats_with_a_seed():
+    from cnflow.training.loop import _MinibatchSampler
+
+    sampler = _MinibatchSampler(12, 4, torch.Generator().manual_seed(3))
+    for _ in range(3):  # three epochs
+        epoch = torch.cat([sampler.next_indices() for _ in range(3)])
+        assert sorted(epoch.tolist()) == list(range(12))
+    ragged = _MinibatchSampler(10, 4, torch.Generator().manual_seed(3))
+    first = torch.cat([ragged.next_indices() for _ in range(2)])  # the last 2 rows skipped
+    assert len(set(first.tolist())) == 8
+    expected = torch.randperm(10, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(first, expected[:8], rtol=0, atol=0)
+    again = _MinibatchSampler(10, 4, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.cat([again.next_indices() for _ in range(2)]), first)
+
+
+def test_validation_keeps_the_best_parameters_and_stops_after_its_patience():
+    from cnflow.training.loop import _Validation
+
+    X = data(200)
+    model = Gaussian(2)
+    validation = _Validation(X, nll, 1024, TrainConfig(n_iter_no_change=2, tol=1e-3))
+    start = nll(model, X).item()
+    validation.start(model)
+    assert validation.best_loss == pytest.approx(start) and validation.best_state is not None
+    last_good = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.mean.fill_(3.0)  # better
+    entry = {}
+    assert validation.update(model, 1, entry, last_good) is None
+    assert entry["val_loss"] == pytest.approx(nll(model, X).item()) and entry["val_loss"] < start
+    with torch.no_grad():
+        model.mean.fill_(-5.0)  # worse, twice
+    assert validation.update(model, 2, {}, last_good) is None
+    assert validation.update(model, 3, {}, last_good) == "early_stopping"
+    assert validation.evals_no_change == 2
+    assert validation.restore_best(model) == pytest.approx(entry["val_loss"])
+    torch.testing.assert_close(model.mean.detach(), torch.full((2,), 3.0, dtype=torch.float64))
+
+
+def test_validation_fault_warns_and_undoes_the_step_when_nothing_was_validated():
+    from cnflow.training.loop import _Validation
+
+    X = data(200)
+    model = Gaussian(2)
+    last_good = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.mean.fill_(1.0)
+    validation = _Validation(X, lambda m, x: nll(m, x) * math.nan, 1024, TrainConfig())
+    entry = {}
+    with pytest.warns(RuntimeWarning, match="validation loss became nan at iteration 4"):
+        assert validation.update(model, 4, entry, last_good) == "fault"
+    assert "val_loss" not in entry and torch.equal(model.mean.detach(), last_good["mean"])
+    assert validation.restore_best(model) is None
+    assert [i for i in range(1, 26) if _Validation(X, nll, 1024, TrainConfig(
+        max_iter=25, validation_interval=10)).due(i)] == [10, 20, 25]
+
+
+def test_step_takes_no_step_on_non_finite_gradients():
+    from cnflow.training.loop import _as_fault, _step
+
+    model = Gaussian(2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    batch = data(16)
+
+    def bomb(x):
+        mean = model.mean * 1.0
+        mean.register_hook(lambda g: g * math.inf)
+        return (x - mean).square().mean() + model.log_scale.sum()
+
+    with pytest.raises(TrainingFault, match="non-finite gradients at iteration 3"):
+        _step(model, optimizer, bomb, batch, None, 0.1, 3)
+    assert torch.equal(model.mean.detach(), torch.zeros(2, dtype=torch.float64))
+    loss = _step(model, optimizer, lambda x: nll(model, x), batch, None, 0.05, 4)
+    assert not loss.requires_grad and optimizer.param_groups[0]["lr"] == 0.05
+    assert model.mean.detach().abs().sum() > 0
+    err = ODESolveError("step size underflow", t=0.5)
+    assert str(_as_fault(err, 7)) == "the ODE solve failed at iteration 7: step size underflow"
+    fault = TrainingFault("x")
+    assert _as_fault(fault, 7) is fault

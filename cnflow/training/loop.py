@@ -26,6 +26,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -33,6 +34,9 @@ from torch import nn
 from ..ode import ODESolveError
 from .distributed import data_parallel_loss, distributed_rank, out_of_time, shared_loss
 from .faults import TrainingFault
+
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 __all__ = ["LR_SCHEDULES", "TrainConfig", "TrainResult", "train"]
 
@@ -87,6 +91,18 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """What :func:`train` did.
+
+    Attributes:
+        history: one dict per recorded step (iteration, loss, lr, nfe_forward, nfe_backward,
+            seconds, and val_loss after a validation).
+        n_iter: the last iteration whose step was taken.
+        best_val_loss: the best validation loss, whose parameters the model holds (None:
+            no validation set, or no finite validation loss).
+        stop_reason: ``"max_iter"``, ``"time_limit"``, ``"early_stopping"``, ``"fault"`` or
+            ``"interrupted"``.
+    """
+
     history: list[dict] = field(default_factory=list)
     n_iter: int = 0
     best_val_loss: float | None = None
@@ -94,22 +110,213 @@ class TrainResult:
 
 
 def _nfe(model: nn.Module, name: str) -> int | None:
+    """The model's solver-evaluation count ``name`` as an int (None: it keeps none)."""
     value = getattr(model, name, None)
     return int(value) if value is not None else None
 
 
 @torch.no_grad()
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's state dict, for restoring it later."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @torch.no_grad()
 def _evaluate(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, batch_size: int) -> float:
+    """The row-weighted mean of ``loss_fn`` over ``X`` in batches of ``batch_size``."""
     total = 0.0
     for start in range(0, len(X), batch_size):
         batch = X[start:start + batch_size]
         total += float(loss_fn(model, batch).detach()) * len(batch)
     return total / len(X)
+
+
+def _learning_rate(config: TrainConfig, iteration: int, elapsed: float | None) -> float:
+    """The learning rate of step ``iteration`` (counted from 1).
+
+    ``config.lr`` with the constant schedule; with the cosine one lr · (1 + cos(π p)) / 2,
+    where the progress p is (iteration − 1) / max_iter or, when ``elapsed`` (seconds since
+    training started) is given and ``config.max_seconds`` is set, the fraction
+    elapsed / max_seconds of the time budget if that is larger; p is clipped to [0, 1].
+    """
+    if config.lr_schedule != "cosine":
+        return config.lr
+    done = (iteration - 1) / config.max_iter
+    if elapsed is not None and config.max_seconds is not None:
+        done = max(done, elapsed / config.max_seconds)
+    return config.lr * _cosine_factor(done)
+
+
+class _MinibatchSampler:
+    """Row indices, ``batch_size`` at a time, in a random order drawn from ``generator``.
+
+    The first order is drawn on construction; a new one is drawn once fewer than
+    ``batch_size`` rows of the current order are left (those rows are skipped), so every row
+    appears at most once between two draws.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator | None) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.order = torch.randperm(n, generator=generator, device="cpu")
+        self.cursor = 0
+
+    def next_indices(self) -> torch.Tensor:
+        """The indices (on the CPU) of the next minibatch's rows."""
+        if self.cursor + self.batch_size > self.n:
+            self.order = torch.randperm(self.n, generator=self.generator, device="cpu")
+            self.cursor = 0
+        indices = self.order[self.cursor:self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return indices
+
+
+def _batch_loss(model: nn.Module, loss_fn: LossFn, batch_size: int,
+                parallel: tuple[int, int] | None,
+                device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loss of a minibatch: ``loss_fn(model, batch)``, or this process's share of it
+    through DDP when ``parallel`` (see :func:`~cnflow.training.distributed.data_parallel_loss`)."""
+    if parallel is None:
+        def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+            return loss_fn(model, batch)
+
+        return batch_loss
+    return data_parallel_loss(model, loss_fn, batch_size, device)
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer,
+          batch_loss: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor,
+          parallel: tuple[int, int] | None, lr: float, iteration: int) -> torch.Tensor:
+    """One optimiser step on ``batch`` at learning rate ``lr``; returns the detached loss
+    (across processes, their mean).
+
+    Raises:
+        TrainingFault: the loss or a gradient is not finite (no step was taken).
+        ODESolveError: a solve failed (no step was taken).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if parallel is None:
+        loss = batch_loss(batch)
+        loss_value = loss.detach()
+    else:
+        loss, loss_value = shared_loss(batch_loss, batch, parallel[1])
+    if not torch.isfinite(loss_value):
+        raise TrainingFault(f"the training loss became {loss_value.item()} at "
+                            f"iteration {iteration}")
+    loss.backward()
+    finite = [torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None]
+    if finite and not torch.stack(finite).all():  # one host sync
+        raise TrainingFault(f"non-finite gradients at iteration {iteration}")
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    return loss_value
+
+
+def _as_fault(err: TrainingFault | ODESolveError, iteration: int) -> TrainingFault:
+    """``err`` as a :class:`TrainingFault`: itself, or the failed solve of ``iteration``."""
+    if isinstance(err, TrainingFault):
+        return err
+    return TrainingFault(f"the ODE solve failed at iteration {iteration}: {err}")
+
+
+class _Validation:
+    """Held-out scoring with early stopping.
+
+    Attributes:
+        best_state: the parameters with the best validation loss so far (None: none yet).
+        best_loss: that loss (inf until a finite one is seen).
+        evals_no_change: evaluations in a row that did not improve on it by ``config.tol``.
+    """
+
+    def __init__(self, X_val: torch.Tensor, loss_fn: LossFn, batch_size: int,
+                 config: TrainConfig) -> None:
+        self.X_val, self.loss_fn, self.batch_size, self.config = X_val, loss_fn, batch_size, config
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_loss = math.inf
+        self.evals_no_change = 0
+
+    def due(self, iteration: int) -> bool:
+        """Whether to evaluate after ``iteration``: every ``validation_interval`` iterations
+        and after the last."""
+        return (iteration % self.config.validation_interval == 0
+                or iteration == self.config.max_iter)
+
+    def start(self, model: nn.Module) -> None:
+        """Score the starting parameters and keep them if the loss is finite (a failed solve
+        or a non-finite loss is not an error here)."""
+        try:
+            loss = _evaluate(model, self.X_val, self.loss_fn, self.batch_size)
+        except ODESolveError:
+            loss = math.nan
+        if math.isfinite(loss):
+            self.best_loss, self.best_state = loss, _snapshot(model)
+
+    def update(self, model: nn.Module, iteration: int, entry: dict,
+               last_good: dict[str, torch.Tensor]) -> str | None:
+        """Score the model after ``iteration``; returns the reason to stop, or None.
+
+        ``"fault"``: the loss is not finite or the solve failed; a warning is given, and when
+        nothing was validated yet the model goes back to ``last_good``. Otherwise the loss is
+        recorded as ``entry["val_loss"]``, the parameters are kept if they improve on the best
+        by more than ``tol``, and ``"early_stopping"`` is returned after ``n_iter_no_change``
+        evaluations in a row without such an improvement.
+        """
+        try:
+            loss = _evaluate(model, self.X_val, self.loss_fn, self.batch_size)
+        except ODESolveError as err:
+            loss, why = math.nan, f"the validation solve failed: {err}"
+        else:
+            why = f"the validation loss became {loss}"
+        if not math.isfinite(loss):
+            warnings.warn(f"{why} at iteration {iteration}; stopping and keeping the best "
+                          "parameters so far", RuntimeWarning, stacklevel=3)
+            if self.best_state is None:  # nothing validated yet: undo this step
+                model.load_state_dict(last_good)
+            return "fault"
+        entry["val_loss"] = loss
+        if loss < self.best_loss - self.config.tol:
+            self.best_loss, self.best_state, self.evals_no_change = loss, _snapshot(model), 0
+        else:
+            self.evals_no_change += 1
+        patience = self.config.n_iter_no_change
+        if patience is not None and self.evals_no_change >= patience:
+            return "early_stopping"
+        return None
+
+    def restore_best(self, model: nn.Module) -> float | None:
+        """Load the best parameters into ``model``; returns their loss (None: none kept)."""
+        if self.best_state is None:
+            return None
+        model.load_state_dict(self.best_state)
+        return self.best_loss
+
+
+def _time_is_up(config: TrainConfig, started: float, parallel: tuple[int, int] | None,
+                device: torch.device) -> bool:
+    """Whether ``config.max_seconds`` have passed since ``started`` (a time.perf_counter()
+    reading); across processes, whether they have for any of them."""
+    return config.max_seconds is not None and out_of_time(
+        time.perf_counter() - started >= config.max_seconds, parallel, device)
+
+
+def _history_entry(iteration: int, loss_value: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   model: nn.Module, start: float) -> dict:
+    """The record of one step: its loss, learning rate, solver NFE and seconds since
+    ``start``."""
+    return {"iteration": iteration, "loss": float(loss_value),
+            "lr": optimizer.param_groups[0]["lr"],
+            "nfe_forward": _nfe(model, "nfe_forward"),
+            "nfe_backward": _nfe(model, "nfe_backward"),
+            "seconds": time.perf_counter() - start}
+
+
+def _progress_bar(config: TrainConfig, parallel: tuple[int, int] | None) -> tqdm | None:
+    """A tqdm bar over the iterations when ``config.verbose`` (rank 0 only), else None."""
+    if not config.verbose or (parallel is not None and parallel[0] != 0):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.max_iter, desc="training", unit="it")
 
 
 def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfig, *,
@@ -137,14 +344,9 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
     process must call :func:`train` with the same X, config and generator seed; the batch size
     must be a multiple of the number of processes; the reported loss is the mean over them.
     """
-    n = len(X)
-    batch_size = min(config.batch_size, n)
+    batch_size = min(config.batch_size, len(X))
     parallel = distributed_rank()
-    if parallel is None:
-        def step_loss(batch: torch.Tensor) -> torch.Tensor:
-            return loss_fn(model, batch)
-    else:
-        step_loss = data_parallel_loss(model, loss_fn, batch_size, X.device)
+    batch_loss = _batch_loss(model, loss_fn, batch_size, parallel, X.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
     if config.lr_schedule not in LR_SCHEDULES:
@@ -154,103 +356,45 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
     # differ, while their learning rates must agree)
     timed_schedule = config.max_seconds is not None and parallel is None
     result = TrainResult()
-    best_state, best_val, evals_no_change = None, math.inf, 0
-    val_loss_fn = loss_fn if val_loss_fn is None else val_loss_fn
-    progress = None
-    if config.verbose and (parallel is None or parallel[0] == 0):
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=config.max_iter, desc="training", unit="it")
-    order = torch.randperm(n, generator=generator, device="cpu")
-    cursor, last_good = 0, None
+    validation = None if X_val is None else _Validation(
+        X_val, loss_fn if val_loss_fn is None else val_loss_fn, max(batch_size, 1024), config)
+    progress = _progress_bar(config, parallel)
+    sampler = _MinibatchSampler(len(X), batch_size, generator)
+    last_good = None
     try:
         started = time.perf_counter()
-        if X_val is not None and config.validate_at_start:
-            try:
-                best_val = _evaluate(model, X_val, val_loss_fn, max(batch_size, 1024))
-            except ODESolveError:
-                best_val = math.nan
-            if math.isfinite(best_val):
-                best_state = _snapshot(model)
-            else:
-                best_val = math.inf
+        if validation is not None and config.validate_at_start:
+            validation.start(model)
         for iteration in range(1, config.max_iter + 1):
-            if config.max_seconds is not None and out_of_time(
-                    time.perf_counter() - started >= config.max_seconds, parallel, X.device):
+            if _time_is_up(config, started, parallel, X.device):
                 result.stop_reason = "time_limit"
                 break
-            if cursor + batch_size > n:
-                order, cursor = torch.randperm(n, generator=generator, device="cpu"), 0
-            batch = X[order[cursor:cursor + batch_size].to(X.device)]
-            cursor += batch_size
+            batch = X[sampler.next_indices().to(X.device)]
             last_good = _snapshot(model)
             start = time.perf_counter()
+            lr = _learning_rate(config, iteration, start - started if timed_schedule else None)
             try:
-                optimizer.zero_grad(set_to_none=True)
-                if parallel is None:
-                    loss = step_loss(batch)
-                    loss_value = loss.detach()
-                else:
-                    loss, loss_value = shared_loss(step_loss, batch, parallel[1])
-                if not torch.isfinite(loss_value):
-                    raise TrainingFault(f"the training loss became {loss_value.item()} at "
-                                        f"iteration {iteration}")
-                loss.backward()
-                finite = [torch.isfinite(p.grad).all() for p in model.parameters()
-                          if p.grad is not None]
-                if finite and not torch.stack(finite).all():  # one host sync
-                    raise TrainingFault(f"non-finite gradients at iteration {iteration}")
-                if config.lr_schedule == "cosine":
-                    done = (iteration - 1) / config.max_iter
-                    if timed_schedule:
-                        done = max(done, (start - started) / config.max_seconds)
-                    for group in optimizer.param_groups:
-                        group["lr"] = config.lr * _cosine_factor(done)
-                optimizer.step()
+                loss_value = _step(model, optimizer, batch_loss, batch, parallel, lr, iteration)
             except (TrainingFault, ODESolveError) as err:
                 model.load_state_dict(last_good)
-                fault = err if isinstance(err, TrainingFault) else TrainingFault(
-                    f"the ODE solve failed at iteration {iteration}: {err}")
-                if X_val is None:
-                    result.stop_reason = "fault"
+                fault = _as_fault(err, iteration)
+                result.stop_reason = "fault"
+                if validation is None:
                     fault.result = result  # the history so far, for the caller
                     raise fault from err
                 warnings.warn(f"{fault}; stopping and keeping the best parameters so far",
                               RuntimeWarning, stacklevel=2)
-                result.stop_reason = "fault"
                 break
-            entry = {"iteration": iteration, "loss": float(loss_value),
-                     "lr": optimizer.param_groups[0]["lr"],
-                     "nfe_forward": _nfe(model, "nfe_forward"),
-                     "nfe_backward": _nfe(model, "nfe_backward"),
-                     "seconds": time.perf_counter() - start}
+            entry = _history_entry(iteration, loss_value, optimizer, model, start)
             result.n_iter = iteration
-            if X_val is not None and (iteration % config.validation_interval == 0
-                                      or iteration == config.max_iter):
-                try:
-                    val = _evaluate(model, X_val, val_loss_fn, max(batch_size, 1024))
-                except ODESolveError as err:
-                    val, why = math.nan, f"the validation solve failed: {err}"
-                else:
-                    why = f"the validation loss became {val}"
-                if not math.isfinite(val):
-                    warnings.warn(f"{why} at iteration {iteration}; stopping and keeping the "
-                                  "best parameters so far", RuntimeWarning, stacklevel=2)
-                    result.stop_reason = "fault"
-                    if best_state is None:  # nothing validated yet: undo this step
-                        model.load_state_dict(last_good)
-                    break
-                entry["val_loss"] = val
-                if val < best_val - config.tol:
-                    best_val, best_state, evals_no_change = val, _snapshot(model), 0
-                else:
-                    evals_no_change += 1
-                if (config.n_iter_no_change is not None
-                        and evals_no_change >= config.n_iter_no_change):
-                    result.history.append(entry)
-                    result.stop_reason = "early_stopping"
-                    break
-            result.history.append(entry)
+            stop = None
+            if validation is not None and validation.due(iteration):
+                stop = validation.update(model, iteration, entry, last_good)
+            if stop != "fault":  # a step whose validation failed is not recorded
+                result.history.append(entry)
+            if stop is not None:
+                result.stop_reason = stop
+                break
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{entry['loss']:.4f}", nfe=entry["nfe_forward"])
@@ -263,7 +407,5 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
     finally:
         if progress is not None:
             progress.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    result.best_val_loss = None if best_state is None else best_val
+    result.best_val_loss = None if validation is None else validation.restore_best(model)
     return result
