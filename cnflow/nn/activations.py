@@ -186,6 +186,9 @@ def _settings(module: nn.Module) -> dict[str, object]:
             if not key.startswith("_") and key != "training"}
 
 
+_DEFAULT_SETTINGS = {cls: _settings(cls()) for cls in _BY_MODULE}
+
+
 def activation_of(module: nn.Module, fused: bool = False) -> Activation | None:
     """The row of :data:`ACTIVATION_TABLE` that ``module`` computes, else ``None``.
 
@@ -206,6 +209,6 @@ def activation_of(module: nn.Module, fused: bool = False) -> Activation | None:
     row = _BY_MODULE.get(type(module))
     if row is None or not row.accepts(module):
         return None
-    if fused and (not row.fused or _settings(module) != _settings(row.module())):
+    if fused and (not row.fused or _settings(module) != _DEFAULT_SETTINGS[row.module]):
         return None
     return row
