@@ -1,10 +1,21 @@
 """cnflow.nn: the concat-squash layer is the formula it claims, the MLP is wired as stated."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
-from cnflow.nn import ACTIVATIONS, ConcatSquashLinear, ConcatSquashMLP
+from cnflow.nn import (
+    ACTIVATION_DERIVATIVES,
+    ACTIVATION_TABLE,
+    ACTIVATIONS,
+    Activation,
+    ConcatSquashLinear,
+    ConcatSquashMLP,
+    activation_of,
+)
+from cnflow.nn.fused import FUSED_ACTIVATIONS, concat_squash_vjp, concat_squash_with_divergence
 
 D64 = torch.float64
 
@@ -128,22 +139,177 @@ def test_divergence_gradients_equal_double_backprop_of_the_autograd_jacobian(act
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["tanh", "sigmoid", "softplus"])
+def random_raw_layers(sizes, requires_grad=False):
+    """(W, b, a, c, d) flattened over layers of the given (in, out) sizes, float64."""
+    return [torch.randn(shape, dtype=D64, requires_grad=requires_grad)
+            for n_in, n_out in sizes
+            for shape in ((n_out, n_in), (n_out,), (n_out, 1), (n_out,), (n_out, 1))]
+
+
+@pytest.mark.parametrize("kind", FUSED_ACTIVATIONS)  # tanh, sigmoid, softplus and any new one
 @pytest.mark.parametrize("frobenius", [False, True])
 def test_fused_divergence_passes_gradcheck(kind, frobenius):
     """Finite differences of (f, tr ∂f/∂z) for z, t and every raw parameter."""
-    from cnflow.nn.fused import concat_squash_with_divergence
-
     torch.manual_seed(2)
     sizes = [(2, 4), (4, 5), (5, 2)]
     z = torch.randn(6, 2, dtype=D64, requires_grad=True)
     t = torch.tensor(0.3, dtype=D64, requires_grad=True)
-    raw = [torch.randn(shape, dtype=D64, requires_grad=True)
-           for n_in, n_out in sizes
-           for shape in ((n_out, n_in), (n_out,), (n_out, 1), (n_out,), (n_out, 1))]
+    raw = random_raw_layers(sizes, requires_grad=True)
 
     def fn(z, t, *raw):
         return concat_squash_with_divergence(kind, z, t, [raw[i:i + 5] for i in range(0, 15, 5)],
                                              frobenius=frobenius)
 
     assert torch.autograd.gradcheck(fn, (z, t, *raw))
+
+
+def test_fused_activations_are_the_table_rows_with_a_second_derivative():
+    assert {"tanh", "sigmoid", "softplus"} <= set(FUSED_ACTIVATIONS)
+    assert FUSED_ACTIVATIONS == tuple(n for n, r in ACTIVATION_TABLE.items() if r.fused)
+    assert set(ACTIVATIONS) == set(ACTIVATION_TABLE)
+    for name, row in ACTIVATION_TABLE.items():
+        assert ACTIVATIONS[name] is row.module
+        assert ACTIVATION_DERIVATIVES[row.module] is row.derivative
+        assert activation_of(row.module()) is row
+
+
+@pytest.mark.parametrize("name", list(ACTIVATION_TABLE))
+def test_table_row_derivatives_match_autograd(name):
+    """φ' (and φ'' where given) of every row, the fast forms of the fused path and its
+    pre-activation cotangent, against autograd of the module in float64 at many points."""
+    row = ACTIVATION_TABLE[name]
+    torch.manual_seed(3)
+    p = torch.cat([torch.linspace(-8, 8, 1601, dtype=D64), 3 * torch.randn(1000, dtype=D64)])
+    p = p[p != 0].requires_grad_()  # (ELU's φ'' jumps at 0)
+    h = row.module()(p)
+    (first,) = torch.autograd.grad(h.sum(), p, create_graph=True)
+    torch.testing.assert_close(row.derivative(p, h), first, rtol=1e-12, atol=1e-14)
+    s = row.derivative(p, h)
+    if row.second_derivative is None:
+        assert not row.fused
+        return
+    (second,) = torch.autograd.grad(first.sum(), p)
+    torch.testing.assert_close(row.second_derivative(p, h, s), second, rtol=1e-11, atol=1e-14)
+    with torch.no_grad():
+        p, h, s = p.detach(), h.detach(), s.detach()
+        fast_h, fast_s = row.evaluate(row.input_scale * p)
+        torch.testing.assert_close(fast_h, h, rtol=0, atol=1e-15)
+        torch.testing.assert_close(fast_s, s, rtol=0, atol=1e-15)
+        h_bar, s_bar = torch.randn_like(p), torch.randn_like(p)
+        generic = s * h_bar + second * s_bar
+        torch.testing.assert_close(row.pre_activation_cotangent(p, h, s, h_bar, s_bar), generic,
+                                   rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATION_TABLE))
+@pytest.mark.parametrize("per_row_t", [False, True])
+def test_forward_with_divergence_matches_autograd_trace_for_every_row(name, per_row_t):
+    """f and tr ∂f/∂z of a network with each row's activation (the fused path where the row
+    gives φ'' and t is one time) against the autograd Jacobian, float64."""
+    torch.manual_seed(4)
+    net = ConcatSquashMLP(3, (7, 5), activation=name).double()
+    assert net.has_analytic_divergence
+    assert (net.divergence_vjp(torch.tensor(0.5, dtype=D64), torch.randn(2, 3, dtype=D64))
+            is not None) == ACTIVATION_TABLE[name].fused
+    z = 2 * torch.randn(6, 3, dtype=D64)
+    t = torch.rand(6, dtype=D64) if per_row_t else torch.tensor(0.7, dtype=D64)
+    dz, trace = net.forward_with_divergence(t, z)
+    torch.testing.assert_close(dz, net(t, z), rtol=1e-14, atol=1e-14)
+    jac = torch.stack([torch.autograd.functional.jacobian(
+        lambda x, i=i: net(t[i:i + 1] if per_row_t else t, x[None])[0], z[i]) for i in range(6)])
+    torch.testing.assert_close(trace, jac.diagonal(dim1=1, dim2=2).sum(-1), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_which_activation_settings_the_analytic_and_fused_paths_take():
+    assert activation_of(nn.Softplus(beta=2.0)) is None
+    assert activation_of(nn.ELU(alpha=0.5)) is None
+    assert activation_of(nn.Softplus(threshold=10.0)) is ACTIVATION_TABLE["softplus"]
+    assert activation_of(nn.Softplus(threshold=10.0), fused=True) is None
+    assert activation_of(nn.ELU(), fused=True) is None  # no φ'' in its row
+    assert activation_of(nn.ReLU()) is None
+    t, z = torch.tensor(0.5), torch.randn(3, 2)
+    assert not ConcatSquashMLP(2, (4,), activation=nn.Softplus(beta=2.0)).has_analytic_divergence
+    net = ConcatSquashMLP(2, (4,), activation=nn.Softplus(threshold=10.0))
+    assert net.has_analytic_divergence and net.divergence_vjp(t, z) is None
+    assert ConcatSquashMLP(2, (4,), activation="softplus").divergence_vjp(t, z) is not None
+    assert ConcatSquashMLP(2, (), activation="tanh").divergence_vjp(t, z) is None
+
+
+def test_layer_parameters_are_the_layers_own_tensors_in_order():
+    net = ConcatSquashMLP(2, hidden=(4, 3))
+    params = net.layer_parameters()
+    assert len(params) == 3
+    for layer, (w, b, a, c, d) in zip(net.layers, params, strict=True):
+        assert w is layer.linear.weight and b is layer.linear.bias
+        assert a is layer.gate.weight and c is layer.gate.bias and d is layer.hyper_bias.weight
+    assert {id(p) for ps in params for p in ps} == {id(p) for p in net.parameters()}
+
+
+def test_activation_rows_refuse_inconsistent_fast_forms():
+    with pytest.raises(ValueError, match="input_scale"):
+        Activation(module=nn.Tanh, derivative=lambda p, h: 1 - h * h, input_scale=2.0)
+    with pytest.raises(ValueError, match="second_derivative"):
+        Activation(module=nn.Tanh, derivative=lambda p, h: 1 - h * h,
+                   pre_activation_grad=lambda h, s, h_bar, s_bar: s * h_bar)
+    z, t = torch.randn(3, 2, dtype=D64), torch.tensor(0.1, dtype=D64)
+    layers = [random_raw_layers([(2, 4)]), random_raw_layers([(4, 2)])]
+    with pytest.raises(ValueError, match="second derivative"):
+        concat_squash_with_divergence(ACTIVATION_TABLE["elu"], z, t, layers)
+    with pytest.raises(ValueError, match="unknown activation"):
+        concat_squash_with_divergence("elu", z, t, layers)
+
+
+def silu_second_derivative(p, h, s):
+    sig = torch.sigmoid(p)
+    return sig * (1 - sig) * (2 + p * (1 - 2 * sig))
+
+
+#: Rows with only φ, φ' and φ'' (the generic fused path, which keeps p): each fused row
+#: without its fast forms, and SiLU with a second derivative.
+PLAIN_ROWS = {
+    **{name: dataclasses.replace(ACTIVATION_TABLE[name], value_and_slope=None, input_scale=1.0,
+                                 pre_activation_grad=None) for name in FUSED_ACTIVATIONS},
+    "silu": dataclasses.replace(ACTIVATION_TABLE["silu"],
+                                second_derivative=silu_second_derivative),
+}
+
+
+def test_the_silu_second_derivative_of_the_plain_row_matches_autograd():
+    p = torch.linspace(-8, 8, 801, dtype=D64, requires_grad=True)
+    (first,) = torch.autograd.grad(nn.functional.silu(p).sum(), p, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), p)
+    p = p.detach()
+    h = nn.functional.silu(p)
+    torch.testing.assert_close(silu_second_derivative(p, h, None), second, rtol=1e-12,
+                               atol=1e-14)
+
+
+@pytest.mark.parametrize("name", list(PLAIN_ROWS))
+@pytest.mark.parametrize("frobenius", [False, True])
+def test_fused_path_of_a_row_with_only_its_derivatives(name, frobenius):
+    """A row that gives φ'' and nothing else runs the fused path: gradcheck, and the same
+    outputs and pullback as the table's row with its fast forms (where there is one)."""
+    row = PLAIN_ROWS[name]
+    assert row.fused and row.pre_activation_grad is None
+    torch.manual_seed(5)
+    sizes = [(2, 4), (4, 5), (5, 2)]
+    z = torch.randn(6, 2, dtype=D64, requires_grad=True)
+    t = torch.tensor(0.3, dtype=D64, requires_grad=True)
+    raw = random_raw_layers(sizes, requires_grad=True)
+
+    def fn(z, t, *raw):
+        return concat_squash_with_divergence(row, z, t, [raw[i:i + 5] for i in range(0, 15, 5)],
+                                             frobenius=frobenius)
+
+    assert torch.autograd.gradcheck(fn, (z, t, *raw))
+    if name not in FUSED_ACTIVATIONS:
+        return
+    layers = [raw[i:i + 5] for i in range(0, 15, 5)]
+    ours, pullback = concat_squash_vjp(row, z, t, layers, frobenius=frobenius)
+    table, table_pullback = concat_squash_vjp(name, z, t, layers, frobenius=frobenius)
+    torch.testing.assert_close(ours, table, rtol=1e-13, atol=1e-13)
+    cotangents = (torch.randn(6, 2, dtype=D64), torch.randn(6, dtype=D64),
+                  torch.randn(6, dtype=D64) if frobenius else None)
+    torch.testing.assert_close(pullback(*cotangents), table_pullback(*cotangents), rtol=1e-12,
+                               atol=1e-12)

@@ -11,14 +11,22 @@ and :class:`ConcatSquashMLP` stacks such layers with a smooth activation in betw
 parameters a hypernetwork makes from t, with a closed-form divergence. Every module here is
 called as ``module(t, x)``, the argument order of ODE dynamics ``f(t, z)``, except
 :class:`ODEBlock`, the ODE-Net layer h ↦ h(T) that wraps such dynamics (Chen et al. 2018).
+The activations and their derivatives come from one table, :data:`ACTIVATION_TABLE`
+(:mod:`cnflow.nn.activations`).
 """
 
 from __future__ import annotations
 
-from .activations import ACTIVATION_DERIVATIVES, ACTIVATIONS
+from .activations import (
+    ACTIVATION_DERIVATIVES,
+    ACTIVATION_TABLE,
+    ACTIVATIONS,
+    Activation,
+    activation_of,
+)
 from .concat_squash import ConcatSquashLinear, ConcatSquashMLP
 from .ode_block import ODEBlock
 from .planar_field import PlanarCNFField
 
 __all__ = ["ConcatSquashLinear", "ConcatSquashMLP", "PlanarCNFField", "ODEBlock", "ACTIVATIONS",
-           "ACTIVATION_DERIVATIVES"]
+           "ACTIVATION_DERIVATIVES", "ACTIVATION_TABLE", "Activation", "activation_of"]

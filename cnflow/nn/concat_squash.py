@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .activations import _FUSED_KINDS, ACTIVATION_DERIVATIVES, ACTIVATIONS
+from .activations import ACTIVATIONS, Activation, activation_of
 from .fused import concat_squash_vjp, concat_squash_with_divergence
 
 __all__ = ["ConcatSquashLinear", "ConcatSquashMLP"]
@@ -163,28 +163,34 @@ class ConcatSquashMLP(nn.Module):
     @property
     def has_analytic_divergence(self) -> bool:
         """Whether :meth:`forward_with_divergence` applies: a velocity field (out = in) with a
-        built-in activation (type exactly one of :data:`ACTIVATION_DERIVATIVES`; ELU only with
-        alpha = 1, Softplus only with beta = 1)."""
-        act = self.activation
-        if type(act) not in ACTIVATION_DERIVATIVES:
-            return False
-        if isinstance(act, nn.ELU) and act.alpha != 1.0:
-            return False
-        if isinstance(act, nn.Softplus) and act.beta != 1.0:
+        built-in activation (a row of :data:`cnflow.nn.activations.ACTIVATION_TABLE`, see
+        :func:`~cnflow.nn.activations.activation_of`: type exactly the row's module; ELU only
+        with alpha = 1, Softplus only with beta = 1)."""
+        if activation_of(self.activation) is None:
             return False
         first, last = self.layers[0].linear, self.layers[-1].linear
         return first.in_features == last.out_features
 
-    def _fused_kind(self) -> str | None:
-        """The activation's name when the hand-written backward applies, else None."""
-        fused = _FUSED_KINDS.get(type(self.activation))
-        if isinstance(self.activation, nn.Softplus) and self.activation.threshold != 20.0:
-            return None  # F.softplus's default threshold is what the fused path computes
+    def _fused_activation(self) -> Activation | None:
+        """The activation's row when the hand-written backward applies, else None."""
         if len(self.layers) < 2 or not self.has_analytic_divergence:
             return None
-        return fused
+        return activation_of(self.activation, fused=True)
 
-    def _fused_layers(self) -> list[tuple[Tensor, ...]]:
+    def layer_parameters(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
+        r"""The parameters of each layer as ``(W, b, a, c, d)``, the layer being
+        :math:`(W x + b) \odot \sigma(a t + c) + d\, t` (:class:`ConcatSquashLinear`).
+
+        Shapes (out, in), (out,), (out, 1), (out,), (out, 1); the tensors are the parameters
+        themselves (not copies), in the form :func:`cnflow.nn.fused.concat_squash_with_divergence`
+        and :func:`cnflow.nn.fused.concat_squash_vjp` take.
+
+        Example:
+            >>> from cnflow.nn import ConcatSquashMLP
+            >>> net = ConcatSquashMLP(2, hidden=(8,))
+            >>> [tuple(p.shape) for p in net.layer_parameters()[0]]
+            [(8, 2), (8,), (8, 1), (8,), (8, 1)]
+        """
         return [(layer.linear.weight, layer.linear.bias, layer.gate.weight, layer.gate.bias,
                  layer.hyper_bias.weight) for layer in self.layers]
 
@@ -192,8 +198,9 @@ class ConcatSquashMLP(nn.Module):
                        ) -> tuple[tuple[Tensor, ...], Callable] | None:
         r""":meth:`forward_with_divergence` at one time t with its pullback, outside autograd.
 
-        Returns ``None`` where the hand-written backward does not apply (an activation other
-        than tanh, sigmoid or softplus, or a single layer). Else ``(outputs, pullback)``:
+        Returns ``None`` where the hand-written backward does not apply (an activation whose
+        table row has no second derivative, see :data:`cnflow.nn.fused.FUSED_ACTIVATIONS`, or
+        a single layer). Else ``(outputs, pullback)``:
         ``outputs`` as :meth:`forward_with_divergence` (computed without a graph), and
         ``pullback(f̄, τ̄, r̄)`` returns :math:`\bar z` and a dict from each parameter to
         its vector-Jacobian product :math:`\bar f^\top \partial f/\partial\theta +
@@ -210,11 +217,11 @@ class ConcatSquashMLP(nn.Module):
             >>> z_bar.shape, grads[net.layers[0].linear.weight].shape
             (torch.Size([4, 2]), torch.Size([8, 2]))
         """
-        kind = self._fused_kind()
-        if kind is None:
+        act = self._fused_activation()
+        if act is None:
             return None
-        layers = self._fused_layers()
-        outputs, raw_pullback = concat_squash_vjp(kind, z, t.reshape(()), layers,
+        layers = self.layer_parameters()
+        outputs, raw_pullback = concat_squash_vjp(act, z, t.reshape(()), layers,
                                                   frobenius=frobenius)
         params = [p for layer in layers for p in layer]
 
@@ -251,14 +258,14 @@ class ConcatSquashMLP(nn.Module):
         if not self.has_analytic_divergence:
             raise ValueError("forward_with_divergence needs a built-in activation and "
                              "out_features == in_features")
-        derivative = ACTIVATION_DERIVATIVES[type(self.activation)]
+        derivative = activation_of(self.activation).derivative
         tc = _time_column(t, z)
         n = z.shape[0]
-        fused = self._fused_kind()
+        fused = self._fused_activation()
         if tc.shape[0] == 1 and fused is not None:
             # the solvers' case: hand-written backward (cnflow.nn.fused)
-            return concat_squash_with_divergence(fused, z, tc.reshape(()), self._fused_layers(),
-                                                 frobenius=frobenius)
+            return concat_squash_with_divergence(fused, z, tc.reshape(()),
+                                                 self.layer_parameters(), frobenius=frobenius)
         x = z
         jac = None  # (n, D, width): row d is ∂x/∂z_d, i.e. the Jacobian transposed
         last = len(self.layers) - 1

@@ -30,9 +30,11 @@ and then through the folding: :math:`\bar W = \operatorname{diag}(g) \bar W'`,
 The ODE solvers call this once per stage, and the adjoint once per backward stage; one
 autograd node with a dozen matrix products and elementwise ops per layer replaces some 150
 small autograd nodes (``scripts/bench_peers.py`` measures the training step). It is used by
-:meth:`cnflow.nn.ConcatSquashMLP.forward_with_divergence` for one time for all rows, tanh,
-sigmoid or softplus, with or without the Frobenius norm :math:`\|J_f\|_F^2 = \|J_{L-1}
-W_L^\top\|_F^2`; gradients through it are first order only (a second derivative raises).
+:meth:`cnflow.nn.ConcatSquashMLP.forward_with_divergence` for one time for all rows and an
+activation whose row of :data:`cnflow.nn.activations.ACTIVATION_TABLE` gives φ'' (tanh,
+sigmoid, softplus: :data:`FUSED_ACTIVATIONS`), with or without the Frobenius norm
+:math:`\|J_f\|_F^2 = \|J_{L-1} W_L^\top\|_F^2`; gradients through it are first order only
+(a second derivative raises).
 """
 
 from __future__ import annotations
@@ -40,46 +42,32 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .activations import ACTIVATION_TABLE, Activation
+
 __all__ = ["FUSED_ACTIVATIONS", "concat_squash_with_divergence", "concat_squash_vjp"]
 
-#: Activations with a hand-written second derivative here.
-FUSED_ACTIVATIONS = ("tanh", "sigmoid", "softplus")
+#: The names of the fused-capable activations: the rows of
+#: :data:`~cnflow.nn.activations.ACTIVATION_TABLE` with a second derivative.
+FUSED_ACTIVATIONS = tuple(name for name, row in ACTIVATION_TABLE.items() if row.fused)
 
 
-def _layer(kind: str, x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-    """h = φ(p) and φ'(p) for p = W x + b.
-
-    tanh is evaluated as 2σ(2p) − 1 (absolute error of a few ulp of 1): torch's CPU sigmoid
-    is vectorised and several times faster than its tanh, and the doubling folds into the
-    matrix product.
-    """
-    if kind == "tanh":
-        h = torch.sigmoid(torch.addmm(bias, x, weight.T, beta=2, alpha=2)).mul_(2).sub_(1)
-        return h, 1 - h * h
-    p = torch.addmm(bias, x, weight.T)
-    if kind == "sigmoid":
-        h = torch.sigmoid(p)
-        return h, h * (1 - h)
-    return F.softplus(p), torch.sigmoid(p)
+def _layer(act: Activation, x: Tensor, weight: Tensor,
+           bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """h = φ(p), φ'(p) and q = c p for p = W x + b, c the row's ``input_scale`` (folded into
+    the matrix product: tanh is evaluated as 2σ(2p) − 1, see :class:`Activation`)."""
+    scale = act.input_scale
+    q = torch.addmm(bias, x, weight.T, beta=scale, alpha=scale)
+    h, s = act.evaluate(q)
+    return h, s, q
 
 
-def _pre_activation_grad(kind: str, h: Tensor, s: Tensor, h_bar: Tensor,
-                         s_bar: Tensor) -> Tensor:
-    """p̄ = φ'(p) x̄ + φ''(p) s̄, with φ'' from h = φ(p) and s = φ'(p)."""
-    if kind == "tanh":  # φ'' = −2 h s
-        return s * (h_bar - 2 * h * s_bar)
-    if kind == "sigmoid":  # φ'' = s (1 − 2h)
-        return s * (h_bar + (1 - 2 * h) * s_bar)
-    return s * (h_bar + (1 - s) * s_bar)  # softplus: φ'' = s (1 − s)
-
-
-def _forward(kind: str, frobenius: bool, z: Tensor, t: Tensor,
+def _forward(act: Activation, frobenius: bool, z: Tensor, t: Tensor,
              raw: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], list[Tensor]]:
-    """The outputs ``(f, trace[, frobenius])`` and what :func:`_backward` needs."""
+    """The outputs ``(f, trace[, frobenius])`` and what :func:`_backward` needs (the
+    pre-activations p too where the row's backward needs them)."""
     # per layer: linear weight W, bias b, gate weight a (out, 1), gate bias c, shift d (out, 1)
     layers = [raw[i:i + 5] for i in range(0, len(raw), 5)]
     gates = [torch.sigmoid(torch.addcmul(c, a[:, 0], t)) for _, _, a, c, _ in layers]
@@ -87,10 +75,13 @@ def _forward(kind: str, frobenius: bool, z: Tensor, t: Tensor,
     biases = [torch.addcmul(d[:, 0] * t, b, g)
               for (_, b, _, _, d), g in zip(layers, gates, strict=True)]
     n, dim = z.shape
-    hs, ss, ms, js = [], [], [], []
+    keep_p = act.pre_activation_grad is None
+    hs, ss, ms, js, ps = [], [], [], [], []
     x, jac = z, None
     for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
-        h, s = _layer(kind, x, weight, bias)
+        h, s, q = _layer(act, x, weight, bias)
+        if keep_p:
+            ps.append(q if act.input_scale == 1 else q / act.input_scale)
         if jac is None:  # J_{-1} = I: M_0 = W_0ᵀ for every row (not stored)
             jac = s.unsqueeze(1) * weight.T.contiguous().unsqueeze(0)
         else:
@@ -102,7 +93,7 @@ def _forward(kind: str, frobenius: bool, z: Tensor, t: Tensor,
         js.append(jac)
         x = h
     out = torch.addmm(biases[-1], x, weights[-1].T)
-    saved = [z, t, *raw, *gates, *weights, *hs, *ss, *ms, *js]
+    saved = [z, t, *raw, *gates, *weights, *hs, *ss, *ms, *js, *ps]
     if not frobenius:
         return (out, jac.reshape(n, -1) @ weights[-1].reshape(-1)), saved
     # the whole D×D Jacobian of f (transposed): J_f[d, e] = ∂f_e/∂z_d
@@ -112,12 +103,14 @@ def _forward(kind: str, frobenius: bool, z: Tensor, t: Tensor,
     return (out, trace, jac_f.square().sum((1, 2))), saved
 
 
-def _backward(kind: str, frobenius: bool, saved: Sequence[Tensor], out_bar: Tensor,
+def _backward(act: Activation, frobenius: bool, saved: Sequence[Tensor], out_bar: Tensor,
               trace_bar: Tensor, frob_bar: Tensor | None,
               ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """z̄, t̄ and the raw parameters' gradients from the cotangents of the outputs."""
-    # saved: z, t; per layer 5 raw, g, W'; per hidden layer h, s, J and (but the first) M
-    n_layers, leftover = divmod(len(saved) - frobenius + 3, 11)
+    # saved: z, t; per layer 5 raw, g, W'; per hidden layer h, s, J, (but the first) M and
+    # (where the row's backward needs it) p
+    keep_p = act.pre_activation_grad is None
+    n_layers, leftover = divmod(len(saved) - frobenius + 3 + keep_p, 11 + keep_p)
     assert leftover == 0, "not what _forward saved"
     n_hidden = n_layers - 1
     z, t = saved[0], saved[1]
@@ -127,6 +120,7 @@ def _backward(kind: str, frobenius: bool, saved: Sequence[Tensor], out_bar: Tens
     rest = saved[2 + 7 * n_layers:]
     hs, ss = rest[:n_hidden], rest[n_hidden:2 * n_hidden]
     ms, js = rest[2 * n_hidden:3 * n_hidden - 1], rest[3 * n_hidden - 1:4 * n_hidden - 1]
+    ps = rest[4 * n_hidden - 1:5 * n_hidden - 1] if keep_p else [None] * n_hidden
     n, dim = z.shape
     grads: list[Tensor] = [z] * (2 * len(weights))  # placeholders, all overwritten
     last = weights[-1]
@@ -143,7 +137,7 @@ def _backward(kind: str, frobenius: bool, saved: Sequence[Tensor], out_bar: Tens
         weight, h, s = weights[k], hs[k], ss[k]
         m_bar = jac_bar * s.unsqueeze(1)
         m = ms[k - 1] if k > 0 else weight.T.unsqueeze(0)
-        p_bar = _pre_activation_grad(kind, h, s, x_bar, (jac_bar * m).sum(1))
+        p_bar = act.pre_activation_cotangent(ps[k], h, s, x_bar, (jac_bar * m).sum(1))
         x_prev = hs[k - 1] if k > 0 else z
         weight_bar = p_bar.T @ x_prev
         if k > 0:
@@ -171,41 +165,52 @@ def _backward(kind: str, frobenius: bool, saved: Sequence[Tensor], out_bar: Tens
 
 class _MLPWithDivergence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kind: str, frobenius: bool, z: Tensor, t: Tensor, *raw: Tensor):
-        outputs, saved = _forward(kind, frobenius, z, t, raw)
-        ctx.kind, ctx.frobenius = kind, frobenius
+    def forward(ctx, act: Activation, frobenius: bool, z: Tensor, t: Tensor, *raw: Tensor):
+        outputs, saved = _forward(act, frobenius, z, t, raw)
+        ctx.act, ctx.frobenius = act, frobenius
         ctx.save_for_backward(*saved)
         return outputs
 
     @staticmethod
     @once_differentiable
     def backward(ctx, out_bar: Tensor, trace_bar: Tensor, frob_bar: Tensor | None = None):
-        z_bar, t_bar, raw_grads = _backward(ctx.kind, ctx.frobenius, ctx.saved_tensors,
+        z_bar, t_bar, raw_grads = _backward(ctx.act, ctx.frobenius, ctx.saved_tensors,
                                             out_bar, trace_bar, frob_bar)
         return (None, None, z_bar, t_bar, *raw_grads)
 
 
-def _check(kind: str, layers: Sequence[Sequence[Tensor]]) -> None:
-    if kind not in FUSED_ACTIVATIONS:
-        raise ValueError(f"unknown activation {kind!r}; valid: {', '.join(FUSED_ACTIVATIONS)}")
+def _check(activation: str | Activation, layers: Sequence[Sequence[Tensor]]) -> Activation:
+    """The row of the activation, after checking that it and the layers suit the fused path."""
+    if isinstance(activation, Activation):
+        if not activation.fused:
+            raise ValueError("the activation has no second derivative, needed by the fused "
+                             "backward")
+        act = activation
+    elif activation in FUSED_ACTIVATIONS:
+        act = ACTIVATION_TABLE[activation]
+    else:
+        raise ValueError(
+            f"unknown activation {activation!r}; valid: {', '.join(FUSED_ACTIVATIONS)}")
     if len(layers) < 2 or any(len(layer) != 5 for layer in layers):
         raise ValueError("need at least two layers, each given as (W, b, a, c, d)")
+    return act
 
 
-def concat_squash_with_divergence(kind: str, z: Tensor, t: Tensor,
+def concat_squash_with_divergence(activation: str | Activation, z: Tensor, t: Tensor,
                                   layers: Sequence[Sequence[Tensor]],
                                   frobenius: bool = False) -> tuple[Tensor, ...]:
     r"""f(t, z) and tr(∂f/∂z) (and ‖∂f/∂z‖²_F) of a concat-squash MLP at one time t (at least
-    one hidden layer), activation ``kind`` (one of :data:`FUSED_ACTIVATIONS`) between the
-    layers.
+    one hidden layer), with ``activation`` between the layers.
 
     Arguments:
-        kind: the activation.
+        activation: a name from :data:`FUSED_ACTIVATIONS`, or a fused-capable row
+            (:class:`cnflow.nn.activations.Activation` with a second derivative).
         z: shape (n, D).
         t: the time, a 0-d tensor of z's dtype.
         layers: per layer ``(W, b, a, c, d)``: the linear weight (out, in) and bias (out,), the
             gate's weight (out, 1) and bias (out,), the time shift's weight (out, 1) (the
-            parameters of :class:`cnflow.nn.ConcatSquashLinear`).
+            parameters of :class:`cnflow.nn.ConcatSquashLinear`, as
+            :meth:`cnflow.nn.ConcatSquashMLP.layer_parameters` gives them).
         frobenius: also return ‖∂f/∂z‖²_F per row (the RNODE regulariser's integrand).
 
     Returns:
@@ -216,25 +221,26 @@ def concat_squash_with_divergence(kind: str, z: Tensor, t: Tensor,
         >>> from cnflow.nn.fused import concat_squash_with_divergence
         >>> from cnflow.nn import ConcatSquashMLP
         >>> net = ConcatSquashMLP(2, hidden=(8,))
-        >>> layers = net._fused_layers()  # (W, b, a, c, d) per layer
+        >>> layers = net.layer_parameters()  # (W, b, a, c, d) per layer
         >>> f, tr = concat_squash_with_divergence("tanh", torch.randn(5, 2), torch.tensor(0.5),
         ...                                       layers)
         >>> f.shape, tr.shape
         (torch.Size([5, 2]), torch.Size([5]))
     """
-    _check(kind, layers)
+    act = _check(activation, layers)
     raw = [p for layer in layers for p in layer]
     if not torch.is_grad_enabled():  # e.g. the adjoint's forward solve: no graph to record
-        return _forward(kind, bool(frobenius), z, t, raw)[0]
-    return _MLPWithDivergence.apply(kind, bool(frobenius), z, t, *raw)
+        return _forward(act, bool(frobenius), z, t, raw)[0]
+    return _MLPWithDivergence.apply(act, bool(frobenius), z, t, *raw)
 
 
 #: ``pullback(f̄, τ̄, r̄) -> (z̄, parameter gradients)``, see :func:`concat_squash_vjp`.
 Pullback = Callable[[Tensor, Tensor, "Tensor | None"], tuple[Tensor, list[Tensor]]]
 
 
-def concat_squash_vjp(kind: str, z: Tensor, t: Tensor, layers: Sequence[Sequence[Tensor]],
-                      frobenius: bool = False) -> tuple[tuple[Tensor, ...], Pullback]:
+def concat_squash_vjp(activation: str | Activation, z: Tensor, t: Tensor,
+                      layers: Sequence[Sequence[Tensor]], frobenius: bool = False,
+                      ) -> tuple[tuple[Tensor, ...], Pullback]:
     r"""The outputs of :func:`concat_squash_with_divergence` and their pullback, without
     autograd: ``pullback(f̄, τ̄, r̄)`` returns the vector-Jacobian products
     :math:`\bar z = \bar f^\top \partial f/\partial z + \bar\tau^\top \partial\tau/\partial z
@@ -249,24 +255,24 @@ def concat_squash_vjp(kind: str, z: Tensor, t: Tensor, layers: Sequence[Sequence
         >>> from cnflow.nn.fused import concat_squash_vjp
         >>> from cnflow.nn import ConcatSquashMLP
         >>> net = ConcatSquashMLP(2, hidden=(8,))
-        >>> layers = net._fused_layers()  # (W, b, a, c, d) per layer
+        >>> layers = net.layer_parameters()  # (W, b, a, c, d) per layer
         >>> (f, tr), pullback = concat_squash_vjp("tanh", torch.randn(5, 2), torch.tensor(0.5),
         ...                                       layers)
         >>> z_bar, grads = pullback(torch.ones(5, 2), torch.ones(5), None)
         >>> z_bar.shape, len(grads)
         (torch.Size([5, 2]), 10)
     """
-    _check(kind, layers)
+    act = _check(activation, layers)
     raw = [p.detach() for layer in layers for p in layer]
     with torch.no_grad():
-        outputs, saved = _forward(kind, bool(frobenius), z.detach(), t.detach(), raw)
+        outputs, saved = _forward(act, bool(frobenius), z.detach(), t.detach(), raw)
 
     def pullback(out_bar: Tensor, trace_bar: Tensor,
                  frob_bar: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
         if frobenius and frob_bar is None:
             raise ValueError("frobenius=True needs the cotangent of the Frobenius norm")
         with torch.no_grad():
-            z_bar, _, raw_grads = _backward(kind, bool(frobenius), saved, out_bar, trace_bar,
+            z_bar, _, raw_grads = _backward(act, bool(frobenius), saved, out_bar, trace_bar,
                                             frob_bar)
         return z_bar, raw_grads
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .activations import ACTIVATION_DERIVATIVES, ACTIVATIONS
+from .activations import ACTIVATION_TABLE, ACTIVATIONS, activation_of
 from .concat_squash import _is_positive_int, _time_column
 
 __all__ = ["PlanarCNFField"]
@@ -69,9 +69,9 @@ class PlanarCNFField(nn.Module):
         for name, value in (("dim", dim), ("n_units", n_units), ("hyper_hidden", hyper_hidden)):
             if not _is_positive_int(value):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        valid = [name for name, cls in ACTIVATIONS.items() if cls in ACTIVATION_DERIVATIVES]
-        if not isinstance(activation, str) or activation not in valid:
-            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(valid)}")
+        if not isinstance(activation, str) or activation not in ACTIVATION_TABLE:
+            raise ValueError(f"unknown activation {activation!r}; valid: "
+                             f"{', '.join(ACTIVATION_TABLE)}")
         self.dim, self.n_units, self.gated = dim, n_units, bool(gated)
         self.activation = ACTIVATIONS[activation]()
         n_out = n_units * ((3 if self.gated else 2) * dim + 1)
@@ -161,7 +161,7 @@ class PlanarCNFField(nn.Module):
         """
         u, w, p, h = self._units(t, z)
         dz = self._combine(u, h)
-        s = ACTIVATION_DERIVATIVES[type(self.activation)](p, h)  # (n, M)
+        s = activation_of(self.activation).derivative(p, h)  # (n, M)
         trace = (s * (u * w).sum(-1)).sum(-1)  # u·w: (1 or n, M)
         if not frobenius:
             return dz, trace
