@@ -7,7 +7,7 @@ Jacobian (cnflow evaluates it by forward Jacobian propagation); Hutchinson's est
 the same data, once with each trace, for the same number of steps; scoring always uses the
 exact trace, so the test KL (NLL on 20,000 fresh rows plus their mean exact log-density)
 compares the models, not the estimators. In 2-D the exact trace is cheap, so this shows the
-price of the estimator's variance more than its savings (see scripts/bench_trace.py for the
+price of the estimator's variance more than its savings (see benchmarks/bench_trace.py for the
 cost in D).
 
 Writes FOLDER/trace_exact_vs_hutchinson.png (learned densities and training curves) and

@@ -1,4 +1,4 @@
-"""scripts/bench_ode.py runs end to end in its quick mode and writes its JSON."""
+"""benchmarks/bench_ode.py runs end to end in its quick mode and writes its JSON."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_ode.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ode.py"
 
 
 def test_bench_ode_quick(tmp_path):

@@ -1,4 +1,4 @@
-"""scripts/bench_peers.py runs end to end in its quick mode (the peers are an optional extra:
+"""benchmarks/bench_peers.py runs end to end in its quick mode (the peers are an optional extra:
 skipped where not installed; torchflows' models are left out, a single step of theirs takes
 tens of seconds)."""
 
@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_peers.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_peers.py"
 
 
 def test_bench_peers_quick(tmp_path):

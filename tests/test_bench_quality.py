@@ -1,4 +1,4 @@
-"""scripts/bench_quality.py runs end to end in its quick mode."""
+"""benchmarks/bench_quality.py runs end to end in its quick mode."""
 
 import importlib.util
 import json
@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_quality.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
 
 
 def test_bench_quality_quick(tmp_path):

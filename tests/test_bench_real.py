@@ -1,4 +1,4 @@
-"""scripts/bench_real.py runs end to end in its quick mode (zuko, an optional extra, is left
+"""benchmarks/bench_real.py runs end to end in its quick mode (zuko, an optional extra, is left
 out where it is not installed)."""
 
 import json
@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_real.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_real.py"
 
 
 def test_bench_real_quick(tmp_path):

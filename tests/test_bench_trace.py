@@ -1,4 +1,4 @@
-"""scripts/bench_trace.py runs end to end in its quick mode and writes its JSON and PNG."""
+"""benchmarks/bench_trace.py runs end to end in its quick mode and writes its JSON and PNG."""
 
 import json
 import math
@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_trace.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_trace.py"
 
 
 def test_bench_trace_quick(tmp_path):

@@ -1,4 +1,4 @@
-"""scripts/claims.py: every sub-command runs in its smoke mode (--quick) and writes a PNG and a
+"""benchmarks/claims.py: every sub-command runs in its smoke mode (--quick) and writes a PNG and a
 JSON with the structure docs/results.md reads. No timing is asserted."""
 
 import json
@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "claims.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "claims.py"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -25,7 +25,7 @@ def _run(claim: str, out: Path) -> dict:
     assert run.returncode == 0, run.stderr[-3000:]
     assert (out / f"claims_{claim}_quick.png").read_bytes()[:8] == PNG
     result = json.loads((out / f"claims_{claim}_quick.json").read_text())
-    assert result["command"] == f"python scripts/claims.py {claim} --quick"
+    assert result["command"] == f"python benchmarks/claims.py {claim} --quick"
     assert result["claim"] and result["machine"]["torch"]
     return result
 

@@ -175,9 +175,9 @@ def test_a_model_saved_from_cuda_loads_on_cpu_and_on_the_meta_device(tmp_path):
 
 
 def test_gpu_check_script_runs(tmp_path):
-    """A smoke run of scripts/gpu_check.py with the CPU standing in for the GPU (its CUDA run
+    """A smoke run of benchmarks/gpu_check.py with the CPU standing in for the GPU (its CUDA run
     needs a GPU); the agreement of a device with itself is exact."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     try:
         import gpu_check
     finally:

@@ -149,10 +149,10 @@ class CNFDensity(FlowDensityEstimator):
     average of five −2.12.
     Above 10,000 rows the data are standardised per column and nothing is held out, the
     settings measured on the 2-D toys (20,000 to 50,000 rows) below.
-    ``scripts/bench_real.py`` compares these defaults with cross-validated Gaussian mixtures
+    ``benchmarks/bench_real.py`` compares these defaults with cross-validated Gaussian mixtures
     and kernel densities and with zuko's NSF and MAF on scikit-learn's bundled data sets.
 
-    Measured on 2 CPU cores (``scripts/bench_quality.py``, 50k training rows, 20k test rows,
+    Measured on 2 CPU cores (``benchmarks/bench_quality.py``, 50k training rows, 20k test rows,
     batch 512, before the fine-tuning and batch defaults below): checkerboard test KL 0.124
     nats after 60,000 flow-matching steps at lr 1e-2 (184 s) against 0.27 after 1000
     maximum-likelihood steps (324 s); 8gaussians 0.010 against 0.028. Flow matching at lr
@@ -185,7 +185,7 @@ class CNFDensity(FlowDensityEstimator):
             of about ±0.01); flow matching alone for 170 s gave 0.039 at 512 and 0.025 at 2048
             on pinwheel. (This docstring's pinwheel KLs are test NLL − H(p) with an entropy
             that took the arms to be disjoint, 0.0067 nats too high; the paired estimate of
-            ``scripts/bench_peers.py`` is about 0.007 higher. Differences between settings
+            ``benchmarks/bench_peers.py`` is about 0.007 higher. Differences between settings
             stand.)
         weight_decay: Adam's L2 penalty.
         lr: Adam's learning rate; ``"auto"``: 1e-2 with flow matching, 5e-3 with maximum
@@ -203,7 +203,7 @@ class CNFDensity(FlowDensityEstimator):
             on checkerboard (50k rows, 1000 iterations, 2 CPU cores): test KL 0.27 nats in
             340 s with a final forward NFE of 62, against KL 0.28 in 430 s and NFE 116
             without the penalties, and 0.45 at lr 1e-3 (one run each; a single iteration's
-            NFE is noisy). ``scripts/claims.py depth`` (batch 256, 20,000 rows) saw no such
+            NFE is noisy). ``benchmarks/claims.py depth`` (batch 256, 20,000 rows) saw no such
             reduction: NFE 95 with the penalties against 97 without, KL 0.280 and 0.281.
         time_exponent: γ > 0: flow matching draws its times as t = T·u^γ, u ~ U(0, 1) (see
             :meth:`cnflow.CNF.flow_matching_loss`; every γ has the same minimiser). γ > 1
@@ -212,9 +212,9 @@ class CNFDensity(FlowDensityEstimator):
             fine-tuning by the adjoint; 240 s, paired test KL, seed 0): 0.0230 at γ = 1, 0.0150
             at 1.5, 0.0147 at 2, 0.0198 at 3, and 0.0311 with the opposite emphasis (t = T(1 −
             (1 − u)^1.5)); seed 1: 0.0174 at γ = 1, 0.0154 at 1.5. The gain is on the arms'
-            edges and tips, where the flow had put too little mass (``scripts/fit_toy.py``
+            edges and tips, where the flow had put too little mass (``benchmarks/fit_toy.py``
             reports the KL by bands of the true density); on checkerboard
-            (``scripts/bench_peers.py``) KL fell from 0.133 to 0.098.
+            (``benchmarks/bench_peers.py``) KL fell from 0.133 to 0.098.
         fine_tune_iter: maximum-likelihood steps (the ``trace`` above, gradients as
             ``fine_tune_adjoint`` says, no RNODE penalties) after flow matching, at half its
             learning rate with a cosine schedule; ``"auto"``: one per 100 flow-matching steps

@@ -167,7 +167,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
         exact_method: how the exact trace is computed, one of
             :data:`cnflow.divergence.EXACT_METHODS`: ``"auto"`` (default) propagates the
             Jacobian forward through the built-in network, or runs a loop of D vector-Jacobian
-            products for any other ``net`` (the fastest measured; ``scripts/bench_trace.py``).
+            products for any other ``net`` (the fastest measured; ``benchmarks/bench_trace.py``).
         step_size: the step of a fixed-step solver (None: one step over [0, T]).
         max_num_steps: the most steps one solve may take.
         seminorm: leave the parameter adjoint out of the adjoint's error control (Kidger et al.

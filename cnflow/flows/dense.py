@@ -6,7 +6,7 @@ Jacobian of the linear map is :math:`W_k` itself, a dense matrix, so its log-det
 computed as a general determinant must be, by an LU factorisation
 (``torch.linalg.slogdet``): O(D³). The elementwise map contributes
 :math:`\sum_i \log s\,[a_i < 0]`, O(D). This flow is the O(D³) reference in the determinant
-cost comparison (``scripts/bench_logdet.py``): O(D³) log-det, against the O(D²) exact trace of
+cost comparison (``benchmarks/bench_logdet.py``): O(D³) log-det, against the O(D²) exact trace of
 a CNF and the O(D) of Hutchinson's estimator or a planar layer.
 
 The inverse is closed form too: a linear solve (again O(D³)) and the leaky ReLU's inverse.

@@ -29,7 +29,7 @@ and then through the folding: :math:`\bar W = \operatorname{diag}(g) \bar W'`,
 
 The ODE solvers call this once per stage, and the adjoint once per backward stage; one
 autograd node with a dozen matrix products and elementwise ops per layer replaces some 150
-small autograd nodes (``scripts/bench_peers.py`` measures the training step). It is used by
+small autograd nodes (``benchmarks/bench_peers.py`` measures the training step). It is used by
 :meth:`cnflow.nn.ConcatSquashMLP.forward_with_divergence` for one time for all rows and an
 activation whose row of :data:`cnflow.nn.activations.ACTIVATION_TABLE` gives φ'' (tanh,
 sigmoid, softplus: :data:`FUSED_ACTIVATIONS`), with or without the Frobenius norm

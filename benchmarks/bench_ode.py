@@ -11,7 +11,7 @@
    methods (dopri5, bosh3); backward NFE and time of an adjoint gradient with and without the
    seminorm, both libraries.
 
-Run: .venv/bin/python scripts/bench_ode.py [--quick] [--out docs]
+Run: .venv/bin/python benchmarks/bench_ode.py [--quick] [--out docs]
 Needs the bench extra for the peer columns (bash scripts/setup.sh test,bench); without
 torchdiffeq the peer columns are left out. Never run it while anything else is running.
 """
@@ -247,7 +247,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "device": args.device,
                     "torchdiffeq": getattr(torchdiffeq, "__version__", None)},
-        "command": "python scripts/bench_ode.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/bench_ode.py" + (" --quick" if args.quick else ""),
     }
     print("1. Memory of one training step (MLP 2-64-64-2, rk4), adjoint vs backprop")
     result["memory"] = memory_benchmark(steps, batch, args.device)

@@ -28,7 +28,7 @@ overheads flatten the small-D end.
 The table is printed; JSON and a log-log PNG go to --out (docs/bench_logdet.json and
 docs/bench_logdet.png; bench_logdet_quick.* with --quick, tiny sizes for the tests).
 
-Run: .venv/bin/python scripts/bench_logdet.py [--quick] [--out docs]
+Run: .venv/bin/python benchmarks/bench_logdet.py [--quick] [--out docs]
 (about 2 minutes on 2 CPU cores). Never run it while anything else is running.
 """
 

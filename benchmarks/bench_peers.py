@@ -27,7 +27,7 @@ log-Jacobian of the scaling is added back. Reported per model: iterations, secon
 iteration, forward/backward NFE of the last step (where the library exposes them), test NLL
 and KL. Prints a Markdown table; writes JSON and the table to --out.
 
-Run: .venv/bin/python scripts/bench_peers.py [--budget 240] [--datasets ...] [--models ...]
+Run: .venv/bin/python benchmarks/bench_peers.py [--budget 240] [--datasets ...] [--models ...]
 (budget × 3 datasets × 6 neural models: 72 minutes at the default on 2 CPU cores).
 --quick: 3 s budgets on one dataset, for the tests. Never run it while anything else runs.
 """

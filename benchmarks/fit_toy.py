@@ -1,7 +1,7 @@
 """Fit CNFDensity with chosen settings to a toy density and report time, NFE and test KL.
 
 The runs behind CNFDensity's defaults were made with this script, e.g.
-    .venv/bin/python scripts/fit_toy.py checkerboard --max-iter 1000 --set lr=5e-3 \
+    .venv/bin/python benchmarks/fit_toy.py checkerboard --max-iter 1000 --set lr=5e-3 \
         --set kinetic_energy=0.01 --set jacobian_norm=0.01
 (50,000 training rows, 20,000 fresh test rows, KL = test NLL + the test rows' mean exact
 log p). Where p's log-density is known with more than one value (8gaussians, pinwheel), it

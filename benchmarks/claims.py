@@ -12,7 +12,7 @@ memory        Adjoint training needs memory independent of the number of solver 
               backward (saved-tensor hooks, exact) and the peak rise of the process's resident
               memory over the level before the step (a thread reads /proc/self/statm every
               0.5 ms; glibc is told to return large blocks to the system at once). The helpers
-              are scripts/measure.py's measure_step and run_fresh.
+              are benchmarks/measure.py's measure_step and run_fresh.
 reverse_cost  The backward (adjoint) solve takes roughly half the evaluations of the forward
               solve (Chen et al. 2018, figure 3c; a torchdiffeq maintainer later said the
               paper's numbers came from scipy's odeint, torchdiffeq issue 97). Measured: backward
@@ -29,7 +29,7 @@ depth         The number of evaluations grows during training (Chen et al. 2018,
               iteration of maximum-likelihood training on checkerboard without penalties
               (plain FFJORD, Grathwohl et al. 2019) and with λ_K = λ_J = 0.01.
 
-Run: .venv/bin/python scripts/claims.py {memory,reverse_cost,tolerance,depth,all} [--quick]
+Run: .venv/bin/python benchmarks/claims.py {memory,reverse_cost,tolerance,depth,all} [--quick]
      [--out docs] [--threads N] [--plot-only]
 Measured with --threads 1 on a 2-core machine shared with other jobs: memory 2.2 minutes,
 reverse_cost 1.4, tolerance 1.6, depth 6.6; "all" their sum. --plot-only redraws a figure from
@@ -152,7 +152,7 @@ def draw(name: str, result: dict, path: Path) -> None:
 def write(out: Path, name: str, quick: bool, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = stem(out, name, quick)
-    result["command"] = f"python scripts/claims.py {name}" + (" --quick" if quick else "")
+    result["command"] = f"python benchmarks/claims.py {name}" + (" --quick" if quick else "")
     result["machine"] = machine()
     path.with_suffix(".json").write_text(json.dumps(result, indent=1))
     draw(name, result, path.with_suffix(".png"))

@@ -30,7 +30,7 @@ Reported per model: test mean log-likelihood (in the data's own units) with its 
 error, train mean log-likelihood, seconds and iterations. Prints Markdown tables; writes
 bench_real.json and bench_real.md to --out.
 
-Run: .venv/bin/python scripts/bench_real.py [--budget 120] [--suites real synthetic large]
+Run: .venv/bin/python benchmarks/bench_real.py [--budget 120] [--suites real synthetic large]
 (4 neural models × 8 data sets × at most the budget: about 50 minutes at the default on 2 CPU
 cores, --large included; zuko's flows often stop early). --quick: 2 s budgets on one data
 set of each suite, for the tests. Needs the benchmark extra (zuko): bash scripts/setup.sh

@@ -21,7 +21,7 @@ fitted slope is the least-squares slope of log(time) against log(D) over all D.
 The table is printed; JSON and a log-log PNG go to --out (docs/bench_trace.json and
 docs/bench_trace.png; bench_trace_quick.* with --quick, tiny sizes for the tests).
 
-Run: .venv/bin/python scripts/bench_trace.py [--quick] [--out docs] [--device cpu]
+Run: .venv/bin/python benchmarks/bench_trace.py [--quick] [--out docs] [--device cpu]
 Never run it while anything else is running.
 """
 
@@ -178,7 +178,7 @@ def main() -> None:
     result = {
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "device": args.device},
-        "command": "python scripts/bench_trace.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/bench_trace.py" + (" --quick" if args.quick else ""),
         "config": {"dims": dims, "hidden": list(hidden), "batch": batch, "repeats": repeats,
                    "dtype": "float32", "network": "ConcatSquashMLP, tanh"},
         "rows": rows,

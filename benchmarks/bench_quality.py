@@ -6,7 +6,7 @@ samples and prints iterations, seconds, test NLL and KL = NLL + mean log p over 
 with p's exact log-density (cnflow.datasets.empirical_entropy; the paired estimate). A
 64-component GaussianMixture fitted to the same data is reported beside it for scale.
 
-Run: .venv/bin/python scripts/bench_quality.py [--quick] [--out docs]
+Run: .venv/bin/python benchmarks/bench_quality.py [--quick] [--out docs]
 (about 10 minutes on 2 CPU cores; --quick: tiny fits in seconds, for the tests).
 Never run it while anything else is running.
 """
@@ -82,7 +82,7 @@ def main() -> None:
                      f"{r['seconds']:.0f} | {r['test_nll']:.3f} | {r['kl']:.3f} |")
     table = "\n".join(lines)
     print(table)
-    result = {"command": "python scripts/bench_quality.py" + (" --quick" if args.quick else ""),
+    result = {"command": "python benchmarks/bench_quality.py" + (" --quick" if args.quick else ""),
               "machine": {"platform": platform.platform(), "torch": torch.__version__,
                           "threads": torch.get_num_threads()},
               "cnf_params": CNFDensity(**cnf).get_params(), "rows": rows}

@@ -9,7 +9,7 @@
    flow-matching step, on CPU and on CUDA, at batch sizes 512 to 16,384 (median of a few
    steps after a warm-up); the table gives seconds per step and the GPU's speed-up.
 
-Run: .venv/bin/python scripts/gpu_check.py [--out docs] [--device cuda:1] (under 5 minutes
+Run: .venv/bin/python benchmarks/gpu_check.py [--out docs] [--device cuda:1] (under 5 minutes
 on one GPU; the CPU timings are the slow part, so --cpu-max-batch caps them). Writes
 gpu_check.json and prints a Markdown table. Exits with a message when no CUDA device is
 present.

@@ -1,7 +1,7 @@
 """Measurement helpers shared by the benchmark scripts: the memory and time of one gradient
 step, and runs in fresh processes (so that earlier work does not set a peak).
 
-Imported by ``bench_ode.py`` and ``claims.py`` (the scripts folder is on ``sys.path`` when a
+Imported by ``bench_ode.py`` and ``claims.py`` (the benchmarks folder is on ``sys.path`` when a
 script in it runs).
 """
 
