@@ -159,9 +159,9 @@ def run_model(name: str, X: np.ndarray, X_test: np.ndarray, budget: float) -> di
         start = time.perf_counter()
         est.fit(X)
         seconds = time.perf_counter() - start
-        last = est.history_[-1]
+        last = est.history_[-1] if est.history_ else {}  # none when the budget ends first
         return {"iterations": est.n_iter_, "seconds": seconds, "test_nll": -est.score(X_test),
-                "nfe_forward": last["nfe_forward"], "nfe_backward": last["nfe_backward"]}
+                "nfe_forward": last.get("nfe_forward"), "nfe_backward": last.get("nfe_backward")}
     if name == "FFJORD-style":
         model = FFJORDStyle(2)
         run = adam_until(model, lambda b: -model.log_prob(b).mean(), U, budget,

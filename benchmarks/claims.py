@@ -170,10 +170,10 @@ def memory_child(spec: dict) -> dict:
     flow.adjoint = spec["mode"] == "adjoint"
     x = standardised(est, make_toy(DATASET, spec["batch"], random_state=2))
     # Warm-up (kernels, allocator, the first autograd graph) with a one-step rk4 solve.
-    flow.solver, flow.step_size = "rk4", None
+    flow.method, flow.step_size = "rk4", None
     (-flow.log_prob(x).mean()).backward()
     flow.zero_grad(set_to_none=True)
-    flow.solver = spec["solver"]
+    flow.method = spec["solver"]
     if spec["solver"] == "rk4":
         flow.step_size = float(flow.T) / spec["steps"]
     else:
@@ -268,7 +268,7 @@ def training_run(run: Run, sizes: Sizes, n_iter: int) -> dict:
     U = torch.as_tensor((X - mean) / scale, dtype=torch.float32)
     U_test = torch.as_tensor((X_test - mean) / scale, dtype=torch.float32)
     torch.manual_seed(SEED)
-    flow = CNF(2, hidden=sizes.hidden, solver=run.solver, rtol=run.tol, atol=run.tol,
+    flow = CNF(2, hidden=sizes.hidden, method=run.solver, rtol=run.tol, atol=run.tol,
                seminorm=run.seminorm)
     forward_seconds: list[float] = []
 

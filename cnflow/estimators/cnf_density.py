@@ -483,20 +483,22 @@ class CNFDensity(FlowDensityEstimator):
             config, max_iter=n_fine, lr=config.lr / 2, lr_schedule="cosine",
             batch_size=ml["batch_size"] if _is_auto(self.batch_size) else config.batch_size,
             max_seconds=remaining, validation_interval=ml["validation_interval"])
-        tol = float(self.fine_tune_tol)
-        fine_tuning = flow.solve_options.replace(
-            rtol=tol, atol=tol, adjoint=self._fine_tune_by_adjoint(flow.dim))
-
-        def fine_tune_loss(flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
-            return -flow.log_prob(u, solve_options=fine_tuning).mean()
-
         try:
-            second = train(flow, U_train, fine_tune_loss, second_config, X_val=U_val,
+            second = train(flow, U_train, self._likelihood_loss, second_config, X_val=U_val,
                            val_loss_fn=self._validation_loss, generator=generator)
         except TrainingFault as err:
             err.result = _joined(first, _tagged(err.result, "maximum_likelihood"))
             raise
         return _joined(first, _tagged(second, "maximum_likelihood"))
+
+    def _likelihood_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
+        """Fine-tuning's loss: the mean negative log-likelihood without the RNODE penalties,
+        solved at rtol = atol = ``fine_tune_tol`` with gradients as ``fine_tune_adjoint``
+        says (this call's options; the flow's own stay as built)."""
+        tol = float(self.fine_tune_tol)
+        options = flow.solve_options.replace(rtol=tol, atol=tol,
+                                             adjoint=self._fine_tune_by_adjoint(flow.dim))
+        return -flow.log_prob(u, solve_options=options).mean()
 
     def _auto(self) -> dict:
         return _AUTO[self.objective]

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..interfaces import CountsEvaluations
 from ..ode import ODESolveError
 from .distributed import data_parallel_loss, distributed_rank, out_of_time, shared_loss
 from .faults import TrainingFault
@@ -109,10 +110,12 @@ class TrainResult:
     stop_reason: str = "max_iter"
 
 
-def _nfe(model: nn.Module, name: str) -> int | None:
-    """The model's solver-evaluation count ``name`` as an int (None: it keeps none)."""
-    value = getattr(model, name, None)
-    return int(value) if value is not None else None
+def _nfe(model: nn.Module) -> tuple[int | None, int | None]:
+    """The model's function evaluations in its last forward solve and backward pass (None
+    for a model that counts none, see :class:`cnflow.interfaces.CountsEvaluations`)."""
+    if not isinstance(model, CountsEvaluations):
+        return None, None
+    return int(model.nfe_forward), int(model.nfe_backward)
 
 
 @torch.no_grad()
@@ -303,10 +306,10 @@ def _history_entry(iteration: int, loss_value: torch.Tensor, optimizer: torch.op
                    model: nn.Module, start: float) -> dict:
     """The record of one step: its loss, learning rate, solver NFE and seconds since
     ``start``."""
+    nfe_forward, nfe_backward = _nfe(model)
     return {"iteration": iteration, "loss": float(loss_value),
             "lr": optimizer.param_groups[0]["lr"],
-            "nfe_forward": _nfe(model, "nfe_forward"),
-            "nfe_backward": _nfe(model, "nfe_backward"),
+            "nfe_forward": nfe_forward, "nfe_backward": nfe_backward,
             "seconds": time.perf_counter() - start}
 
 
