@@ -4,6 +4,7 @@ The public names, re-exported; nothing is defined here.
 """
 
 from .estimators import CNFDensity, PlanarFlowDensity
+from .files import ModelFileError
 from .flows import CNF, CNFRegularisers, DenseFlow, PlanarFlow
 from .latent import LatentODE
 from .nn import ODEBlock
@@ -24,5 +25,5 @@ __all__ = [
     "CNF", "CNFRegularisers", "CNFDensity", "PlanarFlow", "DenseFlow", "PlanarFlowDensity",
     "odeint", "odeint_adjoint", "SolveOptions", "SolverStats", "ODESolveError",
     "StepSizeUnderflowError", "MaxStepsExceededError", "NonFiniteStateError", "ODEBlock",
-    "LatentODE",
+    "LatentODE", "ModelFileError",
 ]

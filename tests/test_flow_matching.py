@@ -295,3 +295,27 @@ def test_auto_batch_size_is_per_objective(monkeypatch):
     seen.clear(), sizes.clear()
     est.set_params(batch_size=100).fit(X)
     assert set(sizes) == {100} and seen == [100] * 4
+
+
+def test_ctrl_c_during_flow_matching_stops_the_whole_fit(monkeypatch):
+    """An interruption in the first phase skips fine-tuning (and any further member): the
+    fit returns at once with the best parameters so far and a warning."""
+    X = make_toy("moons", 500, random_state=0)
+    est = CNFDensity(hidden=(16,), max_iter=50, fine_tune_iter=5, batch_size=100,
+                     validation_fraction=0.0, random_state=0, device="cpu")
+    steps, fine_tuning = [], []
+    original = CNF.flow_matching_loss
+
+    def interrupted(self, x, **kw):
+        steps.append(1)
+        if len(steps) == 10:
+            raise KeyboardInterrupt
+        return original(self, x, **kw)
+
+    monkeypatch.setattr(CNF, "flow_matching_loss", interrupted)
+    monkeypatch.setattr(est, "_likelihood_loss", lambda flow, u: fine_tuning.append(1))
+    with pytest.warns(RuntimeWarning, match="interrupted after 9 iterations"):
+        est.fit(X)
+    assert fine_tuning == [] and est.n_iter_ == 9
+    assert {h["objective"] for h in est.history_} == {"flow_matching"}
+    assert np.isfinite(est.score_samples(X[:10])).all()

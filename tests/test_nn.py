@@ -150,17 +150,26 @@ def random_raw_layers(sizes, requires_grad=False):
 @pytest.mark.parametrize("frobenius", [False, True])
 def test_fused_divergence_passes_gradcheck(kind, frobenius):
     """Finite differences of (f, tr ∂f/∂z) for z, t and every raw parameter."""
-    torch.manual_seed(2)
-    sizes = [(2, 4), (4, 5), (5, 2)]
+    assert _fused_gradcheck(kind, frobenius, *_fused_inputs(seed=2))
+
+
+def _fused_inputs(seed: int):
+    """z (6, 2), t and the raw parameters of a 2-4-5-2 network, float64, requiring grad."""
+    torch.manual_seed(seed)
     z = torch.randn(6, 2, dtype=D64, requires_grad=True)
     t = torch.tensor(0.3, dtype=D64, requires_grad=True)
-    raw = random_raw_layers(sizes, requires_grad=True)
+    return z, t, random_raw_layers([(2, 4), (4, 5), (5, 2)], requires_grad=True)
+
+
+def _fused_gradcheck(activation, frobenius: bool, z, t, raw) -> bool:
+    """gradcheck of the fused (f, tr ∂f/∂z[, ‖∂f/∂z‖²_F]) in z, t and every raw parameter."""
 
     def fn(z, t, *raw):
-        return concat_squash_with_divergence(kind, z, t, [raw[i:i + 5] for i in range(0, 15, 5)],
+        return concat_squash_with_divergence(activation, z, t,
+                                             [raw[i:i + 5] for i in range(0, 15, 5)],
                                              frobenius=frobenius)
 
-    assert torch.autograd.gradcheck(fn, (z, t, *raw))
+    return torch.autograd.gradcheck(fn, (z, t, *raw))
 
 
 def test_fused_activations_are_the_table_rows_with_a_second_derivative():
@@ -292,17 +301,8 @@ def test_fused_path_of_a_row_with_only_its_derivatives(name, frobenius):
     outputs and pullback as the table's row with its fast forms (where there is one)."""
     row = PLAIN_ROWS[name]
     assert row.fused and row.pre_activation_grad is None
-    torch.manual_seed(5)
-    sizes = [(2, 4), (4, 5), (5, 2)]
-    z = torch.randn(6, 2, dtype=D64, requires_grad=True)
-    t = torch.tensor(0.3, dtype=D64, requires_grad=True)
-    raw = random_raw_layers(sizes, requires_grad=True)
-
-    def fn(z, t, *raw):
-        return concat_squash_with_divergence(row, z, t, [raw[i:i + 5] for i in range(0, 15, 5)],
-                                             frobenius=frobenius)
-
-    assert torch.autograd.gradcheck(fn, (z, t, *raw))
+    z, t, raw = _fused_inputs(seed=5)
+    assert _fused_gradcheck(row, frobenius, z, t, raw)
     if name not in FUSED_ACTIVATIONS:
         return
     layers = [raw[i:i + 5] for i in range(0, 15, 5)]

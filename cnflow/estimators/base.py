@@ -24,6 +24,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from ..files import ModelFileError, atomic_write
 from ..flows.base import GaussianMixtureBase
 from ..flows.mixture import FlowMixture, best_mixture_weight
 from ..preprocessing import TabularPreprocessor, choose_preprocessing
@@ -366,13 +367,16 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         """Write the fitted estimator to a ``torch.save`` file that loads with
-        ``weights_only=True`` (tensors and plain Python values only; no code runs on load)."""
+        ``weights_only=True`` (tensors and plain Python values only; no code runs on load).
+
+        The file is written atomically (:func:`cnflow.files.atomic_write`): an interrupted
+        save leaves the file that was at ``path`` before."""
         check_is_fitted(self, "flow_")
         params = self.get_params(deep=False)
         seed = params["random_state"]
         params["random_state"] = int(seed) if isinstance(seed, numbers.Integral) else None
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
-        torch.save({
+        contents = {
             "format": _FORMAT,
             "estimator": type(self).__name__,
             "params": params,
@@ -391,16 +395,48 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             "stacked_components": [0 if m is None else int(m.n_components)
                                    for _, m in self._member_parts()],
             "history": self.history_,
-        }, path)
+        }
+        atomic_write(path, lambda handle: torch.save(contents, handle))
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None):
-        """Read a file written by :meth:`save`; ``device`` overrides the saved device."""
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        """Read a file written by :meth:`save`; ``device`` overrides the saved device.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            cnflow.files.ModelFileError: (a ValueError) the file is truncated, empty, not a
+                file of :meth:`save`, of another estimator, or missing parts; the message
+                says which. Loading never runs code from the file (``weights_only=True``).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no model file at {path}")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch's errors differ by damage: EOF, unpickling, OS
+            size = path.stat().st_size
+            why = "it is empty" if size == 0 else (
+                f"it is not a complete torch.save file ({type(err).__name__} after reading "
+                f"a file of {size} bytes: truncated, or not a model file)")
+            raise ModelFileError(f"{path} cannot be read as a {cls.__name__} file: {why}") \
+                from None
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a file written by {cls.__name__}.save")
-        if data["estimator"] != cls.__name__:
-            raise ValueError(f"{path} holds a {data['estimator']}, not a {cls.__name__}")
+            raise ModelFileError(f"{path} is not a file written by {cls.__name__}.save")
+        if data.get("estimator") != cls.__name__:
+            raise ModelFileError(f"{path} holds a {data.get('estimator')}, not a "
+                                 f"{cls.__name__}")
+        try:
+            return cls._from_saved(data, path, device)
+        except ModelFileError:
+            raise
+        except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as err:
+            what = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+            raise ModelFileError(f"{path} is damaged: {what}") from None
+
+    @classmethod
+    def _from_saved(cls, data: dict, path: Path, device: str | None):
+        """The estimator a :meth:`save` file describes (KeyError etc. where parts are
+        missing or malformed; :meth:`load` names them)."""
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in data["params"].items()}
         est = cls(**params)
         if device is not None:
@@ -424,7 +460,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         components = data.get("base_components") or [0] * est.n_members_
         stacked = data.get("stacked_components") or [0] * est.n_members_
         if len(components) != est.n_members_ or len(stacked) != est.n_members_:
-            raise ValueError(f"{path} is damaged: {len(components)} base densities and "
+            raise ModelFileError(f"{path} is damaged: {len(components)} base densities and "
                              f"{len(stacked)} stacked mixtures for {est.n_members_} flows")
         members = []
         for k_base, k_stack in zip(components, stacked):

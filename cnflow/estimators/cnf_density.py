@@ -474,8 +474,8 @@ class CNFDensity(FlowDensityEstimator):
             err.result = _tagged(err.result, "flow_matching")
             raise
         _tagged(first, "flow_matching")
-        if first.stop_reason == "fault":  # warned already; keep the best parameters
-            return first
+        if first.stop_reason in ("fault", "interrupted"):  # warned already: the fit stops
+            return first  # with the best parameters so far
         remaining = None
         if config.max_seconds is not None:
             # not returned early when no time is left: across processes, train agrees when

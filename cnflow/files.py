@@ -1,0 +1,58 @@
+"""Files: written atomically, and read with one clear error for anything damaged or foreign.
+
+:func:`atomic_write` writes to a temporary file in the target's folder, flushes it to disk and
+renames it over the target (``os.replace``), so a reader sees the old file or the new one,
+never half of one: an interrupted write (Ctrl-C, a full disk, a killed process) leaves the
+file that was there before. :class:`ModelFileError` is what every damaged or foreign model file
+raises, naming the file and what is wrong.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> from cnflow.files import atomic_write
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "numbers.txt"
+    >>> atomic_write(path, lambda f: f.write(b"1 2 3"))
+    >>> path.read_bytes()
+    b'1 2 3'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["ModelFileError", "atomic_write"]
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be read: truncated, empty, not a cnflow file, or missing
+    parts. The message names the file and what is wrong."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file all at once or not at all.
+
+    ``write(f)`` fills a temporary file opened for binary writing in ``path``'s folder; the
+    file is then flushed and synced and renamed over ``path``. If ``write`` raises (or the
+    process is interrupted before the rename), ``path`` keeps its old content and the
+    temporary file is removed.
+
+    Arguments:
+        path: the file to write; its folder must exist.
+        write: called once with the open temporary file.
+    """
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
