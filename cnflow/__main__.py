@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch
 
 from .datasets import TOY_DATASETS, make_toy
 from .estimators import OBJECTIVES, CNFDensity, PlanarFlowDensity
+from .files import atomic_write
 from .training import resolve_device
 
 _ESTIMATORS = {cls.__name__: cls for cls in (CNFDensity, PlanarFlowDensity)}
@@ -123,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                      verbose=not args.quiet and rank == 0,
                      **{k: v for k, v in given.items() if v is not None})
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable(out, folder=True)  # before the (long) fit
         print(f"training CNFDensity on {args.data}: {X.shape[0]} rows × {X.shape[1]} features, "
               f"{est._train_settings()['max_iter']} iterations of {est.objective} on {device}"
               + (f" ({world} processes)" if world > 1 else ""))
@@ -150,7 +152,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         samples = est.sample(20000, random_state=args.seed)
         plot_fit(X, samples, est.score_samples, out / "fit.png", resolution=args.resolution,
                  title=f"CNFDensity on {args.data}: {est.n_iter_} iterations, {seconds:.0f} s")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write(out / "summary.json",
+                 lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
     print(json.dumps(summary, indent=2))
     print(f"wrote {out / 'model.pt'}, {out / 'training.png'}"
           + (f", {out / 'fit.png'}" if X.shape[1] == 2 else ""))
@@ -200,14 +203,32 @@ def check_suffix(path: str, suffixes: tuple[str, ...]) -> Path:
     return file
 
 
+def check_writable(path: Path, folder: bool = False) -> Path:
+    """``path`` (a file, or with ``folder`` a folder) once its folder exists and takes a new
+    file; a CLIError saying why not (checked before any slow work, so nothing computed is
+    lost)."""
+    where = path if folder else path.parent
+    try:
+        if not folder and path.is_dir():
+            raise CLIError(f"cannot write {path}: it is a folder")
+        where.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".cnflow-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise CLIError(f"cannot write {path}: {err.strerror or err}") from None
+    return path
+
+
 def write_rows(path: str, rows: np.ndarray) -> Path:
-    """Write an array to .npy or .csv, by the file's suffix (1-D arrays: one value a line)."""
-    file = check_suffix(path, (".npy", ".csv"))
-    file.parent.mkdir(parents=True, exist_ok=True)
+    """Write an array to .npy or .csv, by the file's suffix (1-D arrays: one value a line),
+    atomically."""
+    file = check_writable(check_suffix(path, (".npy", ".csv")))
     if file.suffix == ".npy":
-        np.save(file, rows)
+        atomic_write(file, lambda handle: np.save(handle, rows))
     else:
-        np.savetxt(file, rows.reshape(len(rows), -1), delimiter=",", fmt="%.17g")
+        atomic_write(file, lambda handle: np.savetxt(
+            handle, rows.reshape(len(rows), -1), delimiter=",", fmt="%.17g"))
     return file
 
 
@@ -227,7 +248,7 @@ def check_positive(value: int, option: str) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     """``sample``: draw ``--n`` rows from a saved model into a .npy/.csv file."""
     check_positive(args.n, "--n")
-    check_suffix(args.out, (".npy", ".csv"))  # fail before the (slow) sampling
+    check_writable(check_suffix(args.out, (".npy", ".csv")))  # before the (slow) sampling
     est = load_model(args.model, args.device)
     rows = est.sample(args.n, random_state=args.seed)
     file = write_rows(args.out, rows)
@@ -237,7 +258,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_score(args: argparse.Namespace) -> None:
     """``score``: print the mean log-likelihood of DATA's rows; ``--out``: each row's."""
     if args.out:
-        check_suffix(args.out, (".npy", ".csv"))
+        check_writable(check_suffix(args.out, (".npy", ".csv")))
     est = load_model(args.model, args.device)
     X = load_rows(args.data, args.n_samples, args.seed)
     check_width(X, est, args.data)
@@ -255,6 +276,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     check_positive(args.n_samples, "--n-samples")
     check_positive(args.resolution, "--resolution")
     out = check_suffix(args.out, (".png",)) if args.out else Path(args.model).parent / "plot.png"
+    check_writable(out)
     est = load_model(args.model, args.device)
     if est.n_features_in_ != 2:
         raise CLIError(f"plot draws 2-D densities; the model has {est.n_features_in_} "
@@ -351,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (CLIError, ValueError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the file system refused a read or a write
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: cannot access{where}: {err.strerror or err}", file=sys.stderr)
         return 2
     return 0
 

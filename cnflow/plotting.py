@@ -17,6 +17,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .files import atomic_write
+
 __all__ = ["density_grid", "plot_density", "plot_fit", "plot_training_curves",
            "plot_trajectories", "animate_trajectories"]
 
@@ -71,10 +73,7 @@ def plot_fit(X: np.ndarray, samples: np.ndarray,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def plot_training_curves(history: Sequence[dict], path: str | Path,
@@ -115,16 +114,16 @@ def plot_training_curves(history: Sequence[dict], path: str | Path,
         ax_nfe.set_ylabel("function evaluations")
         ax_nfe.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def _save(fig: Figure, path: str | Path, **kwargs) -> Path:
+    """Write the figure to ``path`` atomically (its folder made if missing), in the format
+    its suffix names."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, **kwargs)
+    kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    atomic_write(path, lambda handle: fig.savefig(handle, **kwargs))
     return path
 
 

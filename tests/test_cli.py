@@ -209,3 +209,33 @@ def test_help_on_each_subcommand(command, capsys):
     with pytest.raises(SystemExit) as stop:
         main([command, "--help"])
     assert stop.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_unwritable_outputs_are_one_line_errors_before_any_work(trained, tmp_path, capsys,
+                                                                monkeypatch):
+    """An --out under a regular file, or naming a folder, is refused before sampling, scoring
+    or training starts (nothing computed is lost), with one line and exit code 2."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way")
+    work = []
+    monkeypatch.setattr(CNFDensity, "sample", lambda *a, **k: work.append("sample"))
+    monkeypatch.setattr(CNFDensity, "score_samples", lambda *a, **k: work.append("score"))
+    monkeypatch.setattr(CNFDensity, "fit", lambda *a, **k: work.append("fit"))
+    cases = [
+        ["sample", trained, "--out", blocker / "x.npy"],
+        ["sample", trained, "--out", tmp_path / "folder.npy"],
+        ["score", trained, "moons", "--out", blocker / "sub" / "x.csv"],
+        ["plot", trained, "--out", blocker / "x.png"],
+        ["train", "moons", *TINY, "--out", blocker / "run"],
+    ]
+    (tmp_path / "folder.npy").mkdir()
+    for args in cases:
+        one_line_error(capsys, args, "cannot write")
+    assert work == []
+
+
+def test_outputs_are_written_atomically(trained, tmp_path, capsys):
+    out = tmp_path / "x.csv"
+    code, _, _ = run(capsys, "sample", trained, "--n", "5", "--out", out)
+    assert code == 0 and read(out).shape == (5, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv"]  # no temporary left
