@@ -395,7 +395,8 @@ def log_columns(X: np.ndarray) -> np.ndarray:
 def choose_preprocessing(X: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
                          kinds: tuple[str, ...] = ("whiten", "log", "gaussianize"),
                          components: tuple[int, ...] = (1, 2, 4, 8, 16),
-                         random_state: int = 0) -> tuple[str, dict[str, float]]:
+                         random_state: int = 0, deadline: float | None = None
+                         ) -> tuple[str, dict[str, float]]:
     r"""The preprocessing under which a flexible model generalises best, judged on held-out
     rows.
 
@@ -407,6 +408,9 @@ def choose_preprocessing(X: np.ndarray, train_rows: np.ndarray, val_rows: np.nda
     skewed, bounded or dequantised, but can bend clusters that a linear map leaves simple; the
     mixture, fitted in seconds, is a cheap stand-in for the flow that follows, and the margin
     keeps the simpler map where the two are close.
+
+    ``deadline`` (a ``time.perf_counter()`` value) stops each kind's search for larger mixtures
+    once passed (see :func:`cnflow.flows.base.select_gaussian_mixture`).
 
     Returns:
         ``(kind, scores)``: the chosen kind and each kind's best held-out mean log-likelihood.
@@ -420,7 +424,7 @@ def choose_preprocessing(X: np.ndarray, train_rows: np.ndarray, val_rows: np.nda
         W_train, _ = pre.transform(X[train_rows])
         W_val, logdet = pre.transform(X[val_rows])
         mixture, _ = select_gaussian_mixture(W_train, W_val, components,
-                                             random_state=random_state)
+                                             random_state=random_state, deadline=deadline)
         best = mixture.score_samples(W_val) + logdet
         per_row[kind] = best
     chosen = kinds[0]

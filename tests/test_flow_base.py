@@ -194,3 +194,16 @@ def test_stacking_and_the_mixture_base_in_the_estimator(tmp_path):
                        random_state=0, device="cpu").fit(X)
     assert plain.stacking_weights_ is None and plain._member_parts()[0] == (
         plain.flow_.members[0], None)
+
+
+def test_a_spent_time_budget_stops_the_search_for_larger_mixtures():
+    import time
+
+    from cnflow.flows.base import select_gaussian_mixture
+
+    rng = np.random.RandomState(0)
+    U = _three_clusters(600, rng)
+    _, free = select_gaussian_mixture(U[:400], U[400:])
+    assert len(free) > 1
+    _, spent = select_gaussian_mixture(U[:400], U[400:], deadline=time.perf_counter() - 1)
+    assert list(spent) == [1]  # only the smallest, always fitted

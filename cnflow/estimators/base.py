@@ -136,9 +136,11 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         raise NotImplementedError
 
     def _fit_mixture(self, U_train: torch.Tensor, U_val: torch.Tensor | None,
-                     n_samples: int, seed: int) -> GaussianMixtureBase | None:
+                     n_samples: int, seed: int, deadline: float | None = None
+                     ) -> GaussianMixtureBase | None:
         """A Gaussian mixture fitted to a member's training rows, where the subclass uses
-        one (as the flow's base or to stack with it); None otherwise."""
+        one (as the flow's base or to stack with it); None otherwise. ``deadline``: when the
+        fit's time budget ends (``time.perf_counter()``), None without one."""
         return None
 
     def _base_of(self, mixture: GaussianMixtureBase | None) -> nn.Module | None:
@@ -225,6 +227,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             self.__dict__.pop(name, None)
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         started = time.perf_counter()  # max_seconds bounds the whole fit
+        deadline = None if self.max_seconds is None else started + float(self.max_seconds)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))  # as draw_seed, then the row order
         device = resolve_device(self.device)
@@ -242,7 +245,8 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         kind = self._preprocessing_kind(len(X))
         if kind == "choose":  # by held-out likelihood, on the first validation fold
             kind, self.preprocessing_scores_ = choose_preprocessing(
-                X, perm[~np.isin(perm, folds[0])], folds[0], random_state=seed)
+                X, perm[~np.isin(perm, folds[0])], folds[0], random_state=seed,
+                deadline=deadline)
         preprocessor = TabularPreprocessor(kind, random_state=seed).fit(X)
         self.device_, self.preprocessor_ = device, preprocessor
         self.mean_, self.scale_ = preprocessor.mean_, preprocessor.scale_
@@ -256,7 +260,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             rest = perm[~np.isin(perm, fold)]
             U_val = U[torch.as_tensor(fold, device=U.device)] if n_val else None
             U_train = U[torch.as_tensor(rest, device=U.device)] if n_val else U
-            mixture = self._fit_mixture(U_train, U_val, len(X), seed + k)
+            mixture = self._fit_mixture(U_train, U_val, len(X), seed + k, deadline)
             member_config = config
             if config.max_seconds is not None:  # the time left, shared by the members left
                 left = config.max_seconds - (time.perf_counter() - started)

@@ -268,10 +268,10 @@ class CNFDensity(FlowDensityEstimator):
             them (in one process; across processes, over max_iter only). It bounds the whole
             fit: choosing and fitting the preprocessing and the base mixtures come first, and
             the members share the time left equally. A fit can overrun it by the last step
-            and validation, and by a final scoring of the held-out rows; and those first
-            steps are not interrupted, so a budget shorter than they take is overrun by them
-            (about 25 s on digits, 1,347 × 64, on 2 CPU cores: ``max_seconds=3`` ends after
-            25 s with the flow untrained, at its Gaussian-copula start).
+            and validation, and by a final scoring of the held-out rows. Once the budget is
+            spent no larger Gaussian mixture is tried, but the preprocessing candidates and
+            the smallest mixtures are still fitted, so a budget shorter than they take is
+            overrun by them.
         solver: the deprecated name of ``method`` (warns; removed in the next release).
         dtype: "float32" or "float64".
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
@@ -514,7 +514,8 @@ class CNFDensity(FlowDensityEstimator):
         return bool(self.stacking)
 
     def _fit_mixture(self, U_train: torch.Tensor, U_val: torch.Tensor | None,
-                     n_samples: int, seed: int) -> GaussianMixtureBase | None:
+                     n_samples: int, seed: int, deadline: float | None = None
+                     ) -> GaussianMixtureBase | None:
         """The full-covariance Gaussian mixture (1 to 16 components) best on the member's
         held-out rows (by BIC without them), fitted to its training rows, when it is the
         base or is stacked."""
@@ -522,7 +523,7 @@ class CNFDensity(FlowDensityEstimator):
             return None
         val = None if U_val is None else U_val.double().cpu().numpy()
         mixture, _ = fit_gaussian_mixture_base(U_train.double().cpu().numpy(), val,
-                                               random_state=seed)
+                                               random_state=seed, deadline=deadline)
         return mixture
 
     def _base_of(self, mixture: GaussianMixtureBase | None) -> nn.Module | None:

@@ -35,6 +35,7 @@ References:
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -129,7 +130,8 @@ class GaussianMixtureBase(nn.Module):
 
 def select_gaussian_mixture(U_train: np.ndarray, U_val: np.ndarray | None = None,
                             components: tuple[int, ...] = (1, 2, 4, 8, 16),
-                            reg_covar: float = 1e-3, n_init: int = 3, random_state: int = 0):
+                            reg_covar: float = 1e-3, n_init: int = 3, random_state: int = 0,
+                            deadline: float | None = None):
     """The full-covariance Gaussian mixture (scikit-learn's) that best fits ``U_train``.
 
     The numbers of components in ``components`` (at most half the training rows) are tried in
@@ -139,7 +141,9 @@ def select_gaussian_mixture(U_train: np.ndarray, U_val: np.ndarray | None = None
     stops at the first number that scores below the best so far. The score is the mean
     log-likelihood of ``U_val``, or without held-out rows minus the BIC per row.
     ``reg_covar`` is added to each covariance's diagonal (the data are expected
-    standardised or whitened).
+    standardised or whitened). With ``deadline`` (a ``time.perf_counter()`` value), no larger
+    mixture is tried once it has passed (the smallest always is), so a fit's time budget also
+    bounds the search.
 
     Returns:
         ``(mixture, scores)``: the best fitted ``GaussianMixture`` and each tried candidate's
@@ -152,6 +156,8 @@ def select_gaussian_mixture(U_train: np.ndarray, U_val: np.ndarray | None = None
     best, best_score, scores = None, -np.inf, {}
     for k in sorted(components):
         if k > max(len(U_train) // 2, 1):
+            break
+        if best is not None and deadline is not None and time.perf_counter() >= deadline:
             break
         try:
             mixture = GaussianMixture(k, covariance_type="full", reg_covar=reg_covar,
@@ -174,11 +180,12 @@ def select_gaussian_mixture(U_train: np.ndarray, U_val: np.ndarray | None = None
 def fit_gaussian_mixture_base(U_train: np.ndarray, U_val: np.ndarray | None = None,
                               components: tuple[int, ...] = (1, 2, 4, 8, 16),
                               reg_covar: float = 1e-3, n_init: int = 3,
-                              random_state: int = 0) -> tuple[GaussianMixtureBase, dict]:
+                              random_state: int = 0, deadline: float | None = None
+                              ) -> tuple[GaussianMixtureBase, dict]:
     """The Gaussian mixture of :func:`select_gaussian_mixture` as a base density (float64),
     with the candidates' scores."""
     best, scores = select_gaussian_mixture(U_train, U_val, components, reg_covar, n_init,
-                                           random_state)
+                                           random_state, deadline)
     weights = best.weights_ / best.weights_.sum()
     base = GaussianMixtureBase(torch.from_numpy(weights), torch.from_numpy(best.means_),
                                torch.from_numpy(best.covariances_))
