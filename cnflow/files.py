@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,16 @@ __all__ = ["ModelFileError", "atomic_write"]
 class ModelFileError(ValueError):
     """A model file that cannot be read: truncated, empty, not a cnflow file, or missing
     parts. The message names the file and what is wrong."""
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits of the file at ``path``, or of a new file under the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
@@ -51,6 +62,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+            # the permissions an ordinary open() would give (mkstemp's are owner-only), or
+            # those of the file replaced
+            os.chmod(temporary, _mode_for(path))
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

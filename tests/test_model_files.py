@@ -104,3 +104,18 @@ def test_a_file_of_another_estimator_and_a_missing_file(saved, tmp_path):
         CNFDensity.load(good)
     with pytest.raises(FileNotFoundError, match="no model file"):
         CNFDensity.load(tmp_path / "absent.pt")
+
+
+def test_atomic_write_gives_the_permissions_of_an_ordinary_file(tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    fresh = tmp_path / "fresh.bin"
+    atomic_write(fresh, lambda f: f.write(b"x"))
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
+    kept = tmp_path / "kept.bin"
+    kept.write_bytes(b"old")
+    kept.chmod(0o640)
+    atomic_write(kept, lambda f: f.write(b"new"))
+    assert kept.stat().st_mode & 0o777 == 0o640
