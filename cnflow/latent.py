@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,7 +48,7 @@ from .estimators.base import DTYPES, EstimatorBase, draw_seed
 from .estimators.params import Boolean, InstanceOf, Integer, Options, Real
 from .ode import ADAPTIVE_METHODS, NFECounts, SolveOptions, SolverStats
 from .ode.inputs import check_tolerances
-from .ode.options import SolvesODEs
+from .ode.options import SolvesODEs, deprecated_solver
 from .training import LR_SCHEDULES, TrainConfig, TrainingFault, resolve_device, train
 
 __all__ = ["LatentODE", "LatentODENet", "LatentDynamics"]
@@ -401,13 +400,8 @@ class LatentODE(EstimatorBase):
     def _solve_options(self) -> SolveOptions:
         """The latent solves' options (``solver``, the deprecated name of ``method``, where
         that was set)."""
-        method = self.method
-        if self.solver != "deprecated":
-            warnings.warn("LatentODE(solver=...) is deprecated and will be removed in the next "
-                          "release; use method=... (an adaptive method: a fixed-step one "
-                          "would step onto every observation time)", DeprecationWarning,
-                          stacklevel=3)
-            method = self.solver
+        solver = None if self.solver == "deprecated" else self.solver
+        method = deprecated_solver(solver, self.method, "LatentODE")
         return SolveOptions(method=method, rtol=self.rtol, atol=self.atol,
                             adjoint=self.adjoint)
 

@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import numbers
 import time
-import warnings
 
 import torch
 from torch import nn
@@ -17,6 +16,7 @@ from ..flows.cnf import CNF
 from ..flows.mixture import FlowMixture
 from ..ode import TABLEAUX
 from ..ode.inputs import check_tolerances
+from ..ode.options import deprecated_solver
 from ..preprocessing import PREPROCESSINGS
 from ..training import (
     TrainConfig,
@@ -384,12 +384,8 @@ class CNFDensity(FlowDensityEstimator):
 
     def _method(self) -> str:
         """``method``, or ``solver`` (its deprecated name) where that was set."""
-        if self.solver == "deprecated":
-            return self.method
-        warnings.warn("CNFDensity(solver=...) is deprecated and will be removed in the next "
-                      "release; use method=... (the name odeint and torchdiffeq use)",
-                      DeprecationWarning, stacklevel=3)
-        return self.solver
+        solver = None if self.solver == "deprecated" else self.solver
+        return deprecated_solver(solver, self.method, "CNFDensity")
 
     def _hidden(self) -> tuple[int, ...]:
         """The hidden widths, "auto" resolved per objective; a ValueError if they are bad."""

@@ -99,7 +99,7 @@ class _AdjointSolve(torch.autograd.Function):
                            step_size=settings.step_size, max_num_steps=settings.max_num_steps,
                            segments=settings.segments, stats=settings.stats,
                            f0=settings.f0, f_out=settings.f_out, step_out=step_out)
-        settings.f0 = settings.f_out = None  # values only, not kept with the graph
+        settings.f0 = settings.f_out = None  # the backward pass needs ys and params only
         settings.last_step = step_out[-1] if step_out else None
         ctx.settings = settings
         ctx.save_for_backward(ys, *params)
