@@ -18,6 +18,7 @@ from .ode import (
     odeint,
     odeint_adjoint,
 )
+from .training import CheckpointMismatchError, TrainingFault
 
 __version__ = "0.1.0"
 
@@ -25,5 +26,5 @@ __all__ = [
     "CNF", "CNFRegularisers", "CNFDensity", "PlanarFlow", "DenseFlow", "PlanarFlowDensity",
     "odeint", "odeint_adjoint", "SolveOptions", "SolverStats", "ODESolveError",
     "StepSizeUnderflowError", "MaxStepsExceededError", "NonFiniteStateError", "ODEBlock",
-    "LatentODE", "ModelFileError",
+    "LatentODE", "ModelFileError", "CheckpointMismatchError", "TrainingFault",
 ]

@@ -3,7 +3,9 @@
 - ``train [DATA]`` fits a :class:`cnflow.CNFDensity` to a built-in toy density (by name) or
   to a .npy/.csv file of rows, then writes the model (``model.pt``), a picture of data,
   samples and learned density (``fit.png``, 2-D data), training curves (``training.png``)
-  and a summary (``summary.json``) to ``--out``.
+  and a summary (``summary.json``) to ``--out``. With ``--checkpoint PATH`` the fit writes
+  its state there every ``--checkpoint-interval`` seconds, and the same command run again
+  continues from it.
 - ``sample MODEL --n N --out FILE [--seed S]`` draws rows from a saved model into a .npy or
   .csv file.
 - ``score MODEL DATA [--out FILE]`` prints the mean log-likelihood of DATA's rows (a .npy or
@@ -121,11 +123,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     given = {"objective": args.objective, "max_iter": args.max_iter,
              "batch_size": args.batch_size, "lr": args.lr, "rtol": args.tol, "atol": args.tol,
              "hidden": None if args.hidden is None else tuple(args.hidden)}
+    if args.checkpoint is not None:
+        given["checkpoint"] = check_writable(Path(args.checkpoint))
+        given["checkpoint_interval"] = args.checkpoint_interval
     est = CNFDensity(device=device, random_state=args.seed,
                      verbose=not args.quiet and rank == 0,
                      **{k: v for k, v in given.items() if v is not None})
     if rank == 0:
         check_writable(out, folder=True)  # before the (long) fit
+        if args.checkpoint is not None and Path(args.checkpoint).exists():
+            print(f"continuing from the checkpoint {args.checkpoint}")
         print(f"training CNFDensity on {args.data}: {X.shape[0]} rows × {X.shape[1]} features, "
               f"{est._train_settings()['max_iter']} iterations of {est.objective} on {device}"
               + (f" ({world} processes)" if world > 1 else ""))
@@ -328,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=200,
                    help="density grid points per axis in fit.png (default: 200)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="write the fit's state to PATH while training; the same command run "
+                        "again continues from it (e.g. after the job was killed)")
+    p.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds between checkpoints (default: 60)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="draw rows from a saved model into a .npy/.csv file",

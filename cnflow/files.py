@@ -25,7 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["ModelFileError", "atomic_write"]
+import torch
+
+__all__ = ["ModelFileError", "atomic_write", "read_torch_file"]
 
 
 class ModelFileError(ValueError):
@@ -70,3 +72,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def read_torch_file(path: str | os.PathLike, what: str) -> object:
+    """The contents of a ``torch.save`` file, loaded with ``weights_only=True`` (tensors and
+    plain Python values only: no code from the file runs).
+
+    Arguments:
+        path: the file.
+        what: what the file should be, for messages (e.g. "a CNFDensity file").
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ModelFileError: the file is empty, truncated or not a torch.save file; torch's own
+            errors (which differ by the damage, and may suggest an unsafe load) are not shown.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch's errors differ by damage: EOF, unpickling, OS
+        size = path.stat().st_size
+        why = "it is empty" if size == 0 else (
+            f"it is not a complete torch.save file of plain values ({size} bytes: truncated, "
+            "or another kind of file)")
+        raise ModelFileError(f"{path} cannot be read as {what}: {why}") from None

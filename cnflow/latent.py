@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,7 +50,16 @@ from .estimators.params import Boolean, InstanceOf, Integer, Options, Real
 from .ode import ADAPTIVE_METHODS, NFECounts, SolveOptions, SolverStats
 from .ode.inputs import check_tolerances
 from .ode.options import SolvesODEs, deprecated_solver
-from .training import LR_SCHEDULES, TrainConfig, TrainingFault, resolve_device, train
+from .training import (
+    LR_SCHEDULES,
+    FitCheckpoint,
+    TrainConfig,
+    TrainingFault,
+    TrainResult,
+    resolve_device,
+    train,
+)
+from .training.checkpoint import data_digest
 
 __all__ = ["LatentODE", "LatentODENet", "LatentDynamics"]
 
@@ -318,6 +328,10 @@ class LatentODE(EstimatorBase):
         dtype: ``"float32"`` or ``"float64"``. device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         random_state: None, an int or a numpy RandomState; an int makes fits repeatable.
         verbose: show a progress bar.
+        checkpoint, checkpoint_interval: a file to write the fit's state to every
+            ``checkpoint_interval`` seconds, resumed by a later ``fit`` with the same
+            parameters and series (as in :class:`cnflow.CNFDensity`; a checkpoint of
+            another fit is a :class:`cnflow.CheckpointMismatchError`).
 
     Attributes:
         module_: the fitted :class:`LatentODENet`.
@@ -355,6 +369,7 @@ class LatentODE(EstimatorBase):
                  adjoint: bool = False, max_iter: int = 500, batch_size: int = 32,
                  lr: float = 1e-2, lr_schedule: str = "cosine", dtype: str = "float32",
                  device: str = "auto", random_state=None, verbose: bool = False,
+                 checkpoint=None, checkpoint_interval: float = 60.0,
                  solver: str = "deprecated") -> None:
         self.latent_dim = latent_dim
         self.rec_hidden = rec_hidden
@@ -374,6 +389,8 @@ class LatentODE(EstimatorBase):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.checkpoint = checkpoint
+        self.checkpoint_interval = checkpoint_interval
         self.solver = solver
 
     # ------------------------------------------------------------ checks and helpers
@@ -392,10 +409,30 @@ class LatentODE(EstimatorBase):
         "dtype": [Options(*DTYPES)],
         "device": [InstanceOf(str, torch.device)],
         "verbose": [Boolean(), Integer(0)],
+        "checkpoint": [None, InstanceOf(str, os.PathLike)],
+        "checkpoint_interval": [Real(0, None, closed="left")],
     }
 
     def _check_related_parameters(self) -> None:
         check_tolerances(self.rtol, self.atol)
+
+    def _open_checkpoint(self, checked: list) -> FitCheckpoint | None:
+        """The fit's checkpoint (None without ``checkpoint``), identified by the parameters
+        (except verbose, device and the checkpoint's own) and a digest of the series."""
+        if self.checkpoint is None:
+            return None
+        params = {k: v for k, v in self.get_params(deep=False).items()
+                  if k not in ("checkpoint", "checkpoint_interval", "verbose", "device")}
+        seed = params["random_state"]
+        params["random_state"] = int(seed) if isinstance(seed, numbers.Integral) else None
+        digest = data_digest(np.concatenate(
+            [np.concatenate([t[:, None], x], axis=1).ravel() for t, x in checked]
+            + [np.array([len(t) for t, _ in checked], dtype=np.float64)]))
+        identity = {"estimator": "LatentODE",
+                    **{f"parameter {k}": v for k, v in params.items()},
+                    "series": len(checked), "data digest": digest[:16]}
+        return FitCheckpoint.open_in_every_process(self.checkpoint,
+                                                   float(self.checkpoint_interval), identity)
 
     def _solve_options(self) -> SolveOptions:
         """The latent solves' options (``solver``, the deprecated name of ``method``, where
@@ -443,6 +480,9 @@ class LatentODE(EstimatorBase):
         mean, scale = all_values.mean(axis=0), np.where(scale > 0, scale, 1.0)
         data = _pad(checked, t0, span if span > 0 else 1.0, mean, scale, dtype, device)
         self.device_ = device
+        checkpoint = self._open_checkpoint(checked)
+        if checkpoint is not None and checkpoint.resumed:
+            seed = int(checkpoint.progress["seed"])  # the first run's (random_state=None)
         generator = torch.Generator(device=device).manual_seed(seed)
         obs_std, n_samples = float(self.obs_std), int(self.n_samples)
 
@@ -458,11 +498,30 @@ class LatentODE(EstimatorBase):
             module = LatentODENet(all_values.shape[1], self.latent_dim, self.rec_hidden,
                                   self.ode_hidden, self.dec_hidden,
                                   solve_options=options).to(device, dtype)
-            try:
-                result = train(module, torch.arange(len(checked), dtype=dtype), loss_fn, config,
-                               generator=torch.Generator().manual_seed(seed))
-            except TrainingFault as err:
-                fault, result = err, err.result
+            saved = None
+            if checkpoint is not None:
+                saved = checkpoint.progress.get("finished")
+                if "elbo_noise" in checkpoint.saved_extra_state:
+                    generator.set_state(checkpoint.saved_extra_state["elbo_noise"])
+                checkpoint.progress["seed"] = seed
+                checkpoint.extra_state["elbo_noise"] = generator.get_state
+            if saved is not None:  # a finished fit: no training
+                module.load_state_dict(saved["module"])
+                result = TrainResult(history=list(saved["history"]),
+                                     n_iter=int(saved["n_iter"]))
+            else:
+                try:
+                    result = train(module, torch.arange(len(checked), dtype=dtype), loss_fn,
+                                   config, generator=torch.Generator().manual_seed(seed),
+                                   checkpoint=checkpoint)
+                except TrainingFault as err:
+                    fault, result = err, err.result
+                if (checkpoint is not None and fault is None
+                        and result.stop_reason != "interrupted"):
+                    checkpoint.progress["finished"] = {
+                        "module": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+                        "history": result.history, "n_iter": result.n_iter}
+                    checkpoint.write()
         self.module_ = module
         self.t0_, self.time_scale_ = t0, span if span > 0 else 1.0
         self.mean_, self.scale_ = mean, scale

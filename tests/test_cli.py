@@ -239,3 +239,28 @@ def test_outputs_are_written_atomically(trained, tmp_path, capsys):
     code, _, _ = run(capsys, "sample", trained, "--n", "5", "--out", out)
     assert code == 0 and read(out).shape == (5, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv"]  # no temporary left
+
+
+def test_train_with_a_checkpoint_is_resumed_by_the_same_command(tmp_path, capsys):
+    """A finished checkpoint makes the same command return the same model without training;
+    another fit's checkpoint or a damaged one is a one-line error."""
+    checkpoint = tmp_path / "fit.ckpt"
+    args = ["train", "moons", *TINY, "--checkpoint", checkpoint, "--checkpoint-interval", "0"]
+    code, _, err = run(capsys, *args, "--out", tmp_path / "first")
+    assert code == 0, err
+    assert checkpoint.exists()
+    code, out, err = run(capsys, *args, "--out", tmp_path / "again")
+    assert code == 0, err
+    assert f"continuing from the checkpoint {checkpoint}" in out
+    first = CNFDensity.load(tmp_path / "first" / "model.pt")
+    again = CNFDensity.load(tmp_path / "again" / "model.pt")
+    X = np.random.RandomState(0).randn(5, 2)
+    np.testing.assert_array_equal(first.score_samples(X), again.score_samples(X))
+    assert again.n_iter_ == first.n_iter_
+    one_line_error(capsys, [*args, "--lr", "0.5", "--out", tmp_path / "other"],
+                   "is a checkpoint of another fit (parameter lr: 'auto' there, 0.5 here)")
+    checkpoint.write_bytes(b"garbage")
+    one_line_error(capsys, [*args, "--out", tmp_path / "other"],
+                   f"{checkpoint} cannot be read as a cnflow checkpoint")
+    one_line_error(capsys, [*args[:-4], "--checkpoint", tmp_path / "first" / "model.pt" / "x",
+                            "--out", tmp_path / "other"], "cannot write")

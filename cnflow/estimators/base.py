@@ -12,8 +12,11 @@ caller's space.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
 import numbers
+import os
 import time
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from ..files import ModelFileError, atomic_write
+from ..files import ModelFileError, atomic_write, read_torch_file
 from ..flows.base import GaussianMixtureBase
 from ..flows.mixture import FlowMixture, best_mixture_weight
 from ..preprocessing import TabularPreprocessor, choose_preprocessing
@@ -37,6 +40,7 @@ from ..training import (
     seeded_rng,
     train,
 )
+from ..training.checkpoint import FitCheckpoint, data_digest
 from .params import Boolean, InstanceOf, Integer, Options, Real, check_parameters
 
 __all__ = ["EstimatorBase", "FlowDensityEstimator"]
@@ -71,6 +75,45 @@ def _arrays(state):
     if isinstance(state, dict):
         return {k: _arrays(v) for k, v in state.items()}
     return state.numpy() if isinstance(state, torch.Tensor) else state
+
+
+def state_digest(modules: list[nn.Module]) -> str:
+    """A SHA-256 digest of the modules' parameters and buffers (to recognise a starting
+    point)."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, value in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _mixture_record(mixture: GaussianMixtureBase | None) -> dict | None:
+    """A Gaussian mixture as plain values and tensors (for a checkpoint)."""
+    if mixture is None:
+        return None
+    return {"n_components": int(mixture.n_components),
+            "state": {k: v.detach().cpu() for k, v in mixture.state_dict().items()}}
+
+
+def _mixture_from_record(record: dict | None, dim: int) -> GaussianMixtureBase | None:
+    """The inverse of :func:`_mixture_record`."""
+    if record is None:
+        return None
+    mixture = GaussianMixtureBase.empty(int(record["n_components"]), dim)
+    mixture.load_state_dict(record["state"])
+    return mixture
+
+
+def _member_record(member: nn.Module) -> dict:
+    """A finished member as plain values and tensors: its parameters and how many Gaussian
+    components its base and its stacked mixture have (0: none)."""
+    flow, mixture = ((member.members[0], member.members[1]) if isinstance(member, FlowMixture)
+                     else (member, None))
+    base = getattr(flow, "base", None)
+    return {"state": {k: v.detach().cpu() for k, v in member.state_dict().items()},
+            "base_components": 0 if base is None else int(base.n_components),
+            "stacked_components": 0 if mixture is None else int(mixture.n_components)}
 
 
 def draw_seed(random_state) -> int:
@@ -129,6 +172,9 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         "dtype": [Options(*DTYPES)],
         "device": [InstanceOf(str, torch.device)],
         "verbose": [Boolean(), Integer(0)],
+        "warm_start": [Boolean()],
+        "checkpoint": [None, InstanceOf(str, os.PathLike)],
+        "checkpoint_interval": [Real(0, None, closed="left")],
     }
 
     # ------------------------------------------------------------ subclass interface
@@ -178,10 +224,14 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         return nll.mean() if reduce else nll
 
     def _train(self, flow: nn.Module, U_train: torch.Tensor, U_val: torch.Tensor | None,
-               config: TrainConfig, generator: torch.Generator) -> TrainResult:
-        """Train ``flow`` in place (a subclass may run several phases)."""
+               config: TrainConfig, generator: torch.Generator, *,
+               checkpoint: FitCheckpoint | None = None, fresh: bool = True) -> TrainResult:
+        """Train ``flow`` in place (a subclass may run several phases), writing to and
+        resuming from ``checkpoint``; ``fresh``: the flow is newly built (False: a warm
+        start from fitted parameters)."""
         return train(flow, U_train, self._training_loss, config, X_val=U_val,
-                     val_loss_fn=self._validation_loss, generator=generator)
+                     val_loss_fn=self._validation_loss, generator=generator,
+                     checkpoint=checkpoint)
 
     # ------------------------------------------------------------ helpers
     def _transform(self, X: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
@@ -212,67 +262,90 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
     def fit(self, X, y=None):
         """Fit the flow to the rows of X (by the estimator's training objective).
 
+        With ``checkpoint`` set, the fit writes its state to that file every
+        ``checkpoint_interval`` seconds and, if the file already holds a checkpoint of the
+        same fit (parameters and data), continues from it; with ``warm_start=True`` a fitted
+        estimator's flows and preprocessing are the starting point.
+
         Arguments:
             X: array-like (n_samples, n_features); at least 2 rows.
             y: ignored.
 
         Returns:
             self
+
+        Raises:
+            ValueError: bad parameters or data (the message says which).
+            cnflow.training.checkpoint.CheckpointMismatchError: (a ValueError) the checkpoint
+                file belongs to another fit.
+            cnflow.files.ModelFileError: the checkpoint file is damaged.
+            cnflow.training.TrainingFault: training stopped on a non-finite loss or a failed
+                solve without held-out rows (the flow keeps its last good parameters).
         """
         self._validate_parameters()
+        warm = self._warm_start_state()
         # A refit that fails must not leave the old flow with the new data's scaling.
         for name in ("flow_", "history_", "n_iter_", "mean_", "scale_", "device_",
                      "preprocessor_", "n_members_", "preprocessing_scores_",
                      "stacking_weights_"):
             self.__dict__.pop(name, None)
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
-        started = time.perf_counter()  # max_seconds bounds the whole fit
-        deadline = None if self.max_seconds is None else started + float(self.max_seconds)
-        rng = check_random_state(self.random_state)
-        seed = int(rng.randint(np.iinfo(np.int32).max))  # as draw_seed, then the row order
+        if warm is not None and X.shape[1] != warm["n_features"]:
+            raise ValueError(f"warm_start continues a fit to {warm['n_features']} features; "
+                             f"X has {X.shape[1]}")
         device = resolve_device(self.device)
-        n_members = self._n_members(len(X))
-        fraction = 1 / n_members if n_members > 1 else self._validation_fraction(len(X))
-        n_val = int(round(fraction * len(X)))
-        if fraction > 0 and (n_val < 1 or len(X) - n_val < 1):
-            raise ValueError(f"validation_fraction={fraction} leaves no rows "
-                             f"for training or validation with {len(X)} samples")
-        if self._stacks(len(X)) and not n_val:
-            raise ValueError("stacking chooses the flow's weight on held-out rows; with "
-                             "stacking=True set validation_fraction > 0 (or leave it 'auto')")
-        perm = rng.permutation(len(X))
-        folds = folds_of(perm, n_members, n_val)
-        kind = self._preprocessing_kind(len(X))
-        if kind == "choose":  # by held-out likelihood, on the first validation fold
-            kind, self.preprocessing_scores_ = choose_preprocessing(
-                X, perm[~np.isin(perm, folds[0])], folds[0], random_state=seed,
-                deadline=deadline)
-        preprocessor = TabularPreprocessor(kind, random_state=seed).fit(X)
-        self.device_, self.preprocessor_ = device, preprocessor
-        self.mean_, self.scale_ = preprocessor.mean_, preprocessor.scale_
+        checkpoint = self._open_checkpoint(X, warm)
+        # max_seconds bounds the whole fit (with a checkpoint, every run of it)
+        started = time.perf_counter() if checkpoint is None else checkpoint.started
+        deadline = None if self.max_seconds is None else started + float(self.max_seconds)
+        plan = self._plan(X, warm, checkpoint, deadline)
+        seed, perm, folds, n_val = plan["seed"], plan["perm"], plan["folds"], plan["n_val"]
+        n_members = len(folds)
+        self.device_, self.preprocessor_ = device, plan["preprocessor"]
+        self.mean_, self.scale_ = self.preprocessor_.mean_, self.preprocessor_.scale_
+        if plan["preprocessing_scores"] is not None:
+            self.preprocessing_scores_ = plan["preprocessing_scores"]
         U, _ = self._transform(X)
         config = TrainConfig(max_seconds=self.max_seconds,
                              weight_decay=self.weight_decay,
                              n_iter_no_change=self._n_iter_no_change() if n_val else None,
                              verbose=self.verbose, **self._train_settings())
-        members, history, n_iter, fault = [], [], 0, None
-        for k, fold in enumerate(folds):
+        members, history, n_iter = self._resumed_members(checkpoint, X.shape[1], warm)
+        fault = None
+        for k in range(len(members), n_members):
+            fold = folds[k]
             rest = perm[~np.isin(perm, fold)]
             U_val = U[torch.as_tensor(fold, device=U.device)] if n_val else None
             U_train = U[torch.as_tensor(rest, device=U.device)] if n_val else U
-            mixture = self._fit_mixture(U_train, U_val, len(X), seed + k, deadline)
-            member_config = config
-            if config.max_seconds is not None:  # the time left, shared by the members left
-                left = config.max_seconds - (time.perf_counter() - started)
-                member_config = dataclasses.replace(
-                    config, max_seconds=max(left, 0.0) / (n_members - k))
+            current = None if checkpoint is None else checkpoint.progress.get("current")
+            if current is not None and current["member"] == k:  # resuming this member
+                mixture = _mixture_from_record(current["mixture"], X.shape[1])
+                member_seconds = current["max_seconds"]
+            else:
+                if warm is not None and warm["parts"][k][1] is not None:
+                    mixture = copy.deepcopy(warm["parts"][k][1])
+                else:
+                    mixture = self._fit_mixture(U_train, U_val, len(X), seed + k, deadline)
+                member_seconds = None
+                if config.max_seconds is not None:  # the time left, shared by the members left
+                    left = config.max_seconds - (time.perf_counter() - started)
+                    member_seconds = max(left, 0.0) / (n_members - k)
+                if checkpoint is not None:
+                    checkpoint.progress["current"] = {
+                        "member": k, "mixture": _mixture_record(mixture),
+                        "max_seconds": member_seconds}
+            member_config = dataclasses.replace(config, max_seconds=member_seconds)
             result = None
             with self._seeded(seed + k):
-                flow = self._build_flow(X.shape[1], self._base_of(mixture)).to(
-                    self.device_, self._torch_dtype())
+                if warm is not None:
+                    flow = copy.deepcopy(warm["parts"][k][0])
+                else:
+                    flow = self._build_flow(X.shape[1], self._base_of(mixture))
+                flow = flow.to(self.device_, self._torch_dtype())
                 try:
                     result = self._train(flow, U_train, U_val, member_config,
-                                         torch.Generator().manual_seed(seed + k))
+                                         torch.Generator().manual_seed(seed + k),
+                                         checkpoint=checkpoint, fresh=warm is None)
                 except TrainingFault as err:
                     fault, result = err, err.result
             if fault is None and self._stacks(len(X)):
@@ -287,6 +360,12 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             if fault is not None or (result is not None
                                      and result.stop_reason == "interrupted"):
                 break
+            if checkpoint is not None:  # the member is done: record it
+                progress = checkpoint.progress
+                progress["members"].append(_member_record(flow))
+                progress["history"], progress["n_iter"] = history, n_iter
+                progress["current"] = None
+                checkpoint.write()
         self.n_members_ = len(members)
         self.flow_ = members[0] if n_members == 1 else FlowMixture(members)
         self.stacking_weights_ = self._stacking_weights()
@@ -296,6 +375,98 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             # The flow holds its last good parameters and stays usable; the caller is told.
             raise fault
         return self
+
+    # ------------------------------------------------------------ warm starts, checkpoints
+    def _warm_start_state(self) -> dict | None:
+        """With ``warm_start`` and a fitted estimator: its preprocessing, each member's flow
+        and stacked mixture, history and step count (the next fit starts from them)."""
+        if not (getattr(self, "warm_start", False) and hasattr(self, "flow_")):
+            return None
+        return {"preprocessor": self.preprocessor_,
+                "preprocessing_scores": getattr(self, "preprocessing_scores_", None),
+                "parts": [(copy.deepcopy(flow), None if mixture is None
+                           else copy.deepcopy(mixture))
+                          for flow, mixture in self._member_parts()],
+                "history": [dict(entry) for entry in self.history_],
+                "n_iter": int(self.n_iter_), "n_features": int(self.n_features_in_)}
+
+    def _open_checkpoint(self, X: np.ndarray, warm: dict | None) -> FitCheckpoint | None:
+        """The fit's checkpoint (None without ``checkpoint``), identified by the estimator,
+        its parameters (except those that do not change the result), the data and, for a
+        warm start, the flows it starts from."""
+        if getattr(self, "checkpoint", None) is None:
+            return None
+        params = self._plain_params()
+        for name in ("checkpoint", "checkpoint_interval", "verbose", "device"):
+            params.pop(name, None)
+        identity = {"estimator": type(self).__name__,
+                    **{f"parameter {k}": v for k, v in params.items()},
+                    "data shape": list(X.shape), "data digest": data_digest(X)[:16],
+                    "warm start from": None if warm is None else state_digest(
+                        [flow for flow, _ in warm["parts"]])}
+        return FitCheckpoint.open_in_every_process(self.checkpoint,
+                                                   float(self.checkpoint_interval), identity)
+
+    def _plan(self, X: np.ndarray, warm: dict | None, checkpoint: FitCheckpoint | None,
+              deadline: float | None) -> dict:
+        """The fit's seed, row order, validation folds and fitted preprocessing: read from a
+        resumed checkpoint, or drawn and chosen (then written to the checkpoint)."""
+        if checkpoint is not None and checkpoint.resumed:
+            progress = checkpoint.progress
+            seed, perm = int(progress["seed"]), progress["perm"].numpy()
+            n_members, n_val = int(progress["n_members"]), int(progress["n_val"])
+            preprocessor = TabularPreprocessor.from_state(_arrays(progress["preprocessor"]))
+            scores = progress["preprocessing_scores"]
+            return {"seed": seed, "perm": perm, "n_val": n_val, "preprocessor": preprocessor,
+                    "folds": folds_of(perm, n_members, n_val), "preprocessing_scores": scores}
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(np.iinfo(np.int32).max))  # as draw_seed, then the row order
+        n_members = len(warm["parts"]) if warm is not None else self._n_members(len(X))
+        fraction = 1 / n_members if n_members > 1 else self._validation_fraction(len(X))
+        n_val = int(round(fraction * len(X)))
+        if fraction > 0 and (n_val < 1 or len(X) - n_val < 1):
+            raise ValueError(f"validation_fraction={fraction} leaves no rows "
+                             f"for training or validation with {len(X)} samples")
+        if self._stacks(len(X)) and not n_val:
+            raise ValueError("stacking chooses the flow's weight on held-out rows; with "
+                             "stacking=True set validation_fraction > 0 (or leave it 'auto')")
+        perm = rng.permutation(len(X))
+        folds = folds_of(perm, n_members, n_val)
+        scores = None
+        if warm is not None:
+            preprocessor, scores = warm["preprocessor"], warm["preprocessing_scores"]
+        else:
+            kind = self._preprocessing_kind(len(X))
+            if kind == "choose":  # by held-out likelihood, on the first validation fold
+                kind, scores = choose_preprocessing(
+                    X, perm[~np.isin(perm, folds[0])], folds[0], random_state=seed,
+                    deadline=deadline)
+            preprocessor = TabularPreprocessor(kind, random_state=seed).fit(X)
+        if checkpoint is not None:
+            checkpoint.progress.update({
+                "seed": seed, "perm": torch.from_numpy(perm), "n_members": n_members,
+                "n_val": n_val, "preprocessor": _tensors(preprocessor.state()),
+                "preprocessing_scores": scores, "members": [],
+                "history": [] if warm is None else warm["history"],
+                "n_iter": 0 if warm is None else warm["n_iter"], "current": None})
+            checkpoint.write()
+        return {"seed": seed, "perm": perm, "n_val": n_val, "preprocessor": preprocessor,
+                "folds": folds, "preprocessing_scores": scores}
+
+    def _resumed_members(self, checkpoint: FitCheckpoint | None, n_features: int,
+                         warm: dict | None) -> tuple[list[nn.Module], list[dict], int]:
+        """The members a checkpoint records as finished (rebuilt, on the fit's device), the
+        history and the step count so far; with no checkpoint, none (and a warm start's
+        history and count)."""
+        if checkpoint is None:
+            if warm is None:
+                return [], [], 0
+            return [], warm["history"], warm["n_iter"]
+        progress = checkpoint.progress
+        members = [self._member_from_record(record, n_features).to(self.device_,
+                                                                   self._torch_dtype())
+                   for record in progress["members"]]
+        return members, list(progress["history"]), int(progress["n_iter"])
 
     def score_samples(self, X) -> np.ndarray:
         """Log-density of each row of X, in the caller's units; numpy array (n_samples,)."""
@@ -369,6 +540,39 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         return weights
 
     # ------------------------------------------------------------ persistence
+    def _plain_params(self) -> dict:
+        """The parameters as plain values for a file: tuples as lists, paths as strings,
+        and a random_state that is not an int as None."""
+        params = self.get_params(deep=False)
+        seed = params["random_state"]
+        params["random_state"] = int(seed) if isinstance(seed, numbers.Integral) else None
+        plain = {}
+        for name, value in params.items():
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            plain[name] = value
+        return plain
+
+    def _member_from_record(self, record: dict, dim: int) -> nn.Module:
+        """A member rebuilt from :func:`_member_record` (parameters loaded; on the CPU)."""
+        member = self._empty_member(dim, int(record["base_components"]),
+                                    int(record["stacked_components"]))
+        member.load_state_dict(record["state"])
+        return member
+
+    def _empty_member(self, dim: int, base_components: int,
+                      stacked_components: int) -> nn.Module:
+        """A member of the given structure, to load parameters into (global RNG untouched)."""
+        with self._seeded(0):
+            flow = self._build_flow(dim, GaussianMixtureBase.empty(base_components, dim)
+                                    if base_components else None)
+        if stacked_components:  # the weights are placeholders, replaced by the loaded ones
+            flow = FlowMixture([flow, GaussianMixtureBase.empty(stacked_components, dim)],
+                               weights=[0.5, 0.5])
+        return flow
+
     def save(self, path: str | Path) -> None:
         """Write the fitted estimator to a ``torch.save`` file that loads with
         ``weights_only=True`` (tensors and plain Python values only; no code runs on load).
@@ -376,10 +580,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         The file is written atomically (:func:`cnflow.files.atomic_write`): an interrupted
         save leaves the file that was at ``path`` before."""
         check_is_fitted(self, "flow_")
-        params = self.get_params(deep=False)
-        seed = params["random_state"]
-        params["random_state"] = int(seed) if isinstance(seed, numbers.Integral) else None
-        params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+        params = self._plain_params()
         contents = {
             "format": _FORMAT,
             "estimator": type(self).__name__,
@@ -415,15 +616,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no model file at {path}")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch's errors differ by damage: EOF, unpickling, OS
-            size = path.stat().st_size
-            why = "it is empty" if size == 0 else (
-                f"it is not a complete torch.save file ({type(err).__name__} after reading "
-                f"a file of {size} bytes: truncated, or not a model file)")
-            raise ModelFileError(f"{path} cannot be read as a {cls.__name__} file: {why}") \
-                from None
+        data = read_torch_file(path, f"a {cls.__name__} file")
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ModelFileError(f"{path} is not a file written by {cls.__name__}.save")
         if data.get("estimator") != cls.__name__:
@@ -466,14 +659,8 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         if len(components) != est.n_members_ or len(stacked) != est.n_members_:
             raise ModelFileError(f"{path} is damaged: {len(components)} base densities and "
                              f"{len(stacked)} stacked mixtures for {est.n_members_} flows")
-        members = []
-        for k_base, k_stack in zip(components, stacked):
-            flow = est._build_flow(D, GaussianMixtureBase.empty(int(k_base), D) if k_base
-                                   else None)
-            if k_stack:  # the weights are placeholders, replaced by the saved ones
-                flow = FlowMixture([flow, GaussianMixtureBase.empty(int(k_stack), D)],
-                                   weights=[0.5, 0.5])
-            members.append(flow)
+        members = [est._empty_member(D, int(k_base), int(k_stack))
+                   for k_base, k_stack in zip(components, stacked)]
         flow = members[0] if est.n_members_ == 1 else FlowMixture(members)
         flow = flow.to(est.device_, est._torch_dtype())
         flow.load_state_dict(data["state_dict"])

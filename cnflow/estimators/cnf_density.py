@@ -19,11 +19,13 @@ from ..ode.inputs import check_tolerances
 from ..ode.options import deprecated_solver
 from ..preprocessing import PREPROCESSINGS
 from ..training import (
+    FitCheckpoint,
     TrainConfig,
     TrainingFault,
     TrainResult,
     train,
 )
+from ..training.checkpoint import restore_rng_state, rng_state
 from .base import FlowDensityEstimator, _is_auto
 from .params import Boolean, Integer, IntegerSequence, Options, Real
 
@@ -64,6 +66,16 @@ def _tagged(result: TrainResult | None, objective: str) -> TrainResult | None:
         for entry in result.history:
             entry["objective"] = objective
     return result
+
+
+def _record_of(result: TrainResult) -> dict:
+    """A :class:`TrainResult` as plain values (for a checkpoint)."""
+    return dataclasses.asdict(result)
+
+
+def _result_of(record: dict) -> TrainResult:
+    """The inverse of :func:`_record_of`."""
+    return TrainResult(**record)
 
 
 def _joined(first: TrainResult, second: TrainResult | None) -> TrainResult:
@@ -277,6 +289,22 @@ class CNFDensity(FlowDensityEstimator):
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
         random_state: None, an int or a numpy RandomState; an int makes fits repeatable.
         verbose: show a progress bar.
+        warm_start: if True and the estimator is fitted, the next ``fit`` continues from its
+            flows (and keeps its preprocessing, members and stacked mixtures) instead of
+            starting afresh; ``max_iter`` more steps are taken, ``n_iter_`` and ``history_``
+            count both fits (scikit-learn's convention). X must have the same columns.
+        checkpoint: a file path (None: no checkpoints). While fitting, the whole state of
+            the fit (flows, optimiser moments, learning-rate schedule position, phase,
+            iteration, held-out scores, history, random generators' states) is written
+            there atomically every ``checkpoint_interval`` seconds and after each member. A
+            ``fit`` that finds a checkpoint of the same fit (same parameters, except
+            ``verbose``, ``device`` and the checkpoint's own, and the same data) continues
+            from it, and on a CPU ends with the same parameters as a fit never interrupted;
+            a checkpoint of another fit is an error (:class:`cnflow.training.checkpoint.
+            CheckpointMismatchError`), never a silent restart. The file of a finished fit
+            is kept: fitting again returns the same model at once. With ``max_seconds``, the
+            budget counts every run of the fit.
+        checkpoint_interval: seconds between checkpoints (0: after every step).
 
     Attributes:
         flow_: the fitted :class:`cnflow.CNF`, or with several members their
@@ -318,6 +346,7 @@ class CNFDensity(FlowDensityEstimator):
                  n_iter_no_change="auto",
                  max_seconds=None,
                  dtype="float32", device="auto", random_state=None, verbose=False,
+                 warm_start=False, checkpoint=None, checkpoint_interval=60.0,
                  solver="deprecated"):
         self.hidden = hidden
         self.objective = objective
@@ -348,6 +377,9 @@ class CNFDensity(FlowDensityEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.warm_start = warm_start
+        self.checkpoint = checkpoint
+        self.checkpoint_interval = checkpoint_interval
         self.solver = solver
 
     _parameter_kinds = {
@@ -439,7 +471,8 @@ class CNFDensity(FlowDensityEstimator):
         return int(self.fine_tune_iter)
 
     def _train(self, flow: nn.Module, U_train: torch.Tensor, U_val: torch.Tensor | None,
-               config: TrainConfig, generator: torch.Generator) -> TrainResult:
+               config: TrainConfig, generator: torch.Generator, *,
+               checkpoint: FitCheckpoint | None = None, fresh: bool = True) -> TrainResult:
         """Flow matching, then (``fine_tune_iter`` > 0) maximum-likelihood fine-tuning at
         half the learning rate, cosine-annealed, with solves at ``fine_tune_tol`` and
         gradients as ``fine_tune_adjoint`` says; with
@@ -448,35 +481,41 @@ class CNFDensity(FlowDensityEstimator):
 
         With a validation set, the flow starts at the identity (its last layer zeroed) and
         every phase validates before its first step, so the parameters kept are the best on
-        held-out likelihood, the preprocessed data's Gaussian included."""
+        held-out likelihood, the preprocessed data's Gaussian included (a warm start,
+        ``fresh=False``, keeps its fitted parameters).
+
+        With a ``checkpoint``, the end of flow matching is recorded in its ``progress``
+        ("current" → "phase", the first phase's result, the parameters and random states),
+        so that a resumed fit goes straight on to fine-tuning."""
         if U_val is not None:
-            _zero_last_layer(flow)
+            if fresh:
+                _zero_last_layer(flow)
             config = dataclasses.replace(config, validate_at_start=True)
             if self.objective == "flow_matching":
                 config = dataclasses.replace(
                     config, validation_interval=_SMALL_DATA_VALIDATION_INTERVAL)
         n_fine = self._fine_tune_steps(config.max_iter)
         if not n_fine:
-            result = super()._train(flow, U_train, U_val, config, generator)
+            result = super()._train(flow, U_train, U_val, config, generator,
+                                    checkpoint=checkpoint)
             return _tagged(result, self.objective)
-        started = time.perf_counter()
-        first_config = config
-        if config.max_seconds is not None:
-            first_config = dataclasses.replace(
-                config, max_seconds=config.max_seconds * _FLOW_MATCHING_SHARE)
-        try:
-            first = super()._train(flow, U_train, U_val, first_config, generator)
-        except TrainingFault as err:
-            err.result = _tagged(err.result, "flow_matching")
-            raise
-        _tagged(first, "flow_matching")
-        if first.stop_reason in ("fault", "interrupted"):  # warned already: the fit stops
-            return first  # with the best parameters so far
-        remaining = None
-        if config.max_seconds is not None:
-            # not returned early when no time is left: across processes, train agrees when
-            # to stop, and every process must enter it (DDP's set-up is collective)
-            remaining = max(config.max_seconds - (time.perf_counter() - started), 0.0)
+        current = None if checkpoint is None else checkpoint.progress.get("current")
+        if current is not None and current.get("phase") == "fine_tune":  # resumed there
+            first = _result_of(current["first_result"])
+            flow.load_state_dict(current["parameters"])
+            restore_rng_state(current["rng"], generator, U_train.device)
+            remaining = current["remaining"]
+        else:
+            first, remaining = self._flow_matching_phase(flow, U_train, U_val, config,
+                                                         generator, checkpoint)
+            if first.stop_reason in ("fault", "interrupted"):  # warned already: the fit
+                return first  # stops with the best parameters so far
+            if current is not None:
+                current.update(phase="fine_tune", first_result=_record_of(first),
+                               parameters={k: v.detach().cpu()
+                                           for k, v in flow.state_dict().items()},
+                               rng=rng_state(generator, U_train.device), remaining=remaining)
+                checkpoint.write()
         ml = _AUTO["maximum_likelihood"]
         second_config = dataclasses.replace(
             config, max_iter=n_fine, lr=config.lr / 2, lr_schedule="cosine",
@@ -484,11 +523,42 @@ class CNFDensity(FlowDensityEstimator):
             max_seconds=remaining, validation_interval=ml["validation_interval"])
         try:
             second = train(flow, U_train, self._likelihood_loss, second_config, X_val=U_val,
-                           val_loss_fn=self._validation_loss, generator=generator)
+                           val_loss_fn=self._validation_loss, generator=generator,
+                           checkpoint=checkpoint)
         except TrainingFault as err:
             err.result = _joined(first, _tagged(err.result, "maximum_likelihood"))
             raise
         return _joined(first, _tagged(second, "maximum_likelihood"))
+
+    def _flow_matching_phase(self, flow: nn.Module, U_train: torch.Tensor,
+                             U_val: torch.Tensor | None, config: TrainConfig,
+                             generator: torch.Generator, checkpoint: FitCheckpoint | None
+                             ) -> tuple[TrainResult, float | None]:
+        """The first phase of :meth:`_train`: flow matching for 75 % of any time budget.
+        Returns its result and the seconds left for fine-tuning (None: no budget)."""
+        clock = time.perf_counter
+        started = clock()
+        current = None if checkpoint is None else checkpoint.progress.get("current")
+        if current is not None:  # the fit's clock, which counts earlier runs
+            clock = checkpoint.elapsed
+            started = current.setdefault("phase_started", clock())
+        first_config = config
+        if config.max_seconds is not None:
+            first_config = dataclasses.replace(
+                config, max_seconds=config.max_seconds * _FLOW_MATCHING_SHARE)
+        try:
+            first = super()._train(flow, U_train, U_val, first_config, generator,
+                                   checkpoint=checkpoint)
+        except TrainingFault as err:
+            err.result = _tagged(err.result, "flow_matching")
+            raise
+        _tagged(first, "flow_matching")
+        remaining = None
+        if config.max_seconds is not None:
+            # not returned early when no time is left: across processes, train agrees when
+            # to stop, and every process must enter it (DDP's set-up is collective)
+            remaining = max(config.max_seconds - (clock() - started), 0.0)
+        return first, remaining
 
     def _likelihood_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         """Fine-tuning's loss: the mean negative log-likelihood without the RNODE penalties,

@@ -31,7 +31,8 @@ class PlanarFlowDensity(FlowDensityEstimator):
             max_iter, lr and lr_schedule means 2000, 1e-2 and cosine).
         validation_fraction, n_iter_no_change, max_seconds: held-out rows (scored every 20
             steps), early stopping and a time limit, as in :class:`CNFDensity`.
-        dtype, device, random_state, verbose: as in :class:`CNFDensity`.
+        dtype, device, random_state, verbose, warm_start, checkpoint, checkpoint_interval:
+            as in :class:`CNFDensity`.
 
     Attributes:
         flow_: the fitted :class:`cnflow.flows.PlanarFlow`.
@@ -55,7 +56,8 @@ class PlanarFlowDensity(FlowDensityEstimator):
     def __init__(self, n_layers=16, max_iter="auto", batch_size=512, lr="auto",
                  lr_schedule="auto", weight_decay=0.0, validation_fraction=0.0,
                  n_iter_no_change=None, max_seconds=None, dtype="float32", device="auto",
-                 random_state=None, verbose=False):
+                 random_state=None, verbose=False, warm_start=False, checkpoint=None,
+                 checkpoint_interval=60.0):
         self.n_layers = n_layers
         self.max_iter = max_iter
         self.batch_size = batch_size
@@ -69,6 +71,9 @@ class PlanarFlowDensity(FlowDensityEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.warm_start = warm_start
+        self.checkpoint = checkpoint
+        self.checkpoint_interval = checkpoint_interval
 
     _parameter_kinds = {"n_layers": [Integer(1)]}
 

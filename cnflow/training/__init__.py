@@ -4,15 +4,18 @@
   stopping and fault handling;
 - :mod:`~cnflow.training.objectives`: density matching by reverse KL;
 - :mod:`~cnflow.training.distributed`: data parallelism under ``torch.distributed``;
-- :mod:`~cnflow.training.devices`: device resolution and seeded random streams.
+- :mod:`~cnflow.training.devices`: device resolution and seeded random streams;
+- :mod:`~cnflow.training.checkpoint`: checkpoints of a fit, written while training and
+  read back to resume it.
 """
 
+from .checkpoint import CheckpointMismatchError, FitCheckpoint
 from .devices import resolve_device, seeded_rng
 from .distributed import distributed_rank
 from .faults import TrainingFault
 from .loop import LR_SCHEDULES, TrainConfig, TrainResult, train
 from .objectives import fit_density_matching, reverse_kl_loss
 
-__all__ = ["LR_SCHEDULES", "TrainConfig", "TrainResult", "TrainingFault", "train",
-           "resolve_device", "seeded_rng", "distributed_rank", "reverse_kl_loss",
-           "fit_density_matching"]
+__all__ = ["CheckpointMismatchError", "FitCheckpoint", "LR_SCHEDULES", "TrainConfig",
+           "TrainResult", "TrainingFault", "train", "resolve_device", "seeded_rng",
+           "distributed_rank", "reverse_kl_loss", "fit_density_matching"]

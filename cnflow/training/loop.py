@@ -33,6 +33,7 @@ from torch import nn
 
 from ..interfaces import CountsEvaluations
 from ..ode import ODESolveError
+from .checkpoint import FitCheckpoint, restore_rng_state, rng_state
 from .distributed import data_parallel_loss, distributed_rank, out_of_time, shared_loss
 from .faults import TrainingFault
 
@@ -322,9 +323,51 @@ def _progress_bar(config: TrainConfig, parallel: tuple[int, int] | None) -> tqdm
     return tqdm(total=config.max_iter, desc="training", unit="it")
 
 
+def _loop_state(iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                sampler: _MinibatchSampler, validation: _Validation | None,
+                result: TrainResult, elapsed: float, generator: torch.Generator | None,
+                device: torch.device) -> dict:
+    """What :func:`train` needs to continue after ``iteration`` (tensors and plain values,
+    for a checkpoint)."""
+    return {
+        "iteration": iteration,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "sampler": {"order": sampler.order, "cursor": sampler.cursor},
+        "validation": None if validation is None else {
+            "best_state": validation.best_state, "best_loss": validation.best_loss,
+            "evals_no_change": validation.evals_no_change},
+        "result": {"history": result.history, "n_iter": result.n_iter},
+        "elapsed": elapsed,
+        "rng": rng_state(generator, device),
+    }
+
+
+def _restore_loop_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        sampler: _MinibatchSampler, validation: _Validation | None,
+                        result: TrainResult, generator: torch.Generator | None,
+                        device: torch.device) -> None:
+    """Put the loop back where :func:`_loop_state` recorded it."""
+    if len(state["sampler"]["order"]) != sampler.n:
+        raise ValueError(f"the checkpoint's loop drew from {len(state['sampler']['order'])} "
+                         f"rows, this one from {sampler.n}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    sampler.order, sampler.cursor = state["sampler"]["order"], int(state["sampler"]["cursor"])
+    if validation is not None and state["validation"] is not None:
+        saved = state["validation"]
+        validation.best_state = saved["best_state"]
+        validation.best_loss = float(saved["best_loss"])
+        validation.evals_no_change = int(saved["evals_no_change"])
+    result.history = list(state["result"]["history"])
+    result.n_iter = int(state["result"]["n_iter"])
+    restore_rng_state(state["rng"], generator, device)
+
+
 def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfig, *,
           X_val: torch.Tensor | None = None, val_loss_fn: LossFn | None = None,
-          generator: torch.Generator | None = None) -> TrainResult:
+          generator: torch.Generator | None = None,
+          checkpoint: FitCheckpoint | None = None) -> TrainResult:
     """Fit ``model`` by minimising ``loss_fn(model, batch)`` over minibatches of ``X``.
 
     Arguments:
@@ -335,6 +378,11 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
         X_val: optional held-out rows, scored with ``val_loss_fn`` (default ``loss_fn``)
             every ``config.validation_interval`` iterations; the best parameters are kept.
         generator: the torch.Generator that draws minibatches (repeatable fits).
+        checkpoint: where to write the loop's state while training (every
+            ``checkpoint.interval`` seconds, by rank 0 only); if it holds a saved loop state
+            (:meth:`~cnflow.training.checkpoint.FitCheckpoint.take_loop_state`), training
+            continues from it instead of starting: on a CPU the result equals that of the
+            uninterrupted run.
 
     Returns:
         A :class:`TrainResult`; the model holds the best (validation) or last good parameters.
@@ -364,11 +412,21 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
     progress = _progress_bar(config, parallel)
     sampler = _MinibatchSampler(len(X), batch_size, generator)
     last_good = None
+    writes_checkpoints = checkpoint is not None and (parallel is None or parallel[0] == 0)
+    resumed = None if checkpoint is None else checkpoint.take_loop_state()
     try:
         started = time.perf_counter()
-        if validation is not None and config.validate_at_start:
+        first_iteration = 1
+        if resumed is not None:
+            _restore_loop_state(resumed, model, optimizer, sampler, validation, result,
+                                generator, X.device)
+            first_iteration = int(resumed["iteration"]) + 1
+            started -= float(resumed["elapsed"])
+            if progress is not None:
+                progress.update(first_iteration - 1)
+        elif validation is not None and config.validate_at_start:
             validation.start(model)
-        for iteration in range(1, config.max_iter + 1):
+        for iteration in range(first_iteration, config.max_iter + 1):
             if _time_is_up(config, started, parallel, X.device):
                 result.stop_reason = "time_limit"
                 break
@@ -401,6 +459,10 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{entry['loss']:.4f}", nfe=entry["nfe_forward"])
+            if writes_checkpoints:
+                checkpoint.tick(lambda done=iteration: _loop_state(
+                    done, model, optimizer, sampler, validation, result,
+                    time.perf_counter() - started, generator, X.device))
     except KeyboardInterrupt:
         warnings.warn(f"training interrupted after {result.n_iter} iterations; the model keeps "
                       "its best parameters so far", RuntimeWarning, stacklevel=2)
