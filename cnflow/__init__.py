@@ -3,7 +3,7 @@
 The public names, re-exported; nothing is defined here.
 """
 
-from .estimators import CNFDensity, PlanarFlowDensity
+from .estimators import CNFDensity, ConditionalCNFDensity, PlanarFlowDensity
 from .files import ModelFileError
 from .flows import CNF, CNFRegularisers, DenseFlow, PlanarFlow
 from .latent import LatentODE
@@ -23,7 +23,8 @@ from .training import CheckpointMismatchError, TrainingFault
 __version__ = "0.1.0"
 
 __all__ = [
-    "CNF", "CNFRegularisers", "CNFDensity", "PlanarFlow", "DenseFlow", "PlanarFlowDensity",
+    "CNF", "CNFRegularisers", "CNFDensity", "ConditionalCNFDensity", "PlanarFlow", "DenseFlow",
+    "PlanarFlowDensity",
     "odeint", "odeint_adjoint", "SolveOptions", "SolverStats", "ODESolveError",
     "StepSizeUnderflowError", "MaxStepsExceededError", "NonFiniteStateError", "ODEBlock",
     "LatentODE", "ModelFileError", "CheckpointMismatchError", "TrainingFault",

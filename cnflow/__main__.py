@@ -6,8 +6,11 @@
   and a summary (``summary.json``) to ``--out``. With ``--checkpoint PATH`` the fit writes
   its state there every ``--checkpoint-interval`` seconds, and the same command run again
   continues from it.
-- ``sample MODEL --n N --out FILE [--seed S]`` draws rows from a saved model into a .npy or
-  .csv file.
+- ``sample MODEL --n N --out FILE [--seed S] [--log-prob]`` draws rows from a saved model
+  into a .npy or .csv file (with ``--log-prob``, each row's log-density in a last column).
+- ``train DATA --targets COLUMN ...`` fits a :class:`cnflow.ConditionalCNFDensity` of those
+  columns given the others; its models take the features with ``--given FILE`` in ``sample``
+  (N draws per row) and ``score`` (DATA then holds the targets).
 - ``score MODEL DATA [--out FILE]`` prints the mean log-likelihood of DATA's rows (a .npy or
   .csv file, or a toy name) and can write each row's log-density (.npy or .csv).
 - ``plot MODEL [--data DATA] [--out FILE.png] [--n-samples N]`` draws data (or, without
@@ -35,18 +38,19 @@ import numpy as np
 import torch
 
 from .datasets import TOY_DATASETS, make_toy
-from .estimators import OBJECTIVES, CNFDensity, PlanarFlowDensity
+from .estimators import OBJECTIVES, CNFDensity, ConditionalCNFDensity, PlanarFlowDensity
 from .files import atomic_write
 from .training import resolve_device
 
-_ESTIMATORS = {cls.__name__: cls for cls in (CNFDensity, PlanarFlowDensity)}
+_ESTIMATORS = {cls.__name__: cls
+               for cls in (CNFDensity, ConditionalCNFDensity, PlanarFlowDensity)}
 
 
 class CLIError(Exception):
     """A user mistake, reported as one line with exit code 2."""
 
 
-Estimator = CNFDensity | PlanarFlowDensity
+Estimator = CNFDensity | ConditionalCNFDensity | PlanarFlowDensity
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -126,18 +130,26 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.checkpoint is not None:
         given["checkpoint"] = check_writable(Path(args.checkpoint))
         given["checkpoint_interval"] = args.checkpoint_interval
-    est = CNFDensity(device=device, random_state=args.seed,
-                     verbose=not args.quiet and rank == 0,
-                     **{k: v for k, v in given.items() if v is not None})
+    targets = None
+    if args.targets is not None:
+        targets = check_targets(args.targets, X.shape[1])
+    kind = CNFDensity if targets is None else ConditionalCNFDensity
+    est = kind(device=device, random_state=args.seed, verbose=not args.quiet and rank == 0,
+               **{k: v for k, v in given.items() if v is not None})
     if rank == 0:
         check_writable(out, folder=True)  # before the (long) fit
         if args.checkpoint is not None and Path(args.checkpoint).exists():
             print(f"continuing from the checkpoint {args.checkpoint}")
-        print(f"training CNFDensity on {args.data}: {X.shape[0]} rows × {X.shape[1]} features, "
-              f"{est._train_settings()['max_iter']} iterations of {est.objective} on {device}"
-              + (f" ({world} processes)" if world > 1 else ""))
+        what = "" if targets is None else f" (p(columns {targets} | the others))"
+        print(f"training {kind.__name__} on {args.data}{what}: {X.shape[0]} rows × "
+              f"{X.shape[1]} columns, {est._train_settings()['max_iter']} iterations of "
+              f"{est.objective} on {device}" + (f" ({world} processes)" if world > 1 else ""))
     start = time.perf_counter()
-    est.fit(X)
+    if targets is None:
+        est.fit(X)
+    else:
+        features = [j for j in range(X.shape[1]) if j not in targets]
+        est.fit(X[:, features], X[:, targets])
     seconds = time.perf_counter() - start
     if world > 1:
         import torch.distributed as dist
@@ -147,23 +159,46 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     est.save(out / "model.pt")
     summary = {"data": args.data, "objective": est.objective, "n_rows": int(X.shape[0]),
-               "iterations": est.n_iter_, "seconds": seconds,
-               "train_mean_log_likelihood": est.score(X[:20000])}
-    if args.data in TOY_DATASETS:
-        X_test = make_toy(args.data, 20000, random_state=args.seed + 1)
-        summary["test_nll"] = -est.score(X_test)
+               "iterations": est.n_iter_, "seconds": seconds}
     plot_training_curves(est.history_, out / "training.png",
                          loss_label=("flow-matching loss" if est.objective == "flow_matching"
                                      else "negative log-likelihood + penalties"))
+    if targets is not None:
+        summary["targets"] = targets
+        summary["train_mean_log_likelihood"] = est.score(X[:20000, features],
+                                                         X[:20000, targets])
+        _write_summary(out, summary)
+        print(f"wrote {out / 'model.pt'}, {out / 'training.png'}")
+        return
+    summary["train_mean_log_likelihood"] = est.score(X[:20000])
+    if args.data in TOY_DATASETS:
+        X_test = make_toy(args.data, 20000, random_state=args.seed + 1)
+        summary["test_nll"] = -est.score(X_test)
     if X.shape[1] == 2:
         samples = est.sample(20000, random_state=args.seed)
         plot_fit(X, samples, est.score_samples, out / "fit.png", resolution=args.resolution,
                  title=f"CNFDensity on {args.data}: {est.n_iter_} iterations, {seconds:.0f} s")
+    _write_summary(out, summary)
+    print(f"wrote {out / 'model.pt'}, {out / 'training.png'}"
+          + (f", {out / 'fit.png'}" if X.shape[1] == 2 else ""))
+
+
+def _write_summary(out: Path, summary: dict) -> None:
     atomic_write(out / "summary.json",
                  lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
     print(json.dumps(summary, indent=2))
-    print(f"wrote {out / 'model.pt'}, {out / 'training.png'}"
-          + (f", {out / 'fit.png'}" if X.shape[1] == 2 else ""))
+
+
+def check_targets(columns: list[int], n_columns: int) -> list[int]:
+    """The target columns of a conditional fit: distinct, in range, leaving a feature."""
+    if len(set(columns)) != len(columns):
+        raise CLIError(f"--targets lists a column twice: {columns}")
+    if any(not 0 <= c < n_columns for c in columns):
+        raise CLIError(f"--targets must be column indices from 0 to {n_columns - 1}, got "
+                       f"{columns}")
+    if len(columns) == n_columns:
+        raise CLIError("--targets leaves no feature columns to condition on")
+    return sorted(columns)
 
 
 def check_device(device) -> None:
@@ -252,24 +287,66 @@ def check_positive(value: int, option: str) -> None:
         raise CLIError(f"{option} must be a positive integer, got {value}")
 
 
+def _features_given(args: argparse.Namespace, est: Estimator) -> np.ndarray | None:
+    """The --given rows of a conditional model (a CLIError if missing or of the wrong
+    width); None for an unconditional one (where --given is an error)."""
+    conditional = isinstance(est, ConditionalCNFDensity)
+    if not conditional:
+        if args.given is not None:
+            raise CLIError(f"{args.model} holds an unconditional model; --given is for "
+                           "conditional ones")
+        return None
+    if args.given is None:
+        raise CLIError(f"{args.model} holds a conditional model p(y | x): pass the features "
+                       "x with --given FILE")
+    X = load_rows(args.given, 1, args.seed)
+    check_width(X, est, args.given)
+    return X
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
-    """``sample``: draw ``--n`` rows from a saved model into a .npy/.csv file."""
+    """``sample``: draw ``--n`` rows from a saved model into a .npy/.csv file (a conditional
+    model: ``--n`` per row of ``--given``); ``--log-prob`` appends each draw's
+    log-density as a last column."""
     check_positive(args.n, "--n")
     check_writable(check_suffix(args.out, (".npy", ".csv")))  # before the (slow) sampling
     est = load_model(args.model, args.device)
-    rows = est.sample(args.n, random_state=args.seed)
+    given = _features_given(args, est)
+    if given is None:
+        drawn = est.sample(args.n, random_state=args.seed, return_log_prob=args.log_prob)
+        rows, log_p = drawn if args.log_prob else (drawn, None)
+        what = f"{args.n} samples × {rows.shape[1]} features"
+    else:
+        drawn = est.sample(given, n_samples=args.n, random_state=args.seed,
+                           return_log_prob=args.log_prob)
+        rows, log_p = drawn if args.log_prob else (drawn, None)
+        rows = rows.reshape(len(given) * args.n, est.n_targets_)
+        log_p = None if log_p is None else log_p.reshape(-1)
+        what = (f"{args.n} draws of {est.n_targets_} targets for each of {len(given)} rows "
+                f"of {args.given} (row by row)")
+    if log_p is not None:
+        rows = np.concatenate([rows, log_p[:, None]], axis=1)
+        what += ", log-density in the last column"
     file = write_rows(args.out, rows)
-    print(f"wrote {args.n} samples × {rows.shape[1]} features to {file}")
+    print(f"wrote {what} to {file}")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    """``score``: print the mean log-likelihood of DATA's rows; ``--out``: each row's."""
+    """``score``: print the mean log-likelihood of DATA's rows; ``--out``: each row's. A
+    conditional model scores the targets in DATA given the features in ``--given``."""
     if args.out:
         check_writable(check_suffix(args.out, (".npy", ".csv")))
     est = load_model(args.model, args.device)
+    given = _features_given(args, est)
     X = load_rows(args.data, args.n_samples, args.seed)
-    check_width(X, est, args.data)
-    log_density = est.score_samples(X)
+    if given is None:
+        check_width(X, est, args.data)
+        log_density = est.score_samples(X)
+    else:
+        if X.shape[1] != est.n_targets_ or len(X) != len(given):
+            raise CLIError(f"{args.data} must hold {len(given)} rows of {est.n_targets_} "
+                           f"targets, one per row of {args.given}; got shape {X.shape}")
+        log_density = est.score_samples(given, X)
     print(f"mean log-likelihood {log_density.mean():.6f} over {len(X)} rows of {args.data}")
     if args.out:
         print(f"wrote per-row log-densities to {write_rows(args.out, log_density)}")
@@ -285,6 +362,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
     out = check_suffix(args.out, (".png",)) if args.out else Path(args.model).parent / "plot.png"
     check_writable(out)
     est = load_model(args.model, args.device)
+    if isinstance(est, ConditionalCNFDensity):
+        raise CLIError("plot draws unconditional 2-D densities; this model is conditional")
     if est.n_features_in_ != 2:
         raise CLIError(f"plot draws 2-D densities; the model has {est.n_features_in_} "
                        "features")
@@ -340,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "again continues from it (e.g. after the job was killed)")
     p.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="SECONDS",
                    help="seconds between checkpoints (default: 60)")
+    p.add_argument("--targets", type=int, nargs="+", metavar="COLUMN",
+                   help="fit the conditional density of these columns (0-based) given the "
+                        "others (ConditionalCNFDensity)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="draw rows from a saved model into a .npy/.csv file",
@@ -349,6 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the .npy or .csv file to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--log-prob", action="store_true",
+                   help="append each draw's log-density as a last column")
+    p.add_argument("--given", metavar="FILE",
+                   help="a conditional model's features x (a .npy/.csv file): --n draws of y "
+                        "for each row")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("score", help="log-likelihood of a file's rows under a saved model",
@@ -360,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-samples", type=int, default=20000, help="rows drawn for a toy name")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--given", metavar="FILE",
+                   help="a conditional model's features x, one row per row of DATA (the "
+                        "targets y)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("plot", help="picture of a saved 2-D model: samples and density",

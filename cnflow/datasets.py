@@ -23,7 +23,8 @@ from sklearn import datasets as skd
 from sklearn.utils import check_random_state
 
 __all__ = ["make_toy", "TOY_DATASETS", "log_density", "true_entropy", "empirical_entropy",
-           "REAL_DATASETS", "load_real", "make_warped_mixture", "warped_mixture_log_density"]
+           "REAL_DATASETS", "load_real", "make_warped_mixture", "warped_mixture_log_density",
+           "CONDITIONAL_DATASETS", "make_conditional", "conditional_log_density"]
 
 
 def _eight_gaussians(n: int, rng: np.random.RandomState) -> np.ndarray:
@@ -439,3 +440,87 @@ def warped_mixture_log_density(X) -> np.ndarray:
                + np.linalg.slogdet(p["mix"])[1]
                + np.where(skewed, w / 4 - math.log(4), 0.0).sum(1))
     return np.where(bad, -np.inf, log_mix - log_det)
+
+
+# ---------------------------------------------------------------------- conditional toys
+#: Synthetic conditional densities p(y | x) with an exact log-density
+#: (:func:`make_conditional`, :func:`conditional_log_density`).
+CONDITIONAL_DATASETS = ("bimodal", "bimodal_2d")
+
+
+def _conditional_components(name: str, x: np.ndarray) -> list[tuple[float, np.ndarray,
+                                                                      np.ndarray]]:
+    """The Gaussian components of p(y | x) at each x (n,): (weight, means (n, d), covariances
+    (n, d, d))."""
+    if name == "bimodal":
+        sigma = 0.15 + 0.25 * np.abs(x)
+        cov = (sigma ** 2)[:, None, None]
+        centre = 1.5 * np.sin(x)
+        return [(0.5, (centre + 1.0)[:, None], cov), (0.5, (centre - 1.0)[:, None], cov)]
+    if name == "bimodal_2d":
+        s1, s2 = 0.2 + 0.2 * np.abs(x), 0.3 + 0.1 * x
+        rho = 0.45 * x
+        cov = np.stack([np.stack([s1 ** 2, rho * s1 * s2], -1),
+                        np.stack([rho * s1 * s2, s2 ** 2], -1)], -2)
+        mean_a = np.stack([np.full_like(x, 1.2), np.sin(1.5 * x)], -1)
+        mean_b = np.stack([-np.cos(x), -1.0 + 0.5 * x], -1)
+        return [(0.6, mean_a, cov), (0.4, mean_b, cov[:, ::-1, ::-1].copy())]
+    raise ValueError(f"unknown conditional dataset {name!r}; valid: "
+                     f"{', '.join(CONDITIONAL_DATASETS)}")
+
+
+def make_conditional(name: str, n_samples: int, *, random_state=None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    r"""Pairs (x, y) from a synthetic conditional density with an exact log-density.
+
+    x ~ U(−2, 2) (one feature); y | x is a two-component Gaussian mixture whose means,
+    scales and (in 2-D) correlation move with x:
+
+    - ``"bimodal"``: y ∈ ℝ, :math:`	frac12 \mathcal{N}(1.5 \sin x \pm 1,\ \sigma(x)^2)`
+      with :math:`\sigma(x) = 0.15 + 0.25 |x|`: two modes near x = 0 that merge as the noise
+      grows with |x| (bimodal and heteroscedastic).
+    - ``"bimodal_2d"``: y ∈ ℝ², weights 0.6 and 0.4, means (1.2, sin 1.5x) and
+      (−cos x, −1 + x/2), scales and correlation (0.45 x) that change with x.
+
+    Returns:
+        ``(X, y)``: X of shape (n, 1); y of shape (n,) (``"bimodal"``) or (n, 2).
+
+    Example:
+        >>> from cnflow.datasets import make_conditional, conditional_log_density
+        >>> X, y = make_conditional("bimodal", 5, random_state=0)
+        >>> X.shape, y.shape, conditional_log_density("bimodal", X, y).shape
+        ((5, 1), (5,), (5,))
+    """
+    if not isinstance(n_samples, numbers.Integral) or isinstance(n_samples, bool) \
+            or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    rng = check_random_state(random_state)
+    x = rng.uniform(-2.0, 2.0, size=n_samples)
+    components = _conditional_components(name, x)
+    weights = np.array([w for w, _, _ in components])
+    which = rng.choice(len(components), size=n_samples, p=weights)
+    d = components[0][1].shape[1]
+    y = np.empty((n_samples, d))
+    for k, (_, mean, cov) in enumerate(components):
+        rows = which == k
+        chol = np.linalg.cholesky(cov[rows])
+        y[rows] = mean[rows] + (chol @ rng.normal(size=(rows.sum(), d, 1)))[..., 0]
+    return x[:, None], (y[:, 0] if name == "bimodal" else y)
+
+
+def conditional_log_density(name: str, X, y) -> np.ndarray:
+    """The exact log p(y | x) of :func:`make_conditional`'s density at each pair, (n,)."""
+    from scipy.special import logsumexp
+
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    y = y.reshape(len(y), -1)
+    x = X.reshape(len(X), -1)[:, 0]
+    terms = []
+    for weight, mean, cov in _conditional_components(name, x):
+        chol = np.linalg.cholesky(cov)
+        r = np.linalg.solve(chol, (y - mean)[..., None])[..., 0]
+        log_det = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(1)
+        terms.append(math.log(weight) - 0.5 * (r * r).sum(1) - log_det
+                     - 0.5 * y.shape[1] * math.log(2 * math.pi))
+    return logsumexp(np.stack(terms), axis=0)

@@ -47,7 +47,7 @@ from scipy import special
 from sklearn.covariance import LedoitWolf
 
 __all__ = ["MarginalGaussianizer", "Whitening", "TabularPreprocessor", "PREPROCESSINGS",
-           "choose_preprocessing", "log_columns"]
+           "TargetContextPreprocessor", "choose_preprocessing", "log_columns"]
 
 #: The preprocessing choices of :class:`TabularPreprocessor` (and of the estimators).
 PREPROCESSINGS = ("standardize", "whiten", "log", "gaussianize")
@@ -437,3 +437,72 @@ def choose_preprocessing(X: np.ndarray, train_rows: np.ndarray, val_rows: np.nda
         if gain.mean() > 2 * gain.std() / math.sqrt(len(gain)):
             chosen = kind
     return chosen, {kind: float(rows.mean()) for kind, rows in per_row.items()}
+
+
+class TargetContextPreprocessor:
+    r"""The maps of a conditional density's rows [y, x]: ``kind`` for the targets y (see
+    :class:`TabularPreprocessor`), standardisation for the context x.
+
+    Only the targets' map enters the density, log p(y | x) = log q(g(y) | h(x)) +
+    log|det ∂g/∂y|: :meth:`transform` returns the mapped rows [g(y), h(x)] and that
+    log-determinant.
+
+    Example:
+        >>> import numpy as np
+        >>> from cnflow.preprocessing import TargetContextPreprocessor
+        >>> rows = np.random.default_rng(0).normal(size=(50, 3))   # y = column 0, x = 1, 2
+        >>> pre = TargetContextPreprocessor(1, "standardize").fit(rows)
+        >>> U, logdet = pre.transform(rows)
+        >>> U.shape, logdet.shape
+        ((50, 3), (50,))
+    """
+
+    def __init__(self, n_targets: int, kind: str = "whiten", random_state: int = 0) -> None:
+        self.n_targets = int(n_targets)
+        self.targets = TabularPreprocessor(kind, random_state=random_state)
+        self.context = TabularPreprocessor("standardize", random_state=random_state)
+
+    @property
+    def kind(self) -> str:
+        return self.targets.kind
+
+    @property
+    def mean_(self) -> np.ndarray:
+        """The targets' column means."""
+        return self.targets.mean_
+
+    @property
+    def scale_(self) -> np.ndarray:
+        """The targets' column scales."""
+        return self.targets.scale_
+
+    def fit(self, rows: np.ndarray) -> TargetContextPreprocessor:
+        rows = np.asarray(rows, dtype=np.float64)
+        self.targets.fit(rows[:, :self.n_targets])
+        self.context.fit(rows[:, self.n_targets:])
+        return self
+
+    def transform(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows, dtype=np.float64)
+        U_y, logdet = self.targets.transform(rows[:, :self.n_targets])
+        U_x, _ = self.context.transform(rows[:, self.n_targets:])
+        return np.concatenate([U_y, U_x], axis=1), logdet
+
+    def transform_context(self, X: np.ndarray) -> np.ndarray:
+        """h(x) for context rows alone."""
+        return self.context.transform(np.asarray(X, dtype=np.float64))[0]
+
+    def inverse_transform(self, U_y: np.ndarray) -> np.ndarray:
+        """The targets y = g⁻¹(u) of mapped targets."""
+        return self.targets.inverse_transform(U_y)
+
+    def state(self) -> dict:
+        return {"kind": "target_context", "n_targets": self.n_targets,
+                "targets": self.targets.state(), "context": self.context.state()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> TargetContextPreprocessor:
+        pre = cls(int(state["n_targets"]))
+        pre.targets = TabularPreprocessor.from_state(state["targets"])
+        pre.context = TabularPreprocessor.from_state(state["context"])
+        return pre

@@ -264,3 +264,55 @@ def test_train_with_a_checkpoint_is_resumed_by_the_same_command(tmp_path, capsys
                    f"{checkpoint} cannot be read as a cnflow checkpoint")
     one_line_error(capsys, [*args[:-4], "--checkpoint", tmp_path / "first" / "model.pt" / "x",
                             "--out", tmp_path / "other"], "cannot write")
+
+
+def test_conditional_training_sampling_and_scoring(tmp_path, capsys):
+    """train --targets fits p(targets | the other columns); sample and score take the
+    features with --given; --log-prob appends each draw's log-density."""
+    rng = np.random.RandomState(0)
+    x = rng.uniform(-1, 1, size=(300, 2))
+    rows = np.column_stack([x[:, 0], x[:, 0] + x[:, 1] + 0.1 * rng.randn(300), x[:, 1]])
+    data = tmp_path / "rows.csv"
+    np.savetxt(data, rows, delimiter=",")
+    code, out, err = run(capsys, "train", data, "--targets", "1", "--max-iter", "5",
+                         "--hidden", "8", "--quiet", "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "ConditionalCNFDensity" in out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["targets"] == [1]
+    model = tmp_path / "out" / "model.pt"
+    given = tmp_path / "given.npy"
+    np.save(given, rows[:4][:, [0, 2]])
+    code, _, err = run(capsys, "sample", model, "--given", given, "--n", "3", "--log-prob",
+                       "--out", tmp_path / "draws.npy")
+    assert code == 0, err
+    draws = np.load(tmp_path / "draws.npy")
+    assert draws.shape == (12, 2)  # 3 draws for each of 4 rows; y, then log p(y | x)
+    targets = tmp_path / "targets.npy"
+    np.save(targets, draws[:, :1])
+    code, out, err = run(capsys, "score", model, targets, "--given", given, "--out",
+                         tmp_path / "logp.npy")
+    assert code == 2 and "must hold 4 rows of 1 targets" in err  # 12 targets for 4 rows
+    np.save(targets, draws[::3, :1])  # one target per row of --given
+    code, out, err = run(capsys, "score", model, targets, "--given", given, "--out",
+                         tmp_path / "logp.npy")
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "logp.npy"), draws[::3, 1], atol=1e-3)
+    one_line_error(capsys, ["sample", model, "--n", "2", "--out", tmp_path / "x.npy"],
+                   "pass the features x with --given FILE")
+    one_line_error(capsys, ["train", data, "--targets", "0", "1", "2", "--out", tmp_path],
+                   "--targets leaves no feature columns")
+    one_line_error(capsys, ["train", data, "--targets", "5", "--out", tmp_path],
+                   "--targets must be column indices from 0 to 2")
+
+
+def test_sample_with_log_prob(trained, tmp_path, capsys):
+    code, out, err = run(capsys, "sample", trained, "--n", "20", "--log-prob", "--out",
+                         tmp_path / "s.csv")
+    assert code == 0, err
+    drawn = read(tmp_path / "s.csv")
+    assert drawn.shape == (20, 3)
+    np.testing.assert_allclose(CNFDensity.load(trained).score_samples(drawn[:, :2]),
+                               drawn[:, 2], atol=1e-3)
+    one_line_error(capsys, ["sample", trained, "--given", tmp_path / "s.csv", "--out",
+                            tmp_path / "t.npy"], "--given is for conditional ones")

@@ -116,6 +116,13 @@ def _member_record(member: nn.Module) -> dict:
             "stacked_components": 0 if mixture is None else int(mixture.n_components)}
 
 
+def check_count_argument(value, name: str) -> int:
+    """``value`` as an int if it is a positive integer (not a bool), else a ValueError."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def draw_seed(random_state) -> int:
     """A torch seed drawn from ``random_state`` (None, an int or a numpy RandomState), as
     scikit-learn's estimators draw theirs."""
@@ -244,6 +251,30 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         """The preprocessing to fit ("standardize" unless a subclass offers others)."""
         return "standardize"
 
+    def _columns_to_preprocess(self, X: np.ndarray) -> np.ndarray:
+        """The columns whose map "choose" picks (all; a conditional estimator's targets)."""
+        return X
+
+    def _new_preprocessor(self, kind: str, seed: int):
+        """An unfitted preprocessor of the rows (``fit``, ``transform``, ``state``)."""
+        return TabularPreprocessor(kind, random_state=seed)
+
+    def _preprocessor_from_state(self, state: dict):
+        """The fitted preprocessor a :meth:`_new_preprocessor`'s ``state()`` describes."""
+        return TabularPreprocessor.from_state(state)
+
+    def _flow_width(self) -> int:
+        """The number of columns of the rows the flow models (``n_features_in_`` unless a
+        subclass adds others)."""
+        return int(self.n_features_in_)
+
+    def _saved_extras(self) -> dict:
+        """What a subclass adds to a :meth:`save` file (plain values)."""
+        return {}
+
+    def _restore_extras(self, data: dict) -> None:
+        """Read back :meth:`_saved_extras` (before the flow is rebuilt)."""
+
     def _n_members(self, n_samples: int) -> int:
         """How many flows the fitted model averages (one, unless a subclass says)."""
         return 1
@@ -282,17 +313,28 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             cnflow.training.TrainingFault: training stopped on a non-finite loss or a failed
                 solve without held-out rows (the flow keeps its last good parameters).
         """
-        self._validate_parameters()
-        warm = self._warm_start_state()
-        # A refit that fails must not leave the old flow with the new data's scaling.
-        for name in ("flow_", "history_", "n_iter_", "mean_", "scale_", "device_",
-                     "preprocessor_", "n_members_", "preprocessing_scores_",
-                     "stacking_weights_"):
-            self.__dict__.pop(name, None)
+        warm = self._start_fit()
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         if warm is not None and X.shape[1] != warm["n_features"]:
             raise ValueError(f"warm_start continues a fit to {warm['n_features']} features; "
                              f"X has {X.shape[1]}")
+        return self._fit_rows(X, warm)
+
+    _FITTED = ("flow_", "history_", "n_iter_", "mean_", "scale_", "device_", "preprocessor_",
+               "n_members_", "preprocessing_scores_", "stacking_weights_")
+
+    def _start_fit(self) -> dict | None:
+        """Check the parameters, keep what a warm start needs, and forget the fitted state
+        (a refit that fails must not leave the old flow with the new data's scaling)."""
+        self._validate_parameters()
+        warm = self._warm_start_state()
+        for name in self._FITTED:
+            self.__dict__.pop(name, None)
+        return warm
+
+    def _fit_rows(self, X: np.ndarray, warm: dict | None):
+        """Fit to the validated rows X that the flow models (a conditional estimator's rows
+        hold the targets and the context side by side)."""
         device = resolve_device(self.device)
         checkpoint = self._open_checkpoint(X, warm)
         # max_seconds bounds the whole fit (with a checkpoint, every run of it)
@@ -415,7 +457,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             progress = checkpoint.progress
             seed, perm = int(progress["seed"]), progress["perm"].numpy()
             n_members, n_val = int(progress["n_members"]), int(progress["n_val"])
-            preprocessor = TabularPreprocessor.from_state(_arrays(progress["preprocessor"]))
+            preprocessor = self._preprocessor_from_state(_arrays(progress["preprocessor"]))
             scores = progress["preprocessing_scores"]
             return {"seed": seed, "perm": perm, "n_val": n_val, "preprocessor": preprocessor,
                     "folds": folds_of(perm, n_members, n_val), "preprocessing_scores": scores}
@@ -439,9 +481,9 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             kind = self._preprocessing_kind(len(X))
             if kind == "choose":  # by held-out likelihood, on the first validation fold
                 kind, scores = choose_preprocessing(
-                    X, perm[~np.isin(perm, folds[0])], folds[0], random_state=seed,
-                    deadline=deadline)
-            preprocessor = TabularPreprocessor(kind, random_state=seed).fit(X)
+                    self._columns_to_preprocess(X), perm[~np.isin(perm, folds[0])], folds[0],
+                    random_state=seed, deadline=deadline)
+            preprocessor = self._new_preprocessor(kind, seed).fit(X)
         if checkpoint is not None:
             checkpoint.progress.update({
                 "seed": seed, "perm": torch.from_numpy(perm), "n_members": n_members,
@@ -468,16 +510,22 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                    for record in progress["members"]]
         return members, list(progress["history"]), int(progress["n_iter"])
 
-    def score_samples(self, X) -> np.ndarray:
-        """Log-density of each row of X, in the caller's units; numpy array (n_samples,)."""
+    def score_samples(self, X, *, batch_size: int | None = None) -> np.ndarray:
+        """Log-density of each row of X, in the caller's units; numpy array (n_samples,).
+
+        ``batch_size``: rows per solve (None: 4096); memory is bounded by it."""
         check_is_fitted(self, "flow_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self._score_rows(X, self._batch_size(batch_size))
+
+    def _score_rows(self, X: np.ndarray, batch_size: int) -> np.ndarray:
+        """log p of validated rows (the flow's rows), solved ``batch_size`` rows at a time."""
         U, logdet = self._transform(X)
         out = []
         self.flow_.eval()
         with torch.no_grad():
-            for start in range(0, len(U), self._score_batch_size):
-                out.append(self._log_prob(self.flow_, U[start:start + self._score_batch_size]))
+            for start in range(0, len(U), batch_size):
+                out.append(self._log_prob(self.flow_, U[start:start + batch_size]))
         log_q = torch.cat(out).double().cpu().numpy()
         return log_q + logdet
 
@@ -485,15 +533,57 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         """Mean log-likelihood of the rows of X (as GaussianMixture.score)."""
         return float(self.score_samples(X).mean())
 
-    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
-        """Draw rows from the fitted density; numpy array (n_samples, n_features)."""
+    def sample(self, n_samples: int = 1, random_state=None, *, return_log_prob: bool = False,
+               batch_size: int | None = None):
+        """Draw rows from the fitted density.
+
+        Arguments:
+            n_samples: the number of rows.
+            random_state: None, an int or a numpy RandomState (an int repeats the draws).
+            return_log_prob: also return the log-density of each row, in the caller's units
+                (what :meth:`score_samples` gives for it, to the solver's tolerance). For a
+                single flow it comes from the sampling solve itself (the trace integrated
+                along), with no second solve; a model of several members or a stack scores
+                the draws under each.
+            batch_size: rows drawn per solve (None: 4096); memory is bounded by it.
+
+        Returns:
+            Rows, numpy array (n_samples, n_features); with ``return_log_prob``, the pair
+            ``(rows, log_prob)`` with log_prob of shape (n_samples,).
+        """
         check_is_fitted(self, "flow_")
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        check_count_argument(n_samples, "n_samples")
+        batch_size = self._batch_size(batch_size)
         seed = draw_seed(random_state)
+        draws, log_qs = [], []
         with self._seeded(seed), torch.no_grad():
-            u = self.flow_.sample(int(n_samples))
-        return self.preprocessor_.inverse_transform(u.double().cpu().numpy())
+            for start in range(0, int(n_samples), batch_size):
+                n = min(batch_size, int(n_samples) - start)
+                if return_log_prob and self._samples_with_log_prob(self.flow_):
+                    u, log_q = self.flow_.sample_with_log_prob(n, trace="exact")
+                else:
+                    u = self.flow_.sample(n)
+                    log_q = self._log_prob(self.flow_, u) if return_log_prob else None
+                draws.append(u)
+                log_qs.append(log_q)
+        U = torch.cat(draws).double().cpu().numpy()
+        X = self.preprocessor_.inverse_transform(U)
+        if not return_log_prob:
+            return X
+        _, logdet = self.preprocessor_.transform(X)
+        return X, torch.cat(log_qs).double().cpu().numpy() + logdet
+
+    def _samples_with_log_prob(self, flow: nn.Module) -> bool:
+        """Whether ``flow.sample_with_log_prob(n, trace="exact")`` gives draws with their
+        scoring log-densities in one solve (a single CNF)."""
+        return False
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        """The rows per solve of scoring and sampling (None: 4096), checked."""
+        if batch_size is None:
+            return self._score_batch_size
+        check_count_argument(batch_size, "batch_size")
+        return int(batch_size)
 
     def _stacked(self, flow: nn.Module, mixture: GaussianMixtureBase,
                  U_val: torch.Tensor) -> FlowMixture:
@@ -600,6 +690,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             "stacked_components": [0 if m is None else int(m.n_components)
                                    for _, m in self._member_parts()],
             "history": self.history_,
+            **self._saved_extras(),
         }
         atomic_write(path, lambda handle: torch.save(contents, handle))
 
@@ -642,7 +733,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         est.mean_ = data["mean"].numpy()
         est.scale_ = data["scale"].numpy()
         if data.get("preprocessor") is not None:
-            est.preprocessor_ = TabularPreprocessor.from_state(_arrays(data["preprocessor"]))
+            est.preprocessor_ = est._preprocessor_from_state(_arrays(data["preprocessor"]))
         else:  # files of the first format standardised only
             est.preprocessor_ = TabularPreprocessor.from_state(
                 {"kind": "standardize", "mean": est.mean_, "scale": est.scale_})
@@ -651,9 +742,10 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             est.feature_names_in_ = np.asarray(data["feature_names_in"], dtype=object)
         est.n_iter_ = data["n_iter"]
         est.history_ = data["history"]
+        est._restore_extras(data)
         # Cast before loading so that float64 weights are never rounded through float32.
         est.n_members_ = int(data.get("n_members", 1))
-        D = est.n_features_in_
+        D = est._flow_width()
         components = data.get("base_components") or [0] * est.n_members_
         stacked = data.get("stacked_components") or [0] * est.n_members_
         if len(components) != est.n_members_ or len(stacked) != est.n_members_:

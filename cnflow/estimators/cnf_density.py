@@ -572,6 +572,9 @@ class CNFDensity(FlowDensityEstimator):
     def _auto(self) -> dict:
         return _AUTO[self.objective]
 
+    def _samples_with_log_prob(self, flow: nn.Module) -> bool:
+        return isinstance(flow, CNF)
+
     def _stacks(self, n_samples: int) -> bool:
         """"auto": stack wherever the preprocessing is chosen (small tables with held-out
         rows)."""

@@ -2,10 +2,11 @@
 
 from .base import GaussianMixtureBase
 from .cnf import CNF, CNFRegularisers
+from .conditional import ConditionalCNF
 from .dense import DenseFlow
 from .discrete import CLOSED_FORMS, DiscreteFlow
 from .mixture import FlowMixture
 from .planar import PlanarFlow
 
-__all__ = ["CNF", "CNFRegularisers", "DenseFlow", "DiscreteFlow", "FlowMixture",
+__all__ = ["CNF", "CNFRegularisers", "ConditionalCNF", "DenseFlow", "DiscreteFlow", "FlowMixture",
            "GaussianMixtureBase", "PlanarFlow", "CLOSED_FORMS"]

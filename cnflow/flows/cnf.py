@@ -354,9 +354,10 @@ class CNF(SolvesODEs, NFECounts, Flow):
         """
         check_count(n)
         z = self._base_draws(n)
+        field = self._field()
 
         def f(t: Tensor, state: Tensor) -> Tensor:
-            return self.net(t, state)
+            return field(t, state)
 
         return self._solve(f, z, self._times(reverse=True, like=z))
 
@@ -395,15 +396,18 @@ class CNF(SolvesODEs, NFECounts, Flow):
             raise ValueError(f"n_times must be an integer of at least 2, got {n_times!r}")
         T = float(self.T)
         times = torch.linspace(T, 0.0, n_times, dtype=z.dtype, device=z.device)
+        field = self._field()
 
         def f(t: Tensor, state: Tensor) -> Tensor:
-            return self.net(t, state)
+            return field(t, state)
 
         self.stats_forward, self.stats_backward = SolverStats(), SolverStats()
         options = self.solve_options.replace(adjoint=False)  # backpropagation, as documented
         return times, options.solve(f, z, times, stats=self.stats_forward)
 
-    def sample_with_log_prob(self, n: int) -> tuple[Tensor, Tensor]:
+    def sample_with_log_prob(self, n: int, *, trace: str | None = None,
+                             solve_options: SolveOptions | None = None
+                             ) -> tuple[Tensor, Tensor]:
         r"""n draws x and their log-densities, from one reverse solve with the trace.
 
         Base draws z ~ N(0, I) at t = T are integrated back to x at t = 0 together with
@@ -414,13 +418,18 @@ class CNF(SolvesODEs, NFECounts, Flow):
 
         Arguments:
             n: the number of draws.
+            trace, solve_options: this call's trace estimator and solve (None: the flow's),
+                as in :meth:`log_prob`; ``trace="exact"`` gives the log-densities that
+                ``log_prob`` with the exact trace gives for the same points, to the solver's
+                tolerance.
 
         Returns:
             ``(x, log_q)`` of shapes (n, dim) and (n,).
         """
         check_count(n)
         z = self._base_draws(n)
-        x, logdet, _ = self._flow(z, reverse=True, regularise=False)
+        x, logdet, _ = self._flow(z, reverse=True, regularise=False, trace=trace,
+                                  options=solve_options)
         return x, self.base_log_prob(z) - logdet
 
     def transform(self, x: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor]:
@@ -503,11 +512,16 @@ class CNF(SolvesODEs, NFECounts, Flow):
         if time_exponent != 1:
             s = s.pow(time_exponent)
         x_s = x + s * (z - x)
-        velocity = self.net(s * T, x_s)
+        velocity = self._field()(s * T, x_s)
         self.stats_forward, self.stats_backward = SolverStats(nfe=1), SolverStats()
         return (velocity - (z - x) / T).square().sum(-1).mean()
 
     # ------------------------------------------------------------------ internals
+
+    def _field(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """The velocity field f(t, z) that solves integrate: ``net`` (a conditional flow
+        binds its context to it)."""
+        return self.net
 
     def _reference(self) -> Tensor:
         """A tensor of the flow's dtype and device (the T parameter or buffer)."""
@@ -540,7 +554,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
             raise ValueError(f"solve_options must be a SolveOptions, got "
                              f"{type(options).__name__}")
         eps = divergence.sample_noise(x, self.noise) if trace == "hutchinson" else None
-        f = _DensityDynamics(self.net, self.exact_method, eps, regularise)
+        f = _DensityDynamics(self._field(), self.exact_method, eps, regularise)
         n = x.shape[0]
         zero = x.new_zeros(n)
         y0 = (x, zero, zero, zero) if regularise else (x, zero)

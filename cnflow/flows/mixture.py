@@ -80,13 +80,17 @@ class FlowMixture(nn.Module):
         """The mixture's log-density of each row of x, shape (n,)."""
         return self.combine([member.log_prob(x) for member in self.members])
 
+    def choose(self, n: int) -> Tensor:
+        """The member each of n draws comes from, drawn by the weights (torch's global
+        generator), shape (n,) on the CPU."""
+        if self.log_weights is None:
+            return torch.randint(len(self.members), (n,))
+        return torch.multinomial(self.weights.double().cpu(), n, replacement=True)
+
     def sample(self, n: int) -> Tensor:
         """n rows: each from a member drawn by the weights (torch's global generator), shape
         (n, D)."""
-        if self.log_weights is None:
-            choice = torch.randint(len(self.members), (n,))
-        else:
-            choice = torch.multinomial(self.weights.double().cpu(), n, replacement=True)
+        choice = self.choose(n)
         out = None
         for k, member in enumerate(self.members):
             rows = torch.nonzero(choice == k).flatten()

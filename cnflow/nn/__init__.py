@@ -6,7 +6,8 @@ bias,
 
 .. math:: \operatorname{layer}(x, t) = (W x + b) \odot \sigma(a t + c) + d\, t,
 
-and :class:`ConcatSquashMLP` stacks such layers with a smooth activation in between.
+and :class:`ConcatSquashMLP` stacks such layers with a smooth activation in between;
+:class:`ConditionalConcatSquashMLP` also takes a context c (a conditional CNF's f(z, t; c)).
 :class:`PlanarCNFField` is the planar CNF of Chen et al. (2018): a sum of M planar units whose
 parameters a hypernetwork makes from t, with a closed-form divergence. Every module here is
 called as ``module(t, x)``, the argument order of ODE dynamics ``f(t, z)``, except
@@ -25,8 +26,16 @@ from .activations import (
     activation_of,
 )
 from .concat_squash import ConcatSquashLinear, ConcatSquashMLP
+from .conditional import (
+    CONDITIONINGS,
+    ConditionalConcatSquashLinear,
+    ConditionalConcatSquashMLP,
+    WithContext,
+)
 from .ode_block import ODEBlock
 from .planar_field import PlanarCNFField
 
-__all__ = ["ConcatSquashLinear", "ConcatSquashMLP", "PlanarCNFField", "ODEBlock", "ACTIVATIONS",
-           "ACTIVATION_DERIVATIVES", "ACTIVATION_TABLE", "Activation", "activation_of"]
+__all__ = ["ConcatSquashLinear", "ConcatSquashMLP", "ConditionalConcatSquashLinear",
+           "ConditionalConcatSquashMLP", "WithContext", "CONDITIONINGS", "PlanarCNFField",
+           "ODEBlock", "ACTIVATIONS", "ACTIVATION_DERIVATIVES", "ACTIVATION_TABLE", "Activation",
+           "activation_of"]
