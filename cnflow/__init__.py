@@ -3,7 +3,7 @@
 The public names, re-exported; nothing is defined here.
 """
 
-from .estimators import CNFDensity, ConditionalCNFDensity, PlanarFlowDensity
+from .estimators import CNFDensity, ConditionalCNFDensity, ImageCNFDensity, PlanarFlowDensity
 from .files import ModelFileError
 from .flows import CNF, CNFRegularisers, DenseFlow, PlanarFlow
 from .latent import LatentODE
@@ -23,7 +23,8 @@ from .training import CheckpointMismatchError, TrainingFault
 __version__ = "0.1.0"
 
 __all__ = [
-    "CNF", "CNFRegularisers", "CNFDensity", "ConditionalCNFDensity", "PlanarFlow", "DenseFlow",
+    "CNF", "CNFRegularisers", "CNFDensity", "ConditionalCNFDensity", "ImageCNFDensity",
+    "PlanarFlow", "DenseFlow",
     "PlanarFlowDensity",
     "odeint", "odeint_adjoint", "SolveOptions", "SolverStats", "ODESolveError",
     "StepSizeUnderflowError", "MaxStepsExceededError", "NonFiniteStateError", "ODEBlock",

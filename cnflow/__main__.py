@@ -11,6 +11,9 @@
 - ``train DATA --targets COLUMN ...`` fits a :class:`cnflow.ConditionalCNFDensity` of those
   columns given the others; its models take the features with ``--given FILE`` in ``sample``
   (N draws per row) and ``score`` (DATA then holds the targets).
+- ``train-images FILE --levels L`` fits a :class:`cnflow.ImageCNFDensity` to the images of a
+  .npy/.npz file and writes model.pt, samples.png and summary.json (bits/dim); ``sample``
+  writes an image model's samples to .npy, ``score`` prints its bits/dim on a file's images.
 - ``score MODEL DATA [--out FILE]`` prints the mean log-likelihood of DATA's rows (a .npy or
   .csv file, or a toy name) and can write each row's log-density (.npy or .csv).
 - ``plot MODEL [--data DATA] [--out FILE.png] [--n-samples N]`` draws data (or, without
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -38,19 +42,26 @@ import numpy as np
 import torch
 
 from .datasets import TOY_DATASETS, make_toy
-from .estimators import OBJECTIVES, CNFDensity, ConditionalCNFDensity, PlanarFlowDensity
+from .estimators import (
+    OBJECTIVES,
+    CNFDensity,
+    ConditionalCNFDensity,
+    ImageCNFDensity,
+    PlanarFlowDensity,
+)
 from .files import atomic_write
 from .training import resolve_device
 
 _ESTIMATORS = {cls.__name__: cls
-               for cls in (CNFDensity, ConditionalCNFDensity, PlanarFlowDensity)}
+               for cls in (CNFDensity, ConditionalCNFDensity, ImageCNFDensity,
+                           PlanarFlowDensity)}
 
 
 class CLIError(Exception):
     """A user mistake, reported as one line with exit code 2."""
 
 
-Estimator = CNFDensity | ConditionalCNFDensity | PlanarFlowDensity
+Estimator = CNFDensity | ConditionalCNFDensity | ImageCNFDensity | PlanarFlowDensity
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -201,6 +212,45 @@ def check_targets(columns: list[int], n_columns: int) -> list[int]:
     return sorted(columns)
 
 
+def cmd_train_images(args: argparse.Namespace) -> None:
+    """``train-images``: fit ImageCNFDensity to the images of a .npy/.npz file; write
+    model.pt, samples.png (a grid of samples) and summary.json (bits/dim)."""
+    from .datasets import load_images
+    from .estimators.image import check_images
+    from .plotting import plot_image_grid
+
+    check_device(args.device)
+    out = check_writable(Path(args.out), folder=True)
+    if not Path(args.data).is_file():
+        raise CLIError(f"no such file: {args.data}")
+    try:
+        images = check_images(load_images(args.data, args.key), args.levels)
+    except (ValueError, OSError) as err:
+        raise CLIError(f"could not read images from {args.data}: {err}") from err
+    given = {"n_scales": args.n_scales, "max_iter": args.max_iter,
+             "max_seconds": args.max_seconds, "hidden": None if args.hidden is None
+             else tuple(args.hidden)}
+    if args.checkpoint is not None:
+        given["checkpoint"] = check_writable(Path(args.checkpoint))
+    est = ImageCNFDensity(levels=args.levels, device=args.device, random_state=args.seed,
+                          verbose=not args.quiet,
+                          **{k: v for k, v in given.items() if v is not None})
+    print(f"training ImageCNFDensity on {args.data}: {len(images)} images of shape "
+          f"{images.shape[1:]}, {args.levels} levels")
+    start = time.perf_counter()
+    est.fit(images)
+    seconds = time.perf_counter() - start
+    est.save(out / "model.pt")
+    samples = est.sample(64, random_state=args.seed)
+    plot_image_grid(samples, out / "samples.png", levels=args.levels,
+                    title=f"ImageCNFDensity samples ({est.n_iter_} steps, {seconds:.0f} s)")
+    summary = {"data": args.data, "images": int(len(images)), "shape": list(images.shape[1:]),
+               "levels": args.levels, "iterations": est.n_iter_, "seconds": seconds,
+               "train_bits_per_dim": est.bits_per_dim(images[:2000])}
+    _write_summary(out, summary)
+    print(f"wrote {out / 'model.pt'}, {out / 'samples.png'}")
+
+
 def check_device(device) -> None:
     """A CLIError unless ``device`` ("auto", "cpu", "cuda:1", ...) names a device that this
     machine has."""
@@ -311,6 +361,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
     check_positive(args.n, "--n")
     check_writable(check_suffix(args.out, (".npy", ".csv")))  # before the (slow) sampling
     est = load_model(args.model, args.device)
+    if isinstance(est, ImageCNFDensity):
+        images = est.sample(args.n, random_state=args.seed)
+        file = check_suffix(args.out, (".npy", ".csv"))
+        if file.suffix != ".npy":
+            raise CLIError("images are written to .npy files")
+        atomic_write(file, lambda handle: np.save(handle, images))
+        print(f"wrote {args.n} images of shape {images.shape[1:]} to {file}")
+        return
     given = _features_given(args, est)
     if given is None:
         drawn = est.sample(args.n, random_state=args.seed, return_log_prob=args.log_prob)
@@ -331,12 +389,31 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {what} to {file}")
 
 
+def _score_images(args: argparse.Namespace, est: ImageCNFDensity) -> None:
+    """``score`` for an image model: bits/dim of a .npy/.npz file's images."""
+    from .datasets import load_images
+
+    try:
+        images = load_images(args.data)
+        log_density = est.score_samples(images)
+    except (ValueError, OSError) as err:
+        raise CLIError(f"could not score images from {args.data}: {err}") from err
+    bits = -log_density.mean() / (math.prod(est.shape_) * math.log(2))
+    print(f"mean log-likelihood bound {log_density.mean():.6f} nats per image, {bits:.4f} "
+          f"bits/dim over {len(images)} images of {args.data}")
+    if args.out:
+        print(f"wrote per-image log-densities to {write_rows(args.out, log_density)}")
+
+
 def cmd_score(args: argparse.Namespace) -> None:
     """``score``: print the mean log-likelihood of DATA's rows; ``--out``: each row's. A
     conditional model scores the targets in DATA given the features in ``--given``."""
     if args.out:
         check_writable(check_suffix(args.out, (".npy", ".csv")))
     est = load_model(args.model, args.device)
+    if isinstance(est, ImageCNFDensity):
+        _score_images(args, est)
+        return
     given = _features_given(args, est)
     X = load_rows(args.data, args.n_samples, args.seed)
     if given is None:
@@ -423,6 +500,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit the conditional density of these columns (0-based) given the "
                         "others (ConditionalCNFDensity)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-images", help="fit an image CNF to the images of a .npy/.npz "
+                       "file", description="Fit ImageCNFDensity and write model.pt, "
+                       "samples.png, summary.json (bits/dim).")
+    p.add_argument("data", help="a .npy file of images (n, C, H, W) or (n, H, W), or a .npz "
+                   "file (see --key)")
+    p.add_argument("--key", help="the array's name in a .npz file (default: its only array, "
+                   "or x_train, images or x)")
+    p.add_argument("--levels", type=int, default=256, help="pixel values (default: 256)")
+    p.add_argument("--out", default="out", help="output folder (default: out)")
+    p.add_argument("--n-scales", type=int, help="scales of the flow (default: 1)")
+    p.add_argument("--hidden", type=int, nargs="+", help="hidden channels (default: 64 64 64)")
+    p.add_argument("--max-iter", type=int,
+                   help="flow-matching steps per scale (default: 30000)")
+    p.add_argument("--max-seconds", type=float, help="time budget of the fit")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="write the fit's state to PATH; the same command continues from it")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:1, ... or auto: CUDA when available (default: auto)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_images)
 
     p = sub.add_parser("sample", help="draw rows from a saved model into a .npy/.csv file",
                        description="Draw rows from a saved model (model.pt).")

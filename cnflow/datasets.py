@@ -24,7 +24,7 @@ from sklearn.utils import check_random_state
 
 __all__ = ["make_toy", "TOY_DATASETS", "log_density", "true_entropy", "empirical_entropy",
            "REAL_DATASETS", "load_real", "make_warped_mixture", "warped_mixture_log_density",
-           "CONDITIONAL_DATASETS", "make_conditional", "conditional_log_density"]
+           "CONDITIONAL_DATASETS", "make_conditional", "conditional_log_density", "load_images"]
 
 
 def _eight_gaussians(n: int, rng: np.random.RandomState) -> np.ndarray:
@@ -524,3 +524,44 @@ def conditional_log_density(name: str, X, y) -> np.ndarray:
         terms.append(math.log(weight) - 0.5 * (r * r).sum(1) - log_det
                      - 0.5 * y.shape[1] * math.log(2 * math.pi))
     return logsumexp(np.stack(terms), axis=0)
+
+
+def load_images(path, key: str | None = None) -> np.ndarray:
+    """Images from a user's .npy or .npz file (e.g. their own copy of MNIST), as an array
+    (n, C, H, W) or (n, H, W), for :class:`cnflow.ImageCNFDensity`.
+
+    Arguments:
+        path: a .npy file holding the array, or a .npz file.
+        key: the array's name in a .npz file (default: its only array, or ``"x_train"``,
+            ``"images"`` or ``"x"`` when it holds several).
+
+    Raises:
+        ValueError: another suffix, no such array, or an array that is not 3-D or 4-D.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix not in (".npy", ".npz"):
+        raise ValueError(f"images are read from .npy or .npz files, got {path.name!r}")
+    if path.suffix == ".npy":
+        images = np.load(path, allow_pickle=False)
+    else:
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.keys())
+            if key is None:
+                common = [n for n in ("x_train", "images", "x") if n in names]
+                if len(names) == 1:
+                    key = names[0]
+                elif common:
+                    key = common[0]
+                else:
+                    raise ValueError(f"{path.name} holds several arrays ({', '.join(names)});"
+                                     " name one with key=")
+            if key not in names:
+                raise ValueError(f"{path.name} has no array {key!r}; it has "
+                                 f"{', '.join(names)}")
+            images = archive[key]
+    if images.ndim not in (3, 4):
+        raise ValueError(f"images must be an array (n, C, H, W) or (n, H, W); {path.name} "
+                         f"holds shape {images.shape}")
+    return images

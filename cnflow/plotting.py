@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from .files import atomic_write
 
 __all__ = ["density_grid", "plot_density", "plot_fit", "plot_training_curves",
-           "plot_trajectories", "animate_trajectories"]
+           "plot_trajectories", "animate_trajectories", "plot_image_grid"]
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -332,3 +332,31 @@ def animate_trajectories(times, states, path: str | Path, *, fps: int = 8,
     path.parent.mkdir(parents=True, exist_ok=True)
     animation.save(path, writer=PillowWriter(fps=fps), dpi=70)
     return path
+
+
+def plot_image_grid(images: np.ndarray, path: str | Path, *, levels: int,
+                    columns: int = 8, title: str | None = None) -> Path:
+    """A grid of integer images (n, C, H, W) (one channel in grey, three as RGB), written
+    atomically to ``path``."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (n, 1 or 3, H, W), got {images.shape}")
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig = _new_figure(columns * 0.9, rows * 0.9 + (0.3 if title else 0))
+    for k in range(rows * columns):
+        ax = fig.add_subplot(rows, columns, k + 1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= n:
+            ax.axis("off")
+            continue
+        image = images[k].astype(np.float64) / (levels - 1)
+        if image.shape[0] == 1:
+            ax.imshow(image[0], cmap="gray_r", vmin=0, vmax=1)
+        else:
+            ax.imshow(np.clip(image.transpose(1, 2, 0), 0, 1))
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, dpi=100)

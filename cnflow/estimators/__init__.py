@@ -10,7 +10,8 @@ kinds, builds its flow and says what its loss is.
 from .base import EstimatorBase, FlowDensityEstimator
 from .cnf_density import BASES, OBJECTIVES, CNFDensity
 from .conditional import ConditionalCNFDensity
+from .image import ImageCNFDensity
 from .planar_density import PlanarFlowDensity
 
-__all__ = ["CNFDensity", "ConditionalCNFDensity", "PlanarFlowDensity", "EstimatorBase",
-           "FlowDensityEstimator", "OBJECTIVES", "BASES"]
+__all__ = ["CNFDensity", "ConditionalCNFDensity", "ImageCNFDensity", "PlanarFlowDensity",
+           "EstimatorBase", "FlowDensityEstimator", "OBJECTIVES", "BASES"]

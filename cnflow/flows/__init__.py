@@ -5,8 +5,9 @@ from .cnf import CNF, CNFRegularisers
 from .conditional import ConditionalCNF
 from .dense import DenseFlow
 from .discrete import CLOSED_FORMS, DiscreteFlow
+from .image import MultiscaleImageCNF
 from .mixture import FlowMixture
 from .planar import PlanarFlow
 
-__all__ = ["CNF", "CNFRegularisers", "ConditionalCNF", "DenseFlow", "DiscreteFlow", "FlowMixture",
-           "GaussianMixtureBase", "PlanarFlow", "CLOSED_FORMS"]
+__all__ = ["CNF", "CNFRegularisers", "ConditionalCNF", "MultiscaleImageCNF", "DenseFlow",
+           "DiscreteFlow", "FlowMixture", "GaussianMixtureBase", "PlanarFlow", "CLOSED_FORMS"]

@@ -432,7 +432,8 @@ class CNF(SolvesODEs, NFECounts, Flow):
                                   options=solve_options)
         return x, self.base_log_prob(z) - logdet
 
-    def transform(self, x: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor]:
+    def transform(self, x: Tensor, reverse: bool = False, *, trace: str | None = None,
+                  solve_options: SolveOptions | None = None) -> tuple[Tensor, Tensor]:
         r"""The flow's map and its log-determinant, either way.
 
         Forward: data x at t = 0 to z = z(T), with :math:`\log|\det \partial z/\partial x| =
@@ -443,13 +444,16 @@ class CNF(SolvesODEs, NFECounts, Flow):
         Arguments:
             x: points, shape (n, dim): data (forward) or base points (reverse).
             reverse: map base points to data.
+            trace, solve_options: this call's trace estimator and solve (None: the flow's),
+                as in :meth:`log_prob`.
 
         Returns:
             ``(y, logdet)``: the image, shape (n, dim), and the log-determinant of the map at
             each point, shape (n,) (an unbiased estimate with Hutchinson's trace).
         """
         x = self._check_data(x, "x")
-        y, logdet, _ = self._flow(x, reverse=reverse, regularise=False)
+        y, logdet, _ = self._flow(x, reverse=reverse, regularise=False, trace=trace,
+                                  options=solve_options)
         return y, logdet
 
     def flow_matching_loss(self, x: Tensor, *, generator: torch.Generator | None = None,

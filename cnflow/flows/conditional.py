@@ -111,10 +111,11 @@ class ConditionalCNF(CNF):
             return super().sample_with_log_prob(context.shape[0], **kwargs)
 
     def transform(self, y: Tensor, context: Tensor,  # type: ignore[override]
-                  reverse: bool = False) -> tuple[Tensor, Tensor]:
-        """The map y ↦ z(T) given c (or back, with ``reverse``) and its log-determinant."""
+                  reverse: bool = False, **kwargs) -> tuple[Tensor, Tensor]:
+        """The map y ↦ z(T) given c (or back, with ``reverse``) and its log-determinant
+        (keyword arguments as :meth:`cnflow.CNF.transform`)."""
         with self._given(context, y.shape[0] if isinstance(y, Tensor) else None):
-            return super().transform(y, reverse=reverse)
+            return super().transform(y, reverse=reverse, **kwargs)
 
     def flow_matching_loss(self, y: Tensor, context: Tensor,  # type: ignore[override]
                            **kwargs) -> Tensor:

@@ -32,10 +32,12 @@ from .conditional import (
     ConditionalConcatSquashMLP,
     WithContext,
 )
+from .conv import ConcatSquashConv2d, ConvVelocityField
 from .ode_block import ODEBlock
 from .planar_field import PlanarCNFField
 
-__all__ = ["ConcatSquashLinear", "ConcatSquashMLP", "ConditionalConcatSquashLinear",
+__all__ = ["ConcatSquashLinear", "ConcatSquashMLP", "ConcatSquashConv2d", "ConvVelocityField",
+           "ConditionalConcatSquashLinear",
            "ConditionalConcatSquashMLP", "WithContext", "CONDITIONINGS", "PlanarCNFField",
            "ODEBlock", "ACTIVATIONS", "ACTIVATION_DERIVATIVES", "ACTIVATION_TABLE", "Activation",
            "activation_of"]

@@ -1,0 +1,358 @@
+r"""Density estimation for integer images: :class:`ImageCNFDensity`, bits per dimension."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import time
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ..files import ModelFileError, atomic_write, read_torch_file
+from ..flows.image import MultiscaleImageCNF
+from ..flows.image_transforms import bits_per_dim, dequantize, squeeze
+from ..training import FitCheckpoint, TrainConfig, TrainingFault, resolve_device, train
+from ..training.checkpoint import data_digest, restore_rng_state, rng_state
+from .base import DTYPES, EstimatorBase, check_count_argument, draw_seed
+from .params import Boolean, InstanceOf, Integer, IntegerSequence, Options, Real
+
+__all__ = ["ImageCNFDensity", "check_images"]
+
+_FORMAT = "cnflow-image-estimator/1"
+
+
+def check_images(X, levels: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """X as an (n, C, H, W) int64 array of values in {0, …, levels − 1} ((n, H, W) is read
+    as one channel); a ValueError naming what is wrong otherwise."""
+    X = np.asarray(X)
+    if X.ndim == 3:
+        X = X[:, None]
+    if X.ndim != 4 or X.shape[0] < 1:
+        raise ValueError(f"images must have shape (n, C, H, W) or (n, H, W), got {X.shape}")
+    if not np.issubdtype(X.dtype, np.number):
+        raise ValueError(f"images must be numbers, got dtype {X.dtype}")
+    if not np.isfinite(X).all():
+        raise ValueError("images contain NaN or infinite values")
+    if (X != np.round(X)).any() or X.min() < 0 or X.max() > levels - 1:
+        raise ValueError(f"pixel values must be integers from 0 to levels − 1 = {levels - 1}; "
+                         f"got values from {X.min()} to {X.max()}")
+    if shape is not None and tuple(X.shape[1:]) != tuple(shape):
+        raise ValueError(f"images of shape {tuple(X.shape[1:])}; the model was fitted on "
+                         f"{tuple(shape)}")
+    return X.astype(np.int64)
+
+
+class ImageCNFDensity(EstimatorBase):
+    r"""The density of integer images by a multiscale CNF, with bits per dimension.
+
+    Pixels x ∈ {0, …, L − 1} are dequantised, y = (x + u)/L with u ~ U(0, 1)^D, and y is
+    modelled by :class:`cnflow.flows.MultiscaleImageCNF` (logit, squeeze, CNF blocks with
+    convolutional fields, factor-out). By Jensen's inequality the dequantised density bounds
+    the discrete likelihood: log P(x) ≥ E_u[log p((x + u)/L)] − D log L (Theis et al. 2016),
+    which :meth:`score_samples` returns (one draw of u, seeded) and :meth:`bits_per_dim`
+    reports as −log₂ P(x)/D.
+
+    Training is by flow matching, scale by scale: block s regresses its field on straight
+    paths from its own inputs (the dequantised images carried through the logit and the
+    blocks before it, whose solves are made at ``fine_tune_tol``) to N(0, I); with several
+    scales the time budget and the steps are shared equally between them. Scoring solves
+    every block with the exact trace.
+
+    Arguments:
+        levels: the number of pixel values L (256 for 8-bit images, 17 for scikit-learn's
+            digits).
+        n_scales: scales of the multiscale flow (H and W divisible by 2^n_scales). Each
+            later scale's flow-matching step first solves the blocks before it, so on a CPU
+            it costs tens of first-scale steps: on digits (``benchmarks/bench_images.py``, 2
+            CPU cores, 600 s) two scales reached 2.235 bits/dim (5,000 first-scale steps, 74
+            second-scale ones) and one scale 1.920 (30,000 steps). Default 1.
+        max_iter: flow-matching steps per scale (default 30,000; with ``max_seconds`` the
+            budget usually ends the fit first).
+        hidden: channels of each block's hidden convolutions.
+        alpha: the logit transform's margin.
+        batch_size, lr, lr_schedule, weight_decay, max_seconds: the Adam loop (a cosine
+            schedule anneals over max_iter or max_seconds, whichever ends first).
+        time_exponent: flow matching's γ (see :meth:`cnflow.CNF.flow_matching_loss`).
+        method, rtol, atol: the solves of scoring and sampling.
+        fine_tune_tol: rtol = atol of the solves that carry training images to later scales.
+        dtype, device, random_state, verbose: as :class:`cnflow.CNFDensity`.
+        checkpoint, checkpoint_interval: as :class:`cnflow.CNFDensity`: the fit's state is
+            written to that file while training and a fit of the same parameters and images
+            continues from it.
+
+    Attributes:
+        flow_: the fitted :class:`cnflow.flows.MultiscaleImageCNF`.
+        shape_: (C, H, W) of the images.
+        history_, n_iter_ (all scales), device_.
+
+    Example:
+        >>> import numpy as np
+        >>> from cnflow import ImageCNFDensity
+        >>> X = np.random.default_rng(0).integers(0, 4, size=(64, 1, 4, 4))
+        >>> est = ImageCNFDensity(levels=4, n_scales=1, hidden=(8,), max_iter=5,
+        ...                       rtol=1e-3, atol=1e-3, random_state=0).fit(X)
+        >>> est.score_samples(X[:2]).shape, est.sample(3, random_state=0).shape
+        ((2,), (3, 1, 4, 4))
+    """
+
+    def __init__(self, levels=256, n_scales=1, hidden=(64, 64, 64), alpha=1e-6, max_iter=30000,
+                 batch_size=256, lr=1e-3, lr_schedule="cosine", weight_decay=0.0,
+                 time_exponent=1.0, method="dopri5", rtol=1e-5, atol=1e-5, fine_tune_tol=1e-3,
+                 max_seconds=None, dtype="float32", device="auto", random_state=None,
+                 verbose=False, checkpoint=None, checkpoint_interval=60.0):
+        self.levels = levels
+        self.n_scales = n_scales
+        self.hidden = hidden
+        self.alpha = alpha
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.lr = lr
+        self.lr_schedule = lr_schedule
+        self.weight_decay = weight_decay
+        self.time_exponent = time_exponent
+        self.method = method
+        self.rtol = rtol
+        self.atol = atol
+        self.fine_tune_tol = fine_tune_tol
+        self.max_seconds = max_seconds
+        self.dtype = dtype
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.checkpoint = checkpoint
+        self.checkpoint_interval = checkpoint_interval
+
+    _parameter_kinds = {
+        "levels": [Integer(2)],
+        "n_scales": [Integer(1)],
+        "hidden": [IntegerSequence(1)],
+        "alpha": [Real(0, 0.5, closed="left")],
+        "max_iter": [Integer(1)],
+        "batch_size": [Integer(1)],
+        "lr": [Real(0, None)],
+        "lr_schedule": [Options("constant", "cosine")],
+        "weight_decay": [Real(0, None, closed="left")],
+        "time_exponent": [Real(0, None)],
+        "method": [Options("dopri5", "bosh3", "euler", "midpoint", "rk4")],
+        "rtol": [Real(0, None)],
+        "atol": [Real(0, None)],
+        "fine_tune_tol": [Real(0, None)],
+        "max_seconds": [None, Real(0, None)],
+        "dtype": [Options(*DTYPES)],
+        "device": [InstanceOf(str, torch.device)],
+        "verbose": [Boolean(), Integer(0)],
+        "checkpoint": [None, InstanceOf(str, os.PathLike)],
+        "checkpoint_interval": [Real(0, None, closed="left")],
+    }
+
+    def _solve_options(self, tolerance: float | None = None) -> dict:
+        tol = {} if tolerance is None else {"rtol": tolerance, "atol": tolerance}
+        return {"solve_options": self.flow_.blocks[0].solve_options.replace(**tol)}
+
+    def fit(self, X, y=None):
+        """Fit to integer images X (n, C, H, W) (or (n, H, W)) with values in
+        {0, …, levels − 1}.
+
+        Returns:
+            self
+        """
+        self._validate_parameters()
+        for name in ("flow_", "history_", "n_iter_", "shape_", "device_"):
+            self.__dict__.pop(name, None)
+        X = check_images(X, int(self.levels))
+        if len(X) < 2:
+            raise ValueError("fit needs at least 2 images")
+        started = time.perf_counter()
+        seed = draw_seed(self.random_state)
+        device = resolve_device(self.device)
+        dtype = DTYPES[self.dtype]
+        self.device_, self.shape_ = device, tuple(X.shape[1:])
+        images = torch.as_tensor(X, dtype=dtype, device=device)
+        checkpoint = self._open_checkpoint(X)
+        if checkpoint is not None:
+            started = checkpoint.started  # the budget counts every run of the fit
+            if checkpoint.resumed:
+                seed = int(checkpoint.progress["seed"])
+            checkpoint.progress.setdefault("seed", seed)
+            checkpoint.progress.setdefault("scales_done", 0)
+        history, n_iter, fault = [], 0, None
+        with self._seeded(seed):
+            flow = self._new_flow().to(device, dtype)
+            self.flow_ = flow
+            generator = torch.Generator().manual_seed(seed)
+            first = 0
+            if checkpoint is not None and checkpoint.resumed:
+                progress = checkpoint.progress
+                first = int(progress["scales_done"])
+                if first:
+                    flow.load_state_dict(progress["flow"])
+                    history, n_iter = list(progress["history"]), int(progress["n_iter"])
+                    restore_rng_state(progress["rng"], generator, device)
+            for s in range(first, flow.n_scales):
+                seconds = None
+                if self.max_seconds is not None:
+                    left = float(self.max_seconds) - (time.perf_counter() - started)
+                    seconds = max(left, 0.0) / (flow.n_scales - s)
+                    if checkpoint is not None:  # as the first run set it
+                        seconds = checkpoint.progress.setdefault(f"seconds_{s}", seconds)
+                config = TrainConfig(max_iter=int(self.max_iter),
+                                     batch_size=int(self.batch_size), lr=float(self.lr),
+                                     lr_schedule=self.lr_schedule,
+                                     weight_decay=float(self.weight_decay),
+                                     max_seconds=seconds, verbose=self.verbose)
+                try:
+                    result = train(flow.blocks[s], images, self._scale_loss(s), config,
+                                   generator=generator, checkpoint=checkpoint)
+                except TrainingFault as err:
+                    fault, result = err, err.result
+                for entry in [] if result is None else result.history:
+                    entry["scale"] = s
+                    entry["iteration"] += n_iter
+                    history.append(entry)
+                n_iter += 0 if result is None else result.n_iter
+                if fault is not None or (result is not None
+                                         and result.stop_reason == "interrupted"):
+                    break
+                if checkpoint is not None:  # the scale is done: record it
+                    checkpoint.progress.update(
+                        scales_done=s + 1, history=history, n_iter=n_iter,
+                        flow={k: v.detach().cpu() for k, v in flow.state_dict().items()},
+                        rng=rng_state(generator, device))
+                    checkpoint.write()
+        self.history_, self.n_iter_ = history, n_iter
+        if fault is not None:
+            raise fault
+        return self
+
+    def _new_flow(self) -> MultiscaleImageCNF:
+        return MultiscaleImageCNF(self.shape_, n_scales=int(self.n_scales),
+                                  hidden=tuple(self.hidden), alpha=float(self.alpha),
+                                  method=self.method, rtol=self.rtol, atol=self.atol,
+                                  adjoint=False)
+
+    def _plain_params(self) -> dict:
+        params = self.get_params(deep=False)
+        seed = params["random_state"]
+        params["random_state"] = int(seed) if isinstance(seed, numbers.Integral) else None
+        params["hidden"] = [int(h) for h in params["hidden"]]
+        if params["checkpoint"] is not None:
+            params["checkpoint"] = str(params["checkpoint"])
+        return params
+
+    def _open_checkpoint(self, X: np.ndarray) -> FitCheckpoint | None:
+        if self.checkpoint is None:
+            return None
+        params = {k: v for k, v in self._plain_params().items()
+                  if k not in ("checkpoint", "checkpoint_interval", "verbose", "device")}
+        identity = {"estimator": type(self).__name__,
+                    **{f"parameter {k}": v for k, v in params.items()},
+                    "data shape": list(X.shape), "data digest": data_digest(X)[:16]}
+        return FitCheckpoint.open_in_every_process(self.checkpoint,
+                                                   float(self.checkpoint_interval), identity)
+
+    def save(self, path) -> None:
+        """Write the fitted estimator to a ``torch.save`` file (loads with
+        ``weights_only=True``), atomically."""
+        check_is_fitted(self, "flow_")
+        contents = {"format": _FORMAT, "estimator": type(self).__name__,
+                    "params": self._plain_params(), "shape": list(self.shape_),
+                    "state_dict": {k: v.detach().cpu()
+                                   for k, v in self.flow_.state_dict().items()},
+                    "history": self.history_, "n_iter": int(self.n_iter_)}
+        atomic_write(path, lambda handle: torch.save(contents, handle))
+
+    @classmethod
+    def load(cls, path, device: str | None = None) -> ImageCNFDensity:
+        """Read a file of :meth:`save` (``device`` overrides the saved one).
+
+        Raises:
+            FileNotFoundError, cnflow.ModelFileError: as :meth:`cnflow.CNFDensity.load`.
+        """
+        data = read_torch_file(path, f"a {cls.__name__} file")
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            raise ModelFileError(f"{path} is not a file written by {cls.__name__}.save")
+        if data.get("estimator") != cls.__name__:
+            raise ModelFileError(f"{path} holds a {data.get('estimator')}, not a "
+                                 f"{cls.__name__}")
+        try:
+            params = dict(data["params"])
+            params["hidden"] = tuple(params["hidden"])
+            est = cls(**params)
+            if device is not None:
+                est.device = device
+            est.device_ = resolve_device(est.device)
+            est.shape_ = tuple(int(v) for v in data["shape"])
+            with est._seeded(0):
+                flow = est._new_flow()
+            flow.load_state_dict(data["state_dict"])
+            est.flow_ = flow.to(est.device_, DTYPES[est.dtype])
+            est.history_, est.n_iter_ = data["history"], int(data["n_iter"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            what = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+            raise ModelFileError(f"{path} is damaged: {what}") from None
+        return est
+
+    def _scale_loss(self, s: int):
+        """Flow matching for block s on a minibatch of integer images: dequantise, carry
+        them to block s's inputs (no gradient), regress its field."""
+        levels, tol = int(self.levels), float(self.fine_tune_tol)
+        gamma = float(self.time_exponent)
+
+        def loss(block: nn.Module, images: torch.Tensor) -> torch.Tensor:
+            y = dequantize(images, levels)
+            with torch.no_grad():
+                if s == 0:
+                    h, _ = self.flow_.logit.forward(y)
+                    inputs = squeeze(h).reshape(len(y), -1)
+                else:
+                    options = self.flow_.blocks[0].solve_options.replace(rtol=tol, atol=tol)
+                    inputs = self.flow_.block_inputs(y, s, solve_options=options)
+            return block.flow_matching_loss(inputs, time_exponent=gamma)
+
+        return loss
+
+    def _images(self, X) -> torch.Tensor:
+        check_is_fitted(self, "flow_")
+        X = check_images(X, int(self.levels), self.shape_)
+        return torch.as_tensor(X, dtype=DTYPES[self.dtype], device=self.device_)
+
+    def score_samples(self, X, *, batch_size: int | None = None) -> np.ndarray:
+        """A lower bound on each image's discrete log-likelihood, log p((x + u)/L) − D log L
+        in nats (u one seeded draw, so repeatable), by exact-trace solves; (n,)."""
+        images = self._images(X)
+        batch_size = 1024 if batch_size is None else check_count_argument(batch_size,
+                                                                          "batch_size")
+        generator = torch.Generator().manual_seed(0)
+        out = []
+        self.flow_.eval()
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                chunk = images[start:start + batch_size]
+                u = torch.rand(chunk.shape, generator=generator).to(chunk)
+                y = (chunk + u) / int(self.levels)
+                out.append(self.flow_.log_prob(y, trace="exact"))
+        dims = math.prod(self.shape_)
+        return torch.cat(out).double().cpu().numpy() - dims * math.log(int(self.levels))
+
+    def score(self, X, y=None) -> float:
+        """The mean of :meth:`score_samples` (nats per image)."""
+        return float(self.score_samples(X).mean())
+
+    def bits_per_dim(self, X) -> float:
+        """Test bits per dimension, −mean log₂ P(x) / D, by the bound of
+        :meth:`score_samples` (an upper bound on the true bits/dim)."""
+        return float(bits_per_dim(self.score_samples(X).mean(), math.prod(self.shape_)))
+
+    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
+        """Integer images (n_samples, C, H, W): draws y of the flow, ⌊y · L⌋."""
+        check_is_fitted(self, "flow_")
+        n_samples = check_count_argument(n_samples, "n_samples")
+        with self._seeded(draw_seed(random_state)), torch.no_grad():
+            y = self.flow_.sample(n_samples)
+        levels = int(self.levels)
+        return np.clip(np.floor(y.double().cpu().numpy() * levels), 0, levels - 1).astype(
+            np.int64)
