@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from measure import adam_with_early_stopping
 
 from cnflow import ConditionalCNFDensity
 from cnflow.datasets import conditional_log_density, make_conditional
@@ -141,30 +142,17 @@ def fit_torch_peer(model: str, X: np.ndarray, y: np.ndarray, budget: float, seed
     else:
         flow = _GaussianMLP(C.shape[1], Y.shape[1])
         log_prob = flow.log_prob
-    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-3)
 
     def val_nll() -> float:
         with torch.no_grad():
             return float(-log_prob(Y[val], C[val]).mean())
 
-    best, stale, steps = val_nll(), 0, 0
-    best_state = {k: v.clone() for k, v in flow.state_dict().items()}
-    started = time.perf_counter()
-    while time.perf_counter() - started < budget and stale < 30:
-        batch = train[torch.randint(len(train), (min(512, len(train)),))]
-        loss = -log_prob(Y[batch], C[batch]).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        steps += 1
-        if steps % 50 == 0:
-            value = val_nll()
-            if value < best:
-                best, stale = value, 0
-                best_state = {k: v.clone() for k, v in flow.state_dict().items()}
-            else:
-                stale += 1
-    flow.load_state_dict(best_state)
+    def batch_nll(rows: torch.Tensor) -> torch.Tensor:
+        batch = train[rows]
+        return -log_prob(Y[batch], C[batch]).mean()
+
+    steps = adam_with_early_stopping(flow, batch_nll, len(train), val_nll, budget,
+                                     batch_size=512)
 
     def score(X_new: np.ndarray, y_new: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from measure import adam_with_early_stopping
 
 from cnflow import CNFDensity, ImageCNFDensity
 
@@ -105,26 +106,14 @@ def _fit_zuko(X: np.ndarray, budget: float):
     n_val = max(1, len(U) // 10)
     U_val, U_train = U[perm[:n_val]], U[perm[n_val:]]
     flow = zuko.flows.NSF(X.shape[1], transforms=4, hidden_features=(256, 256))
-    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-3)
-    best, stale, steps = math.inf, 0, 0
-    best_state = {k: v.clone() for k, v in flow.state_dict().items()}
-    started = time.perf_counter()
-    while time.perf_counter() - started < budget and stale < 30:
-        batch = U_train[torch.randint(len(U_train), (min(128, len(U_train)),))]
-        loss = -flow().log_prob(batch).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        steps += 1
-        if steps % 50 == 0:
-            with torch.no_grad():
-                value = float(-flow().log_prob(U_val).mean())
-            if value < best:
-                best, stale = value, 0
-                best_state = {k: v.clone() for k, v in flow.state_dict().items()}
-            else:
-                stale += 1
-    flow.load_state_dict(best_state)
+
+    def val_nll() -> float:
+        with torch.no_grad():
+            return float(-flow().log_prob(U_val).mean())
+
+    steps = adam_with_early_stopping(
+        flow, lambda rows: -flow().log_prob(U_train[rows]).mean(), len(U_train), val_nll,
+        budget, batch_size=128)
 
     def score(images):
         u = torch.as_tensor((_dequantised(images, 1) - mean) / scale, dtype=torch.float32)

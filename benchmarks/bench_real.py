@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from measure import adam_with_early_stopping
 
 from cnflow import CNFDensity
 from cnflow.datasets import (
@@ -108,30 +109,14 @@ def fit_zuko(model: str, X: np.ndarray, budget: float, seed: int = 0):
     U_val, U_train = U[perm[:n_val]], U[perm[n_val:]]
     kind = zuko.flows.NSF if model == "zuko NSF" else zuko.flows.MAF
     flow = kind(X.shape[1], transforms=4, hidden_features=(256, 256))
-    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-3)
 
     def val_nll() -> float:
         with torch.no_grad():
             return float(-flow().log_prob(U_val).mean())
 
-    best, stale, steps = val_nll(), 0, 0
-    best_state = {k: v.clone() for k, v in flow.state_dict().items()}  # the start may be best
-    started = time.perf_counter()
-    while time.perf_counter() - started < budget and stale < 30:
-        batch = U_train[torch.randint(len(U_train), (min(128, len(U_train)),))]
-        loss = -flow().log_prob(batch).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        steps += 1
-        if steps % 50 == 0:
-            value = val_nll()
-            if value < best:
-                best, stale = value, 0
-                best_state = {k: v.clone() for k, v in flow.state_dict().items()}
-            else:
-                stale += 1
-    flow.load_state_dict(best_state)
+    steps = adam_with_early_stopping(
+        flow, lambda rows: -flow().log_prob(U_train[rows]).mean(), len(U_train), val_nll,
+        budget, batch_size=128)
 
     def score(Z: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -85,3 +85,32 @@ def run_fresh(argv: list[str]) -> dict:
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def adam_with_early_stopping(module: torch.nn.Module,
+                             batch_nll: Callable[[torch.Tensor], torch.Tensor], n_train: int,
+                             val_nll: Callable[[], float], budget: float, *, batch_size: int,
+                             lr: float = 1e-3, interval: int = 50, patience: int = 30) -> int:
+    """The peers' training loop: Adam on minibatches of training-row indices (drawn with
+    replacement by torch's global generator), the held-out loss scored every ``interval``
+    steps, stopped after ``patience`` scorings without improvement or at ``budget`` seconds;
+    the module keeps its best parameters (its starting ones included). Returns the steps."""
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+    best, stale, steps = val_nll(), 0, 0
+    best_state = {k: v.clone() for k, v in module.state_dict().items()}
+    started = time.perf_counter()
+    while time.perf_counter() - started < budget and stale < patience:
+        loss = batch_nll(torch.randint(n_train, (min(batch_size, n_train),)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        steps += 1
+        if steps % interval == 0:
+            value = val_nll()
+            if value < best:
+                best, stale = value, 0
+                best_state = {k: v.clone() for k, v in module.state_dict().items()}
+            else:
+                stale += 1
+    module.load_state_dict(best_state)
+    return steps

@@ -418,21 +418,11 @@ class LatentODE(EstimatorBase):
 
     def _open_checkpoint(self, checked: list) -> FitCheckpoint | None:
         """The fit's checkpoint (None without ``checkpoint``), identified by the parameters
-        (except verbose, device and the checkpoint's own) and a digest of the series."""
-        if self.checkpoint is None:
-            return None
-        params = {k: v for k, v in self.get_params(deep=False).items()
-                  if k not in ("checkpoint", "checkpoint_interval", "verbose", "device")}
-        seed = params["random_state"]
-        params["random_state"] = int(seed) if isinstance(seed, numbers.Integral) else None
+        and a digest of the series."""
         digest = data_digest(np.concatenate(
             [np.concatenate([t[:, None], x], axis=1).ravel() for t, x in checked]
             + [np.array([len(t) for t, _ in checked], dtype=np.float64)]))
-        identity = {"estimator": "LatentODE",
-                    **{f"parameter {k}": v for k, v in params.items()},
-                    "series": len(checked), "data digest": digest[:16]}
-        return FitCheckpoint.open_in_every_process(self.checkpoint,
-                                                   float(self.checkpoint_interval), identity)
+        return self._fit_checkpoint({"series": len(checked), "data digest": digest[:16]})
 
     def _solve_options(self) -> SolveOptions:
         """The latent solves' options (``solver``, the deprecated name of ``method``, where

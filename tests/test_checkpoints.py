@@ -67,12 +67,13 @@ def _fit_stopped_at(est, X, write_number, monkeypatch):
             est.fit(X)
 
 
-@pytest.mark.parametrize("write_number", [1, 122, 126, 131, 200])
+@pytest.mark.parametrize("write_number", [122, 126, 200])
 def test_a_fit_stopped_after_any_checkpoint_resumes_to_the_same_parameters(
         rows, uninterrupted, tmp_path, monkeypatch, write_number):
     """With SMALL, write 1 follows the preprocessing choice; 2-121 the first member's flow
     matching steps (the Ctrl-C test stops in them); 122 the end of its flow matching; 123-130
-    its fine-tuning steps; 131 the end of the member; 132-261 the second member."""
+    its fine-tuning steps; 131 the end of the member; 132-261 the second member (the
+    mismatch and damaged-file tests resume from writes 5 and 3)."""
     path = tmp_path / "fit.ckpt"
     _fit_stopped_at(CNFDensity(checkpoint=path, checkpoint_interval=0, **SMALL), rows,
                     write_number, monkeypatch)
@@ -109,7 +110,7 @@ def test_sigkill_then_the_same_command_equals_an_uninterrupted_fit(tmp_path):
         from cnflow.datasets import make_toy
         X = make_toy("8gaussians", 300, random_state=0)
         checkpoint = None if sys.argv[1] == "-" else sys.argv[1]
-        est = CNFDensity(hidden=(16, 16), max_iter=400, fine_tune_iter=8, n_members=2,
+        est = CNFDensity(hidden=(16, 16), max_iter=150, fine_tune_iter=8, n_members=2,
                          random_state=0, device="cpu", checkpoint=checkpoint,
                          checkpoint_interval=0)
         est.fit(X)

@@ -16,7 +16,7 @@ from cnflow.nn import ConcatSquashConv2d, ConvVelocityField
 
 def _tiny_flow(shape, n_scales, seed=0):
     torch.manual_seed(seed)
-    flow = MultiscaleImageCNF(shape, n_scales=n_scales, hidden=(6,), rtol=1e-10, atol=1e-10,
+    flow = MultiscaleImageCNF(shape, n_scales=n_scales, hidden=(6,), rtol=1e-8, atol=1e-8,
                               adjoint=False).double()
     with torch.no_grad():  # a field far from zero
         for p in flow.parameters():
@@ -94,7 +94,7 @@ def digits_small():
     from sklearn.datasets import load_digits
 
     images = load_digits().images.astype(np.int64)[:, None][:120]
-    est = ImageCNFDensity(levels=17, n_scales=2, hidden=(8,), max_iter=30, batch_size=64,
+    est = ImageCNFDensity(levels=17, n_scales=2, hidden=(8,), max_iter=10, batch_size=64,
                           rtol=1e-3, atol=1e-3, random_state=0, device="cpu").fit(images)
     return images, est
 
@@ -109,7 +109,7 @@ def test_image_estimator_scores_and_samples(digits_small):
     drawn = est.sample(4, random_state=0)
     assert drawn.shape == (4, 1, 8, 8) and drawn.dtype == np.int64
     assert drawn.min() >= 0 and drawn.max() <= 16
-    assert est.n_iter_ == 60 and {h["scale"] for h in est.history_} == {0, 1}
+    assert est.n_iter_ == 20 and {h["scale"] for h in est.history_} == {0, 1}
     # (n, H, W) is read as one channel
     # (other batches take other adaptive steps: equal to the tolerance)
     np.testing.assert_allclose(est.score_samples(images[:3, 0]), scores[:3], atol=1e-3)
@@ -255,7 +255,7 @@ def test_bench_images_quick(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_images.py"
-    models = ["image CNF", "GMM (CV)"]
+    models = ["image CNF"]
     subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path),
                     "--models", *models], check=True, capture_output=True, text=True,
                    timeout=600)

@@ -36,6 +36,7 @@ from ..training import (
     TrainConfig,
     TrainingFault,
     TrainResult,
+    append_history,
     resolve_device,
     seeded_rng,
     train,
@@ -152,6 +153,35 @@ class EstimatorBase(BaseEstimator):
 
     def _check_related_parameters(self) -> None:
         """Rules that tie parameters together (none by default)."""
+
+    def _plain_params(self) -> dict:
+        """The parameters as plain values for a file: tuples as lists, paths as strings,
+        and a random_state that is not an int as None."""
+        params = self.get_params(deep=False)
+        seed = params["random_state"]
+        params["random_state"] = int(seed) if isinstance(seed, numbers.Integral) else None
+        plain = {}
+        for name, value in params.items():
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            plain[name] = value
+        return plain
+
+    def _fit_checkpoint(self, data: dict) -> FitCheckpoint | None:
+        """The fit's checkpoint (None without a ``checkpoint`` parameter), identified by the
+        estimator, its parameters (except verbose, device and the checkpoint's own, which do
+        not change the result) and ``data`` (what identifies the data)."""
+        if getattr(self, "checkpoint", None) is None:
+            return None
+        params = self._plain_params()
+        for name in ("checkpoint", "checkpoint_interval", "verbose", "device"):
+            params.pop(name, None)
+        identity = {"estimator": type(self).__name__,
+                    **{f"parameter {k}": v for k, v in params.items()}, **data}
+        return FitCheckpoint.open_in_every_process(self.checkpoint,
+                                                   float(self.checkpoint_interval), identity)
 
     def _torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
@@ -393,12 +423,8 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             if fault is None and self._stacks(len(X)):
                 flow = self._stacked(flow, mixture, U_val)
             members.append(flow)
-            for entry in [] if result is None else result.history:
-                if n_members > 1:
-                    entry["member"] = k
-                entry["iteration"] += n_iter
-                history.append(entry)
-            n_iter += 0 if result is None else result.n_iter
+            n_iter = append_history(history, result, n_iter,
+                                    **({"member": k} if n_members > 1 else {}))
             if fault is not None or (result is not None
                                      and result.stop_reason == "interrupted"):
                 break
@@ -433,21 +459,12 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                 "n_iter": int(self.n_iter_), "n_features": int(self.n_features_in_)}
 
     def _open_checkpoint(self, X: np.ndarray, warm: dict | None) -> FitCheckpoint | None:
-        """The fit's checkpoint (None without ``checkpoint``), identified by the estimator,
-        its parameters (except those that do not change the result), the data and, for a
-        warm start, the flows it starts from."""
-        if getattr(self, "checkpoint", None) is None:
-            return None
-        params = self._plain_params()
-        for name in ("checkpoint", "checkpoint_interval", "verbose", "device"):
-            params.pop(name, None)
-        identity = {"estimator": type(self).__name__,
-                    **{f"parameter {k}": v for k, v in params.items()},
-                    "data shape": list(X.shape), "data digest": data_digest(X)[:16],
-                    "warm start from": None if warm is None else state_digest(
-                        [flow for flow, _ in warm["parts"]])}
-        return FitCheckpoint.open_in_every_process(self.checkpoint,
-                                                   float(self.checkpoint_interval), identity)
+        """The fit's checkpoint, identified also by the data and, for a warm start, the
+        flows it starts from (see :meth:`EstimatorBase._fit_checkpoint`)."""
+        return self._fit_checkpoint({
+            "data shape": list(X.shape), "data digest": data_digest(X)[:16],
+            "warm start from": None if warm is None else state_digest(
+                [flow for flow, _ in warm["parts"]])})
 
     def _plan(self, X: np.ndarray, warm: dict | None, checkpoint: FitCheckpoint | None,
               deadline: float | None) -> dict:
@@ -630,21 +647,6 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         return weights
 
     # ------------------------------------------------------------ persistence
-    def _plain_params(self) -> dict:
-        """The parameters as plain values for a file: tuples as lists, paths as strings,
-        and a random_state that is not an int as None."""
-        params = self.get_params(deep=False)
-        seed = params["random_state"]
-        params["random_state"] = int(seed) if isinstance(seed, numbers.Integral) else None
-        plain = {}
-        for name, value in params.items():
-            if isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, Path):
-                value = str(value)
-            plain[name] = value
-        return plain
-
     def _member_from_record(self, record: dict, dim: int) -> nn.Module:
         """A member rebuilt from :func:`_member_record` (parameters loaded; on the CPU)."""
         member = self._empty_member(dim, int(record["base_components"]),

@@ -3,7 +3,6 @@ r"""Density estimation for integer images: :class:`ImageCNFDensity`, bits per di
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import time
 
@@ -15,7 +14,14 @@ from torch import nn
 from ..files import ModelFileError, atomic_write, read_torch_file
 from ..flows.image import MultiscaleImageCNF
 from ..flows.image_transforms import bits_per_dim, dequantize, squeeze
-from ..training import FitCheckpoint, TrainConfig, TrainingFault, resolve_device, train
+from ..training import (
+    FitCheckpoint,
+    TrainConfig,
+    TrainingFault,
+    append_history,
+    resolve_device,
+    train,
+)
 from ..training.checkpoint import data_digest, restore_rng_state, rng_state
 from .base import DTYPES, EstimatorBase, check_count_argument, draw_seed
 from .params import Boolean, InstanceOf, Integer, IntegerSequence, Options, Real
@@ -209,11 +215,7 @@ class ImageCNFDensity(EstimatorBase):
                                    generator=generator, checkpoint=checkpoint)
                 except TrainingFault as err:
                     fault, result = err, err.result
-                for entry in [] if result is None else result.history:
-                    entry["scale"] = s
-                    entry["iteration"] += n_iter
-                    history.append(entry)
-                n_iter += 0 if result is None else result.n_iter
+                n_iter = append_history(history, result, n_iter, scale=s)
                 if fault is not None or (result is not None
                                          and result.stop_reason == "interrupted"):
                     break
@@ -234,25 +236,9 @@ class ImageCNFDensity(EstimatorBase):
                                   method=self.method, rtol=self.rtol, atol=self.atol,
                                   adjoint=False)
 
-    def _plain_params(self) -> dict:
-        params = self.get_params(deep=False)
-        seed = params["random_state"]
-        params["random_state"] = int(seed) if isinstance(seed, numbers.Integral) else None
-        params["hidden"] = [int(h) for h in params["hidden"]]
-        if params["checkpoint"] is not None:
-            params["checkpoint"] = str(params["checkpoint"])
-        return params
-
     def _open_checkpoint(self, X: np.ndarray) -> FitCheckpoint | None:
-        if self.checkpoint is None:
-            return None
-        params = {k: v for k, v in self._plain_params().items()
-                  if k not in ("checkpoint", "checkpoint_interval", "verbose", "device")}
-        identity = {"estimator": type(self).__name__,
-                    **{f"parameter {k}": v for k, v in params.items()},
-                    "data shape": list(X.shape), "data digest": data_digest(X)[:16]}
-        return FitCheckpoint.open_in_every_process(self.checkpoint,
-                                                   float(self.checkpoint_interval), identity)
+        return self._fit_checkpoint({"data shape": list(X.shape),
+                                     "data digest": data_digest(X)[:16]})
 
     def save(self, path) -> None:
         """Write the fitted estimator to a ``torch.save`` file (loads with

@@ -13,9 +13,10 @@ from .checkpoint import CheckpointMismatchError, FitCheckpoint
 from .devices import resolve_device, seeded_rng
 from .distributed import distributed_rank
 from .faults import TrainingFault
-from .loop import LR_SCHEDULES, TrainConfig, TrainResult, train
+from .loop import LR_SCHEDULES, TrainConfig, TrainResult, append_history, train
 from .objectives import fit_density_matching, reverse_kl_loss
 
 __all__ = ["CheckpointMismatchError", "FitCheckpoint", "LR_SCHEDULES", "TrainConfig",
-           "TrainResult", "TrainingFault", "train", "resolve_device", "seeded_rng",
+           "TrainResult", "TrainingFault", "train", "append_history", "resolve_device",
+           "seeded_rng",
            "distributed_rank", "reverse_kl_loss", "fit_density_matching"]

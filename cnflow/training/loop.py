@@ -40,7 +40,7 @@ from .faults import TrainingFault
 if TYPE_CHECKING:
     from tqdm.auto import tqdm
 
-__all__ = ["LR_SCHEDULES", "TrainConfig", "TrainResult", "train"]
+__all__ = ["LR_SCHEDULES", "TrainConfig", "TrainResult", "train", "append_history"]
 
 LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -474,3 +474,16 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
             progress.close()
     result.best_val_loss = None if validation is None else validation.restore_best(model)
     return result
+
+
+def append_history(history: list[dict], result: TrainResult | None, n_iter: int,
+                   **tags) -> int:
+    """Append one run's history to a fit's: iterations numbered on from ``n_iter``, each
+    entry marked with ``tags`` (e.g. member=k); returns the steps counted so far."""
+    if result is None:
+        return n_iter
+    for entry in result.history:
+        entry.update(tags)
+        entry["iteration"] += n_iter
+        history.append(entry)
+    return n_iter + result.n_iter
