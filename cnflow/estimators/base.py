@@ -117,6 +117,17 @@ def _member_record(member: nn.Module) -> dict:
             "stacked_components": 0 if mixture is None else int(mixture.n_components)}
 
 
+def read_estimator_file(path: str | Path, estimator: str, file_format: str) -> dict:
+    """The contents of an estimator's ``save`` file, checked to be of ``file_format`` and
+    of ``estimator``; a :class:`cnflow.ModelFileError` naming the file otherwise."""
+    data = read_torch_file(path, f"a {estimator} file")
+    if not isinstance(data, dict) or data.get("format") != file_format:
+        raise ModelFileError(f"{path} is not a file written by {estimator}.save")
+    if data.get("estimator") != estimator:
+        raise ModelFileError(f"{path} holds a {data.get('estimator')}, not a {estimator}")
+    return data
+
+
 def check_count_argument(value, name: str) -> int:
     """``value`` as an int if it is a positive integer (not a bool), else a ValueError."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
@@ -709,12 +720,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no model file at {path}")
-        data = read_torch_file(path, f"a {cls.__name__} file")
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise ModelFileError(f"{path} is not a file written by {cls.__name__}.save")
-        if data.get("estimator") != cls.__name__:
-            raise ModelFileError(f"{path} holds a {data.get('estimator')}, not a "
-                                 f"{cls.__name__}")
+        data = read_estimator_file(path, cls.__name__, _FORMAT)
         try:
             return cls._from_saved(data, path, device)
         except ModelFileError:

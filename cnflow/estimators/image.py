@@ -11,7 +11,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ..files import ModelFileError, atomic_write, read_torch_file
+from ..files import ModelFileError, atomic_write
 from ..flows.image import MultiscaleImageCNF
 from ..flows.image_transforms import bits_per_dim, dequantize, squeeze
 from ..training import (
@@ -23,7 +23,13 @@ from ..training import (
     train,
 )
 from ..training.checkpoint import data_digest, restore_rng_state, rng_state
-from .base import DTYPES, EstimatorBase, check_count_argument, draw_seed
+from .base import (
+    DTYPES,
+    EstimatorBase,
+    check_count_argument,
+    draw_seed,
+    read_estimator_file,
+)
 from .params import Boolean, InstanceOf, Integer, IntegerSequence, Options, Real
 
 __all__ = ["ImageCNFDensity", "check_images"]
@@ -258,12 +264,7 @@ class ImageCNFDensity(EstimatorBase):
         Raises:
             FileNotFoundError, cnflow.ModelFileError: as :meth:`cnflow.CNFDensity.load`.
         """
-        data = read_torch_file(path, f"a {cls.__name__} file")
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise ModelFileError(f"{path} is not a file written by {cls.__name__}.save")
-        if data.get("estimator") != cls.__name__:
-            raise ModelFileError(f"{path} holds a {data.get('estimator')}, not a "
-                                 f"{cls.__name__}")
+        data = read_estimator_file(path, cls.__name__, _FORMAT)
         try:
             params = dict(data["params"])
             params["hidden"] = tuple(params["hidden"])
@@ -287,6 +288,8 @@ class ImageCNFDensity(EstimatorBase):
         them to block s's inputs (no gradient), regress its field."""
         levels, tol = int(self.levels), float(self.fine_tune_tol)
         gamma = float(self.time_exponent)
+        # the earlier blocks' solves, at fine_tune_tol (built once, not per step)
+        options = self.flow_.blocks[0].solve_options.replace(rtol=tol, atol=tol)
 
         def loss(block: nn.Module, images: torch.Tensor) -> torch.Tensor:
             y = dequantize(images, levels)
@@ -295,7 +298,6 @@ class ImageCNFDensity(EstimatorBase):
                     h, _ = self.flow_.logit.forward(y)
                     inputs = squeeze(h).reshape(len(y), -1)
                 else:
-                    options = self.flow_.blocks[0].solve_options.replace(rtol=tol, atol=tol)
                     inputs = self.flow_.block_inputs(y, s, solve_options=options)
             return block.flow_matching_loss(inputs, time_exponent=gamma)
 
