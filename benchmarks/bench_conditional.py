@@ -31,7 +31,7 @@ of sampled digit completions beside the true digits, to --out.
 
 Run: .venv/bin/python benchmarks/bench_conditional.py [--budget 120] [--datasets ...]
 (5 models × 4 data sets × at most the budget: about 35 minutes at the default on 2 CPU cores).
---quick: 2 s budgets on small data, for the tests. Needs the benchmark extra (zuko). Never run
+--quick: 1 s budgets on small data, for the tests. Needs the benchmark extra (zuko). Never run
 it while anything else runs.
 """
 
@@ -296,10 +296,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget", type=float, default=120.0, help="seconds per model")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--quick", action="store_true", help="2 s budgets on small data")
+    parser.add_argument("--quick", action="store_true", help="1 s budgets on small data")
     parser.add_argument("--out", default="docs")
     args = parser.parse_args(argv)
-    budget = 2.0 if args.quick else args.budget
+    budget = 1.0 if args.quick else args.budget
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "bench_conditional_quick" if args.quick else "bench_conditional"

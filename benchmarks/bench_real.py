@@ -32,7 +32,7 @@ bench_real.json and bench_real.md to --out.
 
 Run: .venv/bin/python benchmarks/bench_real.py [--budget 120] [--suites real synthetic large]
 (4 neural models × 8 data sets × at most the budget: about 50 minutes at the default on 2 CPU
-cores, --large included; zuko's flows often stop early). --quick: 2 s budgets on one data
+cores, --large included; zuko's flows often stop early). --quick: 1 s budgets on one data
 set of each suite, for the tests. Needs the benchmark extra (zuko): bash scripts/setup.sh
 test,bench. Never run it while anything else runs.
 """
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="real data sets and/or synthetic dimensions (e.g. wine 16)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--large-steps", type=int, default=300)
-    parser.add_argument("--quick", action="store_true", help="2 s budgets, one data set each")
+    parser.add_argument("--quick", action="store_true", help="1 s budgets, one data set each")
     parser.add_argument("--tables-only", action="store_true",
                         help="rewrite the Markdown tables from the JSON in --out")
     parser.add_argument("--large-child", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         path.with_suffix(".md").write_text(text)
         print(text)
         return {}
-    budget = 2.0 if args.quick else args.budget
+    budget = 1.0 if args.quick else args.budget
     real = [d for d in REAL_DATASETS if args.datasets is None or d in args.datasets]
     dims = [d for d in SYNTHETIC_DIMS if args.datasets is None or str(d) in args.datasets]
     if args.quick:

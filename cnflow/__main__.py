@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import __version__
 from .datasets import TOY_DATASETS, make_toy
 from .estimators import (
     OBJECTIVES,
@@ -137,7 +138,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     given = {"objective": args.objective, "max_iter": args.max_iter,
              "batch_size": args.batch_size, "lr": args.lr, "rtol": args.tol, "atol": args.tol,
-             "hidden": None if args.hidden is None else tuple(args.hidden)}
+             "hidden": None if args.hidden is None else tuple(args.hidden),
+             "max_seconds": args.max_seconds}
     if args.checkpoint is not None:
         given["checkpoint"] = check_writable(Path(args.checkpoint))
         given["checkpoint_interval"] = args.checkpoint_interval
@@ -463,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m cnflow`` and its four subcommands."""
     parser = argparse.ArgumentParser(prog="python -m cnflow",
                                      description="Continuous normalizing flows on PyTorch.")
+    parser.add_argument("--version", action="version", version=f"cnflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="fit a CNF density to a toy density or a file",
                        description="Fit CNFDensity and write model.pt, fit.png, training.png.")
@@ -477,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training iterations (default: 20000 with flow matching, 1000 with "
                         "maximum likelihood)")
     p.add_argument("--batch-size", type=int, help="rows per iteration (default: 2048 for flow "
-                   "matching, 512 for maximum likelihood)")
+                   "matching, 4096 with --targets, 512 for maximum likelihood)")
     p.add_argument("--lr", type=float,
                    help="Adam's learning rate (default: 1e-2 with flow matching, 5e-3 with "
                         "maximum likelihood)")
@@ -485,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden widths (default: 64 64 64 64 64 with flow matching, 64 64 64 "
                         "with maximum likelihood)")
     p.add_argument("--tol", type=float, help="rtol = atol of the ODE solver (default: 1e-5)")
+    p.add_argument("--max-seconds", type=float,
+                   help="time budget of the fit in seconds (default: none)")
     p.add_argument("--device", default="auto",
                    help="cpu, cuda, cuda:1, ... or auto: CUDA when available (default: auto)")
     p.add_argument("--seed", type=int, default=0)

@@ -476,9 +476,9 @@ def make_conditional(name: str, n_samples: int, *, random_state=None
     x ~ U(−2, 2) (one feature); y | x is a two-component Gaussian mixture whose means,
     scales and (in 2-D) correlation move with x:
 
-    - ``"bimodal"``: y ∈ ℝ, :math:`	frac12 \mathcal{N}(1.5 \sin x \pm 1,\ \sigma(x)^2)`
+    - ``"bimodal"``: y ∈ ℝ, :math:`\tfrac12 \mathcal{N}(1.5 \sin x \pm 1,\ \sigma(x)^2)`
       with :math:`\sigma(x) = 0.15 + 0.25 |x|`: two modes near x = 0 that merge as the noise
-      grows with |x| (bimodal and heteroscedastic).
+      grows with :math:`|x|` (bimodal and heteroscedastic).
     - ``"bimodal_2d"``: y ∈ ℝ², weights 0.6 and 0.4, means (1.2, sin 1.5x) and
       (−cos x, −1 + x/2), scales and correlation (0.45 x) that change with x.
 

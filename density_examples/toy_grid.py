@@ -5,8 +5,7 @@ for each toy density in cnflow.datasets, a histogram of the data above the densi
 learned. Each model is a CNFDensity with default settings except a shorter flow-matching run
 (6,000 steps, 20,000 training rows), so the whole grid takes a few minutes on a CPU; test KL
 (NLL on 20,000 fresh rows plus their mean exact log-density) is printed where p's
-log-density is known, and
-test NLL for all.
+log-density is known, and test NLL for all.
 
 Writes FOLDER/toy_grid.png and toy_grid.json (FOLDER: density_examples/figures by default;
 toy_grid_quick.* with --quick, a smoke run of a few steps on two datasets).

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
-.venv/bin/ruff check cnflow tests scripts density_examples benchmarks
+.venv/bin/ruff check cnflow tests scripts density_examples benchmarks docs/conf.py
 .venv/bin/python -m pytest "$@"

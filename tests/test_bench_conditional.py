@@ -4,12 +4,13 @@ mixture is right."""
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from script_runner import run_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_conditional.py"
 
@@ -21,9 +22,8 @@ def test_bench_conditional_quick(tmp_path):
         models = ["cnflow", "zuko NSF"]
     except ImportError:
         models = ["cnflow", "GMM joint"]
-    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path),
-                          "--datasets", "bimodal", "digits halves", "--models", *models],
-                         check=True, capture_output=True, text=True, timeout=600)
+    run = run_script(SCRIPT, "--quick", "--out", tmp_path,
+                     "--datasets", "bimodal", "digits halves", "--models", *models)
     assert "| data (train pairs, dim x → dim y) | model |" in run.stdout
     result = json.loads((tmp_path / "bench_conditional_quick.json").read_text())
     assert [r["model"] for r in result["rows"]] == models * 2

@@ -2,11 +2,11 @@
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from script_runner import run_script
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 
@@ -14,8 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_logdet.py"
 
 
 def test_bench_logdet_quick(tmp_path):
-    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
-                         check=True, capture_output=True, text=True, timeout=300)
+    run = run_script(SCRIPT, "--quick", "--out", tmp_path)
     assert "| D | slogdet |" in run.stdout
     result = json.loads((tmp_path / "bench_logdet_quick.json").read_text())
     dims = result["config"]["dims"]

@@ -1,11 +1,11 @@
 """benchmarks/bench_ode.py runs end to end in its quick mode and writes its JSON."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from script_runner import run_script
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 
@@ -13,8 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ode.py"
 
 
 def test_bench_ode_quick(tmp_path):
-    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path),
-                    "--device", "cpu"], check=True, capture_output=True, text=True, timeout=300)
+    run_script(SCRIPT, "--quick", "--out", tmp_path, "--device", "cpu")
     result = json.loads((tmp_path / "bench_ode_quick.json").read_text())
     memory = {(r["mode"], r["steps"]): r["saved_MB"] for r in result["memory"]}
     # The adjoint saves the same whatever the step count; backprop saves more with more steps.

@@ -4,11 +4,11 @@ tens of seconds)."""
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from script_runner import run_script
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 
@@ -19,9 +19,7 @@ def test_bench_peers_quick(tmp_path):
     pytest.importorskip("torchdiffeq")
     pytest.importorskip("zuko")
     models = ["cnflow ML", "cnflow FM", "FFJORD-style", "zuko CNF", "GMM-64"]
-    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path),
-                          "--models", *models], check=True, capture_output=True, text=True,
-                         timeout=600)
+    run = run_script(SCRIPT, "--quick", "--out", tmp_path, "--models", *models)
     assert "| dataset | model |" in run.stdout
     rows = json.loads((tmp_path / "bench_peers_quick.json").read_text())["rows"]
     assert [r["model"] for r in rows] == models

@@ -2,12 +2,12 @@
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from script_runner import run_script
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 
@@ -15,8 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
 
 
 def test_bench_quality_quick(tmp_path):
-    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    run_script(SCRIPT, "--quick", "--out", tmp_path)
     rows = json.loads((tmp_path / "bench_quality_quick.json").read_text())["rows"]
     assert {(r["dataset"], r["model"].split("(")[0]) for r in rows} == {
         ("checkerboard", "CNFDensity"), ("checkerboard", "GaussianMixture"),
@@ -28,9 +27,8 @@ def test_bench_quality_quick(tmp_path):
 
 def test_fit_toy_script_reports_kl(tmp_path):
     script = SCRIPT.parent / "fit_toy.py"
-    res = subprocess.run([sys.executable, str(script), "8gaussians", "--max-iter", "2",
-                          "--n-train", "300", "--set", "hidden=(8,)", "--set", "lr=0.01"],
-                         check=True, capture_output=True, text=True, timeout=300)
+    res = run_script(script, "8gaussians", "--max-iter", "2", "--n-train", "300",
+                     "--set", "hidden=(8,)", "--set", "lr=0.01")
     out = json.loads(res.stdout)
     # 300 rows: five cross-fitted flows of two steps each
     assert out["iterations"] == 2 * 5 and out["params"] == {"hidden": [8], "lr": 0.01}

@@ -3,11 +3,11 @@ out where it is not installed)."""
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from script_runner import run_script
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 
@@ -20,9 +20,7 @@ def test_bench_real_quick(tmp_path):
         models = ["cnflow FM", "cnflow ML", "zuko NSF", "GMM (CV)", "KDE (CV)"]
     except ImportError:
         models = ["cnflow FM", "cnflow ML", "GMM (CV)", "KDE (CV)"]
-    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path),
-                          "--models", *models], check=True, capture_output=True, text=True,
-                         timeout=600)
+    run = run_script(SCRIPT, "--quick", "--out", tmp_path, "--models", *models)
     assert "| data (train rows × D) | model |" in run.stdout
     result = json.loads((tmp_path / "bench_real_quick.json").read_text())
     assert [r["model"] for r in result["real"]] == models

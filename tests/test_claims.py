@@ -1,13 +1,13 @@
 """benchmarks/claims.py: every sub-command runs in its smoke mode (--quick) and writes a PNG and a
-JSON with the structure docs/results.md reads. No timing is asserted."""
+JSON with the structure docs/benchmarks.md reads. No timing is asserted."""
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from script_runner import run_script
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 
@@ -20,8 +20,7 @@ def _is_count(value) -> bool:
 
 
 def _run(claim: str, out: Path) -> dict:
-    run = subprocess.run([sys.executable, str(SCRIPT), claim, "--quick", "--out", str(out)],
-                         capture_output=True, text=True, timeout=600)
+    run = run_script(SCRIPT, claim, "--quick", "--out", out, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (out / f"claims_{claim}_quick.png").read_bytes()[:8] == PNG
     result = json.loads((out / f"claims_{claim}_quick.json").read_text())
@@ -98,6 +97,5 @@ def test_plot_only_redraws_from_the_json(out):
         _run("tolerance", out)
     png = out / "claims_tolerance_quick.png"
     png.unlink()
-    subprocess.run([sys.executable, str(SCRIPT), "tolerance", "--quick", "--plot-only", "--out",
-                    str(out)], check=True, capture_output=True, text=True, timeout=300)
+    run_script(SCRIPT, "tolerance", "--quick", "--plot-only", "--out", out)
     assert png.read_bytes()[:8] == PNG

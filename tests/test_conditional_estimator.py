@@ -31,8 +31,8 @@ def _linear_gaussian_log_density(X, y):
 @pytest.fixture(scope="module")
 def linear():
     X, y = _linear_gaussian(4000, 0)
-    est = ConditionalCNFDensity(hidden=(32, 32), max_iter=2000, validation_fraction=0.0,
-                                random_state=0, device="cpu").fit(X, y)
+    est = ConditionalCNFDensity(hidden=(32, 32), max_iter=2000, batch_size=2048,
+                                validation_fraction=0.0, random_state=0, device="cpu").fit(X, y)
     return est
 
 
@@ -213,3 +213,20 @@ def test_a_conditional_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     assert resumed.n_iter_ == reference.n_iter_
     np.testing.assert_allclose(resumed.score_samples(X[:20], y[:20]),
                                reference.score_samples(X[:20], y[:20]), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind, auto_batch, auto_fraction, fine_tune_lr", [
+    (CNFDensity, 2048, 0.5, "auto"), (ConditionalCNFDensity, 4096, 0.03, "auto"),
+    (ConditionalCNFDensity, 4096, 0.03, 0.0123)])
+def test_fine_tuning_starts_at_fine_tune_lr(kind, auto_batch, auto_fraction, fine_tune_lr):
+    """Fine-tuning's first step takes ``fine_tune_lr`` ("auto": a fraction of flow matching's
+    lr), and flow matching's batch is the class's "auto" batch."""
+    X, y = make_conditional("bimodal", 12_000, random_state=0)
+    rows = np.hstack([y[:, None], X])
+    est = kind(hidden=(8,), max_iter=200, lr=0.02, fine_tune_lr=fine_tune_lr,
+               random_state=0, device="cpu")
+    est.fit(rows) if kind is CNFDensity else est.fit(X, y)
+    first = next(h for h in est.history_ if h["objective"] == "maximum_likelihood")
+    expected = 0.02 * auto_fraction if fine_tune_lr == "auto" else fine_tune_lr
+    assert first["lr"] == pytest.approx(expected)
+    assert est._auto()["batch_size"] == auto_batch

@@ -3,11 +3,11 @@ figures to the folder it is given."""
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from script_runner import run_script
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 
@@ -24,8 +24,7 @@ def test_the_studies_the_readme_promises_exist():
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_script_runs_in_smoke_mode(script, tmp_path):
-    run = subprocess.run([sys.executable, str(FOLDER / script), "--quick", "--out",
-                          str(tmp_path)], capture_output=True, text=True, timeout=300)
+    run = run_script(FOLDER / script, "--quick", "--out", tmp_path, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     pngs = list(tmp_path.glob("*_quick.png"))
     assert pngs, f"{script} wrote no PNG: {sorted(p.name for p in tmp_path.iterdir())}"

@@ -281,7 +281,7 @@ def test_fine_tuning_settings():
 def test_auto_batch_size_is_per_objective(monkeypatch):
     X = make_toy("moons", 3000, random_state=0)
     seen = []
-    est = CNFDensity(hidden=(8,), max_iter=400, random_state=0, device="cpu")
+    est = CNFDensity(hidden=(8,), max_iter=200, random_state=0, device="cpu")
     original = est._likelihood_loss
     monkeypatch.setattr(est, "_likelihood_loss",
                         lambda flow, u: seen.append(len(u)) or original(flow, u))
@@ -290,11 +290,11 @@ def test_auto_batch_size_is_per_objective(monkeypatch):
     monkeypatch.setattr(CNF, "flow_matching_loss",
                         lambda self, x, **kw: sizes.append(len(x)) or original_fm(self, x, **kw))
     est.fit(X)
-    assert set(sizes) == {2048} and len(sizes) == 400
-    assert seen == [512] * 4  # 400 // 100 fine-tuning steps
+    assert set(sizes) == {2048} and len(sizes) == 200
+    assert seen == [512] * 2  # 200 // 100 fine-tuning steps
     seen.clear(), sizes.clear()
     est.set_params(batch_size=100).fit(X)
-    assert set(sizes) == {100} and seen == [100] * 4
+    assert set(sizes) == {100} and seen == [100] * 2
 
 
 def test_ctrl_c_during_flow_matching_stops_the_whole_fit(monkeypatch):

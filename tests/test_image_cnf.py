@@ -12,6 +12,7 @@ from cnflow import ImageCNFDensity
 from cnflow.flows import MultiscaleImageCNF
 from cnflow.flows.image_transforms import squeeze
 from cnflow.nn import ConcatSquashConv2d, ConvVelocityField
+from script_runner import run_script
 
 
 def _tiny_flow(shape, n_scales, seed=0):
@@ -247,18 +248,14 @@ def test_the_gpu_script_runs_on_the_cpu(tmp_path):
     assert all(r["seconds_per_step"] > 0 for r in result["steps"])
 
 
-@pytest.mark.slow  # runs the benchmark script in a process; .ci/run includes it
+@pytest.mark.slow  # runs the benchmark script; .ci/run includes it
 def test_bench_images_quick(tmp_path):
     import json
-    import subprocess
-    import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_images.py"
     models = ["image CNF"]
-    subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path),
-                    "--models", *models], check=True, capture_output=True, text=True,
-                   timeout=600)
+    run_script(script, "--quick", "--out", tmp_path, "--models", *models)
     result = json.loads((tmp_path / "bench_images_quick.json").read_text())
     assert [r["model"] for r in result["rows"]] == models
     assert all(0 < r["bits_per_dim"] < 20 for r in result["rows"])

@@ -151,35 +151,22 @@ class CNFDensity(FlowDensityEstimator):
     the held-out likelihood, so that the fit is never worse there than either part. On
     ``make_warped_mixture`` data the flow carries the fit in 8 dimensions, the mixture in 64
     (where 120 s on 2 CPU cores is too little for a flow to learn a 64-D density from 3,200
-    rows), and the stack beats both in between; the figures are in ``docs/results.md``
-    ("Real tabular data"). Up to 1,000 rows, five such members are fitted, each holding out
+    rows), and the stack beats both in between (``docs/benchmarks.md``, "Real tabular data").
+    Up to 1,000 rows, five such members are fitted, each holding out
     a different fifth of the rows (cross-fitting), and the density is their average
     (:class:`cnflow.flows.FlowMixture`); together they have seen every row, and averaging
     lowers the variance of a fit to so few rows. The members share ``max_seconds`` equally.
-    Measured on iris (112 rows, Gaussianised columns, 24 s per flow, 2 CPU cores, before
-    stacking): one flow scored −2.18 to −2.81 on the test rows by seed (mean −2.40), the
-    average of five −2.12.
-    Above 10,000 rows the data are standardised per column and nothing is held out, the
-    settings measured on the 2-D toys (20,000 to 50,000 rows) below.
-    ``benchmarks/bench_real.py`` compares these defaults with cross-validated Gaussian mixtures
-    and kernel densities and with zuko's NSF and MAF on scikit-learn's bundled data sets.
+    Above 10,000 rows the data are standardised per column and nothing is held out.
 
-    Measured on 2 CPU cores (``benchmarks/bench_quality.py``, 50k training rows, 20k test rows,
-    batch 512, before the fine-tuning and batch defaults below): checkerboard test KL 0.124
-    nats after 60,000 flow-matching steps at lr 1e-2 (184 s) against 0.27 after 1000
-    maximum-likelihood steps (324 s); 8gaussians 0.010 against 0.028. Flow matching at lr
-    5e-3 reached 0.18 on checkerboard in the same steps; lr 2e-2 was no better than 1e-2 at
-    20,000 steps (0.15 against 0.16).
+    **How the defaults were chosen**: each ``"auto"`` setting below was picked by held-out
+    KL or log-likelihood on the 2-D toys and on scikit-learn's bundled data sets; the
+    measurements are in ``docs/benchmarks.md`` ("How CNFDensity's defaults were chosen").
 
     Arguments:
         hidden: widths of the dynamics network's hidden layers; ``"auto"``: five layers of
-            64 with flow matching, three (FFJORD's network) with maximum likelihood. Measured
-            on pinwheel (2 CPU cores, 240 s with fine-tuning by backpropagation, paired test
-            KL, seed 0): 0.0140 with three layers of 64, 0.0114 with four, 0.0100 with five
-            (0.0110 with seed 1), 0.0111 with six, and 0.0152 with three of 128. Depth, not
-            width: a deeper network has fewer steps in the time but composes sharper
-            functions of (z, t), which the thin arms need. (Depth was not measured for
-            maximum likelihood.)
+            64 with flow matching, three (FFJORD's network) with maximum likelihood. Depth
+            rather than width: a deeper network takes fewer steps in the time but composes
+            sharper functions of (z, t).
         objective: ``"flow_matching"`` or ``"maximum_likelihood"`` (see above).
         trace: "exact" or "hutchinson" divergence during maximum-likelihood training
             (scoring always uses the exact trace, so ``score_samples`` is deterministic).
@@ -190,64 +177,38 @@ class CNFDensity(FlowDensityEstimator):
             at batch 2048 on 2 CPU cores, plus about 1 minute of fine-tuning), 1000 with
             maximum likelihood.
         batch_size: rows per step; ``"auto"``: 2048 for flow-matching steps, 512 for
-            maximum-likelihood steps (fine-tuning included). Measured on 2 CPU cores (one
-            seed, 240 s budgets with fine-tuning, see ``fine_tune_iter``): test KL on pinwheel
-            0.0193 with 512 for both, 0.0158 with 2048 for both, 0.0135 with 2048 then 512;
-            on checkerboard 0.127, 0.141 and 0.129 (within this setting's seed-to-seed spread
-            of about ±0.01); flow matching alone for 170 s gave 0.039 at 512 and 0.025 at 2048
-            on pinwheel. (This docstring's pinwheel KLs are test NLL − H(p) with an entropy
-            that took the arms to be disjoint, 0.0067 nats too high; the paired estimate of
-            ``benchmarks/bench_peers.py`` is about 0.007 higher. Differences between settings
-            stand.)
+            maximum-likelihood steps (fine-tuning included).
         weight_decay: Adam's L2 penalty.
         lr: Adam's learning rate; ``"auto"``: 1e-2 with flow matching, 5e-3 with maximum
-            likelihood (measured best for each; see below).
+            likelihood.
         lr_schedule: ``"cosine"`` anneals the learning rate to 0 over max_iter (or over
             max_seconds, if that ends first),
             ``"constant"`` keeps it; ``"auto"``: cosine with flow matching, constant with
-            maximum likelihood (measured best for each; a cosine schedule over 1000
-            maximum-likelihood steps gave KL 0.37 on checkerboard against 0.27).
+            maximum likelihood.
         kinetic_energy, jacobian_norm: weights λ_K, λ_J of the RNODE regularisers
             E∫‖f‖²dt and E∫‖∂f/∂z‖²_F dt added to the maximum-likelihood loss (Finlay et al.
             2020; flow matching ignores them: its straight-path target already keeps the
             field simple). They keep the dynamics simple, so the solver needs fewer
-            evaluations. The defaults (λ_K = λ_J = 0.01, with lr 5e-3) were chosen by measurement
-            on checkerboard (50k rows, 1000 iterations, 2 CPU cores): test KL 0.27 nats in
-            340 s with a final forward NFE of 62, against KL 0.28 in 430 s and NFE 116
-            without the penalties, and 0.45 at lr 1e-3 (one run each; a single iteration's
-            NFE is noisy). ``benchmarks/claims.py depth`` (batch 256, 20,000 rows) saw no such
-            reduction: NFE 95 with the penalties against 97 without, KL 0.280 and 0.281.
+            evaluations.
         time_exponent: γ > 0: flow matching draws its times as t = T·u^γ, u ~ U(0, 1) (see
             :meth:`cnflow.CNF.flow_matching_loss`; every γ has the same minimiser). γ > 1
             spends more steps near the data, where the field carries the fine structure.
-            Measured on pinwheel (2 CPU cores, the defaults of the time: three layers,
-            fine-tuning by the adjoint; 240 s, paired test KL, seed 0): 0.0230 at γ = 1, 0.0150
-            at 1.5, 0.0147 at 2, 0.0198 at 3, and 0.0311 with the opposite emphasis (t = T(1 −
-            (1 − u)^1.5)); seed 1: 0.0174 at γ = 1, 0.0154 at 1.5. The gain is on the arms'
-            edges and tips, where the flow had put too little mass (``benchmarks/fit_toy.py``
-            reports the KL by bands of the true density); on checkerboard
-            (``benchmarks/bench_peers.py``) KL fell from 0.133 to 0.098.
         fine_tune_iter: maximum-likelihood steps (the ``trace`` above, gradients as
-            ``fine_tune_adjoint`` says, no RNODE penalties) after flow matching, at half its
-            learning rate with a cosine schedule; ``"auto"``: one per 100 flow-matching steps
+            ``fine_tune_adjoint`` says, no RNODE penalties) after flow matching, at
+            ``fine_tune_lr`` with a cosine schedule; ``"auto"``: one per 100 flow-matching steps
             (max_iter // 100), 0 with maximum likelihood. With ``max_seconds``, flow matching
             has the first 75 % of the time and fine-tuning the rest (or less, if its steps
-            finish sooner). Measured on 2 CPU cores (50k training rows, 20k test rows, batch
-            2048 for flow matching, one seed): flow matching for 170 s then 60 s of fine-tuning
-            gave test KL 0.0135 on pinwheel and 0.129 on checkerboard, against 0.0218 and 0.156
-            for 230 s of flow matching alone; 100 s + 140 s gave 0.0173 on pinwheel.
+            finish sooner).
+        fine_tune_lr: Adam's learning rate while fine-tuning (a fresh optimiser, annealed by
+            a cosine schedule); ``"auto"``: half of flow matching's ``lr``.
         fine_tune_tol: rtol = atol of the solves while fine-tuning (scoring and sampling keep
-            rtol and atol). Measured as above (60 s, lr 3e-3): KL 0.0151 at 1e-3 against
-            0.0159 at 1e-4; the looser solves take twice the steps in the time.
+            rtol and atol).
         fine_tune_adjoint: fine-tuning's gradients by the adjoint method (True) or by
             backpropagation through the solver (False); ``"auto"``: backpropagation for up to
             8 features, the adjoint method above. At ``fine_tune_tol``'s few solver steps the
             tensors backpropagation keeps are small in low dimension (about 4 MB a stage at
             D = 2 and batch 512; the exact trace's Jacobians grow as D²), and it skips the
-            backward solve: a fine-tuning step on pinwheel (batch 512, solves at 1e-3, three
-            layers of 64) took 140 ms against 245–290 ms by the adjoint, at the same forward
-            NFE. Pinwheel test KL (paired, 240 s, seed 0, three layers of 64): 0.0140 against
-            0.0150 by the adjoint.
+            backward solve.
         preprocessing: ``"standardize"`` (per column), ``"whiten"`` (full covariance),
             ``"log"`` (logarithms of the positive right-skewed columns, then whitening) or
             ``"gaussianize"`` (per-column Gaussianisation, then whitening), see
@@ -336,11 +297,15 @@ class CNFDensity(FlowDensityEstimator):
         optimal transport".
     """
 
+    #: ``fine_tune_lr="auto"`` is flow matching's ``lr`` times this.
+    _FINE_TUNE_LR_FRACTION = 0.5
+
     def __init__(self, hidden="auto", objective="flow_matching", trace="exact",
                  method="dopri5", rtol=1e-5, atol=1e-5, adjoint=True, max_iter="auto",
                  batch_size="auto", lr="auto", lr_schedule="auto", weight_decay=0.0,
                  kinetic_energy=0.01, jacobian_norm=0.01, time_exponent=1.5,
-                 fine_tune_iter="auto", fine_tune_tol=1e-3, fine_tune_adjoint="auto",
+                 fine_tune_iter="auto", fine_tune_lr="auto", fine_tune_tol=1e-3,
+                 fine_tune_adjoint="auto",
                  preprocessing="auto", base="normal", stacking="auto", n_members="auto",
                  validation_fraction="auto",
                  n_iter_no_change="auto",
@@ -364,6 +329,7 @@ class CNFDensity(FlowDensityEstimator):
         self.jacobian_norm = jacobian_norm
         self.time_exponent = time_exponent
         self.fine_tune_iter = fine_tune_iter
+        self.fine_tune_lr = fine_tune_lr
         self.fine_tune_tol = fine_tune_tol
         self.fine_tune_adjoint = fine_tune_adjoint
         self.preprocessing = preprocessing
@@ -395,6 +361,7 @@ class CNFDensity(FlowDensityEstimator):
         "jacobian_norm": [Real(0, None, closed="left")],
         "time_exponent": [Real(0, None)],
         "fine_tune_iter": [Integer(0), "auto"],
+        "fine_tune_lr": [Real(0, None), "auto"],
         "fine_tune_tol": [Real(0, None)],
         "fine_tune_adjoint": [Boolean(), "auto"],
         "preprocessing": [Options("auto", *PREPROCESSINGS)],
@@ -474,7 +441,7 @@ class CNFDensity(FlowDensityEstimator):
                config: TrainConfig, generator: torch.Generator, *,
                checkpoint: FitCheckpoint | None = None, fresh: bool = True) -> TrainResult:
         """Flow matching, then (``fine_tune_iter`` > 0) maximum-likelihood fine-tuning at
-        half the learning rate, cosine-annealed, with solves at ``fine_tune_tol`` and
+        ``fine_tune_lr``, cosine-annealed, with solves at ``fine_tune_tol`` and
         gradients as ``fine_tune_adjoint`` says; with
         ``max_seconds``, flow matching has the first 75 % of the time and fine-tuning the rest.
         Each history entry says which objective its step took.
@@ -518,7 +485,7 @@ class CNFDensity(FlowDensityEstimator):
                 checkpoint.write()
         ml = _AUTO["maximum_likelihood"]
         second_config = dataclasses.replace(
-            config, max_iter=n_fine, lr=config.lr / 2, lr_schedule="cosine",
+            config, max_iter=n_fine, lr=self._fine_tune_lr(config.lr), lr_schedule="cosine",
             batch_size=ml["batch_size"] if _is_auto(self.batch_size) else config.batch_size,
             max_seconds=remaining, validation_interval=ml["validation_interval"])
         try:
@@ -559,6 +526,13 @@ class CNFDensity(FlowDensityEstimator):
             # to stop, and every process must enter it (DDP's set-up is collective)
             remaining = max(config.max_seconds - (clock() - started), 0.0)
         return first, remaining
+
+    def _fine_tune_lr(self, lr: float) -> float:
+        """Fine-tuning's learning rate: ``fine_tune_lr``, or ``"auto"``: flow matching's
+        ``lr`` times ``_FINE_TUNE_LR_FRACTION``."""
+        if _is_auto(self.fine_tune_lr):
+            return lr * self._FINE_TUNE_LR_FRACTION
+        return float(self.fine_tune_lr)
 
     def _likelihood_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         """Fine-tuning's loss: the mean negative log-likelihood without the RNODE penalties,

@@ -79,9 +79,7 @@ class ImageCNFDensity(EstimatorBase):
             digits).
         n_scales: scales of the multiscale flow (H and W divisible by 2^n_scales). Each
             later scale's flow-matching step first solves the blocks before it, so on a CPU
-            it costs tens of first-scale steps: on digits (``benchmarks/bench_images.py``, 2
-            CPU cores, 600 s) two scales reached 2.235 bits/dim (5,000 first-scale steps, 74
-            second-scale ones) and one scale 1.920 (30,000 steps). Default 1.
+            it costs tens of first-scale steps (``docs/benchmarks.md``, "Images"). Default 1.
         max_iter: flow-matching steps per scale (default 30,000; with ``max_seconds`` the
             budget usually ends the fit first).
         hidden: channels of each block's hidden convolutions.

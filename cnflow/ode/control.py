@@ -1,8 +1,9 @@
-"""Step-size control as small pure functions.
+r"""Step-size control as small pure functions.
 
 The error of a trial step is measured relative to a mixed absolute/relative scale,
 
-    ratio = ‖ e / (atol + rtol · max(|y_0|, |y_1|)) ‖,
+.. math:: \text{ratio} = \left\| \frac{e}{\text{atol} + \text{rtol}\cdot\max(|y_0|, |y_1|)}
+    \right\|,
 
 with ‖·‖ the root mean square over each part of the state and the maximum over parts (so a
 small part, such as a log-density next to a large state, is controlled on its own). A step is
@@ -20,8 +21,11 @@ import torch
 
 __all__ = ["error_ratio", "initial_step_size", "next_step_size", "SAFETY", "IFACTOR", "DFACTOR"]
 
+#: The safety factor on the optimal next step size.
 SAFETY = 0.9
+#: The largest factor by which one step may grow the step size.
 IFACTOR = 10.0
+#: The smallest factor by which one rejected step may shrink the step size.
 DFACTOR = 0.2
 
 

@@ -18,6 +18,7 @@ from .tableaux import TABLEAUX, ButcherTableau
 
 __all__ = ["State", "FlatProblem", "prepare", "resolve_method", "check_tolerances"]
 
+#: An ODE state: a tensor, or a tuple of tensors integrated together.
 State = torch.Tensor | tuple[torch.Tensor, ...]
 FlatFn = Callable[[float, torch.Tensor], torch.Tensor]
 #: ``vjp(t, y, v, params) -> (f(t, y), vᵀ∂f/∂y, [vᵀ∂f/∂p or None for p in params])`` on the

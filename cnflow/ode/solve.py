@@ -271,7 +271,7 @@ def odeint(
         stats: a :class:`SolverStats` that this solve adds its counts to.
 
     Returns:
-        The solution at each time, stacked on a new first axis: shape (len(t), *y0.shape), or
+        The solution at each time, stacked on a new first axis: shape ``(len(t), *y0.shape)``, or
         a tuple of such tensors for a tuple state.
 
     Raises:

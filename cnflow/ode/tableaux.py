@@ -200,5 +200,7 @@ _RK4 = _tableau(
 TABLEAUX: dict[str, ButcherTableau] = {
     tab.name: tab for tab in (_DOPRI5, _BOSH3, _EULER, _MIDPOINT, _RK4)
 }
+#: The names of the methods with error control (rtol/atol).
 ADAPTIVE_METHODS = tuple(name for name, tab in TABLEAUX.items() if tab.adaptive)
+#: The names of the fixed-step methods (``step_size``).
 FIXED_METHODS = tuple(name for name, tab in TABLEAUX.items() if not tab.adaptive)
