@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from measure import adam_with_early_stopping
+from measure import adam_with_early_stopping, merge_rows
 
 from cnflow import ConditionalCNFDensity
 from cnflow.datasets import conditional_log_density, make_conditional
@@ -322,10 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "date": time.strftime("%Y-%m-%d")}, "rows": rows}
     previous = out / f"{stem}.json"
     if previous.exists() and not args.quick:  # a partial run keeps the other rows
-        fresh = {(r["data"], r["model"]): r for r in rows}
-        kept = json.loads(previous.read_text())["rows"]
-        merged = [fresh.pop((r["data"], r["model"]), r) for r in kept]
-        result["rows"] = merged + list(fresh.values())
+        result["rows"] = merge_rows(json.loads(previous.read_text())["rows"], rows)
     text = markdown(result)
     print(text)
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1))

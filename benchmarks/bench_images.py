@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from measure import adam_with_early_stopping
+from measure import fit_unconditional_flow
 
 from cnflow import CNFDensity, ImageCNFDensity
 
@@ -106,14 +106,7 @@ def _fit_zuko(X: np.ndarray, budget: float):
     n_val = max(1, len(U) // 10)
     U_val, U_train = U[perm[:n_val]], U[perm[n_val:]]
     flow = zuko.flows.NSF(X.shape[1], transforms=4, hidden_features=(256, 256))
-
-    def val_nll() -> float:
-        with torch.no_grad():
-            return float(-flow().log_prob(U_val).mean())
-
-    steps = adam_with_early_stopping(
-        flow, lambda rows: -flow().log_prob(U_train[rows]).mean(), len(U_train), val_nll,
-        budget, batch_size=128)
+    steps = fit_unconditional_flow(flow, U_train, U_val, budget, batch_size=128)
 
     def score(images):
         u = torch.as_tensor((_dequantised(images, 1) - mean) / scale, dtype=torch.float32)

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from measure import adam_with_early_stopping
+from measure import fit_unconditional_flow, merge_rows
 
 from cnflow import CNFDensity
 from cnflow.datasets import (
@@ -109,14 +109,7 @@ def fit_zuko(model: str, X: np.ndarray, budget: float, seed: int = 0):
     U_val, U_train = U[perm[:n_val]], U[perm[n_val:]]
     kind = zuko.flows.NSF if model == "zuko NSF" else zuko.flows.MAF
     flow = kind(X.shape[1], transforms=4, hidden_features=(256, 256))
-
-    def val_nll() -> float:
-        with torch.no_grad():
-            return float(-flow().log_prob(U_val).mean())
-
-    steps = adam_with_early_stopping(
-        flow, lambda rows: -flow().log_prob(U_train[rows]).mean(), len(U_train), val_nll,
-        budget, batch_size=128)
+    steps = fit_unconditional_flow(flow, U_train, U_val, budget, batch_size=128)
 
     def score(Z: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -270,9 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
         # a partial run (some suites, data sets or models) keeps the other rows of the last
         kept = json.loads(previous.read_text())
         for suite in ("real", "synthetic"):
-            fresh = {(r["data"], r["model"]): r for r in result[suite]}
-            merged = [fresh.pop((r["data"], r["model"]), r) for r in kept.get(suite, [])]
-            result[suite] = merged + list(fresh.values())
+            result[suite] = merge_rows(kept.get(suite, []), result[suite])
         if "large" not in args.suites:
             result["large"] = kept.get("large", [])
     text = markdown(result)

@@ -114,3 +114,25 @@ def adam_with_early_stopping(module: torch.nn.Module,
                 stale += 1
     module.load_state_dict(best_state)
     return steps
+
+
+def fit_unconditional_flow(flow: torch.nn.Module, U_train: torch.Tensor, U_val: torch.Tensor,
+                           budget: float, *, batch_size: int) -> int:
+    """:func:`adam_with_early_stopping` for an unconditional zuko flow (``flow()`` is its
+    distribution) by the mean negative log-likelihood of rows of ``U_train``, the held-out
+    loss on ``U_val``. Returns the steps."""
+    def val_nll() -> float:
+        with torch.no_grad():
+            return float(-flow().log_prob(U_val).mean())
+
+    return adam_with_early_stopping(
+        flow, lambda rows: -flow().log_prob(U_train[rows]).mean(), len(U_train), val_nll,
+        budget, batch_size=batch_size)
+
+
+def merge_rows(kept: list[dict], fresh: list[dict]) -> list[dict]:
+    """A partial run's result rows merged into the last full run's: each (data, model) row of
+    ``fresh`` replaces the kept one in place; new ones go at the end."""
+    by_key = {(r["data"], r["model"]): r for r in fresh}
+    merged = [by_key.pop((r["data"], r["model"]), r) for r in kept]
+    return merged + list(by_key.values())
