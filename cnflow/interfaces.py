@@ -13,7 +13,7 @@ need not inherit from anything.
   (f, tr ∂f/∂z), which the adjoint method calls at every backward stage
   (:meth:`cnflow.nn.ConcatSquashMLP.divergence_vjp`).
 - :class:`BaseDensity`: a CNF's base at t = T (log_prob, sample, draw_coupled), e.g.
-  :class:`cnflow.flows.base.GaussianMixtureBase`.
+  :class:`cnflow.flows.base_density.GaussianMixtureBase`.
 - :class:`DensityModel`: ``log_prob`` and ``sample``; every flow, and mixtures of them.
 - :class:`CountsEvaluations`: ``nfe_forward`` and ``nfe_backward`` of the last call, which the
   training loop records.

@@ -45,7 +45,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .estimators.base import DTYPES, EstimatorBase, draw_seed
+from .estimators.estimator_base import DTYPES, EstimatorBase, draw_seed
 from .estimators.params import Boolean, InstanceOf, Integer, Options, Real
 from .ode import ADAPTIVE_METHODS, NFECounts, SolveOptions, SolverStats
 from .ode.inputs import check_tolerances

@@ -410,12 +410,12 @@ def choose_preprocessing(X: np.ndarray, train_rows: np.ndarray, val_rows: np.nda
     keeps the simpler map where the two are close.
 
     ``deadline`` (a ``time.perf_counter()`` value) stops each kind's search for larger mixtures
-    once passed (see :func:`cnflow.flows.base.select_gaussian_mixture`).
+    once passed (see :func:`cnflow.flows.base_density.select_gaussian_mixture`).
 
     Returns:
         ``(kind, scores)``: the chosen kind and each kind's best held-out mean log-likelihood.
     """
-    from .flows.base import select_gaussian_mixture
+    from .flows.base_density import select_gaussian_mixture
 
     X = np.asarray(X, dtype=np.float64)
     per_row: dict[str, np.ndarray] = {}

@@ -89,7 +89,7 @@ def test_every_flow_shares_the_base_and_the_input_checks(flow):
 
 
 def test_mixtures_and_bases_satisfy_the_interfaces():
-    from cnflow.flows.base import GaussianMixtureBase
+    from cnflow.flows.base_density import GaussianMixtureBase
 
     base = GaussianMixtureBase(torch.tensor([0.5, 0.5]), torch.zeros(2, 2),
                                torch.eye(2).expand(2, 2, 2).clone())

@@ -1,15 +1,15 @@
 """scikit-learn style density estimators over the flows: fit, score_samples, score, sample.
 
-Every estimator derives from :class:`~cnflow.estimators.base.EstimatorBase` (parameters checked
-against their declared kinds, dtype, seeding); the density estimators from
-:class:`~cnflow.estimators.base.FlowDensityEstimator`, whose conventions (scikit-learn's, and
-densities in the caller's units) its docstring states. Each subclass declares its parameters'
-kinds, builds its flow and says what its loss is.
+Every estimator derives from :class:`~cnflow.estimators.estimator_base.EstimatorBase`
+(parameters checked against their declared kinds, dtype, seeding); the density estimators
+from :class:`~cnflow.estimators.estimator_base.FlowDensityEstimator`, whose conventions
+(scikit-learn's, and densities in the caller's units) its docstring states. Each subclass
+declares its parameters' kinds, builds its flow and says what its loss is.
 """
 
-from .base import EstimatorBase, FlowDensityEstimator
 from .cnf_density import BASES, OBJECTIVES, CNFDensity
 from .conditional import ConditionalCNFDensity
+from .estimator_base import EstimatorBase, FlowDensityEstimator
 from .image import ImageCNFDensity
 from .planar_density import PlanarFlowDensity
 

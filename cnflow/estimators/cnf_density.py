@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import divergence
-from ..flows.base import GaussianMixtureBase, fit_gaussian_mixture_base
+from ..flows.base_density import GaussianMixtureBase, fit_gaussian_mixture_base
 from ..flows.cnf import CNF
 from ..flows.mixture import FlowMixture
 from ..ode import TABLEAUX
@@ -26,7 +26,7 @@ from ..training import (
     train,
 )
 from ..training.checkpoint import restore_rng_state, rng_state
-from .base import FlowDensityEstimator, _is_auto
+from .estimator_base import FlowDensityEstimator, _is_auto
 from .params import Boolean, Integer, IntegerSequence, Options, Real
 
 __all__ = ["CNFDensity", "OBJECTIVES", "BASES"]
@@ -94,7 +94,7 @@ def _joined(first: TrainResult, second: TrainResult | None) -> TrainResult:
 #: The training objectives of :class:`CNFDensity`.
 OBJECTIVES = ("flow_matching", "maximum_likelihood")
 #: The base densities of :class:`CNFDensity`: N(0, I), or a Gaussian mixture fitted to the
-#: preprocessed rows (:class:`cnflow.flows.base.GaussianMixtureBase`).
+#: preprocessed rows (:class:`cnflow.flows.base_density.GaussianMixtureBase`).
 BASES = ("normal", "mixture")
 
 # What "auto" means per objective, chosen by measurement (see CNFDensity's docstring).
@@ -217,7 +217,7 @@ class CNFDensity(FlowDensityEstimator):
             above) up to 10,000 rows when rows are held out, ``"standardize"`` otherwise.
         base: the flow's base density in the preprocessed space: ``"normal"`` (N(0, I),
             default) or ``"mixture"``, the Gaussian mixture described under ``stacking``
-            (:class:`cnflow.flows.base.GaussianMixtureBase`; flow matching then pairs each
+            (:class:`cnflow.flows.base_density.GaussianMixtureBase`; flow matching then pairs each
             row with a draw from that row's component, and the flow starts at the mixture).
         stacking: whether each member's density is :math:`w\,p_\text{flow} + (1 - w)\,
             p_\text{mixture}`, with the mixture the full-covariance Gaussian mixture (1 to 16

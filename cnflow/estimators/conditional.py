@@ -12,8 +12,8 @@ from ..flows.conditional import ConditionalCNF
 from ..flows.mixture import FlowMixture
 from ..nn import CONDITIONINGS
 from ..preprocessing import PREPROCESSINGS, TargetContextPreprocessor
-from .base import _is_auto, check_count_argument, draw_seed
 from .cnf_density import CNFDensity
+from .estimator_base import _is_auto, check_count_argument, draw_seed
 from .params import Options
 
 #: Rows per flow-matching step with ``batch_size="auto"`` (CNFDensity: 2048).

@@ -23,7 +23,7 @@ from ..training import (
     train,
 )
 from ..training.checkpoint import data_digest, restore_rng_state, rng_state
-from .base import (
+from .estimator_base import (
     DTYPES,
     EstimatorBase,
     check_count_argument,

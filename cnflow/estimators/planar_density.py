@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..flows.planar import PlanarFlow
-from .base import FlowDensityEstimator
+from .estimator_base import FlowDensityEstimator
 from .params import Integer
 
 __all__ = ["PlanarFlowDensity"]

@@ -1,6 +1,6 @@
 """Flows: torch modules with ``log_prob(x)``, ``sample(n)`` and ``sample_with_log_prob(n)``."""
 
-from .base import GaussianMixtureBase
+from .base_density import GaussianMixtureBase
 from .cnf import CNF, CNFRegularisers
 from .conditional import ConditionalCNF
 from .dense import DenseFlow

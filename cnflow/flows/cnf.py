@@ -3,7 +3,7 @@ r"""The continuous normalizing flow: state and log-density integrated jointly.
 A CNF transforms data x into a base sample z by the flow of an ODE,
 :math:`\dot z = f(z, t)` from :math:`z(0) = x` to :math:`z(T)`, with base
 :math:`\mathcal{N}(0, I)` (or any base density module, e.g. a Gaussian mixture, see
-:mod:`cnflow.flows.base`). By the instantaneous change of variables (Chen et al. 2018) the
+:mod:`cnflow.flows.base_density`). By the instantaneous change of variables (Chen et al. 2018) the
 log-determinant of the map :math:`x \mapsto z(T)` is the integral of the divergence along the
 path, so one solve of the augmented system
 
@@ -174,7 +174,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
             2021).
         base: the base density at t = T, a module with ``log_prob(z)``, ``sample(n,
             generator)`` and ``draw_coupled(x, generator)`` (e.g.
-            :class:`cnflow.flows.base.GaussianMixtureBase`); None (default) is
+            :class:`cnflow.flows.base_density.GaussianMixtureBase`); None (default) is
             :math:`\mathcal{N}(0, I)`.
         solve_options: all of method, rtol, atol, adjoint, step_size, max_num_steps and
             seminorm at once, as a :class:`cnflow.SolveOptions` (then leave those at their

@@ -2,10 +2,10 @@ r"""What every flow shares: the base density, the input checks and the sampling 
 
 A flow is a density :math:`q(x) = p_Z(g(x))\,|\det \partial g/\partial x|` with g invertible
 and :math:`p_Z` the base, :math:`\mathcal{N}(0, I)` unless a base module is given (e.g.
-:class:`cnflow.flows.base.GaussianMixtureBase`). A subclass implements :meth:`Flow.log_prob`,
-:meth:`Flow.sample` and :meth:`Flow.sample_with_log_prob` and says which tensor carries its
-dtype and device (:meth:`Flow._reference`); the checks of data and counts, the base's log-density
-and its draws are here, once.
+:class:`cnflow.flows.base_density.GaussianMixtureBase`). A subclass implements
+:meth:`Flow.log_prob`, :meth:`Flow.sample` and :meth:`Flow.sample_with_log_prob` and says
+which tensor carries its dtype and device (:meth:`Flow._reference`); the checks of data and
+counts, the base's log-density and its draws are here, once.
 
 Example:
     >>> import torch

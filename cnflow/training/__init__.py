@@ -1,5 +1,6 @@
 """Training: the loop every estimator shares, its objectives, devices and data parallelism.
 
+- :mod:`~cnflow.training.types`: :class:`TrainConfig`, :class:`TrainResult`, :class:`TrainingFault`;
 - :mod:`~cnflow.training.loop`: :func:`train`, minibatch Adam with history, validation, early
   stopping and fault handling;
 - :mod:`~cnflow.training.objectives`: density matching by reverse KL;
@@ -12,11 +13,11 @@
 from .checkpoint import CheckpointMismatchError, FitCheckpoint
 from .devices import resolve_device, seeded_rng
 from .distributed import distributed_rank
-from .faults import TrainingFault
-from .loop import LR_SCHEDULES, TrainConfig, TrainResult, append_history, train
+from .loop import LR_SCHEDULES, append_history, train
 from .objectives import fit_density_matching, reverse_kl_loss
+from .types import LossFn, TrainConfig, TrainingFault, TrainResult
 
 __all__ = ["CheckpointMismatchError", "FitCheckpoint", "LR_SCHEDULES", "TrainConfig",
-           "TrainResult", "TrainingFault", "train", "append_history", "resolve_device",
+           "TrainResult", "TrainingFault", "LossFn", "train", "append_history", "resolve_device",
            "seeded_rng",
            "distributed_rank", "reverse_kl_loss", "fit_density_matching"]

@@ -16,11 +16,10 @@ import torch.distributed as dist
 from torch import nn
 
 from ..ode import ODESolveError
-from .faults import TrainingFault
+from .types import LossFn, TrainingFault
 
 __all__ = ["distributed_rank", "data_parallel_loss", "out_of_time", "shared_loss"]
 
-LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
 def distributed_rank() -> tuple[int, int] | None:

@@ -19,7 +19,7 @@ flow matching requires of any coupling with the right marginals (Tong et al. 202
 
 Example:
     >>> import torch
-    >>> from cnflow.flows.base import GaussianMixtureBase
+    >>> from cnflow.flows.base_density import GaussianMixtureBase
     >>> base = GaussianMixtureBase(torch.tensor([0.5, 0.5]), torch.tensor([[-2.0], [2.0]]),
     ...                            torch.ones(2, 1, 1))
     >>> base.log_prob(torch.zeros(3, 1)).shape, base.sample(4).shape

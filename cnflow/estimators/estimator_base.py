@@ -28,7 +28,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from ..files import ModelFileError, atomic_write, read_torch_file
-from ..flows.base import GaussianMixtureBase
+from ..flows.base_density import GaussianMixtureBase
 from ..flows.mixture import FlowMixture, best_mixture_weight
 from ..preprocessing import TabularPreprocessor, choose_preprocessing
 from ..training import (

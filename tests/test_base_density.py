@@ -9,7 +9,7 @@ from sklearn.mixture import GaussianMixture
 
 from cnflow import CNF, CNFDensity
 from cnflow.flows import FlowMixture
-from cnflow.flows.base import GaussianMixtureBase, fit_gaussian_mixture_base
+from cnflow.flows.base_density import GaussianMixtureBase, fit_gaussian_mixture_base
 from cnflow.flows.mixture import best_mixture_weight
 
 
@@ -199,7 +199,7 @@ def test_stacking_and_the_mixture_base_in_the_estimator(tmp_path):
 def test_a_spent_time_budget_stops_the_search_for_larger_mixtures():
     import time
 
-    from cnflow.flows.base import select_gaussian_mixture
+    from cnflow.flows.base_density import select_gaussian_mixture
 
     rng = np.random.RandomState(0)
     U = _three_clusters(600, rng)
