@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnflow import CNF, CNFDensity, DenseFlow, PlanarFlow, PlanarFlowDensity
+from cnflow import CNF, CNFDensity, DenseFlow, LatentODE, PlanarFlow, PlanarFlowDensity
 from cnflow.estimators.params import (
     Boolean,
     InstanceOf,
@@ -18,7 +18,6 @@ from cnflow.estimators.params import (
 from cnflow.flows import FlowMixture
 from cnflow.flows.flow import Flow
 from cnflow.interfaces import BaseDensity, CountsEvaluations, DensityModel
-from cnflow.latent import LatentODE
 
 
 class _Holder:

@@ -12,13 +12,16 @@ caller's space.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import numbers
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -49,6 +52,8 @@ __all__ = ["EstimatorBase", "FlowDensityEstimator"]
 #: The floating-point types an estimator computes in, by the name its ``dtype`` takes.
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _FORMAT = "cnflow-estimator/1"
+#: An estimator class, in the signatures of :func:`load_fitted`.
+E = TypeVar("E", bound="EstimatorBase")
 
 #: Validations without improvement before early stopping, for n_iter_no_change="auto".
 _AUTO_N_ITER_NO_CHANGE = 10
@@ -126,6 +131,74 @@ def read_estimator_file(path: str | Path, estimator: str, file_format: str) -> d
     if data.get("estimator") != estimator:
         raise ModelFileError(f"{path} holds a {data.get('estimator')}, not a {estimator}")
     return data
+
+
+@contextlib.contextmanager
+def reading_parts_of(path: str | Path):
+    """Inside, a missing or malformed part of the estimator file at ``path`` (a KeyError,
+    TypeError, AttributeError, RuntimeError or ValueError) becomes a
+    :class:`cnflow.ModelFileError` naming the file and the part."""
+    try:
+        yield
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as err:
+        what = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        raise ModelFileError(f"{path} is damaged: {what}") from None
+
+
+def save_fitted(estimator: EstimatorBase, path: str | Path, file_format: str,
+                module: nn.Module, **fitted) -> None:
+    """Write a fitted estimator that holds one torch module to a ``torch.save`` file that
+    loads with ``weights_only=True``, atomically (:func:`cnflow.files.atomic_write`).
+
+    The file is a dict of plain values and tensors: ``file_format``, the estimator's class
+    name, its parameters (:meth:`EstimatorBase._plain_params`), the module's parameters and
+    buffers (on the CPU), ``history_``, ``n_iter_`` and the estimator's own ``fitted``
+    values; :func:`load_fitted` reads it back.
+    """
+    contents = {"format": file_format, "estimator": type(estimator).__name__,
+                "params": estimator._plain_params(),
+                "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+                "history": estimator.history_, "n_iter": int(estimator.n_iter_), **fitted}
+    atomic_write(path, lambda handle: torch.save(contents, handle))
+
+
+def load_fitted(cls: type[E], path: str | Path, file_format: str, device: str | None,
+                rebuild: Callable[[E, dict], nn.Module]) -> tuple[E, nn.Module]:
+    """The estimator and its module from a file of :func:`save_fitted`.
+
+    The estimator is made from the saved parameters (checked), with ``device`` (when given)
+    in place of the saved one, and ``device_``, ``history_`` and ``n_iter_`` set;
+    ``rebuild(estimator, contents)`` restores the estimator's own fitted values and returns
+    its module, newly built (the global random stream is left as it was). The module is then
+    cast to the estimator's device and dtype and the saved parameters are loaded into it
+    (cast first, so that float64 values are never rounded through float32).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        cnflow.ModelFileError: (a ValueError) the file is truncated, empty, not a file of
+            ``cls``, or has parts missing or malformed; the message names the file and says
+            which. No code from the file runs (``weights_only=True``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    data = read_estimator_file(path, cls.__name__, file_format)
+    with reading_parts_of(path):
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in data["params"].items()}
+        est = cls(**params)
+        if device is not None:
+            est.device = device
+        est._validate_parameters()
+        est.device_ = resolve_device(est.device)
+        with est._seeded(0):
+            module = rebuild(est, data)
+        module = module.to(est.device_, est._torch_dtype())
+        module.load_state_dict(data["state_dict"])
+        est.history_ = list(data["history"])
+        est.n_iter_ = int(data["n_iter"])
+    return est, module
 
 
 def check_count_argument(value, name: str) -> int:
@@ -721,13 +794,8 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         if not path.is_file():
             raise FileNotFoundError(f"no model file at {path}")
         data = read_estimator_file(path, cls.__name__, _FORMAT)
-        try:
+        with reading_parts_of(path):
             return cls._from_saved(data, path, device)
-        except ModelFileError:
-            raise
-        except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as err:
-            what = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
-            raise ModelFileError(f"{path} is damaged: {what}") from None
 
     @classmethod
     def _from_saved(cls, data: dict, path: Path, device: str | None):

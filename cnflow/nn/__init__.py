@@ -11,7 +11,9 @@ and :class:`ConcatSquashMLP` stacks such layers with a smooth activation in betw
 :class:`PlanarCNFField` is the planar CNF of Chen et al. (2018): a sum of M planar units whose
 parameters a hypernetwork makes from t, with a closed-form divergence. Every module here is
 called as ``module(t, x)``, the argument order of ODE dynamics ``f(t, z)``, except
-:class:`ODEBlock`, the ODE-Net layer h ↦ h(T) that wraps such dynamics (Chen et al. 2018).
+:class:`ODEBlock`, the ODE-Net layer h ↦ h(T) that wraps such dynamics (Chen et al. 2018), and
+:class:`LatentODENet`, the encoder, autonomous dynamics (:class:`LatentDynamics`) and decoder
+of a latent ODE for time series (:mod:`cnflow.nn.latent`).
 The activations and their derivatives come from one table, :data:`ACTIVATION_TABLE`
 (:mod:`cnflow.nn.activations`).
 """
@@ -33,11 +35,12 @@ from .conditional import (
     WithContext,
 )
 from .conv import ConcatSquashConv2d, ConvVelocityField
+from .latent import LatentDynamics, LatentODENet
 from .ode_block import ODEBlock
 from .planar_field import PlanarCNFField
 
 __all__ = ["ConcatSquashLinear", "ConcatSquashMLP", "ConcatSquashConv2d", "ConvVelocityField",
            "ConditionalConcatSquashLinear",
            "ConditionalConcatSquashMLP", "WithContext", "CONDITIONINGS", "PlanarCNFField",
-           "ODEBlock", "ACTIVATIONS", "ACTIVATION_DERIVATIVES", "ACTIVATION_TABLE", "Activation",
-           "activation_of"]
+           "ODEBlock", "LatentDynamics", "LatentODENet", "ACTIVATIONS", "ACTIVATION_DERIVATIVES",
+           "ACTIVATION_TABLE", "Activation", "activation_of"]
