@@ -16,7 +16,7 @@ RANKS = {
     "flows": 2,
     "preprocessing": 3, "training": 3,
     "estimators": 4,
-    "__main__": 5, "__init__": 5, "train": 5,
+    "__main__": 6, "__init__": 6, "train": 6,
 }
 
 
