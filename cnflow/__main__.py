@@ -50,6 +50,7 @@ from .estimators import (
     ImageCNFDensity,
     PlanarFlowDensity,
 )
+from .estimators.policy import resolve_fit_settings
 from .files import atomic_write
 from .training import resolve_device
 
@@ -155,7 +156,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             print(f"continuing from the checkpoint {args.checkpoint}")
         what = "" if targets is None else f" (p(columns {targets} | the others))"
         print(f"training {kind.__name__} on {args.data}{what}: {X.shape[0]} rows × "
-              f"{X.shape[1]} columns, {est._train_settings()['max_iter']} iterations of "
+              f"{X.shape[1]} columns, {planned_iterations(est, X)} iterations of "
               f"{est.objective} on {device}" + (f" ({world} processes)" if world > 1 else ""))
     start = time.perf_counter()
     if targets is None:
@@ -194,6 +195,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     _write_summary(out, summary)
     print(f"wrote {out / 'model.pt'}, {out / 'training.png'}"
           + (f", {out / 'fit.png'}" if X.shape[1] == 2 else ""))
+
+
+def planned_iterations(est: CNFDensity, X: np.ndarray) -> int:
+    """The training steps ``est`` will take on the rows X, by the fit policy."""
+    return resolve_fit_settings(type(est).__name__, est.get_params(deep=False),
+                                *X.shape).max_iter
 
 
 def _write_summary(out: Path, summary: dict) -> None:
