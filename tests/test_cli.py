@@ -365,7 +365,7 @@ def test_train_verbose_prints_the_resolved_settings_and_the_summary_holds_them(
             return -1.0
 
     monkeypatch.setattr(cnflow.cli.train, "CNFDensity", InstantDensity)
-    monkeypatch.setattr(cnflow.cli.train, "planned_iterations", lambda est: 1)
+    monkeypatch.setattr(cnflow.cli.train, "planned_iterations", lambda est, X: 1)
     data = tmp_path / "rows.csv"
     np.savetxt(data, np.random.RandomState(0).randn(10, 3), delimiter=",")
     printed = "max_iter: 1\nhidden: [4]\nlr: 0.0123\n"

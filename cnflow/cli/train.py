@@ -12,8 +12,11 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..datasets import TOY_DATASETS, make_toy
 from ..estimators import CNFDensity, ConditionalCNFDensity
+from ..estimators.policy import resolve_fit_settings
 from .arguments import check_device, check_positive, check_targets, given_options
 from .distributed import start_distributed, stop_distributed
 from .io import check_writable, checkpoint_path, load_rows, write_summary
@@ -24,9 +27,11 @@ __all__ = ["planned_iterations", "resolved_settings", "run"]
 SUMMARY_ROWS = 20000
 
 
-def planned_iterations(est: CNFDensity | ConditionalCNFDensity) -> int:
-    """The training iterations the fit of ``est`` will run, as announced before it starts."""
-    return est._train_settings()["max_iter"]
+def planned_iterations(est: CNFDensity | ConditionalCNFDensity, X: np.ndarray) -> int:
+    """The training iterations the fit of ``est`` to the rows X will run, by the fit policy
+    (:mod:`cnflow.estimators.policy`), as announced before it starts."""
+    return resolve_fit_settings(type(est).__name__, est.get_params(deep=False),
+                                *X.shape).max_iter
 
 
 def resolved_settings(est: CNFDensity | ConditionalCNFDensity) -> dict | None:
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
             print(f"continuing from the checkpoint {args.checkpoint}")
         what = "" if targets is None else f" (p(columns {targets} | the others))"
         print(f"training {kind.__name__} on {args.data}{what}: {X.shape[0]} rows × "
-              f"{X.shape[1]} columns, {planned_iterations(est)} iterations of "
+              f"{X.shape[1]} columns, {planned_iterations(est, X)} iterations of "
               f"{est.objective} on {device}" + (f" ({world} processes)" if world > 1 else ""))
     start = time.perf_counter()
     if targets is None:

@@ -46,6 +46,7 @@ from ..training import (
 )
 from ..training.checkpoint import FitCheckpoint, data_digest
 from .params import Boolean, InstanceOf, Integer, Options, Real, check_parameters
+from .policy import FitSettings, resolve_fit_settings
 
 __all__ = ["EstimatorBase", "FlowDensityEstimator"]
 
@@ -54,9 +55,6 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _FORMAT = "cnflow-estimator/1"
 #: An estimator class, in the signatures of :func:`load_fitted`.
 E = TypeVar("E", bound="EstimatorBase")
-
-#: Validations without improvement before early stopping, for n_iter_no_change="auto".
-_AUTO_N_ITER_NO_CHANGE = 10
 
 
 def _is_auto(value) -> bool:
@@ -303,7 +301,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         raise NotImplementedError
 
     def _fit_mixture(self, U_train: torch.Tensor, U_val: torch.Tensor | None,
-                     n_samples: int, seed: int, deadline: float | None = None
+                     seed: int, deadline: float | None = None
                      ) -> GaussianMixtureBase | None:
         """A Gaussian mixture fitted to a member's training rows, where the subclass uses
         one (as the flow's base or to stack with it); None otherwise. ``deadline``: when the
@@ -314,30 +312,25 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         """The base density to build a member's flow with (None: the flow's own)."""
         return None
 
-    def _stacks(self, n_samples: int) -> bool:
-        """Whether each member's flow is stacked with its Gaussian mixture."""
-        return False
-
     def _training_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         return -flow.log_prob(u).mean()
 
     def _log_prob(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         return flow.log_prob(u)
 
-    def _auto(self) -> dict:
-        """What "auto" means for max_iter, batch_size, lr, lr_schedule, and the validation
-        interval."""
-        raise NotImplementedError
+    def _resolve_settings(self, n_samples: int, n_columns: int,
+                          n_members: int | None = None) -> FitSettings:
+        """Every "auto" resolved by the fit policy (:mod:`cnflow.estimators.policy`) for
+        ``n_samples`` rows of ``n_columns`` columns (the flow's rows); ``n_members``: a warm
+        start's members."""
+        return resolve_fit_settings(type(self).__name__, self.get_params(deep=False),
+                                    n_samples, self._modelled_features(n_columns),
+                                    n_members=n_members)
 
-    def _train_settings(self) -> dict:
-        """The loop's max_iter, batch_size, lr, lr_schedule and validation_interval, "auto"
-        resolved."""
-        auto = self._auto()
-        chosen = {"max_iter": self.max_iter, "batch_size": self.batch_size, "lr": self.lr,
-                  "lr_schedule": self.lr_schedule}
-        settings = {name: auto[name] if _is_auto(value) else value
-                    for name, value in chosen.items()}
-        return {**settings, "validation_interval": auto["validation_interval"]}
+    def _modelled_features(self, n_columns: int) -> int:
+        """The dimensions the flow models among its rows' ``n_columns`` (all of them, unless
+        a subclass conditions on some)."""
+        return n_columns
 
     def _validation_loss(self, flow: nn.Module, u: torch.Tensor,
                          reduce: bool = True) -> torch.Tensor:
@@ -360,10 +353,6 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         and the log-determinant of the map at each row (numpy, float64)."""
         U, logdet = self.preprocessor_.transform(X)
         return torch.as_tensor(U, dtype=self._torch_dtype(), device=self.device_), logdet
-
-    def _preprocessing_kind(self, n_samples: int) -> str:
-        """The preprocessing to fit ("standardize" unless a subclass offers others)."""
-        return "standardize"
 
     def _columns_to_preprocess(self, X: np.ndarray) -> np.ndarray:
         """The columns whose map "choose" picks (all; a conditional estimator's targets)."""
@@ -388,20 +377,6 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
 
     def _restore_extras(self, data: dict) -> None:
         """Read back :meth:`_saved_extras` (before the flow is rebuilt)."""
-
-    def _n_members(self, n_samples: int) -> int:
-        """How many flows the fitted model averages (one, unless a subclass says)."""
-        return 1
-
-    def _validation_fraction(self, n_samples: int) -> float:
-        """The share of rows held out, "auto" resolved (none, unless a subclass says)."""
-        return 0.0 if _is_auto(self.validation_fraction) else float(self.validation_fraction)
-
-    def _n_iter_no_change(self) -> int | None:
-        """Validations without improvement before stopping, "auto" resolved."""
-        if _is_auto(self.n_iter_no_change):
-            return _AUTO_N_ITER_NO_CHANGE
-        return self.n_iter_no_change
 
     # ------------------------------------------------------------ the estimator API
     def fit(self, X, y=None):
@@ -435,7 +410,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         return self._fit_rows(X, warm)
 
     _FITTED = ("flow_", "history_", "n_iter_", "mean_", "scale_", "device_", "preprocessor_",
-               "n_members_", "preprocessing_scores_", "stacking_weights_")
+               "n_members_", "preprocessing_scores_", "stacking_weights_", "settings_")
 
     def _start_fit(self) -> dict | None:
         """Check the parameters, keep what a warm start needs, and forget the fitted state
@@ -448,7 +423,19 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
 
     def _fit_rows(self, X: np.ndarray, warm: dict | None):
         """Fit to the validated rows X that the flow models (a conditional estimator's rows
-        hold the targets and the context side by side)."""
+        hold the targets and the context side by side), with every "auto" resolved once by
+        the fit policy into ``settings_``."""
+        self.settings_ = self._resolve_settings(
+            len(X), X.shape[1], None if warm is None else len(warm["parts"]))
+        try:
+            return self._fit_settled(X, warm, self.settings_)
+        except BaseException:
+            if not hasattr(self, "flow_"):  # nothing was fitted: no settings either
+                del self.settings_
+            raise
+
+    def _fit_settled(self, X: np.ndarray, warm: dict | None, settings: FitSettings):
+        """:meth:`_fit_rows` once ``settings`` are resolved."""
         device = resolve_device(self.device)
         checkpoint = self._open_checkpoint(X, warm)
         # max_seconds bounds the whole fit (with a checkpoint, every run of it)
@@ -462,10 +449,12 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         if plan["preprocessing_scores"] is not None:
             self.preprocessing_scores_ = plan["preprocessing_scores"]
         U, _ = self._transform(X)
-        config = TrainConfig(max_seconds=self.max_seconds,
-                             weight_decay=self.weight_decay,
-                             n_iter_no_change=self._n_iter_no_change() if n_val else None,
-                             verbose=self.verbose, **self._train_settings())
+        config = TrainConfig(max_iter=settings.max_iter, batch_size=settings.batch_size,
+                             lr=settings.lr, lr_schedule=settings.lr_schedule,
+                             validation_interval=settings.validation_interval,
+                             max_seconds=self.max_seconds, weight_decay=self.weight_decay,
+                             n_iter_no_change=settings.n_iter_no_change if n_val else None,
+                             verbose=self.verbose)
         members, history, n_iter = self._resumed_members(checkpoint, X.shape[1], warm)
         fault = None
         for k in range(len(members), n_members):
@@ -481,7 +470,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                 if warm is not None and warm["parts"][k][1] is not None:
                     mixture = copy.deepcopy(warm["parts"][k][1])
                 else:
-                    mixture = self._fit_mixture(U_train, U_val, len(X), seed + k, deadline)
+                    mixture = self._fit_mixture(U_train, U_val, seed + k, deadline)
                 member_seconds = None
                 if config.max_seconds is not None:  # the time left, shared by the members left
                     left = config.max_seconds - (time.perf_counter() - started)
@@ -504,7 +493,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                                          checkpoint=checkpoint, fresh=warm is None)
                 except TrainingFault as err:
                     fault, result = err, err.result
-            if fault is None and self._stacks(len(X)):
+            if fault is None and settings.stacking:
                 flow = self._stacked(flow, mixture, U_val)
             members.append(flow)
             n_iter = append_history(history, result, n_iter,
@@ -564,13 +553,13 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                     "folds": folds_of(perm, n_members, n_val), "preprocessing_scores": scores}
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))  # as draw_seed, then the row order
-        n_members = len(warm["parts"]) if warm is not None else self._n_members(len(X))
-        fraction = 1 / n_members if n_members > 1 else self._validation_fraction(len(X))
+        settings = self.settings_
+        n_members, fraction = settings.n_members, settings.validation_fraction
         n_val = int(round(fraction * len(X)))
         if fraction > 0 and (n_val < 1 or len(X) - n_val < 1):
             raise ValueError(f"validation_fraction={fraction} leaves no rows "
                              f"for training or validation with {len(X)} samples")
-        if self._stacks(len(X)) and not n_val:
+        if settings.stacking and not n_val:
             raise ValueError("stacking chooses the flow's weight on held-out rows; with "
                              "stacking=True set validation_fraction > 0 (or leave it 'auto')")
         perm = rng.permutation(len(X))
@@ -579,7 +568,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         if warm is not None:
             preprocessor, scores = warm["preprocessor"], warm["preprocessing_scores"]
         else:
-            kind = self._preprocessing_kind(len(X))
+            kind = settings.preprocessing
             if kind == "choose":  # by held-out likelihood, on the first validation fold
                 kind, scores = choose_preprocessing(
                     self._columns_to_preprocess(X), perm[~np.isin(perm, folds[0])], folds[0],
@@ -776,6 +765,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             "stacked_components": [0 if m is None else int(m.n_components)
                                    for _, m in self._member_parts()],
             "history": self.history_,
+            "settings": self.settings_.as_dict(),
             **self._saved_extras(),
         }
         atomic_write(path, lambda handle: torch.save(contents, handle))
@@ -819,6 +809,10 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         est.n_iter_ = data["n_iter"]
         est.history_ = data["history"]
         est._restore_extras(data)
+        if data.get("settings") is not None:
+            est.settings_ = FitSettings.from_dict(data["settings"])
+        else:  # a file from before settings were saved: the rules that need no row count
+            est.settings_ = est._resolve_settings(0, int(data["n_features_in"]))
         # Cast before loading so that float64 weights are never rounded through float32.
         est.n_members_ = int(data.get("n_members", 1))
         D = est._flow_width()
