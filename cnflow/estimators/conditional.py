@@ -8,7 +8,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from ..flows.conditional import ConditionalCNF
+from ..flows.cnf import CNF
 from ..flows.mixture import FlowMixture
 from ..nn import CONDITIONINGS
 from ..preprocessing import PREPROCESSINGS, TargetContextPreprocessor
@@ -27,7 +27,7 @@ class _Rows(nn.Module):
     fit (minibatches of rows, validation, members, checkpoints) trains it as it trains an
     unconditional flow."""
 
-    def __init__(self, flow: ConditionalCNF) -> None:
+    def __init__(self, flow: CNF) -> None:
         super().__init__()
         self.flow = flow
 
@@ -55,7 +55,8 @@ class _Rows(nn.Module):
         return rows[:, :self.flow.dim], rows[:, self.flow.dim:]
 
     def log_prob(self, rows: torch.Tensor, return_regularisers: bool = False, **kwargs):
-        return self.flow.log_prob(*self.split(rows), return_regularisers, **kwargs)
+        return self.flow.log_prob(*self.split(rows), return_regularisers=return_regularisers,
+                                  **kwargs)
 
     def flow_matching_loss(self, rows: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.flow.flow_matching_loss(*self.split(rows), **kwargs)
@@ -68,7 +69,7 @@ class ConditionalCNFDensity(CNFDensity):
     n_features), y the modelled variables (n,) or (n, n_targets). The targets are mapped by
     ``preprocessing`` (whitening by default) and the features standardised; the flow
     :math:`\dot z = f(z, t; x)` carries each target to N(0, I) with its own row's features as
-    context (:class:`cnflow.flows.ConditionalCNF`), so
+    context (a :class:`cnflow.CNF` with ``context_features``), so
 
     .. math:: \log p(y \mid x) = \log \mathcal{N}(z(T); 0, I)
         + \int_0^T \operatorname{tr}\frac{\partial f}{\partial z}\,\mathrm{d}t
@@ -211,8 +212,8 @@ class ConditionalCNFDensity(CNFDensity):
 
     def _build_flow(self, n_features: int, base: nn.Module | None = None) -> nn.Module:
         n_targets = int(self.n_targets_)
-        return _Rows(ConditionalCNF(
-            n_targets, n_features - n_targets, hidden=self.settings_.hidden,
+        return _Rows(CNF(
+            n_targets, context_features=n_features - n_targets, hidden=self.settings_.hidden,
             conditioning=self.conditioning, trace=self.trace, method=self._method(),
             rtol=self.rtol, atol=self.atol, adjoint=self.adjoint))
 
@@ -329,14 +330,14 @@ class ConditionalCNFDensity(CNFDensity):
         log q(u_y | u_x)."""
         if not isinstance(self.flow_, FlowMixture):
             if with_log_prob:
-                return self.flow_.flow.sample_with_log_prob(C, trace="exact")
-            return self.flow_.flow.sample(C), None
+                return self.flow_.flow.sample_with_log_prob(context=C, trace="exact")
+            return self.flow_.flow.sample(context=C), None
         choice = self.flow_.choose(len(C)).to(C.device)
         U = C.new_empty((len(C), self.n_targets_))
         for k, member in enumerate(self.flow_.members):
             rows = torch.nonzero(choice == k).flatten()
             if len(rows):
-                U[rows] = member.flow.sample(C[rows])
+                U[rows] = member.flow.sample(context=C[rows])
         if not with_log_prob:
             return U, None
         return U, self._log_prob(self.flow_, torch.cat([U, C], dim=1))

@@ -7,7 +7,8 @@ bias,
 .. math:: \operatorname{layer}(x, t) = (W x + b) \odot \sigma(a t + c) + d\, t,
 
 and :class:`ConcatSquashMLP` stacks such layers with a smooth activation in between;
-:class:`ConditionalConcatSquashMLP` also takes a context c (a conditional CNF's f(z, t; c)).
+with ``context_features`` it also takes a context c (a conditional CNF's f(z, t; c)), and
+:class:`WithContext` binds one call's context to it, giving dynamics f(t, z).
 :class:`PlanarCNFField` is the planar CNF of Chen et al. (2018): a sum of M planar units whose
 parameters a hypernetwork makes from t, with a closed-form divergence. Every module here is
 called as ``module(t, x)``, the argument order of ODE dynamics ``f(t, z)``, except
@@ -27,13 +28,8 @@ from .activations import (
     Activation,
     activation_of,
 )
-from .concat_squash import ConcatSquashLinear, ConcatSquashMLP
-from .conditional import (
-    CONDITIONINGS,
-    ConditionalConcatSquashLinear,
-    ConditionalConcatSquashMLP,
-    WithContext,
-)
+from .concat_squash import CONDITIONINGS, ConcatSquashLinear, ConcatSquashMLP
+from .conditional import ConditionalConcatSquashLinear, ConditionalConcatSquashMLP, WithContext
 from .conv import ConcatSquashConv2d, ConvVelocityField
 from .latent import LatentDynamics, LatentODENet
 from .ode_block import ODEBlock
