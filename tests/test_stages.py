@@ -313,3 +313,13 @@ def test_a_finished_float64_fit_comes_back_from_its_checkpoint_unrounded(tmp_pat
         assert again.flow_.state_dict()[name].dtype == torch.float64
         torch.testing.assert_close(again.flow_.state_dict()[name], value, rtol=0, atol=0)
     assert again.history_ == fitted.history_
+
+
+def test_a_finished_stage_without_its_result_is_a_damaged_record():
+    record = StageRecord(0, "a", status="done", result=_result(1)).as_plain()
+    assert StageRecord.from_plain(record).result.n_iter == 1
+    record["result"] = None
+    with pytest.raises(ValueError, match="no result"):
+        StageRecord.from_plain(record)
+    with pytest.raises(ValueError, match="status"):
+        StageRecord.from_plain({**record, "status": "half"})

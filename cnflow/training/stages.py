@@ -182,6 +182,8 @@ class StageRecord:
         status = str(plain["status"])
         if status not in _STATUSES:
             raise ValueError(f"unknown stage status {status!r}")
+        if status == DONE and plain["result"] is None:
+            raise ValueError(f"stage {plain['name']!r} is done but has no result")
         substages = plain["substages"]
         return cls(index=int(plain["index"]), name=str(plain["name"]), status=status,
                    seconds=_optional_float(plain["seconds"]),
