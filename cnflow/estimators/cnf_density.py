@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 
 import torch
 from torch import nn
@@ -17,14 +16,8 @@ from ..ode import TABLEAUX
 from ..ode.inputs import check_tolerances
 from ..ode.options import deprecated_solver
 from ..preprocessing import PREPROCESSINGS
-from ..training import (
-    FitCheckpoint,
-    TrainConfig,
-    TrainingFault,
-    TrainResult,
-    train,
-)
-from ..training.checkpoint import restore_rng_state, rng_state
+from ..training import TrainConfig, TrainResult, train
+from ..training.stages import Stage, StageRun
 from .estimator_base import FlowDensityEstimator, _is_auto
 from .params import Boolean, Integer, IntegerSequence, Options, Real
 from .policy import REGIMES
@@ -39,37 +32,6 @@ def _zero_last_layer(flow: nn.Module) -> None:
         for module in (last.linear, last.hyper_bias):
             for param in module.parameters():
                 param.zero_()
-
-
-def _tagged(result: TrainResult | None, objective: str) -> TrainResult | None:
-    """Mark each history entry of ``result`` with the objective its step took."""
-    if result is not None:
-        for entry in result.history:
-            entry["objective"] = objective
-    return result
-
-
-def _record_of(result: TrainResult) -> dict:
-    """A :class:`TrainResult` as plain values (for a checkpoint)."""
-    return dataclasses.asdict(result)
-
-
-def _result_of(record: dict) -> TrainResult:
-    """The inverse of :func:`_record_of`."""
-    return TrainResult(**record)
-
-
-def _joined(first: TrainResult, second: TrainResult | None) -> TrainResult:
-    """One result for two phases: histories back to back, iterations numbered on."""
-    if second is None:
-        return first
-    for entry in second.history:
-        entry["iteration"] += first.n_iter
-    return TrainResult(history=first.history + second.history,
-                       n_iter=first.n_iter + second.n_iter,
-                       best_val_loss=(second.best_val_loss if second.best_val_loss is not None
-                                      else first.best_val_loss),
-                       stop_reason=second.stop_reason)
 
 
 #: The training objectives of :class:`CNFDensity`.
@@ -359,8 +321,8 @@ class CNFDensity(FlowDensityEstimator):
         return deprecated_solver(solver, self.method, "CNFDensity")
 
     def _train(self, flow: nn.Module, U_train: torch.Tensor, U_val: torch.Tensor | None,
-               config: TrainConfig, generator: torch.Generator, *,
-               checkpoint: FitCheckpoint | None = None, fresh: bool = True) -> TrainResult:
+               config: TrainConfig, generator: torch.Generator, *, stage: StageRun,
+               fresh: bool = True) -> TrainResult:
         """Flow matching, then (``fine_tune_iter`` > 0) maximum-likelihood fine-tuning at
         ``fine_tune_lr``, cosine-annealed, with solves at ``fine_tune_tol`` and
         gradients as ``fine_tune_adjoint`` says; with
@@ -372,78 +334,37 @@ class CNFDensity(FlowDensityEstimator):
         held-out likelihood, the preprocessed data's Gaussian included (a warm start,
         ``fresh=False``, keeps its fitted parameters).
 
-        With a ``checkpoint``, the end of flow matching is recorded in its ``progress``
-        ("current" → "phase", the first phase's result, the parameters and random states),
-        so that a resumed fit goes straight on to fine-tuning."""
+        The phases are sub-stages of the member ``stage`` (:mod:`cnflow.training.stages`):
+        the end of flow matching is recorded in the checkpoint (the parameters and random
+        states), so that a resumed fit goes straight on to fine-tuning. A phase that stops on
+        a fault or an interruption ends the fit's training there."""
         if U_val is not None:
             if fresh:
                 _zero_last_layer(flow)
             config = dataclasses.replace(config, validate_at_start=True)
         settings = self.settings_
         n_fine = settings.fine_tune_iter
-        if not n_fine:
-            result = super()._train(flow, U_train, U_val, config, generator,
-                                    checkpoint=checkpoint)
-            return _tagged(result, self.objective)
-        current = None if checkpoint is None else checkpoint.progress.get("current")
-        if current is not None and current.get("phase") == "fine_tune":  # resumed there
-            first = _result_of(current["first_result"])
-            flow.load_state_dict(current["parameters"])
-            restore_rng_state(current["rng"], generator, U_train.device)
-            remaining = current["remaining"]
-        else:
-            first, remaining = self._flow_matching_phase(flow, U_train, U_val, config,
-                                                         generator, checkpoint)
-            if first.stop_reason in ("fault", "interrupted"):  # warned already: the fit
-                return first  # stops with the best parameters so far
-            if current is not None:
-                current.update(phase="fine_tune", first_result=_record_of(first),
-                               parameters={k: v.detach().cpu()
-                                           for k, v in flow.state_dict().items()},
-                               rng=rng_state(generator, U_train.device), remaining=remaining)
-                checkpoint.write()
-        second_config = dataclasses.replace(
+        phases = [Stage(self.objective, share=settings.flow_matching_share,
+                        tags={"objective": self.objective})]
+        if n_fine:
+            phases.append(Stage("fine_tune", tags={"objective": "maximum_likelihood"}))
+        fine_config = dataclasses.replace(
             config, max_iter=n_fine, lr=settings.fine_tune_lr, lr_schedule="cosine",
-            batch_size=settings.fine_tune_batch_size, max_seconds=remaining,
+            batch_size=settings.fine_tune_batch_size,
             validation_interval=settings.fine_tune_validation_interval)
-        try:
-            second = train(flow, U_train, self._likelihood_loss, second_config, X_val=U_val,
-                           val_loss_fn=self._validation_loss, generator=generator,
-                           checkpoint=checkpoint)
-        except TrainingFault as err:
-            err.result = _joined(first, _tagged(err.result, "maximum_likelihood"))
-            raise
-        return _joined(first, _tagged(second, "maximum_likelihood"))
 
-    def _flow_matching_phase(self, flow: nn.Module, U_train: torch.Tensor,
-                             U_val: torch.Tensor | None, config: TrainConfig,
-                             generator: torch.Generator, checkpoint: FitCheckpoint | None
-                             ) -> tuple[TrainResult, float | None]:
-        """The first phase of :meth:`_train`: flow matching for 75 % of any time budget.
-        Returns its result and the seconds left for fine-tuning (None: no budget)."""
-        clock = time.perf_counter
-        started = clock()
-        current = None if checkpoint is None else checkpoint.progress.get("current")
-        if current is not None:  # the fit's clock, which counts earlier runs
-            clock = checkpoint.elapsed
-            started = current.setdefault("phase_started", clock())
-        first_config = config
-        if config.max_seconds is not None:
-            first_config = dataclasses.replace(
-                config, max_seconds=config.max_seconds * self.settings_.flow_matching_share)
-        try:
-            first = super()._train(flow, U_train, U_val, first_config, generator,
-                                   checkpoint=checkpoint)
-        except TrainingFault as err:
-            err.result = _tagged(err.result, "flow_matching")
-            raise
-        _tagged(first, "flow_matching")
-        remaining = None
-        if config.max_seconds is not None:
-            # not returned early when no time is left: across processes, train agrees when
-            # to stop, and every process must enter it (DDP's set-up is collective)
-            remaining = max(config.max_seconds - (clock() - started), 0.0)
-        return first, remaining
+        def train_phase(run: StageRun) -> TrainResult:
+            # across processes every one enters train even with no time left: train agrees
+            # when to stop, and DDP's set-up is collective
+            phase_config, loss = ((config, self._training_loss) if run.index == 0
+                                  else (fine_config, self._likelihood_loss))
+            return train(flow, U_train, loss,
+                         dataclasses.replace(phase_config, max_seconds=run.seconds),
+                         X_val=U_val, val_loss_fn=self._validation_loss, generator=generator,
+                         checkpoint=run.checkpoint)
+
+        return stage.substages().run(phases, train_phase, module=flow, generator=generator,
+                                     device=U_train.device)
 
     def _likelihood_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         """Fine-tuning's loss: the mean negative log-likelihood without the RNODE penalties,

@@ -18,8 +18,8 @@ import dataclasses
 import hashlib
 import numbers
 import os
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,12 +39,12 @@ from ..training import (
     TrainConfig,
     TrainingFault,
     TrainResult,
-    append_history,
     resolve_device,
     seeded_rng,
     train,
 )
 from ..training.checkpoint import FitCheckpoint, data_digest
+from ..training.stages import Stage, StagedFit, StageRun
 from .params import Boolean, InstanceOf, Integer, Options, Real, check_parameters
 from .policy import FitSettings, resolve_fit_settings
 
@@ -101,10 +101,12 @@ def _mixture_record(mixture: GaussianMixtureBase | None) -> dict | None:
 
 
 def _mixture_from_record(record: dict | None, dim: int) -> GaussianMixtureBase | None:
-    """The inverse of :func:`_mixture_record`."""
+    """The inverse of :func:`_mixture_record` (in the record's dtype, so that the mixture
+    equals the one recorded)."""
     if record is None:
         return None
     mixture = GaussianMixtureBase.empty(int(record["n_components"]), dim)
+    mixture = mixture.to(record["state"]["means"].dtype)
     mixture.load_state_dict(record["state"])
     return mixture
 
@@ -118,6 +120,41 @@ def _member_record(member: nn.Module) -> dict:
     return {"state": {k: v.detach().cpu() for k, v in member.state_dict().items()},
             "base_components": 0 if base is None else int(base.n_components),
             "stacked_components": 0 if mixture is None else int(mixture.n_components)}
+
+
+@dataclass
+class _FitPlan:
+    """What a fit fixes before its members: the seed, the row order, the number of members,
+    the rows each holds out, and the fitted preprocessing (with the held-out scores that
+    chose it, None where it was not chosen)."""
+
+    seed: int
+    perm: np.ndarray
+    n_members: int
+    n_val: int
+    preprocessor: object
+    preprocessing_scores: dict | None
+
+    @property
+    def folds(self) -> list[np.ndarray]:
+        """Each member's held-out rows (see :func:`folds_of`)."""
+        return folds_of(self.perm, self.n_members, self.n_val)
+
+    def as_plain(self) -> dict:
+        """The plan as plain values and tensors (for a checkpoint)."""
+        return {"seed": self.seed, "perm": torch.from_numpy(self.perm),
+                "n_members": self.n_members, "n_val": self.n_val,
+                "preprocessor": _tensors(self.preprocessor.state()),
+                "preprocessing_scores": self.preprocessing_scores}
+
+    @classmethod
+    def from_plain(cls, plain: dict, preprocessor_from_state) -> _FitPlan:
+        """The inverse of :meth:`as_plain`; ``preprocessor_from_state`` rebuilds the
+        preprocessor from its state."""
+        return cls(int(plain["seed"]), plain["perm"].numpy(), int(plain["n_members"]),
+                   int(plain["n_val"]),
+                   preprocessor_from_state(_arrays(plain["preprocessor"])),
+                   plain["preprocessing_scores"])
 
 
 def read_estimator_file(path: str | Path, estimator: str, file_format: str) -> dict:
@@ -338,14 +375,15 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         return nll.mean() if reduce else nll
 
     def _train(self, flow: nn.Module, U_train: torch.Tensor, U_val: torch.Tensor | None,
-               config: TrainConfig, generator: torch.Generator, *,
-               checkpoint: FitCheckpoint | None = None, fresh: bool = True) -> TrainResult:
-        """Train ``flow`` in place (a subclass may run several phases), writing to and
-        resuming from ``checkpoint``; ``fresh``: the flow is newly built (False: a warm
+               config: TrainConfig, generator: torch.Generator, *, stage: StageRun,
+               fresh: bool = True) -> TrainResult:
+        """Train ``flow`` in place, the member ``stage`` of a staged fit (writing to and
+        resuming from its checkpoint; a subclass may run phases as its sub-stages) with
+        ``config.max_seconds`` its seconds; ``fresh``: the flow is newly built (False: a warm
         start from fitted parameters)."""
         return train(flow, U_train, self._training_loss, config, X_val=U_val,
                      val_loss_fn=self._validation_loss, generator=generator,
-                     checkpoint=checkpoint)
+                     checkpoint=stage.checkpoint)
 
     # ------------------------------------------------------------ helpers
     def _transform(self, X: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
@@ -435,19 +473,19 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             raise
 
     def _fit_settled(self, X: np.ndarray, warm: dict | None, settings: FitSettings):
-        """:meth:`_fit_rows` once ``settings`` are resolved."""
+        """:meth:`_fit_rows` once ``settings`` are resolved: one stage per member, each
+        granted an equal share of the time left (see :mod:`cnflow.training.stages`)."""
         device = resolve_device(self.device)
         checkpoint = self._open_checkpoint(X, warm)
         # max_seconds bounds the whole fit (with a checkpoint, every run of it)
-        started = time.perf_counter() if checkpoint is None else checkpoint.started
-        deadline = None if self.max_seconds is None else started + float(self.max_seconds)
-        plan = self._plan(X, warm, checkpoint, deadline)
-        seed, perm, folds, n_val = plan["seed"], plan["perm"], plan["folds"], plan["n_val"]
-        n_members = len(folds)
-        self.device_, self.preprocessor_ = device, plan["preprocessor"]
+        fit = StagedFit(checkpoint, None if self.max_seconds is None else float(self.max_seconds))
+        plan = self._plan(X, warm, fit)
+        seed, perm, folds, n_val = plan.seed, plan.perm, plan.folds, plan.n_val
+        n_members, n_features = len(folds), X.shape[1]
+        self.device_, self.preprocessor_ = device, plan.preprocessor
         self.mean_, self.scale_ = self.preprocessor_.mean_, self.preprocessor_.scale_
-        if plan["preprocessing_scores"] is not None:
-            self.preprocessing_scores_ = plan["preprocessing_scores"]
+        if plan.preprocessing_scores is not None:
+            self.preprocessing_scores_ = plan.preprocessing_scores
         U, _ = self._transform(X)
         config = TrainConfig(max_iter=settings.max_iter, batch_size=settings.batch_size,
                              lr=settings.lr, lr_schedule=settings.lr_schedule,
@@ -455,63 +493,65 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                              max_seconds=self.max_seconds, weight_decay=self.weight_decay,
                              n_iter_no_change=settings.n_iter_no_change if n_val else None,
                              verbose=self.verbose)
-        members, history, n_iter = self._resumed_members(checkpoint, X.shape[1], warm)
-        fault = None
-        for k in range(len(members), n_members):
-            fold = folds[k]
-            rest = perm[~np.isin(perm, fold)]
-            U_val = U[torch.as_tensor(fold, device=U.device)] if n_val else None
-            U_train = U[torch.as_tensor(rest, device=U.device)] if n_val else U
-            current = None if checkpoint is None else checkpoint.progress.get("current")
-            if current is not None and current["member"] == k:  # resuming this member
-                mixture = _mixture_from_record(current["mixture"], X.shape[1])
-                member_seconds = current["max_seconds"]
-            else:
-                if warm is not None and warm["parts"][k][1] is not None:
-                    mixture = copy.deepcopy(warm["parts"][k][1])
-                else:
-                    mixture = self._fit_mixture(U_train, U_val, seed + k, deadline)
-                member_seconds = None
-                if config.max_seconds is not None:  # the time left, shared by the members left
-                    left = config.max_seconds - (time.perf_counter() - started)
-                    member_seconds = max(left, 0.0) / (n_members - k)
-                if checkpoint is not None:
-                    checkpoint.progress["current"] = {
-                        "member": k, "mixture": _mixture_record(mixture),
-                        "max_seconds": member_seconds}
-            member_config = dataclasses.replace(config, max_seconds=member_seconds)
-            result = None
+        members: list[nn.Module] = []
+
+        def rows_of(k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            """Member k's training rows and held-out rows (None: none held out)."""
+            if not n_val:
+                return U, None
+            rest = perm[~np.isin(perm, folds[k])]
+            return (U[torch.as_tensor(rest, device=U.device)],
+                    U[torch.as_tensor(folds[k], device=U.device)])
+
+        def prepare(run: StageRun) -> dict | None:
+            """Member k's Gaussian mixture (a warm start's, or fitted), as a record."""
+            k = run.index
+            if warm is not None and warm["parts"][k][1] is not None:
+                return _mixture_record(warm["parts"][k][1])
+            U_train, U_val = rows_of(k)
+            return _mixture_record(self._fit_mixture(U_train, U_val, seed + k, fit.deadline))
+
+        def train_member(run: StageRun) -> TrainResult:
+            k = run.index
+            U_train, U_val = rows_of(k)
+            mixture = _mixture_from_record(run.setup, n_features)
             with self._seeded(seed + k):
                 if warm is not None:
                     flow = copy.deepcopy(warm["parts"][k][0])
                 else:
-                    flow = self._build_flow(X.shape[1], self._base_of(mixture))
+                    flow = self._build_flow(n_features, self._base_of(mixture))
                 flow = flow.to(self.device_, self._torch_dtype())
                 try:
-                    result = self._train(flow, U_train, U_val, member_config,
-                                         torch.Generator().manual_seed(seed + k),
-                                         checkpoint=checkpoint, fresh=warm is None)
-                except TrainingFault as err:
-                    fault, result = err, err.result
-            if fault is None and settings.stacking:
+                    result = self._train(flow, U_train, U_val,
+                                         dataclasses.replace(config, max_seconds=run.seconds),
+                                         torch.Generator().manual_seed(seed + k), stage=run,
+                                         fresh=warm is None)
+                except TrainingFault:
+                    members.append(flow)  # with its last good parameters
+                    raise
+            if settings.stacking:
                 flow = self._stacked(flow, mixture, U_val)
             members.append(flow)
-            n_iter = append_history(history, result, n_iter,
-                                    **({"member": k} if n_members > 1 else {}))
-            if fault is not None or (result is not None
-                                     and result.stop_reason == "interrupted"):
-                break
-            if checkpoint is not None:  # the member is done: record it
-                progress = checkpoint.progress
-                progress["members"].append(_member_record(flow))
-                progress["history"], progress["n_iter"] = history, n_iter
-                progress["current"] = None
-                checkpoint.write()
+            run.parameters = _member_record(flow)
+            return result
+
+        def restore_member(run: StageRun) -> None:
+            members.append(self._member_from_record(run.record.parameters, n_features))
+
+        stages = [Stage(f"member {k}", tags={"member": k} if n_members > 1 else {})
+                  for k in range(n_members)]
+        prior = None if warm is None else TrainResult(history=warm["history"],
+                                                      n_iter=warm["n_iter"])
+        fault = None
+        try:
+            result = fit.run(stages, train_member, prepare=prepare, restore=restore_member,
+                             prior=prior, continue_after_fault=True)
+        except TrainingFault as err:
+            fault, result = err, err.result
         self.n_members_ = len(members)
         self.flow_ = members[0] if n_members == 1 else FlowMixture(members)
         self.stacking_weights_ = self._stacking_weights()
-        self.history_ = history
-        self.n_iter_ = n_iter
+        self.history_, self.n_iter_ = result.history, result.n_iter
         if fault is not None:
             # The flow holds its last good parameters and stays usable; the caller is told.
             raise fault
@@ -539,18 +579,13 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             "warm start from": None if warm is None else state_digest(
                 [flow for flow, _ in warm["parts"]])})
 
-    def _plan(self, X: np.ndarray, warm: dict | None, checkpoint: FitCheckpoint | None,
-              deadline: float | None) -> dict:
+    def _plan(self, X: np.ndarray, warm: dict | None, fit: StagedFit) -> _FitPlan:
         """The fit's seed, row order, validation folds and fitted preprocessing: read from a
         resumed checkpoint, or drawn and chosen (then written to the checkpoint)."""
-        if checkpoint is not None and checkpoint.resumed:
-            progress = checkpoint.progress
-            seed, perm = int(progress["seed"]), progress["perm"].numpy()
-            n_members, n_val = int(progress["n_members"]), int(progress["n_val"])
-            preprocessor = self._preprocessor_from_state(_arrays(progress["preprocessor"]))
-            scores = progress["preprocessing_scores"]
-            return {"seed": seed, "perm": perm, "n_val": n_val, "preprocessor": preprocessor,
-                    "folds": folds_of(perm, n_members, n_val), "preprocessing_scores": scores}
+        plan = fit.saved_setup(lambda plain: _FitPlan.from_plain(
+            plain, self._preprocessor_from_state))
+        if plan is not None:
+            return plan
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))  # as draw_seed, then the row order
         settings = self.settings_
@@ -563,42 +598,21 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             raise ValueError("stacking chooses the flow's weight on held-out rows; with "
                              "stacking=True set validation_fraction > 0 (or leave it 'auto')")
         perm = rng.permutation(len(X))
-        folds = folds_of(perm, n_members, n_val)
         scores = None
         if warm is not None:
             preprocessor, scores = warm["preprocessor"], warm["preprocessing_scores"]
         else:
             kind = settings.preprocessing
             if kind == "choose":  # by held-out likelihood, on the first validation fold
+                first_fold = folds_of(perm, n_members, n_val)[0]
                 kind, scores = choose_preprocessing(
-                    self._columns_to_preprocess(X), perm[~np.isin(perm, folds[0])], folds[0],
-                    random_state=seed, deadline=deadline)
+                    self._columns_to_preprocess(X), perm[~np.isin(perm, first_fold)],
+                    first_fold, random_state=seed, deadline=fit.deadline)
             preprocessor = self._new_preprocessor(kind, seed).fit(X)
-        if checkpoint is not None:
-            checkpoint.progress.update({
-                "seed": seed, "perm": torch.from_numpy(perm), "n_members": n_members,
-                "n_val": n_val, "preprocessor": _tensors(preprocessor.state()),
-                "preprocessing_scores": scores, "members": [],
-                "history": [] if warm is None else warm["history"],
-                "n_iter": 0 if warm is None else warm["n_iter"], "current": None})
-            checkpoint.write()
-        return {"seed": seed, "perm": perm, "n_val": n_val, "preprocessor": preprocessor,
-                "folds": folds, "preprocessing_scores": scores}
+        plan = _FitPlan(seed, perm, n_members, n_val, preprocessor, scores)
+        fit.keep_setup(plan.as_plain())
+        return plan
 
-    def _resumed_members(self, checkpoint: FitCheckpoint | None, n_features: int,
-                         warm: dict | None) -> tuple[list[nn.Module], list[dict], int]:
-        """The members a checkpoint records as finished (rebuilt, on the fit's device), the
-        history and the step count so far; with no checkpoint, none (and a warm start's
-        history and count)."""
-        if checkpoint is None:
-            if warm is None:
-                return [], [], 0
-            return [], warm["history"], warm["n_iter"]
-        progress = checkpoint.progress
-        members = [self._member_from_record(record, n_features).to(self.device_,
-                                                                   self._torch_dtype())
-                   for record in progress["members"]]
-        return members, list(progress["history"]), int(progress["n_iter"])
 
     def score_samples(self, X, *, batch_size: int | None = None) -> np.ndarray:
         """Log-density of each row of X, in the caller's units; numpy array (n_samples,).
@@ -721,9 +735,11 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
 
     # ------------------------------------------------------------ persistence
     def _member_from_record(self, record: dict, dim: int) -> nn.Module:
-        """A member rebuilt from :func:`_member_record` (parameters loaded; on the CPU)."""
+        """A member rebuilt from :func:`_member_record` (on the fit's device, cast before
+        loading so that float64 parameters are never rounded through float32)."""
         member = self._empty_member(dim, int(record["base_components"]),
                                     int(record["stacked_components"]))
+        member = member.to(self.device_, self._torch_dtype())
         member.load_state_dict(record["state"])
         return member
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 
 import numpy as np
 import torch
@@ -17,11 +16,12 @@ from ..training import (
     FitCheckpoint,
     TrainConfig,
     TrainingFault,
-    append_history,
+    TrainResult,
     resolve_device,
     train,
 )
-from ..training.checkpoint import data_digest, restore_rng_state, rng_state
+from ..training.checkpoint import data_digest
+from ..training.stages import Stage, StagedFit, StageRun
 from .estimator_base import (
     DTYPES,
     EstimatorBase,
@@ -176,60 +176,37 @@ class ImageCNFDensity(EstimatorBase):
         X = check_images(X, int(self.levels))
         if len(X) < 2:
             raise ValueError("fit needs at least 2 images")
-        started = time.perf_counter()
-        seed = draw_seed(self.random_state)
         device = resolve_device(self.device)
         dtype = DTYPES[self.dtype]
         self.device_, self.shape_ = device, tuple(X.shape[1:])
         images = torch.as_tensor(X, dtype=dtype, device=device)
-        checkpoint = self._open_checkpoint(X)
-        if checkpoint is not None:
-            started = checkpoint.started  # the budget counts every run of the fit
-            if checkpoint.resumed:
-                seed = int(checkpoint.progress["seed"])
-            checkpoint.progress.setdefault("seed", seed)
-            checkpoint.progress.setdefault("scales_done", 0)
-        history, n_iter, fault = [], 0, None
+        # one stage per scale, each granted an equal share of the time left; the budget
+        # counts every run of the fit
+        fit = StagedFit(self._open_checkpoint(X),
+                        None if self.max_seconds is None else float(self.max_seconds))
+        seed = fit.seed(draw_seed(self.random_state))  # a resumed fit's: its first run's
+        fault = None
         with self._seeded(seed):
             flow = self._new_flow().to(device, dtype)
             self.flow_ = flow
             generator = torch.Generator().manual_seed(seed)
-            first = 0
-            if checkpoint is not None and checkpoint.resumed:
-                progress = checkpoint.progress
-                first = int(progress["scales_done"])
-                if first:
-                    flow.load_state_dict(progress["flow"])
-                    history, n_iter = list(progress["history"]), int(progress["n_iter"])
-                    restore_rng_state(progress["rng"], generator, device)
-            for s in range(first, flow.n_scales):
-                seconds = None
-                if self.max_seconds is not None:
-                    left = float(self.max_seconds) - (time.perf_counter() - started)
-                    seconds = max(left, 0.0) / (flow.n_scales - s)
-                    if checkpoint is not None:  # as the first run set it
-                        seconds = checkpoint.progress.setdefault(f"seconds_{s}", seconds)
+
+            def train_scale(run: StageRun) -> TrainResult:
                 config = TrainConfig(max_iter=int(self.max_iter),
                                      batch_size=int(self.batch_size), lr=float(self.lr),
                                      lr_schedule=self.lr_schedule,
                                      weight_decay=float(self.weight_decay),
-                                     max_seconds=seconds, verbose=self.verbose)
-                try:
-                    result = train(flow.blocks[s], images, self._scale_loss(s), config,
-                                   generator=generator, checkpoint=checkpoint)
-                except TrainingFault as err:
-                    fault, result = err, err.result
-                n_iter = append_history(history, result, n_iter, scale=s)
-                if fault is not None or (result is not None
-                                         and result.stop_reason == "interrupted"):
-                    break
-                if checkpoint is not None:  # the scale is done: record it
-                    checkpoint.progress.update(
-                        scales_done=s + 1, history=history, n_iter=n_iter,
-                        flow={k: v.detach().cpu() for k, v in flow.state_dict().items()},
-                        rng=rng_state(generator, device))
-                    checkpoint.write()
-        self.history_, self.n_iter_ = history, n_iter
+                                     max_seconds=run.seconds, verbose=self.verbose)
+                return train(flow.blocks[run.index], images, self._scale_loss(run.index),
+                             config, generator=generator, checkpoint=run.checkpoint)
+
+            scales = [Stage(f"scale {s}", tags={"scale": s}) for s in range(flow.n_scales)]
+            try:
+                result = fit.run(scales, train_scale, module=flow, generator=generator,
+                                 device=device)
+            except TrainingFault as err:
+                fault, result = err, err.result
+        self.history_, self.n_iter_ = result.history, result.n_iter
         if fault is not None:
             raise fault
         return self

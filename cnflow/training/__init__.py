@@ -7,7 +7,9 @@
 - :mod:`~cnflow.training.distributed`: data parallelism under ``torch.distributed``;
 - :mod:`~cnflow.training.devices`: device resolution and seeded random streams;
 - :mod:`~cnflow.training.checkpoint`: checkpoints of a fit, written while training and
-  read back to resume it.
+  read back to resume it;
+- :mod:`~cnflow.training.stages`: the driver of fits made of stages (members, phases,
+  scales): time shares, stage records in the checkpoint, faults, joined histories.
 """
 
 from .checkpoint import CheckpointMismatchError, FitCheckpoint

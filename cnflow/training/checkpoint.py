@@ -5,7 +5,8 @@ estimator, its parameters, a digest of the data). While the fit runs, the traini
 :meth:`FitCheckpoint.tick` after every step; at most every ``interval`` seconds that writes
 the whole state needed to continue: the loop's (parameters, optimiser moments, iteration,
 minibatch order, validation record, history, elapsed time), every random generator's state,
-and the estimator's own record (``progress``: finished members, the current phase, ...). A
+and the estimator's own record (``progress``: for a staged fit, its
+:class:`~cnflow.training.stages.FitProgress`, one record per stage). A
 fit started again with the same checkpoint path reads it and continues where it stopped; on
 a CPU the result equals that of a fit never interrupted (the same floating-point operations
 in the same order).
@@ -42,7 +43,8 @@ __all__ = ["CHECKPOINT_FORMAT", "FitCheckpoint", "CheckpointMismatchError", "dat
            "rng_state", "restore_rng_state"]
 
 #: The format tag of checkpoint files.
-CHECKPOINT_FORMAT = "cnflow-checkpoint/1"
+CHECKPOINT_FORMAT = "cnflow-checkpoint/2"
+_FORMAT_FAMILY = "cnflow-checkpoint/"
 
 
 class CheckpointMismatchError(ValueError):
@@ -96,8 +98,10 @@ class FitCheckpoint:
             last write (0: after every step).
         identity: what the fit is (estimator, parameters, data digest); a saved checkpoint
             with another identity is refused.
-        progress: the estimator's own record, written with every checkpoint (plain values
-            and tensors); read back from the file on :meth:`open`.
+        progress: the estimator's own record, written with every checkpoint: plain values
+            and tensors, or objects with an ``as_plain()`` method (such as
+            :class:`~cnflow.training.stages.FitProgress`), written as what it returns; read
+            back from the file on :meth:`open` as plain values.
         resumed: whether :meth:`open` found a checkpoint of this fit.
         elapsed_before: the seconds of fitting that the checkpoint's runs had already spent.
         extra_state: name → a callable whose value is written with every checkpoint (e.g.
@@ -130,7 +134,13 @@ class FitCheckpoint:
         if not checkpoint.path.exists():
             return checkpoint
         data = read_torch_file(checkpoint.path, "a cnflow checkpoint")
-        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else None
+        if isinstance(found, str) and found.startswith(_FORMAT_FAMILY) and (
+                found != CHECKPOINT_FORMAT):
+            raise ModelFileError(f"{checkpoint.path} is a cnflow checkpoint of another format "
+                                 f"({found}; this version of cnflow reads {CHECKPOINT_FORMAT}):"
+                                 " remove it or choose another checkpoint path")
+        if found != CHECKPOINT_FORMAT:
             raise ModelFileError(f"{checkpoint.path} is not a cnflow checkpoint (remove it or "
                                  "choose another checkpoint path)")
         try:
@@ -194,8 +204,10 @@ class FitCheckpoint:
         parallel = distributed_rank()
         if parallel is not None and parallel[0] != 0:
             return
+        progress = {key: value.as_plain() if hasattr(value, "as_plain") else value
+                    for key, value in self.progress.items()}
         contents = {"format": CHECKPOINT_FORMAT, "identity": self.identity,
-                    "progress": self.progress, "loop": loop_state, "elapsed": self.elapsed(),
+                    "progress": progress, "loop": loop_state, "elapsed": self.elapsed(),
                     "extra": {name: value() for name, value in self.extra_state.items()}}
         atomic_write(self.path, lambda handle: torch.save(contents, handle))
         self._last_write = time.perf_counter()
