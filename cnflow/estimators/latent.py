@@ -57,6 +57,7 @@ from ..training import (
     train,
 )
 from ..training.checkpoint import data_digest
+from ..training.stages import Stage, StagedFit, StageRun
 from .estimator_base import DTYPES, EstimatorBase, draw_seed, load_fitted, save_fitted
 from .params import Boolean, InstanceOf, Integer, Options, Real
 from .series import check_query_times, check_series, pad_series
@@ -243,9 +244,8 @@ class LatentODE(EstimatorBase):
         mean, scale = all_values.mean(axis=0), np.where(scale > 0, scale, 1.0)
         data = pad_series(checked, t0, span if span > 0 else 1.0, mean, scale, dtype, device)
         self.device_ = device
-        checkpoint = self._open_checkpoint(checked)
-        if checkpoint is not None and checkpoint.resumed:
-            seed = int(checkpoint.progress["seed"])  # the first run's (random_state=None)
+        fit = StagedFit(self._open_checkpoint(checked), None)
+        seed = fit.seed(seed)  # a resumed fit's first seed (random_state=None)
         generator = torch.Generator(device=device).manual_seed(seed)
         obs_std, n_samples = float(self.obs_std), int(self.n_samples)
 
@@ -259,30 +259,21 @@ class LatentODE(EstimatorBase):
         fault, result = None, None
         with self._seeded(seed):
             module = self._new_module(all_values.shape[1], options).to(device, dtype)
-            saved = None
-            if checkpoint is not None:
-                saved = checkpoint.progress.get("finished")
+            checkpoint = fit.checkpoint
+            if checkpoint is not None:  # the ELBO's noise stream resumes where it was
                 if "elbo_noise" in checkpoint.saved_extra_state:
                     generator.set_state(checkpoint.saved_extra_state["elbo_noise"])
-                checkpoint.progress["seed"] = seed
                 checkpoint.extra_state["elbo_noise"] = generator.get_state
-            if saved is not None:  # a finished fit: no training
-                module.load_state_dict(saved["module"])
-                result = TrainResult(history=list(saved["history"]),
-                                     n_iter=int(saved["n_iter"]))
-            else:
-                try:
-                    result = train(module, torch.arange(len(checked), dtype=dtype), loss_fn,
-                                   config, generator=torch.Generator().manual_seed(seed),
-                                   checkpoint=checkpoint)
-                except TrainingFault as err:
-                    fault, result = err, err.result
-                if (checkpoint is not None and fault is None
-                        and result.stop_reason != "interrupted"):
-                    checkpoint.progress["finished"] = {
-                        "module": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-                        "history": result.history, "n_iter": result.n_iter}
-                    checkpoint.write()
+
+            def train_elbo(run: StageRun) -> TrainResult:
+                return train(module, torch.arange(len(checked), dtype=dtype), loss_fn, config,
+                             generator=torch.Generator().manual_seed(seed),
+                             checkpoint=run.checkpoint)
+
+            try:
+                result = fit.run([Stage("elbo")], train_elbo, module=module)
+            except TrainingFault as err:
+                fault, result = err, err.result
         self.module_ = module
         self.t0_, self.time_scale_ = t0, span if span > 0 else 1.0
         self.mean_, self.scale_ = mean, scale
