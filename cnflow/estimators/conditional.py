@@ -11,8 +11,8 @@ from torch import nn
 from ..flows.cnf import CNF
 from ..flows.mixture import FlowMixture
 from ..nn import CONDITIONINGS
-from ..preprocessing import PREPROCESSINGS, TargetContextPreprocessor
-from .cnf_density import CNFDensity
+from ..preprocessing import TargetContextPreprocessor
+from .cnf_estimator import CNFEstimator
 from .estimator_base import check_count_argument, draw_seed
 from .params import Options
 
@@ -62,7 +62,7 @@ class _Rows(nn.Module):
         return self.flow.flow_matching_loss(*self.split(rows), **kwargs)
 
 
-class ConditionalCNFDensity(CNFDensity):
+class ConditionalCNFDensity(CNFEstimator):
     r"""The conditional density p(y | x) of targets y given features x, by a conditional CNF.
 
     ``fit(X, y)`` follows scikit-learn's convention: X holds the conditioning features (n,
@@ -75,12 +75,13 @@ class ConditionalCNFDensity(CNFDensity):
         + \int_0^T \operatorname{tr}\frac{\partial f}{\partial z}\,\mathrm{d}t
         + \log\left|\det \frac{\partial g}{\partial y}\right|,
 
-    exact (by the ODE), in y's own units. Training, validation, members (cross-fitted flows
-    averaged up to 1,000 rows), time budgets, checkpoints, warm starts and devices are those
-    of :class:`CNFDensity`: flow matching pairs each (y, x) with a Gaussian draw and regresses
-    the field on straight paths, keeping x fixed along each path; maximum likelihood and the
-    fine-tuning solve the ODE. There is no stacking with a Gaussian mixture and the base is
-    N(0, I).
+    exact (by the ODE), in y's own units. It is a sibling of :class:`CNFDensity` over their
+    shared base (:class:`cnflow.estimators.cnf_estimator.CNFEstimator`): training,
+    validation, members (cross-fitted flows averaged on the smallest tables), time budgets,
+    checkpoints, warm starts and devices are the same; flow matching pairs each (y, x) with a
+    Gaussian draw and regresses the field on straight paths, keeping x fixed along each path;
+    maximum likelihood and the fine-tuning solve the ODE. There is no stacking with a
+    Gaussian mixture and the base is N(0, I).
 
     **Defaults that differ from CNFDensity's** (its own table in the fit policy,
     ``POLICIES["ConditionalCNFDensity"]`` in :mod:`cnflow.estimators.policy`; resolved values
@@ -130,10 +131,7 @@ class ConditionalCNFDensity(CNFDensity):
         (3,)
     """
 
-    # fixed for conditional densities (the shared fit reads them)
-    base = "normal"
-    stacking = False
-    _FITTED = (*CNFDensity._FITTED, "n_targets_", "targets_1d_")
+    _FITTED = (*CNFEstimator._FITTED, "n_targets_", "targets_1d_")
 
     def __init__(self, hidden="auto", objective="flow_matching", trace="exact",
                  method="dopri5", rtol=1e-5, atol=1e-5, adjoint=True, max_iter="auto",
@@ -180,12 +178,7 @@ class ConditionalCNFDensity(CNFDensity):
         self.checkpoint = checkpoint
         self.checkpoint_interval = checkpoint_interval
 
-    solver = "deprecated"
-
-    _parameter_kinds = {
-        "preprocessing": [Options("auto", *PREPROCESSINGS)],
-        "conditioning": [Options(*CONDITIONINGS)],
-    }
+    _parameter_kinds = {"conditioning": [Options(*CONDITIONINGS)]}
 
     # ------------------------------------------------------------ the shared fit's hooks
     def _modelled_features(self, n_columns: int) -> int:
@@ -216,16 +209,6 @@ class ConditionalCNFDensity(CNFDensity):
             n_targets, context_features=n_features - n_targets, hidden=self.settings_.hidden,
             conditioning=self.conditioning, trace=self.trace, method=self._method(),
             rtol=self.rtol, atol=self.atol, adjoint=self.adjoint))
-
-    def _log_prob(self, flow: nn.Module, u: torch.Tensor,
-                  tolerance: float | None = None) -> torch.Tensor:
-        """Exact-trace log q(u_y | u_x) of rows [u_y, u_x] (see CNFDensity._log_prob)."""
-        if isinstance(flow, FlowMixture):
-            return flow.combine([self._log_prob(member, u, tolerance)
-                                 for member in flow.members])
-        options = (None if tolerance is None
-                   else flow.solve_options.replace(rtol=tolerance, atol=tolerance))
-        return flow.log_prob(u, trace="exact", solve_options=options)
 
     # ------------------------------------------------------------ the estimator API
     def _rows(self, X, y, reset: bool) -> tuple[np.ndarray, bool]:

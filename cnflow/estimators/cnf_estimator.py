@@ -1,0 +1,175 @@
+"""What :class:`~cnflow.CNFDensity` and :class:`~cnflow.ConditionalCNFDensity` share: a CNF
+trained by flow matching (then maximum-likelihood fine-tuning) or by maximum likelihood,
+validated, scored and sampled by the exact trace. Each of them adds what it models (a
+density of the rows, or of targets given features) over this base."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from .. import divergence
+from ..flows.cnf import CNF
+from ..flows.mixture import FlowMixture
+from ..ode import TABLEAUX
+from ..ode.inputs import check_tolerances
+from ..ode.options import deprecated_solver
+from ..preprocessing import PREPROCESSINGS
+from ..training import TrainConfig, TrainResult, train
+from ..training.stages import Stage, StageRun
+from .estimator_base import FlowDensityEstimator, _is_auto
+from .params import Boolean, Integer, IntegerSequence, Options, Real
+from .policy import REGIMES
+
+__all__ = ["CNFEstimator", "OBJECTIVES"]
+
+#: The training objectives of :class:`CNFDensity`.
+OBJECTIVES = ("flow_matching", "maximum_likelihood")
+
+def _zero_last_layer(flow: nn.Module) -> None:
+    """Zero the output layer of a CNF's built-in network, so that its field is 0 and the flow
+    the identity (gradients still reach that layer)."""
+    last = flow.net.layers[-1]
+    with torch.no_grad():
+        for module in (last.linear, last.hyper_bias):
+            for param in module.parameters():
+                param.zero_()
+
+
+
+class CNFEstimator(FlowDensityEstimator):
+    """The shared base of the CNF estimators: the two objectives and their phases (flow
+    matching for a share of the budget, then maximum-likelihood fine-tuning, as
+    :mod:`cnflow.training.stages` sub-stages), the exact-trace validation and scoring, and
+    the parameters they share. A subclass declares its own parameters and builds its flow
+    (a :class:`cnflow.CNF`, or a module with the same ``log_prob``, ``flow_matching_loss``,
+    ``solve_options`` and ``net``)."""
+
+    _parameter_kinds = {
+        "hidden": ["auto", IntegerSequence(1)],
+        "objective": [Options(*OBJECTIVES)],
+        "trace": [Options(*divergence.TRACE_ESTIMATORS)],
+        "method": [Options(*TABLEAUX)],
+        "rtol": [Real(0, None, closed="left")],
+        "atol": [Real(0, None, closed="left")],
+        "adjoint": [Boolean()],
+        "kinetic_energy": [Real(0, None, closed="left")],
+        "jacobian_norm": [Real(0, None, closed="left")],
+        "time_exponent": [Real(0, None)],
+        "fine_tune_iter": [Integer(0), "auto"],
+        "fine_tune_lr": [Real(0, None), "auto"],
+        "fine_tune_tol": [Real(0, None)],
+        "fine_tune_adjoint": [Boolean(), "auto"],
+        "preprocessing": [Options("auto", *PREPROCESSINGS)],
+        "n_members": [Integer(1), "auto"],
+        "regime": [Options("auto", *REGIMES)],
+    }
+
+    def _check_related_parameters(self) -> None:
+        steps = self.fine_tune_iter
+        if self.objective == "maximum_likelihood" and not _is_auto(steps) and steps > 0:
+            raise ValueError("fine_tune_iter follows flow matching; with "
+                             "objective='maximum_likelihood' leave it at 'auto' or 0")
+        members = self.n_members
+        if not _is_auto(members) and members > 1 and not _is_auto(self.validation_fraction):
+            raise ValueError("with n_members > 1 each member holds out its own fold of the "
+                             "rows; leave validation_fraction at 'auto'")
+        check_tolerances(self.rtol, self.atol)
+
+    def _method(self) -> str:
+        """``method``, or ``solver`` (its deprecated name) where that was set."""
+        solver = getattr(self, "solver", "deprecated")
+        solver = None if solver == "deprecated" else solver
+        return deprecated_solver(solver, self.method, type(self).__name__)
+
+    def _train(self, flow: nn.Module, U_train: torch.Tensor, U_val: torch.Tensor | None,
+               config: TrainConfig, generator: torch.Generator, *, stage: StageRun,
+               fresh: bool = True) -> TrainResult:
+        """Flow matching, then (``fine_tune_iter`` > 0) maximum-likelihood fine-tuning at
+        ``fine_tune_lr``, cosine-annealed, with solves at ``fine_tune_tol`` and
+        gradients as ``fine_tune_adjoint`` says; with
+        ``max_seconds``, flow matching has the first 75 % of the time and fine-tuning the rest.
+        Each history entry says which objective its step took.
+
+        With a validation set, the flow starts at the identity (its last layer zeroed) and
+        every phase validates before its first step, so the parameters kept are the best on
+        held-out likelihood, the preprocessed data's Gaussian included (a warm start,
+        ``fresh=False``, keeps its fitted parameters).
+
+        The phases are sub-stages of the member ``stage`` (:mod:`cnflow.training.stages`):
+        the end of flow matching is recorded in the checkpoint (the parameters and random
+        states), so that a resumed fit goes straight on to fine-tuning. A phase that stops on
+        a fault or an interruption ends the fit's training there."""
+        if U_val is not None:
+            if fresh:
+                _zero_last_layer(flow)
+            config = dataclasses.replace(config, validate_at_start=True)
+        settings = self.settings_
+        n_fine = settings.fine_tune_iter
+        phases = [Stage(self.objective, share=settings.flow_matching_share,
+                        tags={"objective": self.objective})]
+        if n_fine:
+            phases.append(Stage("fine_tune", tags={"objective": "maximum_likelihood"}))
+        fine_config = dataclasses.replace(
+            config, max_iter=n_fine, lr=settings.fine_tune_lr, lr_schedule="cosine",
+            batch_size=settings.fine_tune_batch_size,
+            validation_interval=settings.fine_tune_validation_interval)
+
+        def train_phase(run: StageRun) -> TrainResult:
+            # across processes every one enters train even with no time left: train agrees
+            # when to stop, and DDP's set-up is collective
+            phase_config, loss = ((config, self._training_loss) if run.index == 0
+                                  else (fine_config, self._likelihood_loss))
+            return train(flow, U_train, loss,
+                         dataclasses.replace(phase_config, max_seconds=run.seconds),
+                         X_val=U_val, val_loss_fn=self._validation_loss, generator=generator,
+                         checkpoint=run.checkpoint)
+
+        return stage.substages().run(phases, train_phase, module=flow, generator=generator,
+                                     device=U_train.device)
+
+    def _likelihood_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
+        """Fine-tuning's loss: the mean negative log-likelihood without the RNODE penalties,
+        solved at rtol = atol = ``fine_tune_tol`` with gradients as ``fine_tune_adjoint``
+        says (this call's options; the flow's own stay as built)."""
+        tol = float(self.fine_tune_tol)
+        options = flow.solve_options.replace(rtol=tol, atol=tol,
+                                             adjoint=self.settings_.fine_tune_adjoint)
+        return -flow.log_prob(u, solve_options=options).mean()
+
+    def _samples_with_log_prob(self, flow: nn.Module) -> bool:
+        return isinstance(flow, CNF)
+
+    def _training_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
+        """The flow-matching loss, or the mean NLL plus the RNODE penalties
+        λ_K·E∫‖f‖²dt + λ_J·E∫‖∂f/∂z‖²_F dt."""
+        if self.objective == "flow_matching":
+            return flow.flow_matching_loss(u, time_exponent=float(self.time_exponent))
+        if not (self.kinetic_energy or self.jacobian_norm):
+            return -flow.log_prob(u).mean()
+        logp, reg = flow.log_prob(u, return_regularisers=True)
+        return (-logp.mean() + self.kinetic_energy * reg.kinetic.mean()
+                + self.jacobian_norm * reg.jacobian.mean())
+
+    def _validation_loss(self, flow: nn.Module, u: torch.Tensor,
+                         reduce: bool = True) -> torch.Tensor:
+        """The held-out rows' mean negative log-likelihood (each row's, with
+        ``reduce=False``), by the exact trace with solves at ``fine_tune_tol`` (whichever
+        objective trains), so that the parameters kept are the most likely on new data."""
+        nll = -self._log_prob(flow, u, tolerance=float(self.fine_tune_tol))
+        return nll.mean() if reduce else nll
+
+    def _log_prob(self, flow: nn.Module, u: torch.Tensor,
+                  tolerance: float | None = None) -> torch.Tensor:
+        """Scoring and validation use the exact trace, so they are deterministic; with
+        ``tolerance``, solves at rtol = atol = tolerance (else the flow's own)."""
+        if isinstance(flow, FlowMixture):
+            return flow.combine([self._log_prob(member, u, tolerance)
+                                 for member in flow.members])
+        if not hasattr(flow, "solve_options"):  # not solved: e.g. a stacked Gaussian mixture
+            return flow.log_prob(u)
+        options = (None if tolerance is None
+                   else flow.solve_options.replace(rtol=tolerance, atol=tolerance))
+        return flow.log_prob(u, trace="exact", solve_options=options)
