@@ -28,8 +28,8 @@ def test_auto_settings_resolve_by_rows(n, expected):
 
 @pytest.mark.parametrize("name, value, message", [
     ("preprocessing", "box-cox", "preprocessing must be one of auto"),
-    ("validation_fraction", 1.0, "validation_fraction must be in"),
-    ("validation_fraction", "half", "validation_fraction must be in"),
+    ("validation_fraction", 1.0, "validation_fraction must be a number in"),
+    ("validation_fraction", "half", "validation_fraction must be a number in"),
     ("n_iter_no_change", 0, "n_iter_no_change must be None, 'auto'"),
     ("n_iter_no_change", True, "n_iter_no_change must be None, 'auto'")])
 def test_bad_settings_are_named(name, value, message):

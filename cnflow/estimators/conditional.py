@@ -8,12 +8,13 @@ import torch
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from ..checks import check_positive_int
 from ..flows.conditional import ConditionalCNF
 from ..flows.mixture import FlowMixture
 from ..nn import CONDITIONINGS
 from ..preprocessing import PREPROCESSINGS, TargetContextPreprocessor
 from .cnf_density import CNFDensity
-from .estimator_base import _is_auto, check_count_argument, draw_seed
+from .estimator_base import _is_auto, draw_seed
 from .params import Options
 
 #: Rows per flow-matching step with ``batch_size="auto"`` (CNFDensity: 2048).
@@ -318,7 +319,7 @@ class ConditionalCNFDensity(CNFDensity):
         """
         check_is_fitted(self, "flow_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        n_samples = check_count_argument(n_samples, "n_samples")
+        n_samples = check_positive_int(n_samples, "n_samples")
         batch_size = self._batch_size(batch_size)
         context = np.repeat(self.preprocessor_.transform_context(X), n_samples, axis=0)
         C = torch.as_tensor(context, dtype=self._torch_dtype(), device=self.device_)

@@ -27,6 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from ..checks import check_positive_int
 from ..files import ModelFileError, atomic_write, read_torch_file
 from ..flows.base_density import GaussianMixtureBase
 from ..flows.mixture import FlowMixture, best_mixture_weight
@@ -126,13 +127,6 @@ def read_estimator_file(path: str | Path, estimator: str, file_format: str) -> d
     if data.get("estimator") != estimator:
         raise ModelFileError(f"{path} holds a {data.get('estimator')}, not a {estimator}")
     return data
-
-
-def check_count_argument(value, name: str) -> int:
-    """``value`` as an int if it is a positive integer (not a bool), else a ValueError."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def draw_seed(random_state) -> int:
@@ -580,7 +574,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             ``(rows, log_prob)`` with log_prob of shape (n_samples,).
         """
         check_is_fitted(self, "flow_")
-        check_count_argument(n_samples, "n_samples")
+        check_positive_int(n_samples, "n_samples")
         batch_size = self._batch_size(batch_size)
         seed = draw_seed(random_state)
         draws, log_qs = [], []
@@ -610,7 +604,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         """The rows per solve of scoring and sampling (None: 4096), checked."""
         if batch_size is None:
             return self._score_batch_size
-        check_count_argument(batch_size, "batch_size")
+        check_positive_int(batch_size, "batch_size")
         return int(batch_size)
 
     def _stacked(self, flow: nn.Module, mixture: GaussianMixtureBase,

@@ -27,7 +27,6 @@ estimate :math:`\|\varepsilon^\top \partial f/\partial z\|^2` with the trace's p
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple, overload
 
@@ -36,13 +35,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import divergence
+from ..checks import check_int, check_positive_int, check_positive_real
 from ..interfaces import BaseDensity, DivergencePullback
 from ..nn import ConcatSquashMLP
 from ..ode import NFECounts, SolveOptions, SolverStats
 from ..ode.inputs import check_end_time
 from ..ode.options import SolvesODEs, deprecated_solver, options_from
 from ..ode.solve import DEFAULT_MAX_NUM_STEPS
-from .flow import Flow, check_count
+from .flow import Flow
 
 __all__ = ["CNF", "CNFRegularisers"]
 
@@ -63,18 +63,6 @@ class CNFRegularisers(NamedTuple):
 def _softplus_inverse(y: float) -> float:
     """x with softplus(x) = log(1 + e^x) = y > 0, computed stably."""
     return y + math.log(-math.expm1(-y))
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def check_time_exponent(value: object) -> float:
-    """``value`` as a float if it is a finite number > 0 (flow matching's γ), else ValueError."""
-    if not (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value) and value > 0):
-        raise ValueError(f"time_exponent must be a positive number, got {value!r}")
-    return float(value)
 
 
 def _checked_trace(trace: object) -> str:
@@ -244,8 +232,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
         self.solve_options = options_from(
             solve_options, SolveOptions(), method=method, rtol=rtol, atol=atol, adjoint=adjoint,
             step_size=step_size, max_num_steps=max_num_steps, seminorm=seminorm)
-        if not _is_positive_int(dim):
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        dim = check_positive_int(dim, "dim")
         _checked_trace(trace)
         if noise not in divergence.NOISE_TYPES:
             raise ValueError(f"unknown noise {noise!r}; valid: {', '.join(divergence.NOISE_TYPES)}")
@@ -352,7 +339,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
         Returns:
             Shape (n, dim), of the flow's dtype and device.
         """
-        check_count(n)
+        n = check_positive_int(n, "n")
         z = self._base_draws(n)
         field = self._field()
 
@@ -392,8 +379,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
             (torch.Size([4]), torch.Size([4, 5, 2]))
         """
         z = self._check_data(z, "z")
-        if not (_is_positive_int(n_times) and n_times >= 2):
-            raise ValueError(f"n_times must be an integer of at least 2, got {n_times!r}")
+        n_times = check_int(n_times, "n_times", 2)
         T = float(self.T)
         times = torch.linspace(T, 0.0, n_times, dtype=z.dtype, device=z.device)
         field = self._field()
@@ -426,7 +412,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
         Returns:
             ``(x, log_q)`` of shapes (n, dim) and (n,).
         """
-        check_count(n)
+        n = check_positive_int(n, "n")
         z = self._base_draws(n)
         x, logdet, _ = self._flow(z, reverse=True, regularise=False, trace=trace,
                                   options=solve_options)
@@ -504,7 +490,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
             optimal transport". Esser et al. (2024), "Scaling rectified flow transformers for
             high-resolution image synthesis".
         """
-        check_time_exponent(time_exponent)
+        check_positive_real(time_exponent, "time_exponent")
         x = self._check_data(x, "x")
         n = x.shape[0]
         T = self.T.detach().to(x.dtype)

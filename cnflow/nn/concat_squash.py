@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_positive_int, check_positive_int_sequence
 from .activations import ACTIVATIONS, Activation, activation_of
 from .fused import concat_squash_vjp, concat_squash_with_divergence
 
@@ -27,10 +28,6 @@ def _time_column(t: Tensor | float, like: Tensor) -> Tensor:
     if t.ndim == 0:
         return t.reshape(1, 1)
     return t.reshape(-1, 1)
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 
@@ -129,13 +126,10 @@ class ConcatSquashMLP(nn.Module):
     def __init__(self, in_features: int, hidden: Sequence[int] = (64, 64, 64),
                  out_features: int | None = None, activation: str | nn.Module = "tanh") -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        hidden = tuple(hidden)
-        if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
-            raise ValueError(f"hidden must be a sequence of positive integers, got {hidden!r}")
+        in_features = check_positive_int(in_features, "in_features")
+        if out_features is not None:
+            out_features = check_positive_int(out_features, "out_features")
+        hidden = check_positive_int_sequence(hidden, "hidden")
         if isinstance(activation, str):
             if activation not in ACTIVATIONS:
                 raise ValueError(

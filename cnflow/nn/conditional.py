@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_positive_int, check_positive_int_sequence
 from .activations import ACTIVATIONS, activation_of
 from .concat_squash import _time_column
 
@@ -90,13 +91,9 @@ class ConditionalConcatSquashMLP(nn.Module):
                  hidden: Sequence[int] = (64, 64, 64), activation: str = "tanh",
                  conditioning: str = "gates") -> None:
         super().__init__()
-        for name, value in (("in_features", in_features),
-                            ("context_features", context_features)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        hidden = tuple(hidden)
-        if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
-            raise ValueError(f"hidden must be a sequence of positive integers, got {hidden!r}")
+        in_features = check_positive_int(in_features, "in_features")
+        context_features = check_positive_int(context_features, "context_features")
+        hidden = check_positive_int_sequence(hidden, "hidden")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; valid: "
                              f"{', '.join(ACTIVATIONS)}")
