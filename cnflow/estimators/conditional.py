@@ -211,6 +211,8 @@ class ConditionalCNFDensity(CNFDensity):
     def _columns_to_preprocess(self, X: np.ndarray) -> np.ndarray:
         return X[:, :int(self.n_targets_)]
 
+    _preprocessed_name = "y"
+
     def _new_preprocessor(self, kind: str, seed: int) -> TargetContextPreprocessor:
         return TargetContextPreprocessor(self.n_targets_, kind, random_state=seed)
 

@@ -290,6 +290,9 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         """The columns whose map "choose" picks (all; a conditional estimator's targets)."""
         return X
 
+    #: What errors about those columns call them.
+    _preprocessed_name = "X"
+
     def _new_preprocessor(self, kind: str, seed: int):
         """An unfitted preprocessor of the rows (``fit``, ``transform``, ``state``)."""
         return TabularPreprocessor(kind, random_state=seed)
@@ -504,7 +507,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             if kind == "choose":  # by held-out likelihood, on the first validation fold
                 kind, scores = choose_preprocessing(
                     self._columns_to_preprocess(X), perm[~np.isin(perm, folds[0])], folds[0],
-                    random_state=seed, deadline=deadline)
+                    random_state=seed, deadline=deadline, name=self._preprocessed_name)
             preprocessor = self._new_preprocessor(kind, seed).fit(X)
         if checkpoint is not None:
             checkpoint.progress.update({
