@@ -3,10 +3,15 @@
 The public names, re-exported; nothing is defined here.
 """
 
-from .estimators import CNFDensity, ConditionalCNFDensity, ImageCNFDensity, PlanarFlowDensity
+from .estimators import (
+    CNFDensity,
+    ConditionalCNFDensity,
+    ImageCNFDensity,
+    LatentODE,
+    PlanarFlowDensity,
+)
 from .files import ModelFileError
 from .flows import CNF, CNFRegularisers, DenseFlow, PlanarFlow
-from .latent import LatentODE
 from .nn import ODEBlock
 from .ode import (
     MaxStepsExceededError,

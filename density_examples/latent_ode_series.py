@@ -23,7 +23,7 @@ asked for, the latent ODE's prediction at a time does not.
 Models, with the same training budget (Adam, lr 1e-2 with cosine decay, the same number of
 iterations and series per batch):
 
-- ``LatentODE`` (cnflow.latent): latent size 4, 32 hidden units everywhere, dopri5 at
+- ``LatentODE`` (cnflow.estimators.latent): latent size 4, 32 hidden units everywhere, dopri5 at
   rtol 1e-4, atol 1e-5, σ_obs = 0.1 (standardised units); predictions from the posterior mean.
 - GRU baseline: a GRU cell reads (x_j, t_(j+1) − t_j), the gap to the time it must predict
   next, and a linear head predicts x_(j+1) (trained by teacher forcing on next-observation
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnflow.latent import LatentODE
+from cnflow import LatentODE
 
 T_OBS, T_END, GRID, NOISE, GAMMA = 6.0, 12.0, 0.2, 0.05, 0.1
 

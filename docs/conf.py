@@ -81,8 +81,8 @@ if (DOCS / "_build" / "mathjax" / "es5" / "tex-chtml.js").exists():
     html_static_path = ["_build/mathjax"]
     mathjax_path = "es5/tex-chtml.js"
 
-#: Modules that are not part of the public API.
-PRIVATE_MODULES = {"cnflow.__main__", "cnflow.train"}
+#: Modules that are not part of the public API (with their submodules).
+PRIVATE_MODULES = {"cnflow.__main__", "cnflow.train", "cnflow.cli"}
 
 
 # ---------------------------------------------------------------- API reference
@@ -92,8 +92,9 @@ def public_modules() -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for info in pkgutil.walk_packages(cnflow.__path__, prefix="cnflow."):
-            if info.name in PRIVATE_MODULES or any(
-                    part.startswith("_") for part in info.name.split(".")):
+            private = any(info.name == m or info.name.startswith(m + ".")
+                          for m in PRIVATE_MODULES)
+            if private or any(part.startswith("_") for part in info.name.split(".")):
                 continue
             if hasattr(importlib.import_module(info.name), "__all__"):
                 names.append(info.name)

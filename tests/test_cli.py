@@ -1,7 +1,7 @@
 """python -m cnflow {train,sample,score,plot}: tiny fits write their files; sample and score
 round-trip through .npy/.csv; user mistakes give one line on stderr and exit code 2.
 
-Most tests call :func:`cnflow.__main__.main` in process, which keeps the file fast (each
+Most tests call :func:`cnflow.cli.main` in process, which keeps the file fast (each
 process start imports torch anew); a sample and an error run through real ``python -m cnflow``
 processes.
 """
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+import cnflow.cli
 from cnflow import CNFDensity, PlanarFlowDensity
-from cnflow.__main__ import main
+from cnflow.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -204,11 +205,20 @@ def test_plot_refuses_a_model_that_is_not_2d(tmp_path, capsys):
     assert not (tmp_path / "plot.png").exists()
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "score", "plot"])
+@pytest.mark.parametrize("command", ["train", "train-images", "sample", "score", "plot"])
 def test_help_on_each_subcommand(command, capsys):
     with pytest.raises(SystemExit) as stop:
         main([command, "--help"])
     assert stop.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_help_names_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert stop.value.code == 0
+    assert "{train,train-images,sample,score,plot}" in text
+    assert all(f"``{command}" in cnflow.cli.__doc__ for command in cnflow.cli.COMMANDS)
 
 
 def test_unwritable_outputs_are_one_line_errors_before_any_work(trained, tmp_path, capsys,
@@ -316,3 +326,57 @@ def test_sample_with_log_prob(trained, tmp_path, capsys):
                                drawn[:, 2], atol=1e-3)
     one_line_error(capsys, ["sample", trained, "--given", tmp_path / "s.csv", "--out",
                             tmp_path / "t.npy"], "--given is for conditional ones")
+
+
+class FakeSettings:
+    """Stands in for a fit's resolved settings: the command line reads only ``as_dict()``."""
+
+    def __init__(self, values: dict):
+        self.values = values
+
+    def as_dict(self) -> dict:
+        return dict(self.values)
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_train_verbose_prints_the_resolved_settings_and_the_summary_holds_them(
+        tmp_path, capsys, monkeypatch, recorded):
+    """After the fit, --verbose prints est.settings_.as_dict() one "name: value" a line and
+    summary.json holds it under "settings" (with or without --verbose); an estimator that
+    records no settings gets neither. A stand-in estimator fits instantly."""
+    settings = {"max_iter": 1, "hidden": [4], "lr": 0.0123}
+
+    class InstantDensity:
+        objective = "flow_matching"
+
+        def __init__(self, **params):
+            self.params = params
+
+        def fit(self, X):
+            self.n_iter_, self.history_ = 1, [{"iteration": 0, "loss": 1.0}]
+            if recorded:
+                self.settings_ = FakeSettings(settings)
+            return self
+
+        def save(self, path):
+            Path(path).write_bytes(b"model")
+
+        def score(self, X):
+            return -1.0
+
+    monkeypatch.setattr(cnflow.cli.train, "CNFDensity", InstantDensity)
+    monkeypatch.setattr(cnflow.cli.train, "planned_iterations", lambda est, X: 1)
+    data = tmp_path / "rows.csv"
+    np.savetxt(data, np.random.RandomState(0).randn(10, 3), delimiter=",")
+    printed = "max_iter: 1\nhidden: [4]\nlr: 0.0123\n"
+    for verbose in (["--verbose"], []):
+        out_dir = tmp_path / f"out{len(verbose)}"
+        code, out, err = run(capsys, "train", data, *verbose, "--out", out_dir)
+        assert code == 0, err
+        assert (printed in out) == (recorded and bool(verbose)), out
+        if printed in out:  # after the fit, before the summary
+            assert out.index("training InstantDensity") < out.index(printed) \
+                < out.index('"data"')
+        summary = json.loads((out_dir / "summary.json").read_text())
+        assert summary.get("settings") == (settings if recorded else None)
+        assert summary["iterations"] == 1 and summary["train_mean_log_likelihood"] == -1.0

@@ -229,4 +229,5 @@ def test_fine_tuning_starts_at_fine_tune_lr(kind, auto_batch, auto_fraction, fin
     first = next(h for h in est.history_ if h["objective"] == "maximum_likelihood")
     expected = 0.02 * auto_fraction if fine_tune_lr == "auto" else fine_tune_lr
     assert first["lr"] == pytest.approx(expected)
-    assert est._auto()["batch_size"] == auto_batch
+    assert est.settings_.batch_size == auto_batch
+    assert est.settings_.fine_tune_lr == pytest.approx(expected)

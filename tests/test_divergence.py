@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cnflow import divergence
-from cnflow.nn import ConcatSquashMLP
+from cnflow.nn import ConcatSquashMLP, WithContext
 
 # torch's forward-mode AD (method="jvp") scripts a decomposition on first use, and torch 2.13
 # warns that torch.jit.script is deprecated: torch's own internals, not ours.
@@ -29,6 +29,23 @@ def reference_jacobians(net, t, z, create_graph=False):
     full = torch.autograd.functional.jacobian(lambda x: net(t, x), z, create_graph=create_graph)
     idx = torch.arange(z.shape[0])
     return full[idx, :, idx, :]  # (n, D, D)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("conditioning", ["gates", "concat"])
+def test_every_exact_method_takes_a_field_with_its_context_bound(method, conditioning):
+    """f(t, z; c) bound to its context (as a conditional CNF's solves see it): the trace and
+    ‖J‖²_F with respect to z alone, by every method, against the autograd Jacobian."""
+    net = ConcatSquashMLP(3, (8, 8), context_features=2, conditioning=conditioning).double()
+    t, z, c = torch.tensor(0.6, dtype=D64), torch.randn(5, 3, dtype=D64), torch.randn(5, 2,
+                                                                                     dtype=D64)
+    field = WithContext(net, c)
+    J = reference_jacobians(field, t, z)
+    fz, trace, frob = divergence.exact(field, t, z, method=method, frobenius=True)
+    torch.testing.assert_close(fz, net(t, z, c))
+    torch.testing.assert_close(trace, J.diagonal(dim1=1, dim2=2).sum(-1), rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(frob, J.square().sum((1, 2)), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", METHODS)

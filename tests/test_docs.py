@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import cnflow
-from cnflow.__main__ import main
+from cnflow.cli import main
 from cnflow.training import loop
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -145,16 +145,7 @@ def test_validation_is_the_held_out_likelihood_every_100_steps():
     assert value == pytest.approx(expected, rel=1e-12)
 
 
-def test_auto_settings_per_objective():
-    fm, ml = CNFDensity(), CNFDensity(objective="maximum_likelihood")
-    assert fm._train_settings() == {"max_iter": 20_000, "batch_size": 2048, "lr": 1e-2,
-                                    "lr_schedule": "cosine", "validation_interval": 500}
-    assert ml._train_settings() == {"max_iter": 1000, "batch_size": 512, "lr": 5e-3,
-                                    "lr_schedule": "constant", "validation_interval": 20}
-    mine = CNFDensity(max_iter=7, batch_size=64, lr=1e-3,
-                      lr_schedule="constant")._train_settings()
-    assert ((mine["max_iter"], mine["batch_size"], mine["lr"], mine["lr_schedule"])
-            == (7, 64, 1e-3, "constant"))
+def test_bad_objective_and_lr():
     with pytest.raises(ValueError, match="objective must be one of flow_matching"):
         CNFDensity(objective="mle").fit(np.random.default_rng(0).random((10, 2)))
     with pytest.raises(ValueError, match="lr must be a positive number or 'auto'"):
@@ -234,9 +225,9 @@ def test_fine_tuning_gradients_by_adjoint_or_backpropagation():
                 if h["objective"] == "maximum_likelihood"]
 
     # "auto": backpropagation up to 8 features, the adjoint method above
-    assert CNFDensity()._fine_tune_by_adjoint(8) is False
-    assert CNFDensity()._fine_tune_by_adjoint(9) is True
-    assert backward_nfe(CNFDensity(**common).fit(X2)) == [0, 0]
+    fitted = CNFDensity(**common).fit(X2)
+    assert fitted.settings_.fine_tune_adjoint is False
+    assert backward_nfe(fitted) == [0, 0]
     assert all(n > 0 for n in backward_nfe(CNFDensity(**common).fit(X9)))
     forced = CNFDensity(fine_tune_adjoint=True, **common).fit(X2)
     assert all(n > 0 for n in backward_nfe(forced))
@@ -250,23 +241,18 @@ def test_fine_tuning_gradients_by_adjoint_or_backpropagation():
 
 
 def test_hidden_auto_is_per_objective():
-    assert CNFDensity()._hidden() == (64, 64, 64, 64, 64)
-    assert CNFDensity(objective="maximum_likelihood")._hidden() == (64, 64, 64)
-    assert CNFDensity(hidden=[32, 16])._hidden() == (32, 16)
     X = make_toy("moons", 300, random_state=0)
     est = CNFDensity(max_iter=2, fine_tune_iter=0, batch_size=100, random_state=0,
                      n_members=1, stacking=False, device="cpu").fit(X)
     widths = [layer.linear.out_features for layer in est.flow_.net.layers]
     assert widths == [64, 64, 64, 64, 64, 2]
+    assert est.settings_.hidden == (64, 64, 64, 64, 64)
     for bad in ("wide", 64, (64, 0), (64, 2.5), (True,)):
         with pytest.raises(ValueError, match="hidden must be 'auto' or a sequence"):
             CNFDensity(hidden=bad).fit(X)
 
 
 def test_fine_tuning_settings():
-    assert CNFDensity()._fine_tune_steps(20_000) == 200
-    assert CNFDensity(fine_tune_iter=7)._fine_tune_steps(60_000) == 7
-    assert CNFDensity(objective="maximum_likelihood")._fine_tune_steps(1000) == 0
     X = np.random.default_rng(0).random((10, 2))
     for bad in (-1, 2.5, "some"):
         with pytest.raises(ValueError, match="fine_tune_iter must be a non-negative integer"):

@@ -215,7 +215,7 @@ def test_load_images_from_npy_and_npz(tmp_path):
 
 
 def test_the_command_line_trains_scores_and_samples_images(tmp_path, capsys):
-    from cnflow.__main__ import main
+    from cnflow.cli import main
 
     images = np.random.default_rng(0).integers(0, 4, size=(40, 1, 4, 4))
     np.save(tmp_path / "images.npy", images)

@@ -10,7 +10,8 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from cnflow import LatentODE
-from cnflow.latent import LatentODE as LatentODEFromModule
+from cnflow.estimators import LatentODE as LatentODEFromEstimators
+from cnflow.estimators.latent import LatentODE as LatentODEFromModule
 
 F64 = torch.float64
 
@@ -38,7 +39,7 @@ def tiny():
 
 
 def test_public_name():
-    assert LatentODE is LatentODEFromModule
+    assert LatentODE is LatentODEFromModule is LatentODEFromEstimators
     assert clone(LatentODE(latent_dim=3)).get_params()["latent_dim"] == 3
 
 
@@ -250,11 +251,11 @@ def test_bad_parameters_raise_value_error(params, match):
 def test_adjoint_gradients_of_the_elbo_equal_backprop(tiny):
     """The training loss's gradients with adjoint=True (one backward solve per interval
     between the batch's times) equal backpropagation through the solver, in float64."""
-    from cnflow.latent import _check_series, _pad
+    from cnflow.estimators.series import check_series, pad_series
 
     model, series = tiny
     net = model.module_
-    batch = _pad(_check_series(series), model.t0_, model.time_scale_, model.mean_,
+    batch = pad_series(check_series(series), model.t0_, model.time_scale_, model.mean_,
                  model.scale_, F64, torch.device("cpu"))
     grads = {}
     for adjoint in (False, True):
@@ -272,3 +273,110 @@ def test_solver_is_the_deprecated_name_of_method():
     with pytest.warns(DeprecationWarning, match="use method"):
         model = LatentODE(solver="bosh3", max_iter=1, random_state=0).fit(make_series(n=2))
     assert model.module_.method == "bosh3"
+
+
+# ---------------------------------------------------------------- save and load
+def fit_small(dtype="float32", **kw):
+    series = make_series(n=4, dim=2, lo=3, hi=7)
+    settings = dict(latent_dim=2, rec_hidden=4, ode_hidden=4, dec_hidden=4, max_iter=2,
+                    batch_size=4, dtype=dtype, device="cpu", random_state=0)
+    return LatentODE(**{**settings, **kw}).fit(series), series
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model, series = fit_small()
+    path = tmp_path_factory.mktemp("latent") / "latent.pt"
+    model.save(path)
+    return model, series, path
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_save_load_round_trip_gives_the_same_model(dtype, tmp_path):
+    model, series = fit_small(dtype)
+    path = tmp_path / "latent.pt"
+    model.save(path)
+    loaded = LatentODE.load(path)
+    assert type(loaded) is LatentODE and loaded.get_params() == model.get_params()
+    assert (loaded.t0_, loaded.time_scale_, loaded.n_features_in_, loaded.n_iter_,
+            loaded.device_) == (model.t0_, model.time_scale_, model.n_features_in_,
+                                model.n_iter_, model.device_)
+    assert loaded.history_ == model.history_ and len(loaded.history_) == 2
+    np.testing.assert_array_equal(loaded.mean_, model.mean_)
+    np.testing.assert_array_equal(loaded.scale_, model.scale_)
+    for (name, a), (_, b) in zip(model.module_.state_dict().items(),
+                                 loaded.module_.state_dict().items(), strict=True):
+        assert a.dtype == b.dtype == (F64 if dtype == "float64" else torch.float32), name
+        assert torch.equal(a, b), name  # float64 weights are not rounded through float32
+    times = np.array([5.0, -0.5, 1.0, 2.5])
+    np.testing.assert_array_equal(loaded.predict(series, times), model.predict(series, times))
+    np.testing.assert_array_equal(loaded.elbo(series, n_samples=3, random_state=4),
+                                  model.elbo(series, n_samples=3, random_state=4))
+    for a, b in zip(loaded.posterior(series), model.posterior(series), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(loaded.sample(series[:2], times, n_samples=2, random_state=1),
+                                  model.sample(series[:2], times, n_samples=2, random_state=1))
+
+
+def test_a_loaded_model_is_used_and_saved_again(saved, tmp_path):
+    model, series, path = saved
+    loaded = LatentODE.load(path, device="cpu")
+    new = make_series(n=2, seed=9, dim=2)
+    assert np.isfinite(loaded.score(new))  # series it has not seen, fresh ELBO draws
+    np.testing.assert_array_equal(loaded.predict(new, [0.3, 7.0]), model.predict(new, [0.3, 7.0]))
+    loaded.save(tmp_path / "again.pt")
+    again = LatentODE.load(tmp_path / "again.pt")
+    np.testing.assert_array_equal(again.elbo(new, random_state=0), model.elbo(new, random_state=0))
+    refit = loaded.fit(series)  # and fits again from scratch, as clone(model).fit would
+    np.testing.assert_array_equal(refit.predict(series, [1.0]), model.predict(series, [1.0]))
+
+
+def test_save_before_fit_is_refused(tmp_path):
+    with pytest.raises(NotFittedError, match="not fitted"):
+        LatentODE().save(tmp_path / "latent.pt")
+    assert not list(tmp_path.iterdir())
+
+
+def _rewritten(good, path, change):
+    data = torch.load(good, weights_only=True)
+    change(data)
+    torch.save(data, path)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("truncated", "not a complete torch.save file"),
+    ("empty", "it is empty"),
+    ("foreign torch dict", "is not a file written by LatentODE.save"),
+    ("another estimator", "holds a CNFDensity, not a LatentODE"),
+    ("missing parts", "is damaged: missing 'mean'"),
+    ("wrong shapes", r"is damaged: mean and scale of shapes \(2,\) and \(2,\) for 3 features"),
+    ("wrong weights", "is damaged: Error"),
+    ("bad parameter", "is damaged: dtype must be"),
+])
+def test_a_damaged_or_foreign_file_is_a_model_file_error(saved, tmp_path, kind, message):
+    from cnflow import ModelFileError
+
+    _, _, good = saved
+    path = tmp_path / f"{kind}.pt"
+    if kind == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "foreign torch dict":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "another estimator":
+        _rewritten(good, path, lambda d: d.update(estimator="CNFDensity"))
+    elif kind == "missing parts":
+        _rewritten(good, path, lambda d: d.pop("mean"))
+    elif kind == "wrong shapes":
+        _rewritten(good, path, lambda d: d.update(n_features_in=3))
+    elif kind == "wrong weights":
+        _rewritten(good, path, lambda d: d["state_dict"].update(
+            {"to_posterior.weight": torch.zeros(1, 1)}))
+    else:
+        _rewritten(good, path, lambda d: d["params"].update(dtype="float16"))
+    with pytest.raises(ModelFileError, match=message) as info:
+        LatentODE.load(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        LatentODE.load(tmp_path / "absent.pt")

@@ -17,8 +17,8 @@ RANKS = {
     "flows": 2,
     "preprocessing": 3, "training": 3,
     "estimators": 4,
-    "latent": 5,
-    "__main__": 6, "__init__": 6, "train": 6,
+    "__init__": 6, "train": 6, "cli": 6,
+    "__main__": 7,
 }
 
 

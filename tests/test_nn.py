@@ -42,6 +42,26 @@ def test_concat_squash_linear_is_the_gated_formula():
     torch.testing.assert_close(layer(ts[:, None], x), out)
 
 
+def test_concat_squash_linear_with_a_context_is_the_gated_formula_row_by_row():
+    """(W x + b) ⊙ σ(a t + G c + e) + d t + H c, with one time for all rows or one per row;
+    without context_features the layer has the parameters of the time-only layer."""
+    layer = ConcatSquashLinear(3, 4, context_features=2).double()
+    x, c = torch.randn(5, 3, dtype=D64), torch.randn(5, 2, dtype=D64)
+    W, b = layer.linear.weight, layer.linear.bias
+    for t in (torch.tensor(0.7, dtype=D64), torch.rand(5, 1, dtype=D64)):
+        tc = torch.cat([t.expand(5, 1), c], dim=1)
+        expected = (x @ W.T + b) * torch.sigmoid(tc @ layer.gate.weight.T + layer.gate.bias) \
+            + tc @ layer.hyper_bias.weight.T
+        torch.testing.assert_close(layer(t, x, c), expected, rtol=1e-14, atol=1e-14)
+    with pytest.raises(ValueError, match="reads a context"):
+        layer(0.5, x)
+    with pytest.raises(ValueError, match="takes no context"):
+        ConcatSquashLinear(3, 4)(0.5, x, c)
+    shapes = {k: tuple(v.shape) for k, v in ConcatSquashLinear(3, 4).state_dict().items()}
+    assert shapes == {"linear.weight": (4, 3), "linear.bias": (4,), "gate.weight": (4, 1),
+                      "gate.bias": (4,), "hyper_bias.weight": (4, 1)}
+
+
 def test_concat_squash_linear_depends_on_time_and_gets_all_gradients():
     layer = ConcatSquashLinear(2, 3)
     x = torch.randn(4, 2)

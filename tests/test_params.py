@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnflow import CNF, CNFDensity, DenseFlow, PlanarFlow, PlanarFlowDensity
+from cnflow import CNF, CNFDensity, DenseFlow, LatentODE, PlanarFlow, PlanarFlowDensity
 from cnflow.estimators.params import (
     Boolean,
     InstanceOf,
@@ -18,7 +18,6 @@ from cnflow.estimators.params import (
 from cnflow.flows import FlowMixture
 from cnflow.flows.flow import Flow
 from cnflow.interfaces import BaseDensity, CountsEvaluations, DensityModel
-from cnflow.latent import LatentODE
 
 
 class _Holder:
@@ -71,9 +70,15 @@ def test_every_declared_parameter_is_a_constructor_parameter():
         assert declared <= set(est.get_params()), declared - set(est.get_params())
 
 
-@pytest.mark.parametrize("flow", [CNF(2, hidden=(8,)), PlanarFlow(2, n_layers=2),
-                                  DenseFlow(2, n_layers=2)])
+@pytest.mark.parametrize("flow", [CNF(2, hidden=(8,)), CNF(2, hidden=(8,), context_features=3),
+                                  PlanarFlow(2, n_layers=2), DenseFlow(2, n_layers=2)])
 def test_every_flow_shares_the_base_and_the_input_checks(flow):
+    """Every flow, a conditional CNF with a context per call (context_features rows)."""
+    k = getattr(flow, "context_features", 0)
+
+    def given(rows: int) -> tuple:
+        return (torch.zeros(rows, k),) if k else ()
+
     assert isinstance(flow, Flow) and isinstance(flow, DensityModel)
     z = torch.randn(5, 2)
     torch.testing.assert_close(
@@ -83,11 +88,12 @@ def test_every_flow_shares_the_base_and_the_input_checks(flow):
                          (torch.zeros(3, 2, dtype=torch.float64), "dtype"),
                          (torch.full((3, 2), float("nan")), "NaN")):
         with pytest.raises(ValueError, match=message):
-            flow.log_prob(bad)
+            flow.log_prob(bad, *given(len(bad)))
     with pytest.raises(ValueError, match="n must be a positive integer"):
-        flow.sample(0)
-    x, log_q = flow.sample_with_log_prob(4)
+        flow.sample(0, *given(1))
+    x, log_q = flow.sample_with_log_prob(4, *given(4))
     assert x.shape == (4, 2) and log_q.shape == (4,)
+    assert flow.log_prob(x, *given(4)).shape == (4,)
 
 
 def test_mixtures_and_bases_satisfy_the_interfaces():

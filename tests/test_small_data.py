@@ -13,19 +13,6 @@ from cnflow.datasets import load_real
 from cnflow.training import TrainConfig, train
 
 
-@pytest.mark.parametrize("n, expected", [
-    (5, ("standardize", 0.0)), (10, ("choose", 0.2)), (500, ("choose", 0.2)),
-    (10_000, ("choose", 0.2)), (10_001, ("standardize", 0.0)),
-    (1_000_000, ("standardize", 0.0))])
-def test_auto_settings_resolve_by_rows(n, expected):
-    est = CNFDensity()
-    assert (est._preprocessing_kind(n), est._validation_fraction(n)) == expected
-    assert est._n_iter_no_change() == 10
-    mine = CNFDensity(preprocessing="whiten", validation_fraction=0.3, n_iter_no_change=4)
-    assert (mine._preprocessing_kind(n), mine._validation_fraction(n),
-            mine._n_iter_no_change()) == ("whiten", 0.3, 4)
-
-
 @pytest.mark.parametrize("name, value, message", [
     ("preprocessing", "box-cox", "preprocessing must be one of auto"),
     ("validation_fraction", 1.0, "validation_fraction must be a number in"),
@@ -170,5 +157,3 @@ def test_cross_fitted_members_integrate_to_one_and_round_trip(tmp_path):
         CNFDensity(n_members=3, validation_fraction=0.1).fit(X)
     with pytest.raises(ValueError, match="n_members must be a positive integer"):
         CNFDensity(n_members=0).fit(X)
-    assert CNFDensity(validation_fraction=0.1)._n_members(300) == 1
-    assert CNFDensity()._n_members(1000) == 5 and CNFDensity()._n_members(1001) == 1

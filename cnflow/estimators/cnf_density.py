@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import numbers
 import time
 
 import torch
@@ -28,27 +27,9 @@ from ..training import (
 from ..training.checkpoint import restore_rng_state, rng_state
 from .estimator_base import FlowDensityEstimator, _is_auto
 from .params import Boolean, Integer, IntegerSequence, Options, Real
+from .policy import REGIMES
 
 __all__ = ["CNFDensity", "OBJECTIVES", "BASES"]
-
-#: Up to this many rows, CNFDensity's "auto" settings treat the data as a small table: they
-#: Gaussianise the columns and whiten them, hold out a validation split, start the flow at the
-#: identity (the Gaussian copula of the preprocessed data) and keep the parameters best on
-#: held-out likelihood (see CNFDensity's docstring).
-_SMALL_DATA_MAX_ROWS = 10_000
-_SMALL_DATA_VALIDATION_FRACTION = 0.2
-#: Flow-matching steps between validations on small data (maximum-likelihood steps: 20).
-_SMALL_DATA_VALIDATION_INTERVAL = 100
-#: Up to this many rows, "auto" averages this many flows, each holding out its own fold.
-_ENSEMBLE_MAX_ROWS = 1_000
-_ENSEMBLE_MEMBERS = 5
-
-# Fine-tuning after flow matching: one maximum-likelihood step per this many flow-matching
-# steps ("auto"), and flow matching's share of a max_seconds budget (measured; see
-# CNFDensity's docstring).
-_FINE_TUNE_PER_STEPS = 100
-_FLOW_MATCHING_SHARE = 0.75
-
 
 def _zero_last_layer(flow: nn.Module) -> None:
     """Zero the output layer of a CNF's built-in network, so that its field is 0 and the flow
@@ -97,23 +78,6 @@ OBJECTIVES = ("flow_matching", "maximum_likelihood")
 #: preprocessed rows (:class:`cnflow.flows.base_density.GaussianMixtureBase`).
 BASES = ("normal", "mixture")
 
-# What "auto" means per objective, chosen by measurement (see CNFDensity's docstring).
-_AUTO = {
-    "flow_matching": {"max_iter": 20_000, "batch_size": 2048, "lr": 1e-2,
-                      "lr_schedule": "cosine", "validation_interval": 500,
-                      "hidden": (64,) * 5},
-    "maximum_likelihood": {"max_iter": 1000, "batch_size": 512, "lr": 5e-3,
-                           "lr_schedule": "constant", "validation_interval": 20,
-                           "hidden": (64,) * 3},
-}
-
-#: With ``fine_tune_adjoint="auto"``, fine-tuning backpropagates through the solver for up to
-#: this many features and uses the adjoint method above: the exact trace's forward Jacobians
-#: that backpropagation keeps grow as D² per row and stage (about 4 MB a stage at D = 2,
-#: batch 512 and five layers of 64; 75 MB a stage, GBs a solve, at D = 64).
-_FINE_TUNE_BACKPROP_MAX_FEATURES = 8
-
-
 class CNFDensity(FlowDensityEstimator):
     r"""Density estimation with a continuous normalizing flow.
 
@@ -135,56 +99,63 @@ class CNFDensity(FlowDensityEstimator):
       evaluations), but the objective is the likelihood itself; prefer it when the model is
       judged by likelihood at small budgets of iterations, or to fine-tune.
 
-    **Small tables** (up to 10,000 rows, the ``"auto"`` settings of ``preprocessing``,
-    ``stacking``, ``validation_fraction``, ``n_iter_no_change`` and ``n_members``). The rows
-    are mapped by :class:`cnflow.preprocessing.TabularPreprocessor` and 20 % are held out.
+    **What "auto" means.** Every ``"auto"`` parameter is resolved once, at the start of
+    ``fit``, by the fit policy, :mod:`cnflow.estimators.policy`: its module docstring states
+    the rules and its table (``POLICIES["CNFDensity"]``) holds every number; the resolved
+    values are kept as ``settings_``. The rules pick a **regime** by the row count (or by
+    ``regime``): small tables get the held-out machinery below, large ones (and fewer than
+    10 rows) are standardised per column, nothing is held out, and one flow is trained.
+
+    **Small tables** (the small-table regime). The rows are mapped by
+    :class:`cnflow.preprocessing.TabularPreprocessor` and a share is held out.
     The map is chosen by :func:`cnflow.preprocessing.choose_preprocessing`: whitening by a
     shrunk covariance, unless logarithms of the positive right-skewed columns, or each column
     through its own smoothed kernel distribution function to N(0, 1), then whitening, let a
     full-covariance Gaussian mixture score the first validation fold better by more than two
     standard errors. The flow starts at the identity (the best Gaussian in that space); every
-    phase scores the held-out rows by exact likelihood before its first step and every 100
-    flow-matching (20 maximum-likelihood) steps, stops after 10 scorings without
-    improvement, and keeps the best parameters. The fitted density is then stacked with a
+    phase scores the held-out rows by exact likelihood before its first step and at a fixed
+    interval of steps, stops after some scorings without improvement, and keeps the best
+    parameters. The fitted density is then stacked with a
     Gaussian mixture (1 to 16 full-covariance components, chosen on the same held-out rows):
     :math:`w\,p_\text{flow} + (1 - w)\,p_\text{mixture}` with the weight w that maximises
     the held-out likelihood, so that the fit is never worse there than either part. On
     ``make_warped_mixture`` data the flow carries the fit in 8 dimensions, the mixture in 64
     (where 120 s on 2 CPU cores is too little for a flow to learn a 64-D density from 3,200
     rows), and the stack beats both in between (``docs/benchmarks.md``, "Real tabular data").
-    Up to 1,000 rows, five such members are fitted, each holding out
-    a different fifth of the rows (cross-fitting), and the density is their average
+    On the smallest tables several such members are fitted, each holding out a different
+    fold of the rows (cross-fitting), and the density is their average
     (:class:`cnflow.flows.FlowMixture`); together they have seen every row, and averaging
     lowers the variance of a fit to so few rows. The members share ``max_seconds`` equally.
-    Above 10,000 rows the data are standardised per column and nothing is held out.
 
     **How the defaults were chosen**: each ``"auto"`` setting below was picked by held-out
     KL or log-likelihood on the 2-D toys and on scikit-learn's bundled data sets; the
     measurements are in ``docs/benchmarks.md`` ("How CNFDensity's defaults were chosen").
 
     Arguments:
-        hidden: widths of the dynamics network's hidden layers; ``"auto"``: five layers of
-            64 with flow matching, three (FFJORD's network) with maximum likelihood. Depth
-            rather than width: a deeper network takes fewer steps in the time but composes
-            sharper functions of (z, t).
+        hidden: widths of the dynamics network's hidden layers; ``"auto"``: per objective
+            (flow matching's network is deeper than FFJORD's, which maximum likelihood
+            keeps). Depth rather than width: a deeper network takes fewer steps in the time
+            but composes sharper functions of (z, t).
         objective: ``"flow_matching"`` or ``"maximum_likelihood"`` (see above).
         trace: "exact" or "hutchinson" divergence during maximum-likelihood training
             (scoring always uses the exact trace, so ``score_samples`` is deterministic).
         method, rtol, atol: the ODE method (a method of :func:`cnflow.odeint`) and its
             tolerances.
         adjoint: gradients by the adjoint method (True) or backprop through the solver.
-        max_iter: training steps; ``"auto"``: 20,000 with flow matching (about 3 minutes
-            at batch 2048 on 2 CPU cores, plus about 1 minute of fine-tuning), 1000 with
-            maximum likelihood.
-        batch_size: rows per step; ``"auto"``: 2048 for flow-matching steps, 512 for
-            maximum-likelihood steps (fine-tuning included).
+        max_iter: training steps; ``"auto"``: per objective (with flow matching about 3
+            minutes on 2 CPU cores, plus about 1 minute of fine-tuning).
+        batch_size: rows per step; ``"auto"``: per objective, and fine-tuning's steps take
+            maximum likelihood's (a batch given is used for both).
         weight_decay: Adam's L2 penalty.
-        lr: Adam's learning rate; ``"auto"``: 1e-2 with flow matching, 5e-3 with maximum
-            likelihood.
+        lr: Adam's learning rate; ``"auto"``: per objective.
         lr_schedule: ``"cosine"`` anneals the learning rate to 0 over max_iter (or over
             max_seconds, if that ends first),
             ``"constant"`` keeps it; ``"auto"``: cosine with flow matching, constant with
             maximum likelihood.
+        regime: ``"small_table"`` (rows held out, the map chosen on them, the best
+            parameters kept, a Gaussian mixture stacked, members averaged on the smallest
+            tables) or ``"large"`` (standardised columns, nothing held out, one flow): the
+            defaults of the "auto" parameters below; ``"auto"``: by the row count.
         kinetic_energy, jacobian_norm: weights λ_K, λ_J of the RNODE regularisers
             E∫‖f‖²dt and E∫‖∂f/∂z‖²_F dt added to the maximum-likelihood loss (Finlay et al.
             2020; flow matching ignores them: its straight-path target already keeps the
@@ -195,17 +166,17 @@ class CNFDensity(FlowDensityEstimator):
             spends more steps near the data, where the field carries the fine structure.
         fine_tune_iter: maximum-likelihood steps (the ``trace`` above, gradients as
             ``fine_tune_adjoint`` says, no RNODE penalties) after flow matching, at
-            ``fine_tune_lr`` with a cosine schedule; ``"auto"``: one per 100 flow-matching steps
-            (max_iter // 100), 0 with maximum likelihood. With ``max_seconds``, flow matching
-            has the first 75 % of the time and fine-tuning the rest (or less, if its steps
-            finish sooner).
+            ``fine_tune_lr`` with a cosine schedule; ``"auto"``: a fixed fraction of the
+            flow-matching steps, 0 with maximum likelihood. With ``max_seconds``, flow
+            matching has the first share of the time (``settings_.flow_matching_share``) and
+            fine-tuning the rest (or less, if its steps finish sooner).
         fine_tune_lr: Adam's learning rate while fine-tuning (a fresh optimiser, annealed by
-            a cosine schedule); ``"auto"``: half of flow matching's ``lr``.
+            a cosine schedule); ``"auto"``: a fraction of flow matching's ``lr``.
         fine_tune_tol: rtol = atol of the solves while fine-tuning (scoring and sampling keep
             rtol and atol).
         fine_tune_adjoint: fine-tuning's gradients by the adjoint method (True) or by
-            backpropagation through the solver (False); ``"auto"``: backpropagation for up to
-            8 features, the adjoint method above. At ``fine_tune_tol``'s few solver steps the
+            backpropagation through the solver (False); ``"auto"``: backpropagation in low
+            dimension, the adjoint method above. At ``fine_tune_tol``'s few solver steps the
             tensors backpropagation keeps are small in low dimension (about 4 MB a stage at
             D = 2 and batch 512; the exact trace's Jacobians grow as D²), and it skips the
             backward solve.
@@ -214,7 +185,7 @@ class CNFDensity(FlowDensityEstimator):
             ``"gaussianize"`` (per-column Gaussianisation, then whitening), see
             :mod:`cnflow.preprocessing`; densities are always returned in the caller's units.
             ``"auto"``: chosen among whiten, log and gaussianize by held-out likelihood (see
-            above) up to 10,000 rows when rows are held out, ``"standardize"`` otherwise.
+            above) on small tables, ``"standardize"`` otherwise.
         base: the flow's base density in the preprocessed space: ``"normal"`` (N(0, I),
             default) or ``"mixture"``, the Gaussian mixture described under ``stacking``
             (:class:`cnflow.flows.base_density.GaussianMixtureBase`; flow matching then pairs each
@@ -224,17 +195,17 @@ class CNFDensity(FlowDensityEstimator):
             components, each fitted from three k-means starts) best on the member's held-out
             rows, fitted to its training rows, and w ∈ [0, 1] the weight that maximises the
             held-out rows' likelihood after training (stacking, Smyth & Wolpert 1999);
-            needs held-out rows. ``"auto"``: wherever ``preprocessing`` is chosen (small
-            tables), off otherwise. Fitted weights: ``stacking_weights_``.
+            needs held-out rows. ``"auto"``: wherever ``preprocessing`` is chosen, off
+            otherwise. Fitted weights: ``stacking_weights_``.
         n_members: the number of flows averaged, each holding out its own 1/n_members of the
-            rows for validation; ``"auto"``: 5 from 10 up to 1,000 rows, else 1 (and 1 when
-            ``validation_fraction`` is set).
+            rows for validation; ``"auto"``: several on the smallest tables, else 1 (and 1
+            when ``validation_fraction`` is set).
         validation_fraction: rows held out to select the parameters (0: none), scored by
-            exact likelihood (solves at ``fine_tune_tol``) before the first step and every 100
-            flow-matching or 20 maximum-likelihood steps, the flow starting at the identity;
-            the best parameters are kept. ``"auto"``: 0.2 from 10 up to 10,000 rows, 0 above.
+            exact likelihood (solves at ``fine_tune_tol``) before the first step and every
+            ``settings_.validation_interval`` steps, the flow starting at the identity; the
+            best parameters are kept. ``"auto"``: a share on small tables, 0 on large ones.
         n_iter_no_change: scorings without improvement before a phase stops; used only with
-            a validation set; ``"auto"``: 10.
+            a validation set; ``"auto"``: by the policy.
         max_seconds: stop training after this many seconds (None: run max_iter steps). A
             cosine schedule follows whichever of max_iter and max_seconds runs out first, so
             ``CNFDensity(max_iter=10**7, max_seconds=240)`` trains for 240 s and anneals over
@@ -268,6 +239,8 @@ class CNFDensity(FlowDensityEstimator):
         checkpoint_interval: seconds between checkpoints (0: after every step).
 
     Attributes:
+        settings_: the :class:`cnflow.estimators.policy.FitSettings` of the fit, every
+            ``"auto"`` resolved (saved with the model).
         flow_: the fitted :class:`cnflow.CNF`, or with several members their
             :class:`cnflow.flows.FlowMixture`.
         history_: per iteration: loss, lr, nfe_forward, nfe_backward, seconds, objective
@@ -297,9 +270,6 @@ class CNFDensity(FlowDensityEstimator):
         optimal transport".
     """
 
-    #: ``fine_tune_lr="auto"`` is flow matching's ``lr`` times this.
-    _FINE_TUNE_LR_FRACTION = 0.5
-
     def __init__(self, hidden="auto", objective="flow_matching", trace="exact",
                  method="dopri5", rtol=1e-5, atol=1e-5, adjoint=True, max_iter="auto",
                  batch_size="auto", lr="auto", lr_schedule="auto", weight_decay=0.0,
@@ -307,7 +277,7 @@ class CNFDensity(FlowDensityEstimator):
                  fine_tune_iter="auto", fine_tune_lr="auto", fine_tune_tol=1e-3,
                  fine_tune_adjoint="auto",
                  preprocessing="auto", base="normal", stacking="auto", n_members="auto",
-                 validation_fraction="auto",
+                 validation_fraction="auto", regime="auto",
                  n_iter_no_change="auto",
                  max_seconds=None,
                  dtype="float32", device="auto", random_state=None, verbose=False,
@@ -337,6 +307,7 @@ class CNFDensity(FlowDensityEstimator):
         self.stacking = stacking
         self.n_members = n_members
         self.validation_fraction = validation_fraction
+        self.regime = regime
         self.n_iter_no_change = n_iter_no_change
         self.max_seconds = max_seconds
         self.dtype = dtype
@@ -368,6 +339,7 @@ class CNFDensity(FlowDensityEstimator):
         "base": [Options(*BASES)],
         "stacking": [Boolean(), "auto"],
         "n_members": [Integer(1), "auto"],
+        "regime": [Options("auto", *REGIMES)],
     }
 
     def _check_related_parameters(self) -> None:
@@ -385,57 +357,6 @@ class CNFDensity(FlowDensityEstimator):
         """``method``, or ``solver`` (its deprecated name) where that was set."""
         solver = None if self.solver == "deprecated" else self.solver
         return deprecated_solver(solver, self.method, "CNFDensity")
-
-    def _hidden(self) -> tuple[int, ...]:
-        """The hidden widths, "auto" resolved per objective; a ValueError if they are bad."""
-        widths = self.hidden
-        if _is_auto(widths):
-            return self._auto()["hidden"]
-        if (isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__")
-                or not all(isinstance(h, numbers.Integral) and not isinstance(h, bool)
-                           and h >= 1 for h in widths)):
-            raise ValueError(f"hidden must be 'auto' or a sequence of positive integers, "
-                             f"got {widths!r}")
-        return tuple(int(h) for h in widths)
-
-    def _preprocessing_kind(self, n_samples: int) -> str:
-        """"auto": up to 10,000 rows (with a validation split), "choose" (whitening or
-        Gaussianised columns, by held-out likelihood); "standardize" above."""
-        if _is_auto(self.preprocessing):
-            small = n_samples <= _SMALL_DATA_MAX_ROWS and (
-                self._n_members(n_samples) > 1 or self._validation_fraction(n_samples) > 0)
-            return "choose" if small else "standardize"
-        return self.preprocessing
-
-    def _n_members(self, n_samples: int) -> int:
-        """"auto": five cross-fitted flows from 10 up to 1,000 rows, one otherwise (and one
-        when validation_fraction is set)."""
-        if _is_auto(self.n_members):
-            small = (10 <= n_samples <= _ENSEMBLE_MAX_ROWS
-                     and _is_auto(self.validation_fraction))
-            return _ENSEMBLE_MEMBERS if small else 1
-        return int(self.n_members)
-
-    def _validation_fraction(self, n_samples: int) -> float:
-        """"auto": 0.2 from 10 up to 10,000 rows, none otherwise."""
-        if _is_auto(self.validation_fraction):
-            small = 10 <= n_samples <= _SMALL_DATA_MAX_ROWS
-            return _SMALL_DATA_VALIDATION_FRACTION if small else 0.0
-        return float(self.validation_fraction)
-
-    def _fine_tune_by_adjoint(self, n_features: int) -> bool:
-        """Whether fine-tuning takes its gradients by the adjoint method ("auto" resolved)."""
-        if _is_auto(self.fine_tune_adjoint):
-            return n_features > _FINE_TUNE_BACKPROP_MAX_FEATURES
-        return bool(self.fine_tune_adjoint)
-
-    def _fine_tune_steps(self, max_iter: int) -> int:
-        """The maximum-likelihood steps after flow matching, "auto" resolved."""
-        if self.objective != "flow_matching":
-            return 0
-        if _is_auto(self.fine_tune_iter):
-            return max_iter // _FINE_TUNE_PER_STEPS
-        return int(self.fine_tune_iter)
 
     def _train(self, flow: nn.Module, U_train: torch.Tensor, U_val: torch.Tensor | None,
                config: TrainConfig, generator: torch.Generator, *,
@@ -458,10 +379,8 @@ class CNFDensity(FlowDensityEstimator):
             if fresh:
                 _zero_last_layer(flow)
             config = dataclasses.replace(config, validate_at_start=True)
-            if self.objective == "flow_matching":
-                config = dataclasses.replace(
-                    config, validation_interval=_SMALL_DATA_VALIDATION_INTERVAL)
-        n_fine = self._fine_tune_steps(config.max_iter)
+        settings = self.settings_
+        n_fine = settings.fine_tune_iter
         if not n_fine:
             result = super()._train(flow, U_train, U_val, config, generator,
                                     checkpoint=checkpoint)
@@ -483,11 +402,10 @@ class CNFDensity(FlowDensityEstimator):
                                            for k, v in flow.state_dict().items()},
                                rng=rng_state(generator, U_train.device), remaining=remaining)
                 checkpoint.write()
-        ml = _AUTO["maximum_likelihood"]
         second_config = dataclasses.replace(
-            config, max_iter=n_fine, lr=self._fine_tune_lr(config.lr), lr_schedule="cosine",
-            batch_size=ml["batch_size"] if _is_auto(self.batch_size) else config.batch_size,
-            max_seconds=remaining, validation_interval=ml["validation_interval"])
+            config, max_iter=n_fine, lr=settings.fine_tune_lr, lr_schedule="cosine",
+            batch_size=settings.fine_tune_batch_size, max_seconds=remaining,
+            validation_interval=settings.fine_tune_validation_interval)
         try:
             second = train(flow, U_train, self._likelihood_loss, second_config, X_val=U_val,
                            val_loss_fn=self._validation_loss, generator=generator,
@@ -512,7 +430,7 @@ class CNFDensity(FlowDensityEstimator):
         first_config = config
         if config.max_seconds is not None:
             first_config = dataclasses.replace(
-                config, max_seconds=config.max_seconds * _FLOW_MATCHING_SHARE)
+                config, max_seconds=config.max_seconds * self.settings_.flow_matching_share)
         try:
             first = super()._train(flow, U_train, U_val, first_config, generator,
                                    checkpoint=checkpoint)
@@ -527,42 +445,25 @@ class CNFDensity(FlowDensityEstimator):
             remaining = max(config.max_seconds - (clock() - started), 0.0)
         return first, remaining
 
-    def _fine_tune_lr(self, lr: float) -> float:
-        """Fine-tuning's learning rate: ``fine_tune_lr``, or ``"auto"``: flow matching's
-        ``lr`` times ``_FINE_TUNE_LR_FRACTION``."""
-        if _is_auto(self.fine_tune_lr):
-            return lr * self._FINE_TUNE_LR_FRACTION
-        return float(self.fine_tune_lr)
-
     def _likelihood_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         """Fine-tuning's loss: the mean negative log-likelihood without the RNODE penalties,
         solved at rtol = atol = ``fine_tune_tol`` with gradients as ``fine_tune_adjoint``
         says (this call's options; the flow's own stay as built)."""
         tol = float(self.fine_tune_tol)
         options = flow.solve_options.replace(rtol=tol, atol=tol,
-                                             adjoint=self._fine_tune_by_adjoint(flow.dim))
+                                             adjoint=self.settings_.fine_tune_adjoint)
         return -flow.log_prob(u, solve_options=options).mean()
-
-    def _auto(self) -> dict:
-        return _AUTO[self.objective]
 
     def _samples_with_log_prob(self, flow: nn.Module) -> bool:
         return isinstance(flow, CNF)
 
-    def _stacks(self, n_samples: int) -> bool:
-        """"auto": stack wherever the preprocessing is chosen (small tables with held-out
-        rows)."""
-        if _is_auto(self.stacking):
-            return self._preprocessing_kind(n_samples) == "choose"
-        return bool(self.stacking)
-
     def _fit_mixture(self, U_train: torch.Tensor, U_val: torch.Tensor | None,
-                     n_samples: int, seed: int, deadline: float | None = None
+                     seed: int, deadline: float | None = None
                      ) -> GaussianMixtureBase | None:
         """The full-covariance Gaussian mixture (1 to 16 components) best on the member's
         held-out rows (by BIC without them), fitted to its training rows, when it is the
         base or is stacked."""
-        if self.base != "mixture" and not self._stacks(n_samples):
+        if self.base != "mixture" and not self.settings_.stacking:
             return None
         val = None if U_val is None else U_val.double().cpu().numpy()
         mixture, _ = fit_gaussian_mixture_base(U_train.double().cpu().numpy(), val,
@@ -573,7 +474,8 @@ class CNFDensity(FlowDensityEstimator):
         return copy.deepcopy(mixture) if self.base == "mixture" else None
 
     def _build_flow(self, n_features: int, base: nn.Module | None = None) -> nn.Module:
-        return CNF(n_features, hidden=self._hidden(), trace=self.trace, method=self._method(),
+        return CNF(n_features, hidden=self.settings_.hidden, trace=self.trace,
+                   method=self._method(),
                    rtol=self.rtol, atol=self.atol, adjoint=self.adjoint, base=base)
 
     def _training_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:

@@ -9,16 +9,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from ..checks import check_positive_int
-from ..flows.conditional import ConditionalCNF
+from ..flows.cnf import CNF
 from ..flows.mixture import FlowMixture
 from ..nn import CONDITIONINGS
 from ..preprocessing import PREPROCESSINGS, TargetContextPreprocessor
 from .cnf_density import CNFDensity
-from .estimator_base import _is_auto, draw_seed
+from .estimator_base import draw_seed
 from .params import Options
-
-#: Rows per flow-matching step with ``batch_size="auto"`` (CNFDensity: 2048).
-_FLOW_MATCHING_BATCH = 4096
 
 __all__ = ["ConditionalCNFDensity"]
 
@@ -31,7 +28,7 @@ class _Rows(nn.Module):
     fit (minibatches of rows, validation, members, checkpoints) trains it as it trains an
     unconditional flow."""
 
-    def __init__(self, flow: ConditionalCNF) -> None:
+    def __init__(self, flow: CNF) -> None:
         super().__init__()
         self.flow = flow
 
@@ -59,7 +56,8 @@ class _Rows(nn.Module):
         return rows[:, :self.flow.dim], rows[:, self.flow.dim:]
 
     def log_prob(self, rows: torch.Tensor, return_regularisers: bool = False, **kwargs):
-        return self.flow.log_prob(*self.split(rows), return_regularisers, **kwargs)
+        return self.flow.log_prob(*self.split(rows), return_regularisers=return_regularisers,
+                                  **kwargs)
 
     def flow_matching_loss(self, rows: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.flow.flow_matching_loss(*self.split(rows), **kwargs)
@@ -72,7 +70,7 @@ class ConditionalCNFDensity(CNFDensity):
     n_features), y the modelled variables (n,) or (n, n_targets). The targets are mapped by
     ``preprocessing`` (whitening by default) and the features standardised; the flow
     :math:`\dot z = f(z, t; x)` carries each target to N(0, I) with its own row's features as
-    context (:class:`cnflow.flows.ConditionalCNF`), so
+    context (a :class:`cnflow.CNF` with ``context_features``), so
 
     .. math:: \log p(y \mid x) = \log \mathcal{N}(z(T); 0, I)
         + \int_0^T \operatorname{tr}\frac{\partial f}{\partial z}\,\mathrm{d}t
@@ -85,13 +83,13 @@ class ConditionalCNFDensity(CNFDensity):
     fine-tuning solve the ODE. There is no stacking with a Gaussian mixture and the base is
     N(0, I).
 
-    **Defaults that differ from CNFDensity's**: flow matching takes batches of 4096 rows
-    (``batch_size="auto"``; 512 for maximum-likelihood steps, as there) and fine-tuning
-    starts a fresh optimiser at ``fine_tune_lr`` = 0.03 × ``lr`` (``"auto"``: 3e-4 after
-    flow matching at 1e-2, instead of half of ``lr``). At half of ``lr`` the first
-    fine-tuning steps moved the conditional flow away from what flow matching had found,
-    and fine-tuning ended worse than flow matching alone; the measurements are in
-    ``docs/benchmarks.md`` ("Conditional densities").
+    **Defaults that differ from CNFDensity's** (its own table in the fit policy,
+    ``POLICIES["ConditionalCNFDensity"]`` in :mod:`cnflow.estimators.policy`; resolved values
+    in ``settings_``): flow matching takes larger batches, and fine-tuning starts at a much
+    smaller fraction of ``lr``. At CNFDensity's fraction the first fine-tuning steps moved
+    the conditional flow away from what flow matching had found, and fine-tuning ended
+    worse than flow matching alone; the measurements are in ``docs/benchmarks.md``
+    ("Conditional densities").
 
     **Where the context enters**: ``conditioning="gates"`` (default) feeds x to every
     layer's gate and shift, :math:`(W h + b) \odot \sigma(a t + G x + e) + d t + H x`, next to
@@ -101,7 +99,7 @@ class ConditionalCNFDensity(CNFDensity):
     Arguments:
         preprocessing: the targets' map, ``"standardize"``, ``"whiten"``, ``"log"`` or
             ``"gaussianize"`` (see :class:`cnflow.preprocessing.TabularPreprocessor`);
-            ``"auto"``: where rows are held out (up to 10,000 rows), the one of whiten, log and
+            ``"auto"``: where rows are held out, the one of whiten, log and
             gaussianize under which a Gaussian mixture of the targets scores the first
             held-out fold best (:func:`cnflow.preprocessing.choose_preprocessing`), else
             whitening. The features are always standardised. Gaussianised targets suit
@@ -136,8 +134,6 @@ class ConditionalCNFDensity(CNFDensity):
     # fixed for conditional densities (the shared fit reads them)
     base = "normal"
     stacking = False
-    #: fine-tuning's "auto" learning rate: 3e-4 after flow matching at 1e-2 (see the docstring)
-    _FINE_TUNE_LR_FRACTION = 0.03
     _FITTED = (*CNFDensity._FITTED, "n_targets_", "targets_1d_")
 
     def __init__(self, hidden="auto", objective="flow_matching", trace="exact",
@@ -146,7 +142,8 @@ class ConditionalCNFDensity(CNFDensity):
                  kinetic_energy=0.01, jacobian_norm=0.01, time_exponent=1.5,
                  fine_tune_iter="auto", fine_tune_lr="auto", fine_tune_tol=1e-3,
                  fine_tune_adjoint="auto", preprocessing="auto", conditioning="gates",
-                 n_members="auto", validation_fraction="auto", n_iter_no_change="auto",
+                 n_members="auto", validation_fraction="auto", regime="auto",
+                 n_iter_no_change="auto",
                  max_seconds=None,
                  dtype="float32", device="auto", random_state=None, verbose=False,
                  warm_start=False, checkpoint=None, checkpoint_interval=60.0):
@@ -173,6 +170,7 @@ class ConditionalCNFDensity(CNFDensity):
         self.conditioning = conditioning
         self.n_members = n_members
         self.validation_fraction = validation_fraction
+        self.regime = regime
         self.n_iter_no_change = n_iter_no_change
         self.max_seconds = max_seconds
         self.dtype = dtype
@@ -191,22 +189,8 @@ class ConditionalCNFDensity(CNFDensity):
     }
 
     # ------------------------------------------------------------ the shared fit's hooks
-    def _auto(self) -> dict:
-        """CNFDensity's "auto" settings, with flow matching at batch 4096 (see the
-        docstring)."""
-        auto = dict(super()._auto())
-        if self.objective == "flow_matching":
-            auto["batch_size"] = _FLOW_MATCHING_BATCH
-        return auto
-
-    def _preprocessing_kind(self, n_samples: int) -> str:
-        """"auto": chosen for the targets by held-out likelihood (as CNFDensity chooses,
-        :func:`cnflow.preprocessing.choose_preprocessing` on the targets' columns) where
-        rows are held out; whitening otherwise."""
-        if _is_auto(self.preprocessing):
-            held_out = self._n_members(n_samples) > 1 or self._validation_fraction(n_samples) > 0
-            return "choose" if held_out else "whiten"
-        return self.preprocessing
+    def _modelled_features(self, n_columns: int) -> int:
+        return int(self.n_targets_)
 
     def _columns_to_preprocess(self, X: np.ndarray) -> np.ndarray:
         return X[:, :int(self.n_targets_)]
@@ -231,8 +215,8 @@ class ConditionalCNFDensity(CNFDensity):
 
     def _build_flow(self, n_features: int, base: nn.Module | None = None) -> nn.Module:
         n_targets = int(self.n_targets_)
-        return _Rows(ConditionalCNF(
-            n_targets, n_features - n_targets, hidden=self._hidden(),
+        return _Rows(CNF(
+            n_targets, context_features=n_features - n_targets, hidden=self.settings_.hidden,
             conditioning=self.conditioning, trace=self.trace, method=self._method(),
             rtol=self.rtol, atol=self.atol, adjoint=self.adjoint))
 
@@ -349,14 +333,14 @@ class ConditionalCNFDensity(CNFDensity):
         log q(u_y | u_x)."""
         if not isinstance(self.flow_, FlowMixture):
             if with_log_prob:
-                return self.flow_.flow.sample_with_log_prob(C, trace="exact")
-            return self.flow_.flow.sample(C), None
+                return self.flow_.flow.sample_with_log_prob(context=C, trace="exact")
+            return self.flow_.flow.sample(context=C), None
         choice = self.flow_.choose(len(C)).to(C.device)
         U = C.new_empty((len(C), self.n_targets_))
         for k, member in enumerate(self.flow_.members):
             rows = torch.nonzero(choice == k).flatten()
             if len(rows):
-                U[rows] = member.flow.sample(C[rows])
+                U[rows] = member.flow.sample(context=C[rows])
         if not with_log_prob:
             return U, None
         return U, self._log_prob(self.flow_, torch.cat([U, C], dim=1))

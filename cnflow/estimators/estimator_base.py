@@ -12,13 +12,16 @@ caller's space.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import numbers
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -44,15 +47,15 @@ from ..training import (
 )
 from ..training.checkpoint import FitCheckpoint, data_digest
 from .params import Boolean, InstanceOf, Integer, Options, Real, check_parameters
+from .policy import FitSettings, resolve_fit_settings
 
 __all__ = ["EstimatorBase", "FlowDensityEstimator"]
 
 #: The floating-point types an estimator computes in, by the name its ``dtype`` takes.
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _FORMAT = "cnflow-estimator/1"
-
-#: Validations without improvement before early stopping, for n_iter_no_change="auto".
-_AUTO_N_ITER_NO_CHANGE = 10
+#: An estimator class, in the signatures of :func:`load_fitted`.
+E = TypeVar("E", bound="EstimatorBase")
 
 
 def _is_auto(value) -> bool:
@@ -127,6 +130,74 @@ def read_estimator_file(path: str | Path, estimator: str, file_format: str) -> d
     if data.get("estimator") != estimator:
         raise ModelFileError(f"{path} holds a {data.get('estimator')}, not a {estimator}")
     return data
+
+
+@contextlib.contextmanager
+def reading_parts_of(path: str | Path):
+    """Inside, a missing or malformed part of the estimator file at ``path`` (a KeyError,
+    TypeError, AttributeError, RuntimeError or ValueError) becomes a
+    :class:`cnflow.ModelFileError` naming the file and the part."""
+    try:
+        yield
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as err:
+        what = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        raise ModelFileError(f"{path} is damaged: {what}") from None
+
+
+def save_fitted(estimator: EstimatorBase, path: str | Path, file_format: str,
+                module: nn.Module, **fitted) -> None:
+    """Write a fitted estimator that holds one torch module to a ``torch.save`` file that
+    loads with ``weights_only=True``, atomically (:func:`cnflow.files.atomic_write`).
+
+    The file is a dict of plain values and tensors: ``file_format``, the estimator's class
+    name, its parameters (:meth:`EstimatorBase._plain_params`), the module's parameters and
+    buffers (on the CPU), ``history_``, ``n_iter_`` and the estimator's own ``fitted``
+    values; :func:`load_fitted` reads it back.
+    """
+    contents = {"format": file_format, "estimator": type(estimator).__name__,
+                "params": estimator._plain_params(),
+                "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+                "history": estimator.history_, "n_iter": int(estimator.n_iter_), **fitted}
+    atomic_write(path, lambda handle: torch.save(contents, handle))
+
+
+def load_fitted(cls: type[E], path: str | Path, file_format: str, device: str | None,
+                rebuild: Callable[[E, dict], nn.Module]) -> tuple[E, nn.Module]:
+    """The estimator and its module from a file of :func:`save_fitted`.
+
+    The estimator is made from the saved parameters (checked), with ``device`` (when given)
+    in place of the saved one, and ``device_``, ``history_`` and ``n_iter_`` set;
+    ``rebuild(estimator, contents)`` restores the estimator's own fitted values and returns
+    its module, newly built (the global random stream is left as it was). The module is then
+    cast to the estimator's device and dtype and the saved parameters are loaded into it
+    (cast first, so that float64 values are never rounded through float32).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        cnflow.ModelFileError: (a ValueError) the file is truncated, empty, not a file of
+            ``cls``, or has parts missing or malformed; the message names the file and says
+            which. No code from the file runs (``weights_only=True``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    data = read_estimator_file(path, cls.__name__, file_format)
+    with reading_parts_of(path):
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in data["params"].items()}
+        est = cls(**params)
+        if device is not None:
+            est.device = device
+        est._validate_parameters()
+        est.device_ = resolve_device(est.device)
+        with est._seeded(0):
+            module = rebuild(est, data)
+        module = module.to(est.device_, est._torch_dtype())
+        module.load_state_dict(data["state_dict"])
+        est.history_ = list(data["history"])
+        est.n_iter_ = int(data["n_iter"])
+    return est, module
 
 
 def draw_seed(random_state) -> int:
@@ -224,7 +295,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         raise NotImplementedError
 
     def _fit_mixture(self, U_train: torch.Tensor, U_val: torch.Tensor | None,
-                     n_samples: int, seed: int, deadline: float | None = None
+                     seed: int, deadline: float | None = None
                      ) -> GaussianMixtureBase | None:
         """A Gaussian mixture fitted to a member's training rows, where the subclass uses
         one (as the flow's base or to stack with it); None otherwise. ``deadline``: when the
@@ -235,30 +306,25 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         """The base density to build a member's flow with (None: the flow's own)."""
         return None
 
-    def _stacks(self, n_samples: int) -> bool:
-        """Whether each member's flow is stacked with its Gaussian mixture."""
-        return False
-
     def _training_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         return -flow.log_prob(u).mean()
 
     def _log_prob(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         return flow.log_prob(u)
 
-    def _auto(self) -> dict:
-        """What "auto" means for max_iter, batch_size, lr, lr_schedule, and the validation
-        interval."""
-        raise NotImplementedError
+    def _resolve_settings(self, n_samples: int, n_columns: int,
+                          n_members: int | None = None) -> FitSettings:
+        """Every "auto" resolved by the fit policy (:mod:`cnflow.estimators.policy`) for
+        ``n_samples`` rows of ``n_columns`` columns (the flow's rows); ``n_members``: a warm
+        start's members."""
+        return resolve_fit_settings(type(self).__name__, self.get_params(deep=False),
+                                    n_samples, self._modelled_features(n_columns),
+                                    n_members=n_members)
 
-    def _train_settings(self) -> dict:
-        """The loop's max_iter, batch_size, lr, lr_schedule and validation_interval, "auto"
-        resolved."""
-        auto = self._auto()
-        chosen = {"max_iter": self.max_iter, "batch_size": self.batch_size, "lr": self.lr,
-                  "lr_schedule": self.lr_schedule}
-        settings = {name: auto[name] if _is_auto(value) else value
-                    for name, value in chosen.items()}
-        return {**settings, "validation_interval": auto["validation_interval"]}
+    def _modelled_features(self, n_columns: int) -> int:
+        """The dimensions the flow models among its rows' ``n_columns`` (all of them, unless
+        a subclass conditions on some)."""
+        return n_columns
 
     def _validation_loss(self, flow: nn.Module, u: torch.Tensor,
                          reduce: bool = True) -> torch.Tensor:
@@ -281,10 +347,6 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         and the log-determinant of the map at each row (numpy, float64)."""
         U, logdet = self.preprocessor_.transform(X)
         return torch.as_tensor(U, dtype=self._torch_dtype(), device=self.device_), logdet
-
-    def _preprocessing_kind(self, n_samples: int) -> str:
-        """The preprocessing to fit ("standardize" unless a subclass offers others)."""
-        return "standardize"
 
     def _columns_to_preprocess(self, X: np.ndarray) -> np.ndarray:
         """The columns whose map "choose" picks (all; a conditional estimator's targets)."""
@@ -312,20 +374,6 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
 
     def _restore_extras(self, data: dict) -> None:
         """Read back :meth:`_saved_extras` (before the flow is rebuilt)."""
-
-    def _n_members(self, n_samples: int) -> int:
-        """How many flows the fitted model averages (one, unless a subclass says)."""
-        return 1
-
-    def _validation_fraction(self, n_samples: int) -> float:
-        """The share of rows held out, "auto" resolved (none, unless a subclass says)."""
-        return 0.0 if _is_auto(self.validation_fraction) else float(self.validation_fraction)
-
-    def _n_iter_no_change(self) -> int | None:
-        """Validations without improvement before stopping, "auto" resolved."""
-        if _is_auto(self.n_iter_no_change):
-            return _AUTO_N_ITER_NO_CHANGE
-        return self.n_iter_no_change
 
     # ------------------------------------------------------------ the estimator API
     def fit(self, X, y=None):
@@ -359,7 +407,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         return self._fit_rows(X, warm)
 
     _FITTED = ("flow_", "history_", "n_iter_", "mean_", "scale_", "device_", "preprocessor_",
-               "n_members_", "preprocessing_scores_", "stacking_weights_")
+               "n_members_", "preprocessing_scores_", "stacking_weights_", "settings_")
 
     def _start_fit(self) -> dict | None:
         """Check the parameters, keep what a warm start needs, and forget the fitted state
@@ -372,7 +420,19 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
 
     def _fit_rows(self, X: np.ndarray, warm: dict | None):
         """Fit to the validated rows X that the flow models (a conditional estimator's rows
-        hold the targets and the context side by side)."""
+        hold the targets and the context side by side), with every "auto" resolved once by
+        the fit policy into ``settings_``."""
+        self.settings_ = self._resolve_settings(
+            len(X), X.shape[1], None if warm is None else len(warm["parts"]))
+        try:
+            return self._fit_settled(X, warm, self.settings_)
+        except BaseException:
+            if not hasattr(self, "flow_"):  # nothing was fitted: no settings either
+                del self.settings_
+            raise
+
+    def _fit_settled(self, X: np.ndarray, warm: dict | None, settings: FitSettings):
+        """:meth:`_fit_rows` once ``settings`` are resolved."""
         device = resolve_device(self.device)
         checkpoint = self._open_checkpoint(X, warm)
         # max_seconds bounds the whole fit (with a checkpoint, every run of it)
@@ -386,10 +446,12 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         if plan["preprocessing_scores"] is not None:
             self.preprocessing_scores_ = plan["preprocessing_scores"]
         U, _ = self._transform(X)
-        config = TrainConfig(max_seconds=self.max_seconds,
-                             weight_decay=self.weight_decay,
-                             n_iter_no_change=self._n_iter_no_change() if n_val else None,
-                             verbose=self.verbose, **self._train_settings())
+        config = TrainConfig(max_iter=settings.max_iter, batch_size=settings.batch_size,
+                             lr=settings.lr, lr_schedule=settings.lr_schedule,
+                             validation_interval=settings.validation_interval,
+                             max_seconds=self.max_seconds, weight_decay=self.weight_decay,
+                             n_iter_no_change=settings.n_iter_no_change if n_val else None,
+                             verbose=self.verbose)
         members, history, n_iter = self._resumed_members(checkpoint, X.shape[1], warm)
         fault = None
         for k in range(len(members), n_members):
@@ -405,7 +467,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                 if warm is not None and warm["parts"][k][1] is not None:
                     mixture = copy.deepcopy(warm["parts"][k][1])
                 else:
-                    mixture = self._fit_mixture(U_train, U_val, len(X), seed + k, deadline)
+                    mixture = self._fit_mixture(U_train, U_val, seed + k, deadline)
                 member_seconds = None
                 if config.max_seconds is not None:  # the time left, shared by the members left
                     left = config.max_seconds - (time.perf_counter() - started)
@@ -428,7 +490,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                                          checkpoint=checkpoint, fresh=warm is None)
                 except TrainingFault as err:
                     fault, result = err, err.result
-            if fault is None and self._stacks(len(X)):
+            if fault is None and settings.stacking:
                 flow = self._stacked(flow, mixture, U_val)
             members.append(flow)
             n_iter = append_history(history, result, n_iter,
@@ -488,13 +550,13 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                     "folds": folds_of(perm, n_members, n_val), "preprocessing_scores": scores}
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))  # as draw_seed, then the row order
-        n_members = len(warm["parts"]) if warm is not None else self._n_members(len(X))
-        fraction = 1 / n_members if n_members > 1 else self._validation_fraction(len(X))
+        settings = self.settings_
+        n_members, fraction = settings.n_members, settings.validation_fraction
         n_val = int(round(fraction * len(X)))
         if fraction > 0 and (n_val < 1 or len(X) - n_val < 1):
             raise ValueError(f"validation_fraction={fraction} leaves no rows "
                              f"for training or validation with {len(X)} samples")
-        if self._stacks(len(X)) and not n_val:
+        if settings.stacking and not n_val:
             raise ValueError("stacking chooses the flow's weight on held-out rows; with "
                              "stacking=True set validation_fraction > 0 (or leave it 'auto')")
         perm = rng.permutation(len(X))
@@ -503,7 +565,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         if warm is not None:
             preprocessor, scores = warm["preprocessor"], warm["preprocessing_scores"]
         else:
-            kind = self._preprocessing_kind(len(X))
+            kind = settings.preprocessing
             if kind == "choose":  # by held-out likelihood, on the first validation fold
                 kind, scores = choose_preprocessing(
                     self._columns_to_preprocess(X), perm[~np.isin(perm, folds[0])], folds[0],
@@ -700,6 +762,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             "stacked_components": [0 if m is None else int(m.n_components)
                                    for _, m in self._member_parts()],
             "history": self.history_,
+            "settings": self.settings_.as_dict(),
             **self._saved_extras(),
         }
         atomic_write(path, lambda handle: torch.save(contents, handle))
@@ -718,13 +781,8 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         if not path.is_file():
             raise FileNotFoundError(f"no model file at {path}")
         data = read_estimator_file(path, cls.__name__, _FORMAT)
-        try:
+        with reading_parts_of(path):
             return cls._from_saved(data, path, device)
-        except ModelFileError:
-            raise
-        except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as err:
-            what = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
-            raise ModelFileError(f"{path} is damaged: {what}") from None
 
     @classmethod
     def _from_saved(cls, data: dict, path: Path, device: str | None):
@@ -748,6 +806,10 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         est.n_iter_ = data["n_iter"]
         est.history_ = data["history"]
         est._restore_extras(data)
+        if data.get("settings") is not None:
+            est.settings_ = FitSettings.from_dict(data["settings"])
+        else:  # a file from before settings were saved: the rules that need no row count
+            est.settings_ = est._resolve_settings(0, int(data["n_features_in"]))
         # Cast before loading so that float64 weights are never rounded through float32.
         est.n_members_ = int(data.get("n_members", 1))
         D = est._flow_width()

@@ -12,7 +12,6 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ..checks import check_finite_array, check_positive_int
-from ..files import ModelFileError, atomic_write
 from ..flows.image import MultiscaleImageCNF
 from ..flows.image_transforms import bits_per_dim, dequantize, squeeze
 from ..training import (
@@ -28,7 +27,8 @@ from .estimator_base import (
     DTYPES,
     EstimatorBase,
     draw_seed,
-    read_estimator_file,
+    load_fitted,
+    save_fitted,
 )
 from .params import Boolean, InstanceOf, Integer, IntegerSequence, Options, Real
 
@@ -247,12 +247,7 @@ class ImageCNFDensity(EstimatorBase):
         """Write the fitted estimator to a ``torch.save`` file (loads with
         ``weights_only=True``), atomically."""
         check_is_fitted(self, "flow_")
-        contents = {"format": _FORMAT, "estimator": type(self).__name__,
-                    "params": self._plain_params(), "shape": list(self.shape_),
-                    "state_dict": {k: v.detach().cpu()
-                                   for k, v in self.flow_.state_dict().items()},
-                    "history": self.history_, "n_iter": int(self.n_iter_)}
-        atomic_write(path, lambda handle: torch.save(contents, handle))
+        save_fitted(self, path, _FORMAT, self.flow_, shape=list(self.shape_))
 
     @classmethod
     def load(cls, path, device: str | None = None) -> ImageCNFDensity:
@@ -261,23 +256,12 @@ class ImageCNFDensity(EstimatorBase):
         Raises:
             FileNotFoundError, cnflow.ModelFileError: as :meth:`cnflow.CNFDensity.load`.
         """
-        data = read_estimator_file(path, cls.__name__, _FORMAT)
-        try:
-            params = dict(data["params"])
-            params["hidden"] = tuple(params["hidden"])
-            est = cls(**params)
-            if device is not None:
-                est.device = device
-            est.device_ = resolve_device(est.device)
+        def rebuild(est: ImageCNFDensity, data: dict) -> nn.Module:
             est.shape_ = tuple(int(v) for v in data["shape"])
-            with est._seeded(0):
-                flow = est._new_flow()
-            flow.load_state_dict(data["state_dict"])
-            est.flow_ = flow.to(est.device_, DTYPES[est.dtype])
-            est.history_, est.n_iter_ = data["history"], int(data["n_iter"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            what = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
-            raise ModelFileError(f"{path} is damaged: {what}") from None
+            return est._new_flow()
+
+        est, flow = load_fitted(cls, path, _FORMAT, device, rebuild)
+        est.flow_ = flow
         return est
 
     def _scale_loss(self, s: int):

@@ -50,9 +50,6 @@ class PlanarFlowDensity(FlowDensityEstimator):
         Rezende & Mohamed (2015), "Variational inference with normalizing flows".
     """
 
-    _auto_settings = {"max_iter": 2000, "batch_size": 512, "lr": 1e-2,
-                      "lr_schedule": "cosine", "validation_interval": 20}
-
     def __init__(self, n_layers=16, max_iter="auto", batch_size=512, lr="auto",
                  lr_schedule="auto", weight_decay=0.0, validation_fraction=0.0,
                  n_iter_no_change=None, max_seconds=None, dtype="float32", device="auto",
@@ -76,9 +73,6 @@ class PlanarFlowDensity(FlowDensityEstimator):
         self.checkpoint_interval = checkpoint_interval
 
     _parameter_kinds = {"n_layers": [Integer(1)]}
-
-    def _auto(self) -> dict:
-        return self._auto_settings
 
     def _build_flow(self, n_features: int, base: nn.Module | None = None) -> nn.Module:
         return PlanarFlow(n_features, n_layers=int(self.n_layers), closed_form="log_prob")

@@ -17,6 +17,18 @@ backwards, from :math:`z(T)` at :math:`t = T` to :math:`t = 0`, inverts the map,
 log-determinant of the inverse. The trace is exact or Hutchinson's estimate (FFJORD,
 Grathwohl et al. 2019), see :mod:`cnflow.divergence`.
 
+A conditional CNF (``context_features`` > 0) models p(x | c): the field reads a context,
+:math:`\dot z = f(z, t; c)`, each row with its own c held fixed along its path, and the change
+of variables holds for each fixed c,
+
+.. math:: \log p(x \mid c) = \log \mathcal{N}(z(T); 0, I)
+    + \int_0^T \operatorname{tr}\Big(\frac{\partial f}{\partial z}(z(t), t; c)\Big)\,
+    \mathrm{d}t ,
+
+the divergence taken with respect to z only (the context is data, not state). Every method
+takes the context as an argument of the call and binds it to the field for that solve alone
+(:class:`cnflow.nn.WithContext`); the module stores none.
+
 Regularisers (RNODE, Finlay et al. 2020) are integrated as further states of the same solve:
 the kinetic energy :math:`\int_0^T \|f\|^2 \mathrm{d}t` and the Jacobian Frobenius norm
 :math:`\int_0^T \|\partial f/\partial z\|_F^2 \mathrm{d}t` (exactly with the exact trace, by the
@@ -26,6 +38,7 @@ estimate :math:`\|\varepsilon^\top \partial f/\partial z\|^2` with the trace's p
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple, overload
@@ -35,9 +48,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import divergence
-from ..checks import check_int, check_positive_int, check_positive_real
+from ..checks import (
+    check_finite_array,
+    check_int,
+    check_nonnegative_int,
+    check_positive_int,
+    check_positive_real,
+)
 from ..interfaces import BaseDensity, DivergencePullback
-from ..nn import ConcatSquashMLP
+from ..nn import CONDITIONINGS, ConcatSquashMLP, WithContext
 from ..ode import NFECounts, SolveOptions, SolverStats
 from ..ode.inputs import check_end_time
 from ..ode.options import SolvesODEs, deprecated_solver, options_from
@@ -63,6 +82,28 @@ class CNFRegularisers(NamedTuple):
 def _softplus_inverse(y: float) -> float:
     """x with softplus(x) = log(1 + e^x) = y > 0, computed stably."""
     return y + math.log(-math.expm1(-y))
+
+
+def _check_field_signature(net: Callable, context_features: int) -> None:
+    """ValueError where ``net`` plainly cannot be called as the flow will call it: ``net(t, z,
+    context)`` with ``context_features``, else ``net(t, z)`` (a network that says how many
+    context features it reads must agree; a signature that cannot be read passes)."""
+    reads = getattr(net, "context_features", None)
+    if isinstance(reads, int) and not isinstance(reads, bool) and reads != context_features:
+        raise ValueError(f"net reads a context of {reads} features but the CNF has "
+                         f"context_features={context_features}")
+    try:
+        signature = inspect.signature(net.forward if isinstance(net, nn.Module) else net)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*(None,) * (3 if context_features else 2))
+    except TypeError:
+        call = "net(t, z, context)" if context_features else "net(t, z)"
+        hint = ("" if context_features else
+                "; a field that reads a context needs CNF(..., context_features=k)")
+        raise ValueError(f"the CNF calls {call}, but net's signature is {signature}"
+                         f"{hint}") from None
 
 
 def _checked_trace(trace: object) -> str:
@@ -125,21 +166,34 @@ class _DensityDynamics:
 
 
 class CNF(SolvesODEs, NFECounts, Flow):
-    r"""A continuous normalizing flow with base :math:`\mathcal{N}(0, I)` (FFJORD).
+    r"""A continuous normalizing flow with base :math:`\mathcal{N}(0, I)` (FFJORD), optionally
+    conditional: p(x | c) given a context c.
 
     Data at :math:`t = 0` are carried by the velocity field ``net(t, z)`` to the base at
     :math:`t = T`; :meth:`log_prob` integrates the state and the log-density together,
     :meth:`sample` integrates base draws backwards, :meth:`transform` maps either way with the
     log-determinant.
 
+    With ``context_features=k`` the flow is conditional: the field is ``net(t, z, context)``
+    and every method takes the context, shape (n, k), row i the context of row i, as its
+    second argument (``log_prob(x, context)``, ``transform(x, context)``,
+    ``flow_matching_loss(x, context)``, ``trajectory(z, context)``); :meth:`sample` and
+    :meth:`sample_with_log_prob` draw one x per context row (``sample(context=c)``; an n, if
+    given, must equal the number of rows). The context is bound to the field for that call
+    only. A conditional flow refuses a call without a context, an unconditional one a call
+    with one.
+
     Arguments:
         dim: the dimension D of the data.
         hidden: widths of the hidden layers of the built-in network, a
             :class:`~cnflow.nn.ConcatSquashMLP` (ignored when ``net`` is given).
-        net: the velocity field ``net(t, z) -> dz/dt`` (z of shape (n, D), t a 0-d tensor),
-            replacing the built-in network; it must act row by row. An ``nn.Module`` is
-            registered, and its parameters are trained and get adjoint gradients; a plain
-            function has none.
+        net: the velocity field replacing the built-in network: ``net(t, z) -> dz/dt``
+            without ``context_features``, ``net(t, z, context) -> dz/dt`` with them (z of
+            shape (n, D), context (n, k), t a 0-d tensor in the solves and an (n, 1) column
+            in :meth:`flow_matching_loss`); it must act row by row. An ``nn.Module`` is
+            registered (its state_dict is the flow's), and its parameters are trained and get
+            adjoint gradients; a plain function has none. A signature that cannot take those
+            arguments is refused.
         T: the end time, > 0.
         trace: ``"exact"`` (default) or ``"hutchinson"``, see :mod:`cnflow.divergence`.
         noise: the Hutchinson probes, ``"rademacher"`` (default) or ``"gaussian"``; drawn once
@@ -152,6 +206,10 @@ class CNF(SolvesODEs, NFECounts, Flow):
         train_T: make T a learnable parameter, kept positive as
             :math:`T = \operatorname{softplus}(\tau)` (FFJORD learns T too).
         activation: the built-in network's activation (see :class:`~cnflow.nn.ConcatSquashMLP`).
+        context_features: k, the size of the context c (0, the default: an unconditional flow).
+        conditioning: where the built-in network reads c, ``"gates"`` (every layer's gate and
+            shift, default) or ``"concat"`` (the first layer's input), see
+            :class:`~cnflow.nn.ConcatSquashMLP`.
         exact_method: how the exact trace is computed, one of
             :data:`cnflow.divergence.EXACT_METHODS`: ``"auto"`` (default) propagates the
             Jacobian forward through the built-in network, or runs a loop of D vector-Jacobian
@@ -196,6 +254,13 @@ class CNF(SolvesODEs, NFECounts, Flow):
         >>> logp, reg = flow.log_prob(x, return_regularisers=True)
         >>> loss = -logp.mean() + 0.01 * reg.kinetic.mean() + 0.01 * reg.jacobian.mean()
 
+        A conditional flow p(y | c):
+
+        >>> cond = CNF(1, hidden=(16, 16), context_features=2)
+        >>> y, c = torch.randn(8, 1), torch.randn(8, 2)
+        >>> cond.log_prob(y, c).shape, cond.sample(context=c).shape
+        (torch.Size([8]), torch.Size([8, 1]))
+
     References:
         Chen, Rubanova, Bettencourt & Duvenaud (2018), "Neural ordinary differential equations".
         Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud (2019), "FFJORD: Free-form continuous
@@ -208,7 +273,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
         self,
         dim: int,
         hidden: Sequence[int] = (64, 64, 64),
-        net: Callable[[Tensor, Tensor], Tensor] | None = None,
+        net: Callable[..., Tensor] | None = None,
         T: float = 1.0,
         trace: str = "exact",
         noise: str = "rademacher",
@@ -219,6 +284,8 @@ class CNF(SolvesODEs, NFECounts, Flow):
         *,
         train_T: bool = False,
         activation: str | nn.Module = "tanh",
+        context_features: int = 0,
+        conditioning: str = "gates",
         exact_method: str = "auto",
         step_size: float | None = None,
         max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
@@ -240,10 +307,17 @@ class CNF(SolvesODEs, NFECounts, Flow):
             raise ValueError(f"unknown exact_method {exact_method!r}; valid: "
                              f"{', '.join(divergence.EXACT_METHODS)}")
         check_end_time(T)
+        context_features = check_nonnegative_int(context_features, "context_features")
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {conditioning!r}; valid: "
+                             f"{', '.join(CONDITIONINGS)}")
         if net is None:
-            net = ConcatSquashMLP(dim, hidden, activation=activation)
+            net = ConcatSquashMLP(dim, hidden, activation=activation,
+                                  context_features=context_features, conditioning=conditioning)
         elif not callable(net):
             raise ValueError(f"net must be callable as net(t, z), got {type(net).__name__}")
+        else:
+            _check_field_signature(net, context_features)
         if base is not None:
             if not (isinstance(base, nn.Module) and isinstance(base, BaseDensity)):
                 missing = [m for m in ("log_prob", "sample", "draw_coupled")
@@ -255,6 +329,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
         self.base = base  # a submodule (its buffers follow .to() and state_dict) or None
         self.net = net  # registered as a submodule when it is an nn.Module
         self.dim = dim
+        self.context_features = context_features
         self.trace = trace
         self.noise = noise
         self.train_T = bool(train_T)
@@ -278,35 +353,42 @@ class CNF(SolvesODEs, NFECounts, Flow):
 
     def extra_repr(self) -> str:
         learnable = " (learnable)" if self.train_T else ""
-        return (f"dim={self.dim}, T={float(self.T.detach()):.4g}{learnable}, "
+        context = f", context_features={self.context_features}" if self.context_features else ""
+        return (f"dim={self.dim}{context}, T={float(self.T.detach()):.4g}{learnable}, "
                 f"trace={self.trace!r}, method={self.method!r}, rtol={self.rtol:g}, "
                 f"atol={self.atol:g}, adjoint={self.adjoint}")
 
     # ------------------------------------------------------------------ public methods
 
     @overload
-    def log_prob(self, x: Tensor, return_regularisers: Literal[False] = ..., *,
+    def log_prob(self, x: Tensor, context: Tensor | None = ...,
+                 return_regularisers: Literal[False] = ..., *,
                  trace: str | None = ..., solve_options: SolveOptions | None = ...
                  ) -> Tensor: ...
 
     @overload
-    def log_prob(self, x: Tensor, return_regularisers: Literal[True], *,
+    def log_prob(self, x: Tensor, context: Tensor | None = ..., *,
+                 return_regularisers: Literal[True],
                  trace: str | None = ..., solve_options: SolveOptions | None = ...
                  ) -> tuple[Tensor, CNFRegularisers]: ...
 
-    def log_prob(self, x: Tensor, return_regularisers: bool = False, *,
+    def log_prob(self, x: Tensor, context: Tensor | None = None,
+                 return_regularisers: bool = False, *,
                  trace: str | None = None, solve_options: SolveOptions | None = None):
-        r"""The log-density of each row of x.
+        r"""The log-density of each row of x (given its context, for a conditional flow).
 
         .. math:: \log p(x) = \log \mathcal{N}(z(T); 0, I)
             + \int_0^T \operatorname{tr}\left(\frac{\partial f}{\partial z}(z(t), t)\right)
             \mathrm{d}t, \qquad z(0) = x,
 
         from one solve of the augmented system (with Hutchinson's trace, an unbiased estimate
-        of the log-determinant, so of log p(x) up to the estimator's noise).
+        of the log-determinant, so of log p(x) up to the estimator's noise). For a conditional
+        flow, log p(x | c) with f(z, t; c).
 
         Arguments:
             x: data, shape (n, dim), of the flow's dtype.
+            context: the rows' contexts, shape (n, context_features), of the flow's dtype and
+                device; exactly when the flow has ``context_features``.
             return_regularisers: also integrate and return the RNODE regularisers along the
                 same path, for a training loss such as
                 ``-logp.mean() + λ_K * reg.kinetic.mean() + λ_J * reg.jacobian.mean()``.
@@ -320,35 +402,40 @@ class CNF(SolvesODEs, NFECounts, Flow):
             CNFRegularisers(kinetic, jacobian))``, each of shape (n,).
         """
         x = self._check_data(x, "x")
-        z, logdet, regs = self._flow(x, reverse=False, regularise=return_regularisers,
+        context = self._given(context, x.shape[0])
+        z, logdet, regs = self._flow(x, context, reverse=False, regularise=return_regularisers,
                                      trace=trace, options=solve_options)
         logp = self.base_log_prob(z) + logdet
         if return_regularisers:
             return logp, regs
         return logp
 
-    def sample(self, n: int) -> Tensor:
+    def sample(self, n: int | None = None, context: Tensor | None = None) -> Tensor:
         """n draws from the flow: base draws z integrated from t = T back to 0.
 
         Only the state is integrated (no trace). Gradients reach the parameters (adjoint or
-        backprop, as the flow is set).
+        backprop, as the flow is set). A conditional flow draws one x per context row:
+        ``sample(context=c)``, x[i] ~ p(x | c[i]) (to draw m per context, repeat its rows).
 
         Arguments:
-            n: the number of draws.
+            n: the number of draws; with a context, None or the number of its rows.
+            context: shape (m, context_features), exactly when the flow has
+                ``context_features``.
 
         Returns:
             Shape (n, dim), of the flow's dtype and device.
         """
-        n = check_positive_int(n, "n")
+        context, n = self._given_draws(n, context)
         z = self._base_draws(n)
-        field = self._field()
+        field = self._field(context)
 
         def f(t: Tensor, state: Tensor) -> Tensor:
             return field(t, state)
 
-        return self._solve(f, z, self._times(reverse=True, like=z))
+        return self._solve(f, z, self._times(reverse=True, like=z), context=context)
 
-    def trajectory(self, z: Tensor, n_times: int = 9) -> tuple[Tensor, Tensor]:
+    def trajectory(self, z: Tensor, context: Tensor | None = None,
+                   n_times: int = 9) -> tuple[Tensor, Tensor]:
         r"""The paths of base points z from t = T back to t = 0 (the sampling direction).
 
         .. math:: \dot z = f(z, t), \qquad z(T) = z, \qquad
@@ -364,6 +451,8 @@ class CNF(SolvesODEs, NFECounts, Flow):
 
         Arguments:
             z: base points, shape (n, dim), of the flow's dtype and device.
+            context: their contexts, shape (n, context_features), exactly when the flow has
+                ``context_features``.
             n_times: how many evenly spaced times from T to 0, both included (at least 2).
 
         Returns:
@@ -379,10 +468,11 @@ class CNF(SolvesODEs, NFECounts, Flow):
             (torch.Size([4]), torch.Size([4, 5, 2]))
         """
         z = self._check_data(z, "z")
+        context = self._given(context, z.shape[0])
         n_times = check_int(n_times, "n_times", 2)
         T = float(self.T)
         times = torch.linspace(T, 0.0, n_times, dtype=z.dtype, device=z.device)
-        field = self._field()
+        field = self._field(context)
 
         def f(t: Tensor, state: Tensor) -> Tensor:
             return field(t, state)
@@ -391,10 +481,11 @@ class CNF(SolvesODEs, NFECounts, Flow):
         options = self.solve_options.replace(adjoint=False)  # backpropagation, as documented
         return times, options.solve(f, z, times, stats=self.stats_forward)
 
-    def sample_with_log_prob(self, n: int, *, trace: str | None = None,
-                             solve_options: SolveOptions | None = None
+    def sample_with_log_prob(self, n: int | None = None, context: Tensor | None = None, *,
+                             trace: str | None = None, solve_options: SolveOptions | None = None
                              ) -> tuple[Tensor, Tensor]:
-        r"""n draws x and their log-densities, from one reverse solve with the trace.
+        r"""n draws x and their log-densities, from one reverse solve with the trace (one
+        draw per context row and its log p(x | c) for a conditional flow, as :meth:`sample`).
 
         Base draws z ~ N(0, I) at t = T are integrated back to x at t = 0 together with
         :math:`\Delta = \log|\det \partial x/\partial z| = -\int_0^T \operatorname{tr}
@@ -403,7 +494,9 @@ class CNF(SolvesODEs, NFECounts, Flow):
         density matching, :math:`\mathbb{E}_q[\log q - \log \tilde p]`, needs.
 
         Arguments:
-            n: the number of draws.
+            n: the number of draws; with a context, None or the number of its rows.
+            context: shape (m, context_features), exactly when the flow has
+                ``context_features``.
             trace, solve_options: this call's trace estimator and solve (None: the flow's),
                 as in :meth:`log_prob`; ``trace="exact"`` gives the log-densities that
                 ``log_prob`` with the exact trace gives for the same points, to the solver's
@@ -412,14 +505,15 @@ class CNF(SolvesODEs, NFECounts, Flow):
         Returns:
             ``(x, log_q)`` of shapes (n, dim) and (n,).
         """
-        n = check_positive_int(n, "n")
+        context, n = self._given_draws(n, context)
         z = self._base_draws(n)
-        x, logdet, _ = self._flow(z, reverse=True, regularise=False, trace=trace,
+        x, logdet, _ = self._flow(z, context, reverse=True, regularise=False, trace=trace,
                                   options=solve_options)
         return x, self.base_log_prob(z) - logdet
 
-    def transform(self, x: Tensor, reverse: bool = False, *, trace: str | None = None,
-                  solve_options: SolveOptions | None = None) -> tuple[Tensor, Tensor]:
+    def transform(self, x: Tensor, context: Tensor | None = None, reverse: bool = False, *,
+                  trace: str | None = None, solve_options: SolveOptions | None = None
+                  ) -> tuple[Tensor, Tensor]:
         r"""The flow's map and its log-determinant, either way.
 
         Forward: data x at t = 0 to z = z(T), with :math:`\log|\det \partial z/\partial x| =
@@ -429,6 +523,8 @@ class CNF(SolvesODEs, NFECounts, Flow):
 
         Arguments:
             x: points, shape (n, dim): data (forward) or base points (reverse).
+            context: their contexts, shape (n, context_features), exactly when the flow has
+                ``context_features``.
             reverse: map base points to data.
             trace, solve_options: this call's trace estimator and solve (None: the flow's),
                 as in :meth:`log_prob`.
@@ -438,11 +534,13 @@ class CNF(SolvesODEs, NFECounts, Flow):
             each point, shape (n,) (an unbiased estimate with Hutchinson's trace).
         """
         x = self._check_data(x, "x")
-        y, logdet, _ = self._flow(x, reverse=reverse, regularise=False, trace=trace,
+        context = self._given(context, x.shape[0])
+        y, logdet, _ = self._flow(x, context, reverse=reverse, regularise=False, trace=trace,
                                   options=solve_options)
         return y, logdet
 
-    def flow_matching_loss(self, x: Tensor, *, generator: torch.Generator | None = None,
+    def flow_matching_loss(self, x: Tensor, context: Tensor | None = None, *,
+                           generator: torch.Generator | None = None,
                            time_exponent: float = 1.0) -> Tensor:
         r"""The conditional flow-matching loss of a minibatch: training without any ODE solve.
 
@@ -469,8 +567,14 @@ class CNF(SolvesODEs, NFECounts, Flow):
         sharpest: it carries the data's fine structure (thin arms, edges). (Esser et al. 2024
         compare such non-uniform laws of t for rectified flows on images.)
 
+        For a conditional flow every pair keeps its row's context along its path,
+        :math:`\mathbb{E}\,\| f_\theta(x_t, t; c) - (z - x)/T \|^2`, whose minimiser is the
+        marginal field of each p(x | c).
+
         Arguments:
             x: data, shape (n, dim), of the flow's dtype.
+            context: the rows' contexts, shape (n, context_features), exactly when the flow
+                has ``context_features``.
             generator: the source of z and t (default: torch's global generator).
             time_exponent: γ > 0, the exponent of the time draws (see above).
 
@@ -479,9 +583,9 @@ class CNF(SolvesODEs, NFECounts, Flow):
             parameters; T is held fixed, since this loss carries no information about it).
 
         Note:
-            ``net`` is called with one time per row, a tensor of shape (n, 1); the built-in
-            network accepts it. ``stats_forward`` is set to one evaluation, ``stats_backward``
-            to none.
+            ``net`` is called with one time per row, a tensor of shape (n, 1) (and the
+            context); the built-in network accepts it. ``stats_forward`` is set to one
+            evaluation, ``stats_backward`` to none.
 
         References:
             Lipman, Chen, Ben-Hamu, Nickel & Le (2023), "Flow matching for generative
@@ -492,6 +596,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
         """
         check_positive_real(time_exponent, "time_exponent")
         x = self._check_data(x, "x")
+        context = self._given(context, x.shape[0])
         n = x.shape[0]
         T = self.T.detach().to(x.dtype)
         if self.base is None:
@@ -502,16 +607,60 @@ class CNF(SolvesODEs, NFECounts, Flow):
         if time_exponent != 1:
             s = s.pow(time_exponent)
         x_s = x + s * (z - x)
-        velocity = self._field()(s * T, x_s)
+        velocity = self._field(context)(s * T, x_s)
         self.stats_forward, self.stats_backward = SolverStats(nfe=1), SolverStats()
         return (velocity - (z - x) / T).square().sum(-1).mean()
 
     # ------------------------------------------------------------------ internals
 
-    def _field(self) -> Callable[[Tensor, Tensor], Tensor]:
-        """The velocity field f(t, z) that solves integrate: ``net`` (a conditional flow
-        binds its context to it)."""
-        return self.net
+    def _field(self, context: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
+        """The velocity field f(t, z) of one call: ``net`` itself, or ``net`` with this call's
+        context bound (:class:`~cnflow.nn.WithContext`, built per call, held by nothing)."""
+        return self.net if context is None else WithContext(self.net, context)
+
+    def _given(self, context: object, rows: int) -> Tensor | None:
+        """The call's context after its checks (None for an unconditional flow): a finite
+        (rows, context_features) tensor of the flow's dtype and device, given exactly when
+        the flow has ``context_features``; else a ValueError that says what is wrong."""
+        k = self.context_features
+        if context is None:
+            if k:
+                raise ValueError(f"this CNF is conditional (context_features={k}): give a "
+                                 f"context of shape (n, {k}) with the call")
+            return None
+        if not k:
+            raise ValueError("this CNF was built without context_features, so it takes no "
+                             f"context (got a {type(context).__name__}); build it with "
+                             "CNF(dim, context_features=k) for p(x | c)")
+        if not isinstance(context, Tensor):
+            raise ValueError(f"context must be a tensor, got {type(context).__name__}")
+        if context.ndim != 2 or context.shape[1] != k:
+            raise ValueError(f"context must have shape (n, {k}), got {tuple(context.shape)}")
+        if context.shape[0] != rows:
+            raise ValueError(f"context has {context.shape[0]} rows for {rows} rows of data")
+        ref = self._reference()
+        if context.dtype != ref.dtype or context.device != ref.device:
+            raise ValueError(f"context must be {ref.dtype} on {ref.device} like the flow, got "
+                             f"{context.dtype} on {context.device}")
+        return check_finite_array(context, "context")
+
+    def _given_draws(self, n: object, context: object) -> tuple[Tensor | None, int]:
+        """The checked context and the number of draws of :meth:`sample`: n without a
+        context; with one, its number of rows, which n (if given) must equal."""
+        if isinstance(n, Tensor):
+            raise ValueError("n must be a number of draws, got a tensor; give a context by "
+                             "name: sample(context=c)")
+        if context is None:
+            self._given(None, 0)  # a conditional flow says that it needs a context
+            return None, check_positive_int(n, "n")
+        rows = context.shape[0] if isinstance(context, Tensor) and context.ndim == 2 else 0
+        context = self._given(context, rows)
+        if rows == 0:
+            raise ValueError("context is empty (no rows)")
+        if n is not None and check_positive_int(n, "n") != rows:
+            raise ValueError(f"n={n} draws asked for a context of {rows} rows: a conditional "
+                             f"CNF draws one x per context row (leave n out, or repeat rows)")
+        return context, rows
 
     def _reference(self) -> Tensor:
         """A tensor of the flow's dtype and device (the T parameter or buffer)."""
@@ -522,11 +671,15 @@ class CNF(SolvesODEs, NFECounts, Flow):
         start = torch.zeros(1, dtype=like.dtype, device=like.device)
         return torch.cat([end, start]) if reverse else torch.cat([start, end])
 
-    def _solve(self, f: Callable, y0, t: Tensor, options: SolveOptions | None = None):
+    def _solve(self, f: Callable, y0, t: Tensor, options: SolveOptions | None = None,
+               context: Tensor | None = None):
         """Integrate f from y0 over t with ``options`` (None: the flow's); the state at
-        t[-1]."""
+        t[-1]. A context that requires grad (e.g. an embedding's output) is among the
+        adjoint's parameters, so that its gradient flows with the adjoint method too."""
         self.stats_forward, self.stats_backward = SolverStats(), SolverStats()
         params = tuple(self.net.parameters()) if isinstance(self.net, nn.Module) else ()
+        if context is not None and context.requires_grad:
+            params = (*params, context)
         options = self.solve_options if options is None else options
         ys = options.solve(f, y0, t, params=params, stats=self.stats_forward,
                            adjoint_stats=self.stats_backward)
@@ -534,21 +687,22 @@ class CNF(SolvesODEs, NFECounts, Flow):
             return tuple(y[-1] for y in ys)
         return ys[-1]
 
-    def _flow(self, x: Tensor, reverse: bool, regularise: bool, trace: str | None = None,
-              options: SolveOptions | None = None
+    def _flow(self, x: Tensor, context: Tensor | None, reverse: bool, regularise: bool,
+              trace: str | None = None, options: SolveOptions | None = None
               ) -> tuple[Tensor, Tensor, CNFRegularisers | None]:
-        """Solve [z, Δ(, kinetic, jacobian)] from x over [0, T] (or [T, 0] when reverse),
-        with the flow's trace and options unless this call gives its own."""
+        """Solve [z, Δ(, kinetic, jacobian)] from x (given the checked context) over [0, T]
+        (or [T, 0] when reverse), with the flow's trace and options unless this call gives
+        its own."""
         trace = self.trace if trace is None else _checked_trace(trace)
         if options is not None and not isinstance(options, SolveOptions):
             raise ValueError(f"solve_options must be a SolveOptions, got "
                              f"{type(options).__name__}")
         eps = divergence.sample_noise(x, self.noise) if trace == "hutchinson" else None
-        f = _DensityDynamics(self._field(), self.exact_method, eps, regularise)
+        f = _DensityDynamics(self._field(context), self.exact_method, eps, regularise)
         n = x.shape[0]
         zero = x.new_zeros(n)
         y0 = (x, zero, zero, zero) if regularise else (x, zero)
-        yT = self._solve(f, y0, self._times(reverse, x), options)
+        yT = self._solve(f, y0, self._times(reverse, x), options, context)
         regs = None
         if regularise:
             # Integrated backwards the quadratures come out negated: report the positive integrals.

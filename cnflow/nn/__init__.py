@@ -7,11 +7,14 @@ bias,
 .. math:: \operatorname{layer}(x, t) = (W x + b) \odot \sigma(a t + c) + d\, t,
 
 and :class:`ConcatSquashMLP` stacks such layers with a smooth activation in between;
-:class:`ConditionalConcatSquashMLP` also takes a context c (a conditional CNF's f(z, t; c)).
+with ``context_features`` it also takes a context c (a conditional CNF's f(z, t; c)), and
+:class:`WithContext` binds one call's context to it, giving dynamics f(t, z).
 :class:`PlanarCNFField` is the planar CNF of Chen et al. (2018): a sum of M planar units whose
 parameters a hypernetwork makes from t, with a closed-form divergence. Every module here is
 called as ``module(t, x)``, the argument order of ODE dynamics ``f(t, z)``, except
-:class:`ODEBlock`, the ODE-Net layer h ↦ h(T) that wraps such dynamics (Chen et al. 2018).
+:class:`ODEBlock`, the ODE-Net layer h ↦ h(T) that wraps such dynamics (Chen et al. 2018), and
+:class:`LatentODENet`, the encoder, autonomous dynamics (:class:`LatentDynamics`) and decoder
+of a latent ODE for time series (:mod:`cnflow.nn.latent`).
 The activations and their derivatives come from one table, :data:`ACTIVATION_TABLE`
 (:mod:`cnflow.nn.activations`).
 """
@@ -25,19 +28,15 @@ from .activations import (
     Activation,
     activation_of,
 )
-from .concat_squash import ConcatSquashLinear, ConcatSquashMLP
-from .conditional import (
-    CONDITIONINGS,
-    ConditionalConcatSquashLinear,
-    ConditionalConcatSquashMLP,
-    WithContext,
-)
+from .concat_squash import CONDITIONINGS, ConcatSquashLinear, ConcatSquashMLP
+from .conditional import ConditionalConcatSquashLinear, ConditionalConcatSquashMLP, WithContext
 from .conv import ConcatSquashConv2d, ConvVelocityField
+from .latent import LatentDynamics, LatentODENet
 from .ode_block import ODEBlock
 from .planar_field import PlanarCNFField
 
 __all__ = ["ConcatSquashLinear", "ConcatSquashMLP", "ConcatSquashConv2d", "ConvVelocityField",
            "ConditionalConcatSquashLinear",
            "ConditionalConcatSquashMLP", "WithContext", "CONDITIONINGS", "PlanarCNFField",
-           "ODEBlock", "ACTIVATIONS", "ACTIVATION_DERIVATIVES", "ACTIVATION_TABLE", "Activation",
-           "activation_of"]
+           "ODEBlock", "LatentDynamics", "LatentODENet", "ACTIVATIONS", "ACTIVATION_DERIVATIVES",
+           "ACTIVATION_TABLE", "Activation", "activation_of"]

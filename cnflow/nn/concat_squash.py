@@ -1,10 +1,21 @@
-r"""The concat-squash network of FFJORD: a time-dependent MLP for a CNF's velocity field.
+r"""The concat-squash network of FFJORD: a time-dependent MLP for a CNF's velocity field,
+with an optional context c (a conditional CNF's f(z, t; c)).
 
 The concat-squash layer (Grathwohl et al. 2019) brings t in twice, as a gate and as a bias,
 
 .. math:: \operatorname{layer}(x, t) = (W x + b) \odot \sigma(a t + c) + d\, t,
 
-and :class:`ConcatSquashMLP` stacks such layers with a smooth activation in between.
+and :class:`ConcatSquashMLP` stacks such layers with a smooth activation in between. With
+``context_features`` the network also reads a context c, brought in where time is,
+
+.. math:: \operatorname{layer}(x, t; c) = (W x + b) \odot \sigma(a t + G c + e)
+    + d\, t + H c
+
+(``conditioning="gates"``), or concatenated to the first layer's input,
+:math:`(W_z z + W_c c + b) \odot \sigma(a t + e) + d\, t` (``"concat"``). Either way the
+context does not depend on z, so :math:`\partial f/\partial z` and its trace involve only the
+z-columns of the weights, and the forward Jacobian propagation of
+:meth:`ConcatSquashMLP.forward_with_divergence` carries over, with gates that differ by row.
 """
 
 from __future__ import annotations
@@ -15,11 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_positive_int, check_positive_int_sequence
+from ..checks import check_nonnegative_int, check_positive_int, check_positive_int_sequence
 from .activations import ACTIVATIONS, Activation, activation_of
 from .fused import concat_squash_vjp, concat_squash_with_divergence
 
-__all__ = ["ConcatSquashLinear", "ConcatSquashMLP"]
+__all__ = ["CONDITIONINGS", "ConcatSquashLinear", "ConcatSquashMLP"]
+
+#: Where the context enters a :class:`ConcatSquashMLP` built with ``context_features``.
+CONDITIONINGS = ("gates", "concat")
 
 
 def _time_column(t: Tensor | float, like: Tensor) -> Tensor:
@@ -32,16 +46,22 @@ def _time_column(t: Tensor | float, like: Tensor) -> Tensor:
 
 
 class ConcatSquashLinear(nn.Module):
-    r"""A linear layer gated and shifted by time: :math:`(W x + b) \odot \sigma(a t + c) + d t`.
+    r"""A linear layer gated and shifted by time: :math:`(W x + b) \odot \sigma(a t + c) + d t`;
+    with ``context_features``, by time and a context c:
+    :math:`(W x + b) \odot \sigma(a t + G c + e) + d\, t + H c`.
 
     Arguments:
         in_features: size of x.
         out_features: size of the output.
+        context_features: size of the context c entering the gate and the shift (0, the
+            default: time only).
 
     Attributes:
         linear: :math:`W, b`, an ``nn.Linear(in_features, out_features)``.
-        gate: :math:`a, c`, an ``nn.Linear(1, out_features)``.
-        hyper_bias: :math:`d`, an ``nn.Linear(1, out_features, bias=False)``.
+        gate: :math:`a, c` (:math:`[a, G], e` with a context), an ``nn.Linear(1 +
+            context_features, out_features)``.
+        hyper_bias: :math:`d` (:math:`[d, H]`), an ``nn.Linear(1 + context_features,
+            out_features, bias=False)``.
 
     Example:
         >>> import torch
@@ -55,26 +75,44 @@ class ConcatSquashLinear(nn.Module):
         continuous dynamics for scalable reversible generative models".
     """
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, context_features: int = 0) -> None:
         super().__init__()
+        context_features = check_nonnegative_int(context_features, "context_features")
+        self.context_features = context_features
         self.linear = nn.Linear(in_features, out_features)
-        self.gate = nn.Linear(1, out_features)
-        self.hyper_bias = nn.Linear(1, out_features, bias=False)
+        self.gate = nn.Linear(1 + context_features, out_features)
+        self.hyper_bias = nn.Linear(1 + context_features, out_features, bias=False)
 
-    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
-        """The layer at time t.
+    def forward(self, t: Tensor | float, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """The layer at time t (given the context c when the layer reads one).
 
         Arguments:
             t: a scalar (0-d tensor or float), or one time per row of x, shape (n,) or (n, 1).
             x: inputs, shape (n, in_features).
+            context: shape (n, context_features), exactly when ``context_features`` > 0.
 
         Returns:
             Shape (n, out_features).
         """
         tc = _time_column(t, x)
+        if self.context_features:
+            if context is None:
+                raise ValueError(f"this layer reads a context of {self.context_features} "
+                                 "features; none was given")
+            gate, shift = self.gate_and_shift(tc, context)
+            return self.linear(x) * gate + shift
+        if context is not None:
+            raise ValueError("this layer has no context_features; it takes no context")
         if tc.shape[0] == 1:  # one time for all rows: one affine map
             return F.linear(x, *self.affine_at(tc))
         return self.linear(x) * torch.sigmoid(self.gate(tc)) + self.hyper_bias(tc)
+
+    def gate_and_shift(self, tc: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """σ(a t + G c + e) and d t + H c, each (n, out) (σ(a t + e) and d t without a
+        context, (1, out) for one time)."""
+        if self.context_features:
+            tc = torch.cat([tc.expand(context.shape[0], 1), context], dim=1)
+        return torch.sigmoid(self.gate(tc)), self.hyper_bias(tc)
 
     def affine_at(self, tc: Tensor) -> tuple[Tensor, Tensor]:
         r"""The layer at one time t as an affine map: :math:`(\operatorname{diag}(g) W,\;
@@ -82,7 +120,8 @@ class ConcatSquashLinear(nn.Module):
 
         Folding the gate into the weights turns the layer into a single matrix product on
         the batch (the gate is applied to the 64×64 weights, not to every row), which is how
-        the ODE solvers, with one t for all rows, evaluate it.
+        the ODE solvers, with one t for all rows, evaluate it. (A layer without a context
+        only: a context makes the gate differ by row.)
 
         Arguments:
             tc: the time, shape (1, 1).
@@ -100,10 +139,13 @@ class ConcatSquashLinear(nn.Module):
 
 
 class ConcatSquashMLP(nn.Module):
-    r"""A time-dependent MLP of :class:`ConcatSquashLinear` layers: f(t, z) for an ODE.
+    r"""A time-dependent MLP of :class:`ConcatSquashLinear` layers: f(t, z) for an ODE, or
+    f(t, z; c) with a context c.
 
     The layers map ``in_features → hidden[0] → … → hidden[-1] → out_features``, with the
-    activation after every layer but the last.
+    activation after every layer but the last. With ``context_features`` the network is
+    called ``f(t, z, context)`` and the context enters as ``conditioning`` says (see the
+    module's formulas); without, ``f(t, z)``, and a context is refused.
 
     Arguments:
         in_features: size of the state z.
@@ -111,6 +153,9 @@ class ConcatSquashMLP(nn.Module):
         out_features: size of the output; default ``in_features`` (a velocity field).
         activation: a name from :data:`ACTIVATIONS` (``"tanh"`` default, ``"softplus"``,
             ``"elu"``, ``"silu"``/``"swish"``, ``"sigmoid"``) or an ``nn.Module`` to use.
+        context_features: size of the context c (0, the default: no context).
+        conditioning: where c enters, one of :data:`CONDITIONINGS`: ``"gates"`` (default):
+            every layer's gate and shift; ``"concat"``: concatenated to the first layer's input.
 
     Example:
         >>> import torch
@@ -118,17 +163,27 @@ class ConcatSquashMLP(nn.Module):
         >>> f = ConcatSquashMLP(2, hidden=(32, 32), activation="softplus")
         >>> f(torch.tensor(0.0), torch.randn(5, 2)).shape
         torch.Size([5, 2])
+        >>> g = ConcatSquashMLP(2, hidden=(16, 16), context_features=3)
+        >>> z, c = torch.randn(5, 2), torch.randn(5, 3)
+        >>> dz, trace = g.forward_with_divergence(torch.tensor(0.5), z, c)
+        >>> dz.shape, trace.shape
+        (torch.Size([5, 2]), torch.Size([5]))
 
     References:
         Grathwohl et al. (2019), "FFJORD".
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int] = (64, 64, 64),
-                 out_features: int | None = None, activation: str | nn.Module = "tanh") -> None:
+                 out_features: int | None = None, activation: str | nn.Module = "tanh", *,
+                 context_features: int = 0, conditioning: str = "gates") -> None:
         super().__init__()
         in_features = check_positive_int(in_features, "in_features")
         if out_features is not None:
             out_features = check_positive_int(out_features, "out_features")
+        context_features = check_nonnegative_int(context_features, "context_features")
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {conditioning!r}; valid: "
+                             f"{', '.join(CONDITIONINGS)}")
         hidden = check_positive_int_sequence(hidden, "hidden")
         if isinstance(activation, str):
             if activation not in ACTIVATIONS:
@@ -141,12 +196,57 @@ class ConcatSquashMLP(nn.Module):
             raise ValueError("activation must be a name or an nn.Module, got "
                              f"{type(activation).__name__}")
         out_features = in_features if out_features is None else out_features
+        self.in_features, self.out_features = in_features, out_features
+        self.context_features, self.conditioning = context_features, conditioning
         sizes = (in_features, *hidden, out_features)
+        concat = context_features if conditioning == "concat" else 0
+        gated = context_features if conditioning == "gates" else 0
         self.layers = nn.ModuleList(
-            ConcatSquashLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+            ConcatSquashLinear(a + (concat if k == 0 else 0), b, gated)
+            for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)))
 
-    def forward(self, t: Tensor | float, z: Tensor) -> Tensor:
-        """f(t, z): t a scalar or one time per row, z of shape (n, in_features)."""
+    def _check_context(self, z: Tensor, context: Tensor | None) -> bool:
+        """Whether a context is used, after checking it against the network and z."""
+        if not self.context_features:
+            if context is not None:
+                raise ValueError("this network was built without context_features; it takes "
+                                 "no context")
+            return False
+        if not isinstance(context, Tensor):
+            raise ValueError(f"this network reads a context of shape (n, "
+                             f"{self.context_features}); got "
+                             f"{'none' if context is None else type(context).__name__}")
+        if context.ndim != 2 or context.shape != (z.shape[0], self.context_features):
+            raise ValueError(f"context must have shape ({z.shape[0]}, "
+                             f"{self.context_features}) for {z.shape[0]} states, got "
+                             f"{tuple(context.shape)}")
+        return True
+
+    def _pre_activation(self, k: int, tc: Tensor, x: Tensor, context: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+        """With a context: layer k's pre-activation p, its gate g (per row) and the
+        z-columns of its weight (with ``"concat"``, the first layer's input is [x, c] and only
+        x's columns count)."""
+        layer = self.layers[k]
+        gate, shift = layer.gate_and_shift(tc, context if layer.context_features else None)
+        weight = layer.linear.weight
+        if k == 0 and self.conditioning == "concat":
+            x = torch.cat([x, context], dim=1)
+            weight = weight[:, :self.in_features]
+        return layer.linear(x) * gate + shift, gate, weight
+
+    def forward(self, t: Tensor | float, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """f(t, z) (or f(t, z; c)): t a scalar or one time per row, z of shape (n,
+        in_features), the context (n, context_features) exactly when the network has
+        ``context_features``."""
+        if self._check_context(z, context):
+            tc = _time_column(t, z)
+            x = z
+            for k in range(len(self.layers)):
+                x = self._pre_activation(k, tc, x, context)[0]
+                if k < len(self.layers) - 1:
+                    x = self.activation(x)
+            return x
         x = z
         for i, layer in enumerate(self.layers):
             x = layer(t, x)
@@ -162,12 +262,12 @@ class ConcatSquashMLP(nn.Module):
         with alpha = 1, Softplus only with beta = 1)."""
         if activation_of(self.activation) is None:
             return False
-        first, last = self.layers[0].linear, self.layers[-1].linear
-        return first.in_features == last.out_features
+        return self.in_features == self.out_features
 
     def _fused_activation(self) -> Activation | None:
-        """The activation's row when the hand-written backward applies, else None."""
-        if len(self.layers) < 2 or not self.has_analytic_divergence:
+        """The activation's row when the hand-written backward applies (no context, at least
+        one hidden layer, a fused-capable activation), else None."""
+        if len(self.layers) < 2 or self.context_features or not self.has_analytic_divergence:
             return None
         return activation_of(self.activation, fused=True)
 
@@ -193,8 +293,8 @@ class ConcatSquashMLP(nn.Module):
         r""":meth:`forward_with_divergence` at one time t with its pullback, outside autograd.
 
         Returns ``None`` where the hand-written backward does not apply (an activation whose
-        table row has no second derivative, see :data:`cnflow.nn.fused.FUSED_ACTIVATIONS`, or
-        a single layer). Else ``(outputs, pullback)``:
+        table row has no second derivative, see :data:`cnflow.nn.fused.FUSED_ACTIVATIONS`, a
+        single layer, or a network with ``context_features``). Else ``(outputs, pullback)``:
         ``outputs`` as :meth:`forward_with_divergence` (computed without a graph), and
         ``pullback(f̄, τ̄, r̄)`` returns :math:`\bar z` and a dict from each parameter to
         its vector-Jacobian product :math:`\bar f^\top \partial f/\partial\theta +
@@ -226,8 +326,10 @@ class ConcatSquashMLP(nn.Module):
         return outputs, pullback
 
     def forward_with_divergence(self, t: Tensor | float, z: Tensor,
+                                context: Tensor | None = None,
                                 frobenius: bool = False) -> tuple[Tensor, ...]:
-        r"""f(t, z) with the exact divergence tr(∂f/∂z) per row, by forward Jacobian propagation.
+        r"""f(t, z) (or f(t, z; c)) with the exact divergence tr(∂f/∂z) per row, by forward
+        Jacobian propagation.
 
         The Jacobian of the activations with respect to z is carried through the layers with
         them: with x_0 = z, p_k = (W_k x_{k−1} + b_k) ⊙ g_k + d_k t, g_k = σ(a_k t + c_k),
@@ -239,11 +341,17 @@ class ConcatSquashMLP(nn.Module):
         one batched matrix product of D rows per layer (the cost of D extra forward passes,
         as plain operations with no double backward), and only the diagonal of the last
         layer's Jacobian is formed unless the Frobenius norm is asked for. Use for small D; for
-        large D, Hutchinson's estimator is cheaper.
+        large D, Hutchinson's estimator is cheaper. Without a context and with one time for all
+        rows the gates fold into the weights and a fused-capable activation takes the
+        hand-written backward of :mod:`cnflow.nn.fused` (the solvers' hot path); a context
+        makes the gates differ by row (and with ``"concat"`` only the first layer's z-columns
+        of W enter the Jacobian), and autograd differentiates the propagation.
 
         Arguments:
             t: a scalar or one time per row.
             z: shape (n, D).
+            context: shape (n, context_features), exactly when the network has
+                ``context_features``.
             frobenius: also return ‖∂f/∂z‖²_F per row.
 
         Returns:
@@ -254,6 +362,8 @@ class ConcatSquashMLP(nn.Module):
                              "out_features == in_features")
         derivative = activation_of(self.activation).derivative
         tc = _time_column(t, z)
+        if self._check_context(z, context):
+            return self._with_divergence_given(derivative, tc, z, context, frobenius)
         n = z.shape[0]
         fused = self._fused_activation()
         if tc.shape[0] == 1 and fused is not None:
@@ -299,3 +409,27 @@ class ConcatSquashMLP(nn.Module):
                            else jac @ weight.T)
             x = h
         return (dz, trace, frob) if frobenius else (dz, trace)
+
+    def _with_divergence_given(self, derivative: Callable, tc: Tensor, z: Tensor,
+                               context: Tensor, frobenius: bool) -> tuple[Tensor, ...]:
+        """:meth:`forward_with_divergence` with a context: per-row gates throughout."""
+        n = z.shape[0]
+        x, jac = z, None  # jac (n, D, width): row d is ∂x/∂z_d
+        last = len(self.layers) - 1
+        for k in range(len(self.layers)):
+            p, gate, weight = self._pre_activation(k, tc, x, context)
+            gate = gate.expand(n, -1)
+            if k == last:
+                if jac is None:  # one layer: the Jacobian is diag(g) W
+                    jac_last = gate.unsqueeze(1) * weight.T.unsqueeze(0)  # (n, D, D)
+                else:
+                    jac_last = (jac @ weight.T) * gate.unsqueeze(1)
+                trace = torch.diagonal(jac_last, dim1=1, dim2=2).sum(-1)
+                if frobenius:
+                    return p, trace, jac_last.square().sum((1, 2))
+                return p, trace
+            h = self.activation(p)
+            scale = (derivative(p, h) * gate).unsqueeze(1)  # (n, 1, out)
+            jac = scale * (weight.T.unsqueeze(0) if jac is None else jac @ weight.T)
+            x = h
+        raise AssertionError("unreachable")

@@ -27,30 +27,27 @@ the KL term in closed form, :math:`\tfrac12 \sum_l (\mu_l^2 + s_l^2 - 1 - \log s
 Because z(t) is defined at every t, the fitted model interpolates between observations and
 extrapolates past them (and before them, by solving backwards) at any times asked for.
 
-:class:`LatentODE` is the estimator (``fit``, ``predict``, ``sample``, ``elbo``, ``score``);
-:class:`LatentODENet` is the torch module it trains.
+:class:`LatentODE` is the estimator (``fit``, ``predict``, ``sample``, ``elbo``, ``score``,
+``save``, ``load``); the torch module it trains is :class:`cnflow.nn.latent.LatentODENet`, and
+the caller's series are checked and padded by :mod:`cnflow.estimators.series`.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
-from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch import Tensor
 
-from .estimators.estimator_base import DTYPES, EstimatorBase, draw_seed
-from .estimators.params import Boolean, InstanceOf, Integer, Options, Real
-from .ode import ADAPTIVE_METHODS, NFECounts, SolveOptions, SolverStats
-from .ode.inputs import check_tolerances
-from .ode.options import SolvesODEs, deprecated_solver
-from .training import (
+from ..checks import check_positive_int
+from ..nn.latent import LatentODENet, PaddedSeries
+from ..ode import ADAPTIVE_METHODS, SolveOptions
+from ..ode.inputs import check_tolerances
+from ..ode.options import deprecated_solver
+from ..training import (
     LR_SCHEDULES,
     FitCheckpoint,
     TrainConfig,
@@ -59,245 +56,15 @@ from .training import (
     resolve_device,
     train,
 )
-from .training.checkpoint import data_digest
+from ..training.checkpoint import data_digest
+from .estimator_base import DTYPES, EstimatorBase, draw_seed, load_fitted, save_fitted
+from .params import Boolean, InstanceOf, Integer, Options, Real
+from .series import check_query_times, check_series, pad_series
 
-__all__ = ["LatentODE", "LatentODENet", "LatentDynamics"]
+__all__ = ["LatentODE"]
 
-_LOG_2PI = math.log(2 * math.pi)
+_FORMAT = "cnflow-latent-ode/1"
 
-
-# ---------------------------------------------------------------------- input checking
-def _check_series(series, n_features: int | None = None,
-                  name: str = "series") -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each (times, values) pair as float64 arrays of shapes (n,) and (n, D), checked.
-
-    Raises ValueError naming the series and what is wrong: not a list of pairs, empty,
-    shapes, NaN/inf, times not strictly increasing (unsorted or duplicated), D mismatch.
-    """
-    if isinstance(series, (str, bytes)) or not isinstance(series, Sequence):
-        raise ValueError(f"{name} must be a list of (times, values) pairs, got "
-                         f"{type(series).__name__}")
-    if len(series) == 0:
-        raise ValueError(f"{name} is empty: give at least one (times, values) pair")
-    out = []
-    for i, pair in enumerate(series):
-        where = f"{name}[{i}]"
-        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
-            raise ValueError(f"{where} must be a (times, values) pair, got "
-                             f"{type(pair).__name__}"
-                             + (f" of length {len(pair)}" if hasattr(pair, "__len__") else ""))
-        try:
-            times = np.asarray(pair[0], dtype=np.float64)
-            values = np.asarray(pair[1], dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}: times and values must be numeric arrays ({err})") from None
-        if times.ndim != 1:
-            raise ValueError(f"{where}: times must be 1-D, got shape {times.shape}")
-        if len(times) == 0:
-            raise ValueError(f"{where} has no observations")
-        if values.ndim == 1:
-            values = values[:, None]
-        if values.ndim != 2 or values.shape[0] != len(times):
-            raise ValueError(f"{where}: values must have shape ({len(times)},) or "
-                             f"({len(times)}, n_features) to match {len(times)} times, got "
-                             f"{values.shape}")
-        if not np.isfinite(times).all():
-            raise ValueError(f"{where}: times contain NaN or infinite values")
-        if not np.isfinite(values).all():
-            raise ValueError(f"{where}: values contain NaN or infinite values")
-        steps = np.diff(times)
-        if (steps <= 0).any():
-            j = int(np.argmax(steps <= 0))
-            kind = "duplicate time" if steps[j] == 0 else "times not increasing"
-            raise ValueError(f"{where}: {kind}: t[{j + 1}] = {times[j + 1]:g} follows t[{j}] = "
-                             f"{times[j]:g}; times must be strictly increasing (sort them and "
-                             "merge duplicates)")
-        if n_features is None:
-            n_features = values.shape[1]
-        elif values.shape[1] != n_features:
-            raise ValueError(f"{where} has {values.shape[1]} features, expected {n_features}")
-        out.append((times, values))
-    return out
-
-
-def _check_query_times(times, n_series: int) -> tuple[list[np.ndarray], bool]:
-    """Query times: one 1-D array for every series, or one per series (any order)."""
-    def one(t, where: str) -> np.ndarray:
-        try:
-            arr = np.asarray(t, dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{where} must be a 1-D array of numbers ({err})") from None
-        if arr.ndim != 1 or len(arr) == 0:
-            raise ValueError(f"{where} must be a non-empty 1-D array, got shape {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{where} contain NaN or infinite values")
-        return arr
-
-    if isinstance(times, (list, tuple)) and len(times) > 0 and all(
-            np.ndim(t) == 1 for t in times):
-        if len(times) != n_series:
-            raise ValueError(f"times: got {len(times)} arrays for {n_series} series; give one "
-                             "1-D array shared by all series, or one per series")
-        return [one(t, f"times[{i}]") for i, t in enumerate(times)], True
-    shared = one(times, "times")
-    return [shared] * n_series, False
-
-
-# ---------------------------------------------------------------------- the torch module
-class LatentDynamics(nn.Module):
-    r"""The latent vector field :math:`f_\theta(z)`: an autonomous MLP
-    ``Linear(L, H) → tanh → Linear(H, H) → tanh → Linear(H, L)``, called as ``f(t, z)``.
-
-    Autonomous dynamics make the model invariant to shifting all times together, and let one
-    solve serve series whose observations start at different times.
-    """
-
-    def __init__(self, latent_dim: int, hidden: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(),
-                                 nn.Linear(hidden, hidden), nn.Tanh(),
-                                 nn.Linear(hidden, latent_dim))
-
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        return self.net(z)
-
-
-@dataclass
-class _Padded:
-    """A batch of series as padded tensors (internal units: standardised values, times
-    measured from t0 in units of the training span)."""
-
-    times: Tensor  # (B, N), padding repeats each series' last time
-    values: Tensor  # (B, N, D), padding 0
-    mask: Tensor  # (B, N) bool
-    lengths: Tensor  # (B,) int64, on the CPU (pack_padded_sequence wants it there)
-
-    def __getitem__(self, index: Tensor) -> _Padded:
-        lengths = self.lengths[index.cpu()]
-        n = int(lengths.max())
-        index = index.to(self.times.device)
-        return _Padded(self.times[index, :n], self.values[index, :n], self.mask[index, :n],
-                       lengths)
-
-
-def _pad(series: list[tuple[np.ndarray, np.ndarray]], t0: float, time_scale: float,
-         mean: np.ndarray, scale: np.ndarray, dtype: torch.dtype,
-         device: torch.device) -> _Padded:
-    lengths = [len(t) for t, _ in series]
-    b, n, d = len(series), max(lengths), series[0][1].shape[1]
-    times = np.zeros((b, n))
-    values = np.zeros((b, n, d))
-    mask = np.zeros((b, n), dtype=bool)
-    for i, (t, x) in enumerate(series):
-        k = len(t)
-        times[i, :k] = (t - t0) / time_scale
-        times[i, k:] = times[i, k - 1]
-        values[i, :k] = (x - mean) / scale
-        mask[i, :k] = True
-    return _Padded(torch.as_tensor(times, dtype=dtype, device=device),
-                   torch.as_tensor(values, dtype=dtype, device=device),
-                   torch.as_tensor(mask, device=device), torch.as_tensor(lengths))
-
-
-class LatentODENet(SolvesODEs, NFECounts, nn.Module):
-    r"""Encoder, latent dynamics and decoder of a latent ODE; all times are relative to t0.
-
-    - Encoder: a GRU reads the observations backwards in time, from :math:`(x_n, \Delta_n)`
-      to :math:`(x_1, \Delta_1)`, with :math:`\Delta_j = t_j - t_{j-1}` the gap to the
-      previous observation (:math:`t_0` the reference time, so :math:`\Delta_1` says how far
-      the first observation lies from it); its last state h gives
-      :math:`(\mu, \log s^2) = W h + b`.
-    - Dynamics: :class:`LatentDynamics`.
-    - Decoder: ``Linear(L, H) → tanh → Linear(H, D)``.
-
-    Arguments:
-        obs_dim: D. latent_dim: L. rec_hidden, ode_hidden, dec_hidden: the widths of the GRU,
-        the dynamics MLP and the decoder.
-        solve_options: how the latent ODE is solved and differentiated (a
-            :class:`cnflow.SolveOptions`; default: dopri5 at rtol 1e-4, atol 1e-5, no adjoint).
-
-    Attributes:
-        stats_forward, stats_backward, nfe_forward, nfe_backward: as :class:`cnflow.CNF`'s,
-            for the last latent solve.
-    """
-
-    def __init__(self, obs_dim: int, latent_dim: int = 4, rec_hidden: int = 32,
-                 ode_hidden: int = 32, dec_hidden: int = 32, *,
-                 solve_options: SolveOptions | None = None) -> None:
-        super().__init__()
-        self.obs_dim, self.latent_dim = obs_dim, latent_dim
-        self.gru = nn.GRU(obs_dim + 1, rec_hidden, batch_first=True)
-        self.to_posterior = nn.Linear(rec_hidden, 2 * latent_dim)
-        self.dynamics = LatentDynamics(latent_dim, ode_hidden)
-        self.decoder = nn.Sequential(nn.Linear(latent_dim, dec_hidden), nn.Tanh(),
-                                     nn.Linear(dec_hidden, obs_dim))
-        self.solve_options = (SolveOptions(rtol=1e-4, atol=1e-5, adjoint=False)
-                              if solve_options is None else solve_options)
-        self.stats_forward, self.stats_backward = SolverStats(), SolverStats()
-
-    def encode(self, batch: _Padded) -> tuple[Tensor, Tensor]:
-        """(μ, log s²) of q(z_t0 | x), each (B, L), from the GRU run backwards in time."""
-        lengths = batch.lengths
-        steps = torch.arange(batch.times.shape[1], device=batch.times.device)
-        gaps = torch.diff(batch.times, dim=1, prepend=torch.zeros_like(batch.times[:, :1]))
-        # Position s of the reversed sequence reads observation n − 1 − s (padding: index 0).
-        rev = (lengths.to(steps.device)[:, None] - 1 - steps[None, :]).clamp(min=0)
-        inputs = torch.cat([batch.values, gaps.unsqueeze(-1)], dim=-1)
-        inputs = torch.gather(inputs, 1, rev.unsqueeze(-1).expand(-1, -1, inputs.shape[-1]))
-        packed = pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
-        _, h = self.gru(packed)
-        mu, logvar = self.to_posterior(h[-1]).chunk(2, dim=-1)
-        return mu, logvar
-
-    def latent_path(self, z0: Tensor, tau: Tensor) -> Tensor:
-        """z at the sorted, distinct relative times tau (t0 at 0; earlier times by a backward
-        solve), from z0 (..., L) at 0: shape (len(tau), ..., L)."""
-        self.stats_forward, self.stats_backward = SolverStats(), SolverStats()
-        pieces = []
-        negative, positive = tau[tau < 0], tau[tau > 0]
-        if len(negative):
-            pieces.append(self._solve(z0, negative.flip(0)).flip(0))
-        if bool((tau == 0).any()):
-            pieces.append(z0.unsqueeze(0))
-        if len(positive):
-            pieces.append(self._solve(z0, positive))
-        return torch.cat(pieces)
-
-    def _solve(self, z0: Tensor, times: Tensor) -> Tensor:
-        t = torch.cat([times.new_zeros(1), times])
-        ys = self.solve_options.solve(self.dynamics, z0, t, stats=self.stats_forward,
-                           adjoint_stats=self.stats_backward)
-        return ys[1:]
-
-    def decode_at(self, z0: Tensor, times: Tensor) -> Tensor:
-        """g(z(t)) for z0 of shape (S, B, L) at per-series times (B, M): (S, B, M, D).
-
-        One solve over the union of all the batch's times serves every series; each series
-        then reads its own times from it."""
-        union, index = torch.unique(times, sorted=True, return_inverse=True)
-        path = self.latent_path(z0, union)  # (U, S, B, L)
-        b = torch.arange(times.shape[0], device=times.device)[:, None]
-        z = path.permute(2, 0, 1, 3)[b, index]  # (B, M, S, L)
-        return self.decoder(z.permute(2, 0, 1, 3))
-
-    def elbo_terms(self, batch: _Padded, n_samples: int = 1,
-                   generator: torch.Generator | None = None,
-                   obs_std: float = 0.1) -> tuple[Tensor, Tensor]:
-        r"""Monte Carlo :math:`\mathbb{E}_q[\log p(x \mid z)]` (mean over ``n_samples``
-        draws) and the closed-form KL, each (B,), in the module's (standardised) units."""
-        mu, logvar = self.encode(batch)
-        eps = torch.randn((n_samples, *mu.shape), generator=generator, dtype=mu.dtype,
-                          device=mu.device)
-        z0 = mu + (0.5 * logvar).exp() * eps
-        x_hat = self.decode_at(z0, batch.times)  # (S, B, N, D)
-        var = obs_std ** 2
-        log_lik = -0.5 * ((batch.values - x_hat).square() / var + math.log(var) + _LOG_2PI)
-        log_lik = (log_lik.sum(-1) * batch.mask).sum(-1).mean(0)
-        kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(-1)
-        return log_lik, kl
-
-
-# ---------------------------------------------------------------------- the estimator
 #: The latent ODE's methods: one solve serves a batch's observation times, which a fixed-step
 #: method would have to step onto.
 _ADAPTIVE = Options(*ADAPTIVE_METHODS, label=f"an adaptive method ({', '.join(ADAPTIVE_METHODS)}): "
@@ -334,17 +101,18 @@ class LatentODE(EstimatorBase):
             another fit is a :class:`cnflow.CheckpointMismatchError`).
 
     Attributes:
-        module_: the fitted :class:`LatentODENet`.
+        module_: the fitted :class:`cnflow.nn.LatentODENet`.
         t0_, time_scale_: the reference time and the time unit.
         mean_, scale_: the per-feature standardisation.
         n_features_in_: D.
         history_: one dict per iteration (loss, i.e. minus the ELBO per observed value in
             standardised units; nfe_forward, nfe_backward; seconds).
         n_iter_: iterations run.
+        device_: the device the network is on.
 
     Example:
         >>> import numpy as np
-        >>> from cnflow.latent import LatentODE
+        >>> from cnflow import LatentODE
         >>> rng = np.random.default_rng(0)
         >>> series = []
         >>> for _ in range(20):
@@ -432,9 +200,14 @@ class LatentODE(EstimatorBase):
         return SolveOptions(method=method, rtol=self.rtol, atol=self.atol,
                             adjoint=self.adjoint)
 
-    def _padded(self, series) -> _Padded:
-        checked = _check_series(series, self.n_features_in_)
-        return _pad(checked, self.t0_, self.time_scale_, self.mean_, self.scale_,
+    def _new_module(self, n_features: int, options: SolveOptions) -> LatentODENet:
+        """An untrained network for series of ``n_features`` features (on the CPU)."""
+        return LatentODENet(n_features, self.latent_dim, self.rec_hidden, self.ode_hidden,
+                            self.dec_hidden, solve_options=options)
+
+    def _padded(self, series) -> PaddedSeries:
+        checked = check_series(series, self.n_features_in_)
+        return pad_series(checked, self.t0_, self.time_scale_, self.mean_, self.scale_,
                     DTYPES[self.dtype], self.device_)
 
     def _fitted(self) -> None:
@@ -458,7 +231,7 @@ class LatentODE(EstimatorBase):
         for name in ("module_", "history_", "n_iter_", "t0_", "time_scale_", "mean_", "scale_",
                      "n_features_in_", "device_"):
             self.__dict__.pop(name, None)
-        checked = _check_series(series)
+        checked = check_series(series)
         seed = draw_seed(self.random_state)
         options = self._solve_options()
         all_times = np.concatenate([t for t, _ in checked])
@@ -468,7 +241,7 @@ class LatentODE(EstimatorBase):
         device = resolve_device(self.device)
         dtype = DTYPES[self.dtype]
         mean, scale = all_values.mean(axis=0), np.where(scale > 0, scale, 1.0)
-        data = _pad(checked, t0, span if span > 0 else 1.0, mean, scale, dtype, device)
+        data = pad_series(checked, t0, span if span > 0 else 1.0, mean, scale, dtype, device)
         self.device_ = device
         checkpoint = self._open_checkpoint(checked)
         if checkpoint is not None and checkpoint.resumed:
@@ -485,9 +258,7 @@ class LatentODE(EstimatorBase):
                              lr_schedule=self.lr_schedule, verbose=self.verbose)
         fault, result = None, None
         with self._seeded(seed):
-            module = LatentODENet(all_values.shape[1], self.latent_dim, self.rec_hidden,
-                                  self.ode_hidden, self.dec_hidden,
-                                  solve_options=options).to(device, dtype)
+            module = self._new_module(all_values.shape[1], options).to(device, dtype)
             saved = None
             if checkpoint is not None:
                 saved = checkpoint.progress.get("finished")
@@ -522,6 +293,48 @@ class LatentODE(EstimatorBase):
             raise fault  # the module keeps its last good parameters
         return self
 
+    # ------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Write the fitted estimator to a ``torch.save`` file that loads with
+        ``weights_only=True`` (tensors and plain values only; no code runs on load): the
+        parameters, the network's weights, the scaling of times and values, and the history.
+
+        The file is written atomically (:func:`cnflow.files.atomic_write`): an interrupted
+        save leaves the file that was at ``path`` before.
+
+        Raises:
+            sklearn.exceptions.NotFittedError: before :meth:`fit`.
+        """
+        self._fitted()
+        save_fitted(self, path, _FORMAT, self.module_, t0=float(self.t0_),
+                    time_scale=float(self.time_scale_), mean=torch.from_numpy(self.mean_),
+                    scale=torch.from_numpy(self.scale_),
+                    n_features_in=int(self.n_features_in_))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> LatentODE:
+        """Read a file written by :meth:`save`; ``device`` overrides the saved device.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            cnflow.ModelFileError: (a ValueError) the file is truncated, empty, not a file
+                of :meth:`save`, of another estimator, or has parts missing or malformed;
+                the message names the file and says which.
+        """
+        def rebuild(est: LatentODE, data: dict) -> LatentODENet:
+            n_features = int(data["n_features_in"])
+            mean, scale = data["mean"].numpy(), data["scale"].numpy()
+            if mean.shape != (n_features,) or scale.shape != (n_features,):
+                raise ValueError(f"mean and scale of shapes {tuple(mean.shape)} and "
+                                 f"{tuple(scale.shape)} for {n_features} features")
+            est.t0_, est.time_scale_ = float(data["t0"]), float(data["time_scale"])
+            est.mean_, est.scale_, est.n_features_in_ = mean, scale, n_features
+            return est._new_module(n_features, est._solve_options())
+
+        est, module = load_fitted(cls, path, _FORMAT, device, rebuild)
+        est.module_ = module
+        return est
+
     # ------------------------------------------------------------ using the fitted model
     def posterior(self, series) -> tuple[np.ndarray, np.ndarray]:
         """The mean and standard deviation of q(z_t0 | x) for each series, each (B, L)."""
@@ -535,7 +348,7 @@ class LatentODE(EstimatorBase):
     def _decode(self, series, times, z0_fn) -> np.ndarray | list[np.ndarray]:
         self._fitted()
         batch = self._padded(series)
-        queries, per_series = _check_query_times(times, len(batch.lengths))
+        queries, per_series = check_query_times(times, len(batch.lengths))
         m = max(len(q) for q in queries)
         grid = np.zeros((len(queries), m))
         for i, q in enumerate(queries):
@@ -577,8 +390,7 @@ class LatentODE(EstimatorBase):
             An array (n_samples, n_series, len(times), n_features) for shared times, else a
             list of (n_samples, len(times[i]), n_features) arrays.
         """
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        n_samples = check_positive_int(n_samples, "n_samples")
         self._fitted()
         seed = draw_seed(random_state)
         generator = torch.Generator(device=self.device_).manual_seed(seed)
@@ -602,8 +414,7 @@ class LatentODE(EstimatorBase):
         Returns:
             An array (n_series,).
         """
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        n_samples = check_positive_int(n_samples, "n_samples")
         self._fitted()
         batch = self._padded(series)
         seed = draw_seed(random_state)

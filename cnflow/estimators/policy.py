@@ -1,0 +1,280 @@
+r"""The fit policy: what every ``"auto"`` parameter of the tabular estimators becomes.
+
+One pure function, :func:`resolve_fit_settings`, turns an estimator's parameters and the
+shape of its data into a frozen :class:`FitSettings`; ``fit`` calls it once and keeps the
+result as ``settings_`` (scikit-learn's convention for resolved values). Every rule and
+constant lives here, in one table per estimator (:data:`POLICIES`), and nowhere else.
+
+The rules, in the order they are resolved:
+
+1. **Regime.** ``regime="auto"`` is ``"small_table"`` from 10 up to
+   :data:`SMALL_TABLE_MAX_ROWS` (10,000) rows, else ``"large"`` (fewer than 10 rows are too
+   few to hold any out, and take the large-table rules).
+2. **Held-out rows.** In the small-table regime, ``n_members="auto"`` is 5 cross-fitted flows
+   up to :data:`ENSEMBLE_MAX_ROWS` (1,000) rows (each holding out its own fifth), else one;
+   ``validation_fraction="auto"`` is 0.2. In the large regime: one flow, nothing held out.
+   A ``validation_fraction`` that is set means one member. ``settings.validation_fraction``
+   is the share each member holds out (1/5 with five members).
+3. **Network and loop,** per objective (the table's rows): hidden widths, steps, batch, lr,
+   schedule, and the steps between validations when rows are held out.
+4. **Preprocessing.** ``"auto"`` is ``"choose"`` (the map best on held-out likelihood, by
+   :func:`cnflow.preprocessing.choose_preprocessing`) where rows are held out (for
+   :class:`~cnflow.CNFDensity` only in the small-table regime), else the table's fallback.
+5. **Stacking** (``"auto"``): wherever the map is chosen.
+6. **Fine-tuning** after flow matching: one maximum-likelihood step per 100 flow-matching
+   steps, at a table fraction of the flow-matching lr, at the maximum-likelihood batch, with
+   gradients by backpropagation up to 8 modelled dimensions (the adjoint method above); it
+   gets the last quarter of a ``max_seconds`` budget.
+7. **Early stopping:** 10 validations without improvement, where rows are held out.
+
+Example:
+    >>> from cnflow.estimators.policy import resolve_fit_settings
+    >>> s = resolve_fit_settings("CNFDensity", {"objective": "flow_matching"},
+    ...                          n_samples=3000, n_features=4)
+    >>> s.regime, s.n_members, s.validation_fraction, s.preprocessing, s.stacking
+    ('small_table', 1, 0.2, 'choose', True)
+    >>> s.hidden, s.max_iter, s.batch_size, s.lr, s.fine_tune_iter, s.fine_tune_lr
+    ((64, 64, 64, 64, 64), 20000, 2048, 0.01, 200, 0.005)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FitSettings", "POLICIES", "REGIMES", "SMALL_TABLE_MAX_ROWS", "ENSEMBLE_MAX_ROWS",
+           "MIN_ROWS_TO_HOLD_OUT", "resolve_fit_settings"]
+
+#: The regimes a tabular estimator's ``regime`` parameter names ("auto": by the row count).
+REGIMES = ("small_table", "large")
+#: Up to this many rows, "auto" is the small-table regime: rows held out, the map chosen on
+#: them, the best parameters kept, a Gaussian mixture stacked.
+SMALL_TABLE_MAX_ROWS = 10_000
+#: Up to this many rows, the small-table regime averages :data:`ENSEMBLE_MEMBERS` flows.
+ENSEMBLE_MAX_ROWS = 1_000
+#: The cross-fitted flows averaged on the smallest tables.
+ENSEMBLE_MEMBERS = 5
+#: Below this many rows nothing is held out, whatever the regime.
+MIN_ROWS_TO_HOLD_OUT = 10
+
+
+def _objective(hidden, max_iter, batch_size, lr, lr_schedule, validation_interval) -> dict:
+    return {"hidden": hidden, "max_iter": max_iter, "batch_size": batch_size, "lr": lr,
+            "lr_schedule": lr_schedule, "validation_interval": validation_interval}
+
+
+_CNF_OBJECTIVES = {
+    # flow matching: 20,000 steps at batch 2048 (about 3 minutes on 2 CPU cores), five layers
+    "flow_matching": _objective((64,) * 5, 20_000, 2048, 1e-2, "cosine", 100),
+    # maximum likelihood: FFJORD's three layers, each step solves the ODE both ways
+    "maximum_likelihood": _objective((64,) * 3, 1000, 512, 5e-3, "constant", 20),
+}
+_FINE_TUNING = {
+    "flow_matching_steps_per_step": 100,   # fine_tune_iter="auto": max_iter // 100
+    "lr_fraction": 0.5,                    # fine_tune_lr="auto": lr × this
+    "batch_size": 512,                     # batch_size="auto": the maximum-likelihood batch
+    "validation_interval": 20,
+    "backprop_max_features": 8,            # fine_tune_adjoint="auto": backprop up to this D
+    "flow_matching_share": 0.75,           # of max_seconds; fine-tuning has the rest
+}
+
+#: One table per estimator: the values behind each "auto" (see the module docstring).
+#: ``objectives``: per objective, the network and loop; ``held_out``: whether the estimator
+#: holds out rows by "auto" in the small-table regime; ``choose_only_small``: whether "choose"
+#: needs the small-table regime as well as held-out rows; ``fallback_preprocessing``: the map
+#: where none is chosen; ``stacking``: whether "auto" may stack; ``fine_tuning``: as above.
+POLICIES: dict[str, dict[str, Any]] = {
+    "CNFDensity": {
+        "objectives": _CNF_OBJECTIVES,
+        "held_out": True,
+        "choose_only_small": True,
+        "fallback_preprocessing": "standardize",
+        "stacking": True,
+        "n_iter_no_change": 10,
+        "fine_tuning": _FINE_TUNING,
+    },
+    # p(y | x): flow matching at batch 4096, and fine-tuning at 0.03 × lr (at half of lr the
+    # first fine-tuning steps undid what flow matching found; docs/benchmarks.md,
+    # "Conditional densities"); targets whitened where no map is chosen; never stacked.
+    "ConditionalCNFDensity": {
+        "objectives": {**_CNF_OBJECTIVES, "flow_matching": {
+            **_CNF_OBJECTIVES["flow_matching"], "batch_size": 4096}},
+        "held_out": True,
+        "choose_only_small": False,
+        "fallback_preprocessing": "whiten",
+        "stacking": False,
+        "n_iter_no_change": 10,
+        "fine_tuning": {**_FINE_TUNING, "lr_fraction": 0.03},
+    },
+    # planar flows: one objective (maximum likelihood, closed-form log-det)
+    "PlanarFlowDensity": {
+        "objectives": {"maximum_likelihood": _objective(None, 2000, 512, 1e-2, "cosine", 20)},
+        "held_out": False,
+        "choose_only_small": True,
+        "fallback_preprocessing": "standardize",
+        "stacking": False,
+        "n_iter_no_change": 10,
+        "fine_tuning": _FINE_TUNING,
+    },
+}
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Every setting of a fit, each "auto" resolved (an estimator's ``settings_``).
+
+    Attributes:
+        estimator: the estimator whose table resolved them.
+        regime: ``"small_table"`` or ``"large"``.
+        objective: the training objective.
+        hidden: the dynamics network's hidden widths (None: the model has no such network).
+        max_iter, batch_size, lr, lr_schedule: the training loop's.
+        validation_interval: steps between scorings of the held-out rows.
+        n_members: flows averaged (cross-fitted when more than one).
+        validation_fraction: the share of rows each member holds out (0: none).
+        n_iter_no_change: scorings without improvement before a phase stops (None: never).
+        preprocessing: the map fitted before the flow, or ``"choose"`` (by held-out
+            likelihood; the chosen one is ``preprocessor_.kind``).
+        stacking: whether each member is stacked with a Gaussian mixture.
+        fine_tune_iter: maximum-likelihood steps after flow matching (0: none).
+        fine_tune_lr, fine_tune_batch_size, fine_tune_validation_interval: fine-tuning's.
+        fine_tune_adjoint: fine-tuning's gradients by the adjoint method (else backprop).
+        flow_matching_share: flow matching's share of a ``max_seconds`` budget when
+            fine-tuning follows (1 without fine-tuning).
+        n_samples, n_features: the data shape the settings were resolved for (n_features:
+            the modelled dimensions).
+    """
+
+    estimator: str
+    regime: str
+    objective: str
+    hidden: tuple[int, ...] | None
+    max_iter: int
+    batch_size: int
+    lr: float
+    lr_schedule: str
+    validation_interval: int
+    n_members: int
+    validation_fraction: float
+    n_iter_no_change: int | None
+    preprocessing: str
+    stacking: bool
+    fine_tune_iter: int
+    fine_tune_lr: float
+    fine_tune_batch_size: int
+    fine_tune_validation_interval: int
+    fine_tune_adjoint: bool
+    flow_matching_share: float
+    n_samples: int
+    n_features: int
+
+    @property
+    def holds_out(self) -> bool:
+        """Whether rows are held out (to validate, choose the map and stack)."""
+        return self.validation_fraction > 0
+
+    def as_dict(self) -> dict:
+        """The settings as plain JSON values (tuples as lists)."""
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> FitSettings:
+        """The inverse of :meth:`as_dict` (e.g. for a saved model)."""
+        values = dict(values)
+        if values.get("hidden") is not None:
+            values["hidden"] = tuple(int(h) for h in values["hidden"])
+        return cls(**values)
+
+
+def _is_auto(value) -> bool:
+    return isinstance(value, str) and value == "auto"
+
+
+def _chosen(value, auto):
+    """``value``, or ``auto`` where it is "auto"."""
+    return auto if _is_auto(value) else value
+
+
+def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: int,
+                         n_features: int, *, n_members: int | None = None) -> FitSettings:
+    """Every "auto" of ``params`` resolved by ``estimator``'s table for data of
+    ``n_samples`` rows and ``n_features`` modelled dimensions (see the module docstring).
+
+    Arguments:
+        estimator: a key of :data:`POLICIES` (the estimator's class name).
+        params: the estimator's parameters (``get_params()``); absent ones count as "auto".
+        n_samples: the rows the fit sees.
+        n_features: the dimensions the flow models (a conditional model's targets).
+        n_members: the members of a fit that is continued (a warm start keeps its members).
+
+    Returns:
+        The frozen :class:`FitSettings`.
+    """
+    table = POLICIES[estimator]
+    objective = params.get("objective") or next(iter(table["objectives"]))
+    rows = table["objectives"][objective]
+    regime = params.get("regime", "auto")
+    if _is_auto(regime):
+        small = MIN_ROWS_TO_HOLD_OUT <= n_samples <= SMALL_TABLE_MAX_ROWS
+        regime = "small_table" if small else "large"
+    held_out = (table["held_out"] and regime == "small_table"
+                and n_samples >= MIN_ROWS_TO_HOLD_OUT)
+
+    fraction_param = params.get("validation_fraction", "auto")
+    if n_members is None:
+        n_members = params.get("n_members", "auto")
+        if _is_auto(n_members):
+            ensemble = (held_out and n_samples <= ENSEMBLE_MAX_ROWS
+                        and _is_auto(fraction_param))
+            n_members = ENSEMBLE_MEMBERS if ensemble else 1
+    n_members = int(n_members)
+    if n_members > 1:
+        fraction = 1 / n_members
+    else:
+        fraction = float(_chosen(fraction_param, 0.2 if held_out else 0.0))
+    holds_out = fraction > 0
+
+    preprocessing = params.get("preprocessing", "auto")
+    if _is_auto(preprocessing):
+        choose = holds_out and (regime == "small_table" or not table["choose_only_small"])
+        preprocessing = "choose" if choose else table["fallback_preprocessing"]
+    stacking = params.get("stacking", "auto")
+    stacking = (table["stacking"] and preprocessing == "choose" if _is_auto(stacking)
+                else bool(stacking))
+
+    max_iter = int(_chosen(params.get("max_iter", "auto"), rows["max_iter"]))
+    lr = float(_chosen(params.get("lr", "auto"), rows["lr"]))
+    batch_param = params.get("batch_size", "auto")
+    fine = table["fine_tuning"]
+    fine_iter = 0
+    if objective == "flow_matching":
+        fine_iter = int(_chosen(params.get("fine_tune_iter", "auto"),
+                                max_iter // fine["flow_matching_steps_per_step"]))
+    adjoint = params.get("fine_tune_adjoint", "auto")
+    hidden = _chosen(params.get("hidden", "auto"), rows["hidden"])
+    no_change = params.get("n_iter_no_change", "auto")
+    return FitSettings(
+        estimator=estimator, regime=regime, objective=objective,
+        hidden=None if hidden is None else tuple(int(h) for h in hidden),
+        max_iter=max_iter,
+        batch_size=int(_chosen(batch_param, rows["batch_size"])),
+        lr=lr,
+        lr_schedule=str(_chosen(params.get("lr_schedule", "auto"), rows["lr_schedule"])),
+        validation_interval=rows["validation_interval"],
+        n_members=n_members,
+        validation_fraction=fraction,
+        n_iter_no_change=(None if not holds_out
+                          else _chosen(no_change, table["n_iter_no_change"])),
+        preprocessing=str(preprocessing),
+        stacking=stacking,
+        fine_tune_iter=fine_iter,
+        fine_tune_lr=float(_chosen(params.get("fine_tune_lr", "auto"), lr * fine["lr_fraction"])),
+        fine_tune_batch_size=int(_chosen(batch_param, fine["batch_size"])),
+        fine_tune_validation_interval=fine["validation_interval"],
+        fine_tune_adjoint=(n_features > fine["backprop_max_features"] if _is_auto(adjoint)
+                           else bool(adjoint)),
+        flow_matching_share=fine["flow_matching_share"] if fine_iter else 1.0,
+        n_samples=int(n_samples), n_features=int(n_features))

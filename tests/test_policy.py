@@ -1,0 +1,128 @@
+"""The fit policy (cnflow.estimators.policy): every "auto" resolved by one pure function, and
+the fitted estimators' ``settings_`` holding what their fit used."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cnflow import CNFDensity, ConditionalCNFDensity, PlanarFlowDensity
+from cnflow.estimators.policy import (
+    ENSEMBLE_MAX_ROWS,
+    POLICIES,
+    SMALL_TABLE_MAX_ROWS,
+    FitSettings,
+    resolve_fit_settings,
+)
+
+
+def settings(kind, n, d, **params) -> FitSettings:
+    """What ``kind(**params)`` resolves to for n rows of d modelled dimensions."""
+    return resolve_fit_settings(kind.__name__, kind(**params).get_params(), n, d)
+
+
+@pytest.mark.parametrize("n, regime, members, fraction, preprocessing", [
+    (5, "large", 1, 0.0, "standardize"), (10, "small_table", 5, 0.2, "choose"),
+    (500, "small_table", 5, 0.2, "choose"), (1000, "small_table", 5, 0.2, "choose"),
+    (1001, "small_table", 1, 0.2, "choose"), (10_000, "small_table", 1, 0.2, "choose"),
+    (10_001, "large", 1, 0.0, "standardize"), (1_000_000, "large", 1, 0.0, "standardize")])
+def test_rules_by_row_count(n, regime, members, fraction, preprocessing):
+    s = settings(CNFDensity, n, 2)
+    assert (s.regime, s.n_members, s.validation_fraction, s.preprocessing) == (
+        regime, members, pytest.approx(fraction), preprocessing)
+    assert s.stacking is (preprocessing == "choose")
+    assert s.n_iter_no_change == (10 if fraction else None)
+    assert s.holds_out is (fraction > 0)
+    assert n <= SMALL_TABLE_MAX_ROWS or regime == "large"
+    assert members == 1 or n <= ENSEMBLE_MAX_ROWS
+
+
+def test_given_values_override_the_rules():
+    s = settings(CNFDensity, 500, 3, preprocessing="whiten", validation_fraction=0.3,
+                 n_iter_no_change=4, max_iter=7, batch_size=64, lr=1e-3,
+                 lr_schedule="constant", hidden=[32, 16], fine_tune_iter=9,
+                 fine_tune_lr=2e-4, fine_tune_adjoint=True, stacking=False)
+    assert (s.preprocessing, s.validation_fraction, s.n_iter_no_change, s.n_members) == (
+        "whiten", 0.3, 4, 1)  # a validation fraction given means one member
+    assert (s.max_iter, s.batch_size, s.lr, s.lr_schedule, s.hidden) == (
+        7, 64, 1e-3, "constant", (32, 16))
+    assert (s.fine_tune_iter, s.fine_tune_lr, s.fine_tune_adjoint, s.stacking) == (
+        9, 2e-4, True, False)
+    assert s.fine_tune_batch_size == 64  # a batch given is fine-tuning's too
+    assert settings(CNFDensity, 500, 3, n_iter_no_change=None).n_iter_no_change is None
+
+
+def test_regime_forces_the_rules_whatever_the_row_count():
+    big = settings(CNFDensity, 50_000, 4, regime="small_table")
+    assert (big.regime, big.validation_fraction, big.preprocessing, big.stacking) == (
+        "small_table", 0.2, "choose", True)
+    small = settings(CNFDensity, 500, 4, regime="large")
+    assert (small.n_members, small.validation_fraction, small.preprocessing,
+            small.stacking) == (1, 0.0, "standardize", False)
+    # too few rows to hold out any, whatever the regime
+    assert settings(CNFDensity, 9, 2, regime="small_table").validation_fraction == 0.0
+    with pytest.raises(ValueError, match="regime must be one of auto, small_table, large"):
+        CNFDensity(regime="huge").fit(np.random.default_rng(0).normal(size=(20, 2)))
+
+
+def test_per_objective_rows_and_fine_tuning():
+    fm, ml = settings(CNFDensity, 20_000, 2), settings(
+        CNFDensity, 20_000, 2, objective="maximum_likelihood")
+    assert (fm.hidden, fm.max_iter, fm.batch_size, fm.lr, fm.lr_schedule) == (
+        (64,) * 5, 20_000, 2048, 1e-2, "cosine")
+    assert (ml.hidden, ml.max_iter, ml.batch_size, ml.lr, ml.lr_schedule) == (
+        (64,) * 3, 1000, 512, 5e-3, "constant")
+    # held-out rows are scored every 100 flow-matching or 20 maximum-likelihood steps
+    assert (fm.validation_interval, ml.validation_interval) == (100, 20)
+    assert (fm.fine_tune_iter, fm.fine_tune_lr, fm.fine_tune_batch_size,
+            fm.fine_tune_validation_interval, fm.flow_matching_share) == (
+        200, 5e-3, 512, 20, 0.75)
+    assert (ml.fine_tune_iter, ml.flow_matching_share) == (0, 1.0)
+    assert settings(CNFDensity, 100, 2, max_iter=60_000).fine_tune_iter == 600
+    # backpropagation through the solver up to 8 modelled dimensions, the adjoint above
+    assert not settings(CNFDensity, 100, 8).fine_tune_adjoint
+    assert settings(CNFDensity, 100, 9).fine_tune_adjoint
+
+
+def test_the_conditional_table():
+    s = settings(ConditionalCNFDensity, 5000, 1)
+    assert (s.batch_size, s.stacking, s.preprocessing) == (4096, False, "choose")
+    assert s.fine_tune_lr == pytest.approx(0.03 * s.lr)
+    # targets whitened where nothing is held out; a fraction given chooses on any row count
+    assert settings(ConditionalCNFDensity, 50_000, 1).preprocessing == "whiten"
+    assert settings(ConditionalCNFDensity, 50_000, 1,
+                    validation_fraction=0.1).preprocessing == "choose"
+    assert settings(CNFDensity, 50_000, 1, validation_fraction=0.1).preprocessing == (
+        "standardize")
+
+
+def test_planar_table():
+    s = settings(PlanarFlowDensity, 500, 2)
+    assert (s.hidden, s.max_iter, s.batch_size, s.lr, s.lr_schedule, s.n_members,
+            s.validation_fraction, s.preprocessing, s.fine_tune_iter) == (
+        None, 2000, 512, 1e-2, "cosine", 1, 0.0, "standardize", 0)
+
+
+def test_every_table_resolves_every_objective():
+    for name, table in POLICIES.items():
+        for objective in table["objectives"]:
+            s = resolve_fit_settings(name, {"objective": objective}, 300, 3)
+            assert s.estimator == name and s.objective == objective
+
+
+def test_fit_records_its_settings_and_save_keeps_them(tmp_path):
+    X = np.random.default_rng(0).normal(size=(60, 2))
+    est = CNFDensity(hidden=(8,), max_iter=3, random_state=0, device="cpu").fit(X)
+    s = est.settings_
+    assert s == settings(CNFDensity, 60, 2, hidden=(8,), max_iter=3)
+    assert (s.n_members, est.n_members_) == (5, 5)
+    assert s.fine_tune_iter == 0  # 3 // 100
+    assert json.loads(json.dumps(s.as_dict())) == s.as_dict()
+    assert FitSettings.from_dict(s.as_dict()) == s
+    est.save(tmp_path / "m.pt")
+    assert CNFDensity.load(tmp_path / "m.pt").settings_ == s
+    # a fit that fails on parameters that contradict each other leaves no settings behind
+    fresh = CNFDensity(max_iter=1, stacking=True, validation_fraction=0.0)
+    with pytest.raises(ValueError, match="stacking chooses the flow's weight"):
+        fresh.fit(X)
+    assert not hasattr(fresh, "settings_")
