@@ -22,6 +22,8 @@ import numpy as np
 from sklearn import datasets as skd
 from sklearn.utils import check_random_state
 
+from .checks import check_positive_int
+
 __all__ = ["make_toy", "TOY_DATASETS", "log_density", "true_entropy", "empirical_entropy",
            "REAL_DATASETS", "load_real", "make_warped_mixture", "warped_mixture_log_density",
            "CONDITIONAL_DATASETS", "make_conditional", "conditional_log_density", "load_images"]
@@ -135,10 +137,9 @@ def make_toy(name: str, n_samples: int, *, random_state=None) -> np.ndarray:
     """
     if name not in _GENERATORS:
         raise ValueError(f"unknown toy dataset {name!r}; choose one of {', '.join(TOY_DATASETS)}")
-    if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    n_samples = check_positive_int(n_samples, "n_samples")
     rng = check_random_state(random_state)
-    return np.asarray(_GENERATORS[name](int(n_samples), rng), dtype=np.float64)
+    return np.asarray(_GENERATORS[name](n_samples, rng), dtype=np.float64)
 
 
 def _eight_gaussians_log_density(x: np.ndarray) -> np.ndarray:
@@ -401,11 +402,9 @@ def make_warped_mixture(n_samples: int, n_features: int, *, random_state=None) -
     Returns:
         A float64 array (n_samples, n_features).
     """
-    if not isinstance(n_features, (int, np.integer)) or n_features < 1:
-        raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
-    if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-    p = _warped_mixture_parameters(int(n_features))
+    n_features = check_positive_int(n_features, "n_features")
+    n_samples = check_positive_int(n_samples, "n_samples")
+    p = _warped_mixture_parameters(n_features)
     rng = check_random_state(random_state)
     comp = rng.choice(len(p["weights"]), size=n_samples, p=p["weights"])
     eps = rng.randn(n_samples, n_features)
@@ -491,9 +490,7 @@ def make_conditional(name: str, n_samples: int, *, random_state=None
         >>> X.shape, y.shape, conditional_log_density("bimodal", X, y).shape
         ((5, 1), (5,), (5,))
     """
-    if not isinstance(n_samples, numbers.Integral) or isinstance(n_samples, bool) \
-            or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    n_samples = check_positive_int(n_samples, "n_samples")
     rng = check_random_state(random_state)
     x = rng.uniform(-2.0, 2.0, size=n_samples)
     components = _conditional_components(name, x)

@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .checks import check_finite_array, check_nonnegative_int, check_positive_int
 from .files import atomic_write
 
 __all__ = ["density_grid", "plot_density", "plot_fit", "plot_training_curves",
@@ -187,8 +188,8 @@ def _check_trajectories(times, states) -> tuple[np.ndarray, np.ndarray]:
                          f"{len(states)} states")
     if states.shape[0] == 0 or states.shape[1] == 0:
         raise ValueError(f"states must hold at least one time and one point, got {states.shape}")
-    if not (np.isfinite(states).all() and np.isfinite(times).all()):
-        raise ValueError("times and states must be finite (no NaN or infinite values)")
+    check_finite_array(times, "times")
+    check_finite_array(states, "states")
     return times, states
 
 
@@ -311,10 +312,8 @@ def animate_trajectories(times, states, path: str | Path, *, fps: int = 8,
 
     if Path(path).suffix.lower() != ".gif":
         raise ValueError(f"animate_trajectories writes a .gif, got {path}")
-    if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
-        raise ValueError(f"fps must be a positive integer, got {fps!r}")
-    if isinstance(hold_frames, bool) or not isinstance(hold_frames, int) or hold_frames < 0:
-        raise ValueError(f"hold_frames must be a non-negative integer, got {hold_frames!r}")
+    fps = check_positive_int(fps, "fps")
+    hold_frames = check_nonnegative_int(hold_frames, "hold_frames")
     times, states = _check_trajectories(times, states)
     xlim, ylim = _frame_limits(states)
     fig = _new_figure(4.0, 4.2)

@@ -28,6 +28,13 @@ composed in this order:
 Each map is fitted in float64 with numpy; its state is a dict of arrays (saved with the
 estimator, loadable with ``torch.load(weights_only=True)``).
 
+Only rows with a continuous density in every direction can be mapped: :func:`check_spread`
+refuses, with a :class:`ValueError` naming the cause, rows that are all identical, a column
+with a single value, and (with more rows than columns) columns that are exactly linearly
+dependent, for instance two identical columns, after the logarithms and standardisation. Such
+data lie on a point or a hyperplane, where a density in the full space is unbounded; the error
+comes before anything is fitted.
+
 Example:
     >>> import numpy as np
     >>> from cnflow.preprocessing import TabularPreprocessor
@@ -47,7 +54,7 @@ from scipy import special
 from sklearn.covariance import LedoitWolf
 
 __all__ = ["MarginalGaussianizer", "Whitening", "TabularPreprocessor", "PREPROCESSINGS",
-           "TargetContextPreprocessor", "choose_preprocessing", "log_columns"]
+           "TargetContextPreprocessor", "check_spread", "choose_preprocessing", "log_columns"]
 
 #: The preprocessing choices of :class:`TabularPreprocessor` (and of the estimators).
 PREPROCESSINGS = ("standardize", "whiten", "log", "gaussianize")
@@ -57,6 +64,86 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 def _log_phi(z: np.ndarray) -> np.ndarray:
     return -0.5 * z * z - _LOG_SQRT_2PI
+
+
+def _columns(indices: np.ndarray) -> str:
+    """ "column 2" or "columns 0, 3" (0-based)."""
+    indices = [int(i) for i in np.flatnonzero(indices)] if indices.dtype == bool \
+        else [int(i) for i in indices]
+    label = "column" if len(indices) == 1 else "columns"
+    return f"{label} {', '.join(map(str, indices))}"
+
+
+#: Columns are dependent when the rows' spread across some direction is below this fraction
+#: of their largest spread (standardised columns): far below any measurement's precision,
+#: far above float64 rounding.
+_RANK_TOLERANCE = 1e-9
+
+
+def check_spread(X: np.ndarray, name: str = "X") -> None:
+    r"""A :class:`ValueError` unless the rows of ``X`` can have a density in every direction.
+
+    Three cases are refused (with two rows or more; a single row is left to the caller):
+    all rows identical; a column with one value (a point mass in that direction); and, with
+    more rows than columns, columns that are linearly dependent, some column an affine
+    function :math:`x_k = a + \sum_{j \ne k} b_j x_j` of the others (two identical columns,
+    or one a multiple of another), judged by the rank of the centred and standardised rows
+    (a rank-revealing QR; a spread below 1e-9 of the largest counts as none, so dependence up
+    to float64 rounding is caught). The columns named are those that depend on earlier
+    ones. With no more rows than columns the rows always span fewer directions than there
+    are columns; whitening's shrinkage copes with that, so it is not refused.
+
+    Arguments:
+        X: the rows, (n_samples, n_features), finite.
+        name: what to call X in the error ("X", "y", …).
+
+    Raises:
+        ValueError: naming the case and the columns (0-based).
+
+    Example:
+        >>> import numpy as np
+        >>> from cnflow.preprocessing import check_spread
+        >>> X = np.random.default_rng(0).normal(size=(10, 2))
+        >>> check_spread(X)
+        >>> check_spread(np.c_[X, X[:, 0] - X[:, 1]])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: the columns of X are linearly dependent (rank 2 for 3 columns; column 2 ...
+    """
+    from scipy.linalg import qr
+
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    if n < 2 or d == 0:
+        return
+    constant = (X == X[0]).all(axis=0)
+    if constant.all():
+        raise ValueError(f"all {n} rows of {name} are identical: a density needs rows that "
+                         "differ; add distinct rows or noise")
+    if constant.any():
+        columns = np.flatnonzero(constant)
+        values = ", ".join(f"{X[0, j]:g}" for j in columns)
+        if len(columns) == 1:
+            raise ValueError(f"{name} has a constant column (column {columns[0]}, every value "
+                             f"{values}): its density is not continuous; drop it or add noise")
+        raise ValueError(f"{name} has constant columns ({_columns(columns)}, values {values}): "
+                         "their density is not continuous; drop them or add noise")
+    if n <= d:
+        return
+    U = X - X.mean(axis=0)
+    U /= np.sqrt((U * U).mean(axis=0))
+    pivoted = np.abs(np.diag(qr(U, mode="r", pivoting=True)[0]))
+    rank = int((pivoted > _RANK_TOLERANCE * pivoted[0]).sum())
+    if rank < d:
+        # each column's distance from the span of the columns before it, in order: the
+        # smallest are the columns that depend on earlier ones
+        in_order = np.abs(np.diag(qr(U, mode="r")[0]))
+        dependent = np.sort(np.argsort(in_order, kind="stable")[:d - rank])
+        verb = "is an affine function" if len(dependent) == 1 else "are affine functions"
+        raise ValueError(f"the columns of {name} are linearly dependent (rank {rank} for {d} "
+                         f"columns; {_columns(dependent)} {verb} of the others): the rows lie "
+                         "on a hyperplane, where no density exists; drop the dependent columns "
+                         "or add noise")
 
 
 def resolution(column: np.ndarray) -> float:
@@ -282,10 +369,12 @@ class TabularPreprocessor:
     ``kind``: ``"standardize"`` (per-column (x − μ)/σ only), ``"whiten"`` (then the full
     covariance), ``"log"`` (logarithms of the positive, right-skewed columns, then
     standardise and whiten) or ``"gaussianize"`` (standardise, Gaussianise each column,
-    whiten). A column with no spread is centred and left at scale 1.
+    whiten).
 
     :meth:`transform` returns the mapped rows and :math:`\log|\det \partial g/\partial x|` of
-    each, so that log p(x) = log q(g(x)) + logdet.
+    each, so that log p(x) = log q(g(x)) + logdet. :meth:`fit` refuses (a ValueError, before
+    any fitted attribute is set) rows without a density in every direction: see
+    :func:`check_spread`.
     """
 
     def __init__(self, kind: str = "gaussianize", random_state: int = 0) -> None:
@@ -295,31 +384,54 @@ class TabularPreprocessor:
         self.kind = kind
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray) -> TabularPreprocessor:
+    def fit(self, X: np.ndarray, *, name: str = "X",
+            check: bool = True) -> TabularPreprocessor:
+        """Fit the maps to the rows X (n_samples, n_features).
+
+        Arguments:
+            X: the rows.
+            name: what to call X in errors.
+            check: refuse rows without a density in every direction (default). False for
+                rows that are only conditioned on, such as a conditional density's
+                features: a constant column is then centred and left at scale 1.
+
+        Raises:
+            ValueError: with ``check``, if the rows have no density in every direction
+                (identical rows, a constant column, linearly dependent columns, after the
+                logarithms with ``kind="log"``; see :func:`check_spread`). Nothing is
+                fitted then.
+        """
         X = np.asarray(X, dtype=np.float64)
-        self.log_columns_ = log_columns(X) if self.kind == "log" else None
-        X, _ = self._logged(X)
-        self.mean_ = X.mean(axis=0)
+        if check:
+            check_spread(X, name)
+        logged = log_columns(X) if self.kind == "log" else None
+        if logged is not None and logged.any():
+            X, _ = self._logged(X, logged)
+            if check:
+                check_spread(X, f"{name} (with {_columns(logged)} logged)")
+        mean = X.mean(axis=0)
         scale = X.std(axis=0)
-        self.scale_ = np.where(scale > 0, scale, 1.0)
-        U = (X - self.mean_) / self.scale_
-        self.marginals_ = None
-        self.whitening_ = None
+        scale = np.where(scale > 0, scale, 1.0)  # a constant column: unchecked, or one row
+        U = (X - mean) / scale
+        marginals = whitening = None
         if self.kind == "gaussianize":
-            self.marginals_ = MarginalGaussianizer(random_state=self.random_state).fit(U)
-            U, _ = self.marginals_.transform(U)
+            marginals = MarginalGaussianizer(random_state=self.random_state).fit(U)
+            U, _ = marginals.transform(U)
         if self.kind in ("whiten", "log", "gaussianize"):
-            self.whitening_ = Whitening().fit(U)
+            whitening = Whitening().fit(U)
+        self.log_columns_, self.mean_, self.scale_ = logged, mean, scale
+        self.marginals_, self.whitening_ = marginals, whitening
         return self
 
-    def _logged(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """X with its logged columns replaced by their logarithms, and the log-determinant
-        of that map per row (−inf where a logged column holds a value ≤ 0, whose row is then
-        given a finite placeholder)."""
+    def _logged(self, X: np.ndarray, cols: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """X with its logged columns (``cols``, default the fitted ones) replaced by their
+        logarithms, and the log-determinant of that map per row (−inf where a logged column
+        holds a value ≤ 0, whose row is then given a finite placeholder)."""
         logdet = np.zeros(len(X))
-        if self.log_columns_ is None or not self.log_columns_.any():
+        cols = self.log_columns_ if cols is None else cols
+        if cols is None or not cols.any():
             return X, logdet
-        cols = self.log_columns_
         values = X[:, cols]
         outside = (values <= 0).any(axis=1)
         logs = np.log(np.where(values > 0, values, 1.0))
@@ -395,8 +507,8 @@ def log_columns(X: np.ndarray) -> np.ndarray:
 def choose_preprocessing(X: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
                          kinds: tuple[str, ...] = ("whiten", "log", "gaussianize"),
                          components: tuple[int, ...] = (1, 2, 4, 8, 16),
-                         random_state: int = 0, deadline: float | None = None
-                         ) -> tuple[str, dict[str, float]]:
+                         random_state: int = 0, deadline: float | None = None,
+                         name: str = "X") -> tuple[str, dict[str, float]]:
     r"""The preprocessing under which a flexible model generalises best, judged on held-out
     rows.
 
@@ -412,15 +524,23 @@ def choose_preprocessing(X: np.ndarray, train_rows: np.ndarray, val_rows: np.nda
     ``deadline`` (a ``time.perf_counter()`` value) stops each kind's search for larger mixtures
     once passed (see :func:`cnflow.flows.base_density.select_gaussian_mixture`).
 
+    ``X`` is checked first, all rows together (:func:`check_spread`; ``name``: what to call
+    it in errors), then each map is fitted on the training rows.
+
     Returns:
         ``(kind, scores)``: the chosen kind and each kind's best held-out mean log-likelihood.
+
+    Raises:
+        ValueError: if X, or its training rows, have no density in every direction.
     """
     from .flows.base_density import select_gaussian_mixture
 
     X = np.asarray(X, dtype=np.float64)
+    check_spread(X, name)
     per_row: dict[str, np.ndarray] = {}
     for kind in kinds:
-        pre = TabularPreprocessor(kind, random_state=random_state).fit(X[train_rows])
+        pre = TabularPreprocessor(kind, random_state=random_state).fit(
+            X[train_rows], name=f"the training rows of {name}")
         W_train, _ = pre.transform(X[train_rows])
         W_val, logdet = pre.transform(X[val_rows])
         mixture, _ = select_gaussian_mixture(W_train, W_val, components,
@@ -445,7 +565,9 @@ class TargetContextPreprocessor:
 
     Only the targets' map enters the density, log p(y | x) = log q(g(y) | h(x)) +
     log|det ∂g/∂y|: :meth:`transform` returns the mapped rows [g(y), h(x)] and that
-    log-determinant.
+    log-determinant. The targets must have a density in every direction (see
+    :func:`check_spread`; errors call them y); the context may hold constant or dependent
+    columns, which a conditional density can ignore.
 
     Example:
         >>> import numpy as np
@@ -478,8 +600,8 @@ class TargetContextPreprocessor:
 
     def fit(self, rows: np.ndarray) -> TargetContextPreprocessor:
         rows = np.asarray(rows, dtype=np.float64)
-        self.targets.fit(rows[:, :self.n_targets])
-        self.context.fit(rows[:, self.n_targets:])
+        self.targets.fit(rows[:, :self.n_targets], name="y")
+        self.context.fit(rows[:, self.n_targets:], check=False)
         return self
 
     def transform(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

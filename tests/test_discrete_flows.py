@@ -160,7 +160,7 @@ def test_bad_arguments_are_reported():
         PlanarFlow(2, n_layers=0)
     with pytest.raises(ValueError, match="closed_form must be one of"):
         DenseFlow(2, closed_form="both")
-    with pytest.raises(ValueError, match="negative_slope must be in"):
+    with pytest.raises(ValueError, match="negative_slope must be a number in"):
         DenseFlow(2, negative_slope=0.0)
     flow = PlanarFlow(3)
     with pytest.raises(ValueError, match=r"x must have shape \(n, 3\)"):

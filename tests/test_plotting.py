@@ -167,7 +167,7 @@ def test_bad_inputs_raise_value_error(tmp_path):
             draw(ok_times, np.zeros((2, 0, 2)), out)
         bad = ok_states.copy()
         bad[1, 3, 0] = np.nan
-        with pytest.raises(ValueError, match="finite"):
+        with pytest.raises(ValueError, match="NaN or infinite"):
             draw(ok_times, bad, out)
     with pytest.raises(ValueError, match="one log-density \\(or None\\) per time"):
         plot_trajectories(ok_times, ok_states, png, density_frames=[gauss])

@@ -7,7 +7,10 @@ from scipy import integrate, stats
 from cnflow.preprocessing import (
     MarginalGaussianizer,
     TabularPreprocessor,
+    TargetContextPreprocessor,
     Whitening,
+    check_spread,
+    choose_preprocessing,
     log_columns,
     resolution,
 )
@@ -105,6 +108,7 @@ def test_log_columns_are_the_positive_right_skewed_ones():
     X = np.c_[rng.lognormal(0.0, 1.0, 500), 10 + rng.randn(500), rng.randn(500),
               np.r_[0.0, rng.lognormal(size=499)], np.full(500, 2.0)]
     np.testing.assert_array_equal(log_columns(X), [True, False, False, False, False])
+    X = X[:, :4]  # the constant column has no density: the map is fitted without it
     pre = TabularPreprocessor("log").fit(X)
     W, logdet = pre.transform(X)
     np.testing.assert_allclose(pre.inverse_transform(W), X, atol=1e-9)
@@ -125,7 +129,7 @@ def test_log_columns_are_the_positive_right_skewed_ones():
     assert np.isfinite(W_bad).all() and logdet_bad[1] == -np.inf
     np.testing.assert_array_equal(logdet_bad[[0, 2]], logdet[[0, 2]])
     # and the draws of a model stay in the logged columns' support
-    assert (pre.inverse_transform(np.random.RandomState(1).randn(1000, 5) * 3)[:, 0] > 0).all()
+    assert (pre.inverse_transform(np.random.RandomState(1).randn(1000, 4) * 3)[:, 0] > 0).all()
 
 
 @pytest.mark.parametrize("kind", ["gaussianize", "log"])
@@ -139,12 +143,113 @@ def test_state_round_trip_gives_the_same_map(kind):
     np.testing.assert_array_equal(la, lb)
 
 
-def test_constant_column_and_few_rows_stay_finite():
-    X = np.c_[np.arange(10.0), np.full(10, 3.0), np.random.RandomState(0).randn(10)]
+@pytest.mark.parametrize("shape", [(10, 3), (3, 5)])
+def test_few_rows_stay_finite_even_with_fewer_rows_than_columns(shape):
+    X = np.random.RandomState(0).randn(*shape)
+    X[:, 0] = np.arange(shape[0])  # an evenly spaced column
     pre = TabularPreprocessor("gaussianize").fit(X)
     W, logdet = pre.transform(X)
     assert np.isfinite(W).all() and np.isfinite(logdet).all()
     np.testing.assert_allclose(pre.inverse_transform(W), X, atol=1e-7)
+
+
+def _degenerate(case, n=40, seed=0):
+    """Rows without a density in every direction, and the error each must raise."""
+    rng = np.random.RandomState(seed)
+    X = rng.lognormal(size=(n, 3))
+    if case == "identical rows":
+        return np.tile([[1.0, 2.5, 3.0]], (n, 1)), f"all {n} rows of X are identical"
+    if case == "constant column":
+        X[:, 1] = 4.0
+        return X, r"X has a constant column \(column 1, every value 4\)"
+    if case == "constant columns":
+        X[:, 0], X[:, 2] = 4.0, -1.0
+        return X, r"X has constant columns \(columns 0, 2, values 4, -1\)"
+    if case == "identical columns":
+        X[:, 2] = X[:, 0]
+        return X, r"linearly dependent \(rank 2 for 3 columns; column 2 is an affine"
+    X[:, 1] = 3.0 - 2.0 * X[:, 0] + 0.5 * X[:, 2]  # an affine combination of the others
+    return X, r"linearly dependent \(rank 2 for 3 columns; column \d is an affine"
+
+
+DEGENERATE = ["identical rows", "constant column", "constant columns", "identical columns",
+              "affine combination"]
+
+
+@pytest.mark.parametrize("kind", ["standardize", "whiten", "log", "gaussianize"])
+@pytest.mark.parametrize("case", DEGENERATE)
+def test_rows_without_a_density_are_refused_before_anything_is_fitted(kind, case):
+    X, message = _degenerate(case)
+    pre = TabularPreprocessor(kind)
+    with pytest.raises(ValueError, match=message):
+        pre.fit(X)
+    assert not [name for name in vars(pre) if name.endswith("_")]  # nothing half-written
+    good = _skewed(60)
+    fitted = TabularPreprocessor(kind).fit(good)
+    before = fitted.transform(good)
+    with pytest.raises(ValueError, match=message):
+        fitted.fit(X)
+    after = fitted.transform(good)  # a refused refit leaves the previous fit whole
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+
+
+def test_the_rank_test_finds_planted_dependencies_and_only_those():
+    """Against numpy's SVD rank at the same relative tolerance (1e-9 of the spread): the
+    last column of a planted affine combination is named; with noise of 1e-6 of its spread
+    added, the rows pass."""
+    rng = np.random.RandomState(1)
+    for _ in range(20):
+        n, d = rng.randint(8, 60), rng.randint(2, 7)
+        X = rng.randn(n, d) * rng.lognormal(size=d) + 10 * rng.randn(d)
+        k = rng.randint(1, d)
+        X[:, k] = rng.randn() + X[:, :k] @ rng.randn(k)  # a combination of earlier ones
+        if n <= d:
+            check_spread(X)  # too few rows to judge: left alone
+            continue
+        singular = np.linalg.svd((X - X.mean(0)) / X.std(0), compute_uv=False)
+        assert (singular > 1e-9 * singular[0]).sum() == d - 1  # the reference agrees
+        with pytest.raises(ValueError, match=f"rank {d - 1} for {d} columns; column {k} is"):
+            check_spread(X)
+        X[:, k] += 1e-6 * rng.randn(n) * X[:, k].std()
+        check_spread(X)
+
+
+def test_dependence_after_the_logarithms_is_refused_by_the_log_map_only():
+    rng = np.random.RandomState(2)
+    X = rng.lognormal(0.0, 1.0, size=(200, 2))
+    X = np.c_[X, X[:, 0] * X[:, 1]]  # log x2 = log x0 + log x1
+    assert log_columns(X).all()
+    with pytest.raises(ValueError, match=r"X \(with columns 0, 1, 2 logged\) are linearly"):
+        TabularPreprocessor("log").fit(X)
+    W, logdet = TabularPreprocessor("whiten").fit(X).transform(X)
+    assert np.isfinite(W).all() and np.isfinite(logdet).all()
+
+
+def test_conditional_maps_refuse_degenerate_targets_but_not_features():
+    rng = np.random.RandomState(3)
+    y, x = rng.randn(50, 2), rng.randn(50, 2)
+    with pytest.raises(ValueError, match=r"y has a constant column \(column 1"):
+        TargetContextPreprocessor(2).fit(np.c_[y[:, :1], np.ones(50), x])
+    x[:, 1] = 5.0  # a constant feature is harmless to p(y | x)
+    pre = TargetContextPreprocessor(2).fit(np.c_[y, x, x[:, 0]])
+    U, logdet = pre.transform(np.c_[y, x, x[:, 0]])
+    assert np.isfinite(U).all() and np.isfinite(logdet).all()
+    assert (U[:, 3] == 0).all()
+
+
+def test_choosing_a_map_checks_all_rows_first():
+    X, message = _degenerate("identical columns")
+    rows = np.arange(len(X))
+    with pytest.raises(ValueError, match=message.replace("X", "y")):
+        choose_preprocessing(X, rows[:30], rows[30:], name="y")
+
+
+def test_an_estimator_refuses_identical_rows_before_training():
+    from cnflow import CNFDensity
+
+    with pytest.raises(ValueError, match="all 20 rows of X are identical"):
+        CNFDensity(max_iter=1, random_state=0, device="cpu").fit(np.ones((20, 2)))
 
 
 def test_unknown_kind_is_rejected():

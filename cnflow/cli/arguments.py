@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..checks import check_positive_int
 from ..training import resolve_device
 
 __all__ = ["CLIError", "check_device", "check_positive", "check_targets", "given_options"]
@@ -24,8 +25,10 @@ def check_positive(value: int, option: str) -> None:
         value: the option's value.
         option: its name as typed, e.g. ``"--n"``.
     """
-    if value < 1:
-        raise CLIError(f"{option} must be a positive integer, got {value}")
+    try:
+        check_positive_int(value, option)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
 
 def check_device(device) -> None:

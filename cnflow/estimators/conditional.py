@@ -8,12 +8,13 @@ import torch
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from ..checks import check_positive_int
 from ..flows.cnf import CNF
 from ..flows.mixture import FlowMixture
 from ..nn import CONDITIONINGS
 from ..preprocessing import TargetContextPreprocessor
 from .cnf_estimator import CNFEstimator
-from .estimator_base import check_count_argument, draw_seed
+from .estimator_base import draw_seed
 from .params import Options
 
 __all__ = ["ConditionalCNFDensity"]
@@ -187,6 +188,8 @@ class ConditionalCNFDensity(CNFEstimator):
     def _columns_to_preprocess(self, X: np.ndarray) -> np.ndarray:
         return X[:, :int(self.n_targets_)]
 
+    _preprocessed_name = "y"
+
     def _new_preprocessor(self, kind: str, seed: int) -> TargetContextPreprocessor:
         return TargetContextPreprocessor(self.n_targets_, kind, random_state=seed)
 
@@ -285,7 +288,7 @@ class ConditionalCNFDensity(CNFEstimator):
         """
         check_is_fitted(self, "flow_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        n_samples = check_count_argument(n_samples, "n_samples")
+        n_samples = check_positive_int(n_samples, "n_samples")
         batch_size = self._batch_size(batch_size)
         context = np.repeat(self.preprocessor_.transform_context(X), n_samples, axis=0)
         C = torch.as_tensor(context, dtype=self._torch_dtype(), device=self.device_)

@@ -30,6 +30,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from ..checks import check_positive_int
 from ..files import ModelFileError, atomic_write, read_torch_file
 from ..flows.base_density import GaussianMixtureBase
 from ..flows.mixture import FlowMixture, best_mixture_weight
@@ -236,13 +237,6 @@ def load_fitted(cls: type[E], path: str | Path, file_format: str, device: str | 
     return est, module
 
 
-def check_count_argument(value, name: str) -> int:
-    """``value`` as an int if it is a positive integer (not a bool), else a ValueError."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def draw_seed(random_state) -> int:
     """A torch seed drawn from ``random_state`` (None, an int or a numpy RandomState), as
     scikit-learn's estimators draw theirs."""
@@ -395,6 +389,9 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
     def _columns_to_preprocess(self, X: np.ndarray) -> np.ndarray:
         """The columns whose map "choose" picks (all; a conditional estimator's targets)."""
         return X
+
+    #: What errors about those columns call them.
+    _preprocessed_name = "X"
 
     def _new_preprocessor(self, kind: str, seed: int):
         """An unfitted preprocessor of the rows (``fit``, ``transform``, ``state``)."""
@@ -607,7 +604,8 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                 first_fold = folds_of(perm, n_members, n_val)[0]
                 kind, scores = choose_preprocessing(
                     self._columns_to_preprocess(X), perm[~np.isin(perm, first_fold)],
-                    first_fold, random_state=seed, deadline=fit.deadline)
+                    first_fold, random_state=seed, deadline=fit.deadline,
+                    name=self._preprocessed_name)
             preprocessor = self._new_preprocessor(kind, seed).fit(X)
         plan = _FitPlan(seed, perm, n_members, n_val, preprocessor, scores)
         fit.keep_setup(plan.as_plain())
@@ -656,7 +654,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             ``(rows, log_prob)`` with log_prob of shape (n_samples,).
         """
         check_is_fitted(self, "flow_")
-        check_count_argument(n_samples, "n_samples")
+        check_positive_int(n_samples, "n_samples")
         batch_size = self._batch_size(batch_size)
         seed = draw_seed(random_state)
         draws, log_qs = [], []
@@ -686,7 +684,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         """The rows per solve of scoring and sampling (None: 4096), checked."""
         if batch_size is None:
             return self._score_batch_size
-        check_count_argument(batch_size, "batch_size")
+        check_positive_int(batch_size, "batch_size")
         return int(batch_size)
 
     def _stacked(self, flow: nn.Module, mixture: GaussianMixtureBase,

@@ -10,6 +10,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from ..checks import check_finite_array, check_positive_int
 from ..flows.image import MultiscaleImageCNF
 from ..flows.image_transforms import bits_per_dim, dequantize, squeeze
 from ..training import (
@@ -25,7 +26,6 @@ from ..training.stages import Stage, StagedFit, StageRun
 from .estimator_base import (
     DTYPES,
     EstimatorBase,
-    check_count_argument,
     draw_seed,
     load_fitted,
     save_fitted,
@@ -47,8 +47,7 @@ def check_images(X, levels: int, shape: tuple[int, ...] | None = None) -> np.nda
         raise ValueError(f"images must have shape (n, C, H, W) or (n, H, W), got {X.shape}")
     if not np.issubdtype(X.dtype, np.number):
         raise ValueError(f"images must be numbers, got dtype {X.dtype}")
-    if not np.isfinite(X).all():
-        raise ValueError("images contain NaN or infinite values")
+    check_finite_array(X, "the image array")
     if (X != np.round(X)).any() or X.min() < 0 or X.max() > levels - 1:
         raise ValueError(f"pixel values must be integers from 0 to levels − 1 = {levels - 1}; "
                          f"got values from {X.min()} to {X.max()}")
@@ -271,8 +270,7 @@ class ImageCNFDensity(EstimatorBase):
         """A lower bound on each image's discrete log-likelihood, log p((x + u)/L) − D log L
         in nats (u one seeded draw, so repeatable), by exact-trace solves; (n,)."""
         images = self._images(X)
-        batch_size = 1024 if batch_size is None else check_count_argument(batch_size,
-                                                                          "batch_size")
+        batch_size = 1024 if batch_size is None else check_positive_int(batch_size, "batch_size")
         generator = torch.Generator().manual_seed(0)
         out = []
         self.flow_.eval()
@@ -297,7 +295,7 @@ class ImageCNFDensity(EstimatorBase):
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
         """Integer images (n_samples, C, H, W): draws y of the flow, ⌊y · L⌋."""
         check_is_fitted(self, "flow_")
-        n_samples = check_count_argument(n_samples, "n_samples")
+        n_samples = check_positive_int(n_samples, "n_samples")
         with self._seeded(draw_seed(random_state)), torch.no_grad():
             y = self.flow_.sample(n_samples)
         levels = int(self.levels)

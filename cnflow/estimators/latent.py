@@ -34,7 +34,6 @@ the caller's series are checked and padded by :mod:`cnflow.estimators.series`.
 
 from __future__ import annotations
 
-import numbers
 import os
 from pathlib import Path
 
@@ -43,6 +42,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
+from ..checks import check_positive_int
 from ..nn.latent import LatentODENet, PaddedSeries
 from ..ode import ADAPTIVE_METHODS, SolveOptions
 from ..ode.inputs import check_tolerances
@@ -381,8 +381,7 @@ class LatentODE(EstimatorBase):
             An array (n_samples, n_series, len(times), n_features) for shared times, else a
             list of (n_samples, len(times[i]), n_features) arrays.
         """
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        n_samples = check_positive_int(n_samples, "n_samples")
         self._fitted()
         seed = draw_seed(random_state)
         generator = torch.Generator(device=self.device_).manual_seed(seed)
@@ -406,8 +405,7 @@ class LatentODE(EstimatorBase):
         Returns:
             An array (n_series,).
         """
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        n_samples = check_positive_int(n_samples, "n_samples")
         self._fitted()
         batch = self._padded(series)
         seed = draw_seed(random_state)

@@ -9,7 +9,8 @@ what it accepts:
     max_iter must be a positive integer or 'auto', got -1
 
 Booleans are never numbers here (``True`` is not a positive integer), and numbers must be
-finite.
+finite: :mod:`cnflow.checks` decides what an integer and a number are, and words the kinds as
+every other argument check in the package does.
 
 Example:
     >>> from cnflow.estimators.params import Integer, Options, Real, check_parameters
@@ -27,12 +28,12 @@ Example:
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ..checks import integer_description, integer_in_range, real_description, real_in_range
 
 __all__ = ["Constraint", "Integer", "Real", "Options", "Boolean", "InstanceOf", "IntegerSequence",
            "check_parameters"]
@@ -47,10 +48,6 @@ class Constraint:
         raise NotImplementedError
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
 class Integer(Constraint):
     """An integer (not a bool) in [low, high] (``None``: unbounded)."""
@@ -59,17 +56,11 @@ class Integer(Constraint):
     high: int | None = None
 
     def accepts(self, value: object) -> bool:
-        return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
-                and (self.low is None or value >= self.low)
-                and (self.high is None or value <= self.high))
+        return integer_in_range(value, self.low, self.high)
 
     @property
     def description(self) -> str:
-        if self.high is None and self.low == 1:
-            return "a positive integer"
-        if self.high is None and self.low == 0:
-            return "a non-negative integer"
-        return f"an integer in [{self.low}, {self.high}]"
+        return integer_description(self.low, self.high)
 
 
 @dataclass(frozen=True)
@@ -83,25 +74,11 @@ class Real(Constraint):
     closed: str = "neither"
 
     def accepts(self, value: object) -> bool:
-        if not _is_number(value) or not math.isfinite(value):
-            return False
-        left = self.closed in ("left", "both")
-        right = self.closed in ("right", "both")
-        if self.low is not None and (value < self.low or (value == self.low and not left)):
-            return False
-        return not (self.high is not None
-                    and (value > self.high or (value == self.high and not right)))
+        return real_in_range(value, self.low, self.high, self.closed)
 
     @property
     def description(self) -> str:
-        if self.low == 0 and self.high is None:
-            return "a non-negative number" if self.closed in ("left", "both") \
-                else "a positive number"
-        left = "[" if self.closed in ("left", "both") else "("
-        right = "]" if self.closed in ("right", "both") else ")"
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
-        return f"in {left}{low}, {high}{right}"
+        return real_description(self.low, self.high, self.closed)
 
 
 class Options(Constraint):

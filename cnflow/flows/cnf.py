@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple, overload
 
@@ -49,13 +48,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import divergence
+from ..checks import (
+    check_finite_array,
+    check_int,
+    check_nonnegative_int,
+    check_positive_int,
+    check_positive_real,
+)
 from ..interfaces import BaseDensity, DivergencePullback
 from ..nn import CONDITIONINGS, ConcatSquashMLP, WithContext
 from ..ode import NFECounts, SolveOptions, SolverStats
 from ..ode.inputs import check_end_time
 from ..ode.options import SolvesODEs, deprecated_solver, options_from
 from ..ode.solve import DEFAULT_MAX_NUM_STEPS
-from .flow import Flow, check_count
+from .flow import Flow
 
 __all__ = ["CNF", "CNFRegularisers"]
 
@@ -76,18 +82,6 @@ class CNFRegularisers(NamedTuple):
 def _softplus_inverse(y: float) -> float:
     """x with softplus(x) = log(1 + e^x) = y > 0, computed stably."""
     return y + math.log(-math.expm1(-y))
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def check_time_exponent(value: object) -> float:
-    """``value`` as a float if it is a finite number > 0 (flow matching's γ), else ValueError."""
-    if not (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value) and value > 0):
-        raise ValueError(f"time_exponent must be a positive number, got {value!r}")
-    return float(value)
 
 
 def _check_field_signature(net: Callable, context_features: int) -> None:
@@ -305,8 +299,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
         self.solve_options = options_from(
             solve_options, SolveOptions(), method=method, rtol=rtol, atol=atol, adjoint=adjoint,
             step_size=step_size, max_num_steps=max_num_steps, seminorm=seminorm)
-        if not _is_positive_int(dim):
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        dim = check_positive_int(dim, "dim")
         _checked_trace(trace)
         if noise not in divergence.NOISE_TYPES:
             raise ValueError(f"unknown noise {noise!r}; valid: {', '.join(divergence.NOISE_TYPES)}")
@@ -314,10 +307,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
             raise ValueError(f"unknown exact_method {exact_method!r}; valid: "
                              f"{', '.join(divergence.EXACT_METHODS)}")
         check_end_time(T)
-        if not (isinstance(context_features, int) and not isinstance(context_features, bool)
-                and context_features >= 0):
-            raise ValueError("context_features must be a non-negative integer, got "
-                             f"{context_features!r}")
+        context_features = check_nonnegative_int(context_features, "context_features")
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning {conditioning!r}; valid: "
                              f"{', '.join(CONDITIONINGS)}")
@@ -479,8 +469,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
         """
         z = self._check_data(z, "z")
         context = self._given(context, z.shape[0])
-        if not (_is_positive_int(n_times) and n_times >= 2):
-            raise ValueError(f"n_times must be an integer of at least 2, got {n_times!r}")
+        n_times = check_int(n_times, "n_times", 2)
         T = float(self.T)
         times = torch.linspace(T, 0.0, n_times, dtype=z.dtype, device=z.device)
         field = self._field(context)
@@ -605,7 +594,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
             optimal transport". Esser et al. (2024), "Scaling rectified flow transformers for
             high-resolution image synthesis".
         """
-        check_time_exponent(time_exponent)
+        check_positive_real(time_exponent, "time_exponent")
         x = self._check_data(x, "x")
         context = self._given(context, x.shape[0])
         n = x.shape[0]
@@ -653,9 +642,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
         if context.dtype != ref.dtype or context.device != ref.device:
             raise ValueError(f"context must be {ref.dtype} on {ref.device} like the flow, got "
                              f"{context.dtype} on {context.device}")
-        if not bool(torch.isfinite(context).all()):
-            raise ValueError("context contains NaN or infinite values")
-        return context
+        return check_finite_array(context, "context")
 
     def _given_draws(self, n: object, context: object) -> tuple[Tensor | None, int]:
         """The checked context and the number of draws of :meth:`sample`: n without a
@@ -665,12 +652,12 @@ class CNF(SolvesODEs, NFECounts, Flow):
                              "name: sample(context=c)")
         if context is None:
             self._given(None, 0)  # a conditional flow says that it needs a context
-            return None, check_count(n)
+            return None, check_positive_int(n, "n")
         rows = context.shape[0] if isinstance(context, Tensor) and context.ndim == 2 else 0
         context = self._given(context, rows)
         if rows == 0:
             raise ValueError("context is empty (no rows)")
-        if n is not None and check_count(n) != rows:
+        if n is not None and check_positive_int(n, "n") != rows:
             raise ValueError(f"n={n} draws asked for a context of {rows} rows: a conditional "
                              f"CNF draws one x per context row (leave n out, or repeat rows)")
         return context, rows

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_positive_int, check_real
 from .discrete import DiscreteFlow
 
 __all__ = ["DenseFlow"]
@@ -48,12 +49,8 @@ class DenseFlow(DiscreteFlow):
                  closed_form: str = "log_prob") -> None:
         super().__init__()
         self._init_common(dim, closed_form)
-        if not (isinstance(n_layers, int) and n_layers >= 1):
-            raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
-        if not 0 < negative_slope <= 1:
-            raise ValueError(f"negative_slope must be in (0, 1], got {negative_slope!r}")
-        self.n_layers = n_layers
-        self.negative_slope = float(negative_slope)
+        self.n_layers = check_positive_int(n_layers, "n_layers")
+        self.negative_slope = check_real(negative_slope, "negative_slope", 0, 1, closed="right")
         # Near the identity, so the initial flow is well conditioned.
         self.weight = nn.Parameter(torch.eye(dim).repeat(n_layers, 1, 1)
                                    + 0.1 * dim ** -0.5 * torch.randn(n_layers, dim, dim))

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .flow import Flow, check_count
+from ..checks import check_positive_int
+from .flow import Flow
 
 __all__ = ["DiscreteFlow", "CLOSED_FORMS"]
 
@@ -36,7 +37,7 @@ class DiscreteFlow(Flow):
     closed_form: str
 
     def _init_common(self, dim: int, closed_form: str) -> None:
-        check_count(dim, "dim")
+        dim = check_positive_int(dim, "dim")
         if closed_form not in CLOSED_FORMS:
             raise ValueError(f"closed_form must be one of {', '.join(CLOSED_FORMS)}, got "
                              f"{closed_form!r}")
@@ -79,6 +80,6 @@ class DiscreteFlow(Flow):
     def sample_with_log_prob(self, n: int) -> tuple[Tensor, Tensor]:
         r"""n draws x and their :math:`\log q(x) = \log \mathcal{N}(z) - \log|\det \partial x/
         \partial z|`, both differentiable in the parameters (reparametrised)."""
-        z = self._base_draws(check_count(n))
+        z = self._base_draws(check_positive_int(n, "n"))
         x, logdet = self.to_data(z)
         return x, self.base_log_prob(z) - logdet

@@ -24,14 +24,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Flow", "check_count"]
+from ..checks import check_finite_array
 
-
-def check_count(n: object, name: str = "n") -> int:
-    """n if it is a positive integer (not a bool), else ValueError."""
-    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
-        raise ValueError(f"{name} must be a positive integer, got {n!r}")
-    return n
+__all__ = ["Flow"]
 
 
 class Flow(nn.Module):
@@ -90,6 +85,4 @@ class Flow(nn.Module):
                              f"one of them (e.g. flow.to({x.dtype}) or x.to({ref.dtype}))")
         if x.device != ref.device:
             raise ValueError(f"{name} is on {x.device} but the flow is on {ref.device}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN or infinite values")
-        return x
+        return check_finite_array(x, name)

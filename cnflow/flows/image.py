@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_positive_int
 from ..nn import ConvVelocityField
 from .cnf import CNF
 from .image_transforms import LogitTransform, squeeze, unsqueeze
@@ -68,8 +69,7 @@ class MultiscaleImageCNF(nn.Module):
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3:
             raise ValueError(f"shape must be (C, H, W), got {shape}")
-        if not isinstance(n_scales, int) or n_scales < 1:
-            raise ValueError(f"n_scales must be a positive integer, got {n_scales!r}")
+        n_scales = check_positive_int(n_scales, "n_scales")
         c, h, w = shape
         if h % 2 ** n_scales or w % 2 ** n_scales:
             raise ValueError(f"H and W must be divisible by 2^n_scales = {2 ** n_scales}; "

@@ -23,12 +23,13 @@ on any device, with the batch in dim 0.
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..checks import check_int, check_positive_int, check_real
 
 __all__ = ["LogitTransform", "bits_per_dim", "dequantize", "discrete_log_likelihood_bound",
            "squeeze", "unsqueeze"]
@@ -38,15 +39,11 @@ _MAX_REDRAWS = 100
 
 
 def _check_levels(levels: int) -> int:
-    if isinstance(levels, bool) or not isinstance(levels, numbers.Integral) or levels < 2:
-        raise ValueError(f"levels must be an integer of at least 2, got {levels!r}")
-    return int(levels)
+    return check_int(levels, "levels", 2)
 
 
 def _check_n_dims(n_dims: int) -> int:
-    if isinstance(n_dims, bool) or not isinstance(n_dims, numbers.Integral) or n_dims < 1:
-        raise ValueError(f"n_dims must be a positive integer, got {n_dims!r}")
-    return int(n_dims)
+    return check_positive_int(n_dims, "n_dims")
 
 
 def dequantize(x: Tensor, levels: int, generator: torch.Generator | None = None) -> Tensor:
@@ -166,9 +163,7 @@ class LogitTransform:
     """
 
     def __init__(self, alpha: float = 1e-6) -> None:
-        if not (isinstance(alpha, numbers.Real) and 0 <= alpha < 0.5):
-            raise ValueError(f"alpha must be a number in [0, 0.5), got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = check_real(alpha, "alpha", 0, 0.5, closed="left")
         #: log(1 - 2α), the log of the affine map's slope.
         self._log_scale = math.log1p(-2 * self.alpha)
 

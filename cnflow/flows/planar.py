@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_positive_int, check_positive_real
 from .discrete import DiscreteFlow
 
 __all__ = ["PlanarFlow"]
@@ -74,13 +75,10 @@ class PlanarFlow(DiscreteFlow):
                  inverse_tol: float | None = None, max_inverse_iter: int = 100) -> None:
         super().__init__()
         self._init_common(dim, closed_form)
-        if not (isinstance(n_layers, int) and n_layers >= 1):
-            raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
-        if inverse_tol is not None and not inverse_tol > 0:
-            raise ValueError(f"inverse_tol must be positive, got {inverse_tol!r}")
-        self.n_layers = n_layers
-        self.inverse_tol = inverse_tol
-        self.max_inverse_iter = max_inverse_iter
+        self.n_layers = check_positive_int(n_layers, "n_layers")
+        self.inverse_tol = None if inverse_tol is None \
+            else check_positive_real(inverse_tol, "inverse_tol")
+        self.max_inverse_iter = check_positive_int(max_inverse_iter, "max_inverse_iter")
         scale = dim ** -0.5
         self.w = nn.Parameter(torch.randn(n_layers, dim) * scale)
         self.u = nn.Parameter(torch.randn(n_layers, dim) * 0.1 * scale)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_nonnegative_int, check_positive_int, check_positive_int_sequence
 from .activations import ACTIVATIONS, Activation, activation_of
 from .fused import concat_squash_vjp, concat_squash_with_divergence
 
@@ -42,13 +43,6 @@ def _time_column(t: Tensor | float, like: Tensor) -> Tensor:
         return t.reshape(1, 1)
     return t.reshape(-1, 1)
 
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class ConcatSquashLinear(nn.Module):
@@ -83,9 +77,7 @@ class ConcatSquashLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, context_features: int = 0) -> None:
         super().__init__()
-        if not _is_count(context_features):
-            raise ValueError("context_features must be a non-negative integer, got "
-                             f"{context_features!r}")
+        context_features = check_nonnegative_int(context_features, "context_features")
         self.context_features = context_features
         self.linear = nn.Linear(in_features, out_features)
         self.gate = nn.Linear(1 + context_features, out_features)
@@ -185,19 +177,14 @@ class ConcatSquashMLP(nn.Module):
                  out_features: int | None = None, activation: str | nn.Module = "tanh", *,
                  context_features: int = 0, conditioning: str = "gates") -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not _is_count(context_features):
-            raise ValueError("context_features must be a non-negative integer, got "
-                             f"{context_features!r}")
+        in_features = check_positive_int(in_features, "in_features")
+        if out_features is not None:
+            out_features = check_positive_int(out_features, "out_features")
+        context_features = check_nonnegative_int(context_features, "context_features")
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning {conditioning!r}; valid: "
                              f"{', '.join(CONDITIONINGS)}")
-        hidden = tuple(hidden)
-        if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
-            raise ValueError(f"hidden must be a sequence of positive integers, got {hidden!r}")
+        hidden = check_positive_int_sequence(hidden, "hidden")
         if isinstance(activation, str):
             if activation not in ACTIVATIONS:
                 raise ValueError(

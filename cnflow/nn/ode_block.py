@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_finite_array
 from ..ode import NFECounts, SolveOptions, SolverStats
 from ..ode.inputs import check_end_time
 from ..ode.options import SolvesODEs, deprecated_solver, options_from
@@ -112,8 +113,7 @@ class ODEBlock(SolvesODEs, NFECounts, nn.Module):
             raise ValueError(f"h must be a floating tensor, got dtype {h.dtype}")
         if h.numel() == 0:
             raise ValueError(f"h is empty (shape {tuple(h.shape)})")
-        if not bool(torch.isfinite(h).all()):
-            raise ValueError("h contains NaN or infinite values")
+        check_finite_array(h, "h")
         t = torch.tensor([0.0, self.T], dtype=h.dtype, device=h.device)
         self.stats_forward, self.stats_backward = SolverStats(), SolverStats()
         ys = self.solve_options.solve(self.func, h, t, params=tuple(self.func.parameters()),

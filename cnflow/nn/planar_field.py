@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_positive_int
 from .activations import ACTIVATION_TABLE, ACTIVATIONS, activation_of
-from .concat_squash import _is_positive_int, _time_column
+from .concat_squash import _time_column
 
 __all__ = ["PlanarCNFField"]
 
@@ -66,9 +67,9 @@ class PlanarCNFField(nn.Module):
     def __init__(self, dim: int, n_units: int = 8, hyper_hidden: int = 32,
                  activation: str = "tanh", *, gated: bool = True) -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("n_units", n_units), ("hyper_hidden", hyper_hidden)):
-            if not _is_positive_int(value):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        dim = check_positive_int(dim, "dim")
+        n_units = check_positive_int(n_units, "n_units")
+        hyper_hidden = check_positive_int(hyper_hidden, "hyper_hidden")
         if not isinstance(activation, str) or activation not in ACTIVATION_TABLE:
             raise ValueError(f"unknown activation {activation!r}; valid: "
                              f"{', '.join(ACTIVATION_TABLE)}")

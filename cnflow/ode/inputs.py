@@ -8,12 +8,17 @@ can make with the arguments raises :class:`ValueError` here, with what was wrong
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from ..checks import (
+    check_finite_array,
+    check_nonnegative_real,
+    check_positive_int,
+    check_positive_real,
+)
 from .tableaux import TABLEAUX, ButcherTableau
 
 __all__ = ["State", "FlatProblem", "prepare", "resolve_method", "check_tolerances"]
@@ -70,26 +75,20 @@ def resolve_method(method: str, step_size: float | None) -> ButcherTableau:
                 f"step_size applies to fixed-step methods only; {method!r} chooses its own "
                 "steps from rtol and atol"
             )
-        if not (isinstance(step_size, (int, float)) and math.isfinite(step_size)
-                and step_size > 0):
-            raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
+        check_positive_real(step_size, "step_size")
     return tableau
 
 
 def check_tolerances(rtol: float, atol: float) -> None:
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    check_nonnegative_real(rtol, "rtol")
+    check_nonnegative_real(atol, "atol")
     if rtol == 0 and atol == 0:
         raise ValueError("rtol and atol cannot both be zero")
 
 
 def check_end_time(T: object) -> float:
     """T as a float if it is a positive finite number (not a bool), else ValueError."""
-    if (isinstance(T, bool) or not isinstance(T, (int, float)) or not math.isfinite(T)
-            or T <= 0):
-        raise ValueError(f"T must be a positive finite number, got {T!r}")
-    return float(T)
+    return check_positive_real(T, "T")
 
 
 def _check_times(t: torch.Tensor | Sequence[float]) -> tuple[torch.Tensor, list[float]]:
@@ -100,8 +99,7 @@ def _check_times(t: torch.Tensor | Sequence[float]) -> tuple[torch.Tensor, list[
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise ValueError(f"t must hold real numbers, got dtype {t.dtype}")
     times = t.detach().to("cpu", torch.float64).tolist()
-    if not all(math.isfinite(x) for x in times):
-        raise ValueError("t contains NaN or infinite values")
+    check_finite_array(times, "t")
     if len(times) > 1:
         steps = [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
         if not (all(s > 0 for s in steps) or all(s < 0 for s in steps)):
@@ -128,8 +126,8 @@ def _check_state(y0: State) -> tuple[list[torch.Tensor], bool]:
         )
     if sum(p.numel() for p in parts) == 0:
         raise ValueError("y0 is empty (no elements to integrate)")
-    if not all(bool(torch.isfinite(p).all()) for p in parts):
-        raise ValueError("y0 contains NaN or infinite values")
+    for p in parts:
+        check_finite_array(p, "y0")
     return parts, is_tuple
 
 
@@ -229,8 +227,7 @@ def prepare(f, y0: State, t, *, method: str, rtol: float, atol: float,
         raise ValueError(f"f must be callable as f(t, y), got {type(f).__name__}")
     tableau = resolve_method(method, step_size)
     check_tolerances(rtol, atol)
-    if not isinstance(max_num_steps, int) or max_num_steps < 1:
-        raise ValueError(f"max_num_steps must be a positive integer, got {max_num_steps!r}")
+    check_positive_int(max_num_steps, "max_num_steps")
     t, times = _check_times(t)
     parts, is_tuple = _check_state(y0)
     shapes = [p.shape for p in parts]

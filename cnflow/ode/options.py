@@ -19,12 +19,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 
+from ..checks import check_positive_int
 from .adjoint import odeint_adjoint
 from .inputs import State, check_tolerances, resolve_method
 from .solve import DEFAULT_MAX_NUM_STEPS, odeint
@@ -63,10 +63,8 @@ class SolveOptions:
     def __post_init__(self) -> None:
         resolve_method(self.method, self.step_size)
         check_tolerances(self.rtol, self.atol)
-        steps = self.max_num_steps
-        if not (isinstance(steps, numbers.Integral) and not isinstance(steps, bool)
-                and steps > 0):
-            raise ValueError(f"max_num_steps must be a positive integer, got {steps!r}")
+        object.__setattr__(self, "max_num_steps",
+                           check_positive_int(self.max_num_steps, "max_num_steps"))
         for name in ("adjoint", "seminorm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
