@@ -136,7 +136,7 @@ class ConditionalCNFDensity(CNFDensity):
     features to the context, :math:`\dot z = f(z, t; e(x))`, and is trained with the flow
     (its parameters are the fitted module's, so every step's gradient reaches them; by the
     adjoint method too). X may then have any shape (n, ...), e.g. images (n, C, H, W); e
-    gets each batch in that shape, (m, *X.shape[1:]), and must return (m, k). The context's
+    gets each batch in that shape, ``(m, *X.shape[1:])``, and must return (m, k). The context's
     width k is read by running e once on two rows of zeros (an ``out_features`` attribute,
     where e has one, must agree). With an embedding the features are not standardised per
     column (a pixel that is always 0 has no scale): every entry is mapped by one mean and
@@ -172,7 +172,7 @@ class ConditionalCNFDensity(CNFDensity):
             bounded data such as pixels (``docs/benchmarks.md``, "Conditional densities").
         conditioning: ``"gates"`` or ``"concat"`` (see above).
         embedding: None (the standardised features are the context), or a network from the
-            features (n, *feature_shape) to the context (n, k), trained with the flow, as a
+            features ``(n, *feature_shape)`` to the context (n, k), trained with the flow, as a
             registered name, a factory or a module (see above).
         net: None (the built-in network), or the velocity field f(t, z, context), as a
             registered name, a factory or a module (see above).

@@ -92,7 +92,7 @@ def context_width(embedding: nn.Module, feature_shape: tuple[int, ...]) -> int:
     must agree.
 
     Raises:
-        ValueError: the embedding fails on that batch, or does not map (2, *feature_shape)
+        ValueError: the embedding fails on that batch, or does not map ``(2, *feature_shape)``
             to a (2, k) tensor.
     """
     like = next(iter(embedding.parameters()), None)
