@@ -54,10 +54,14 @@ from scipy import special
 from sklearn.covariance import LedoitWolf
 
 __all__ = ["MarginalGaussianizer", "Whitening", "TabularPreprocessor", "PREPROCESSINGS",
-           "TargetContextPreprocessor", "check_spread", "choose_preprocessing", "log_columns"]
+           "CONTEXT_SCALINGS", "TargetContextPreprocessor", "check_spread",
+           "choose_preprocessing", "log_columns"]
 
 #: The preprocessing choices of :class:`TabularPreprocessor` (and of the estimators).
 PREPROCESSINGS = ("standardize", "whiten", "log", "gaussianize")
+#: How :class:`TargetContextPreprocessor` standardises a conditional density's features:
+#: per column, or by one mean and scale for all of them.
+CONTEXT_SCALINGS = ("standardize", "global")
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -569,6 +573,13 @@ class TargetContextPreprocessor:
     :func:`check_spread`; errors call them y); the context may hold constant or dependent
     columns, which a conditional density can ignore.
 
+    ``context`` says how x is standardised: ``"standardize"`` (default), each column by its
+    own mean and standard deviation; ``"global"``, every entry by one mean and one standard
+    deviation, those of all the entries together, h(x) = (x − m)/s. The global map keeps the
+    relative scale of the entries (the pixels of an image, read by an embedding network)
+    and leaves a column with no spread (a pixel that is always 0) as it is but for the
+    shift.
+
     Example:
         >>> import numpy as np
         >>> from cnflow.preprocessing import TargetContextPreprocessor
@@ -579,8 +590,13 @@ class TargetContextPreprocessor:
         ((50, 3), (50,))
     """
 
-    def __init__(self, n_targets: int, kind: str = "whiten", random_state: int = 0) -> None:
+    def __init__(self, n_targets: int, kind: str = "whiten", random_state: int = 0,
+                 context: str = "standardize") -> None:
+        if context not in CONTEXT_SCALINGS:
+            raise ValueError(f"context must be one of {', '.join(CONTEXT_SCALINGS)}, got "
+                             f"{context!r}")
         self.n_targets = int(n_targets)
+        self.context_scaling = context
         self.targets = TabularPreprocessor(kind, random_state=random_state)
         self.context = TabularPreprocessor("standardize", random_state=random_state)
 
@@ -601,7 +617,13 @@ class TargetContextPreprocessor:
     def fit(self, rows: np.ndarray) -> TargetContextPreprocessor:
         rows = np.asarray(rows, dtype=np.float64)
         self.targets.fit(rows[:, :self.n_targets], name="y")
-        self.context.fit(rows[:, self.n_targets:], check=False)
+        features = rows[:, self.n_targets:]
+        self.context.fit(features, check=False)
+        if self.context_scaling == "global":  # one mean and scale for every entry
+            scale = float(features.std()) if features.size else 0.0
+            self.context.mean_ = np.full(features.shape[1], float(features.mean())
+                                         if features.size else 0.0)
+            self.context.scale_ = np.full(features.shape[1], scale if scale > 0 else 1.0)
         return self
 
     def transform(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -620,11 +642,13 @@ class TargetContextPreprocessor:
 
     def state(self) -> dict:
         return {"kind": "target_context", "n_targets": self.n_targets,
+                "context_scaling": self.context_scaling,
                 "targets": self.targets.state(), "context": self.context.state()}
 
     @classmethod
     def from_state(cls, state: dict) -> TargetContextPreprocessor:
-        pre = cls(int(state["n_targets"]))
+        pre = cls(int(state["n_targets"]),
+                  context=state.get("context_scaling", "standardize"))
         pre.targets = TabularPreprocessor.from_state(state["targets"])
         pre.context = TabularPreprocessor.from_state(state["context"])
         return pre

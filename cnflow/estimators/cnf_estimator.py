@@ -13,6 +13,7 @@ from torch import nn
 from .. import divergence
 from ..flows.cnf import CNF
 from ..flows.mixture import FlowMixture
+from ..nn import ConcatSquashMLP
 from ..ode import TABLEAUX
 from ..ode.inputs import check_tolerances
 from ..ode.options import deprecated_solver
@@ -30,7 +31,10 @@ OBJECTIVES = ("flow_matching", "maximum_likelihood")
 
 def _zero_last_layer(flow: nn.Module) -> None:
     """Zero the output layer of a CNF's built-in network, so that its field is 0 and the flow
-    the identity (gradients still reach that layer)."""
+    the identity (gradients still reach that layer); a field of the user's keeps its own
+    initialisation."""
+    if not isinstance(flow.net, ConcatSquashMLP):
+        return
     last = flow.net.layers[-1]
     with torch.no_grad():
         for module in (last.linear, last.hyper_bias):

@@ -795,11 +795,17 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                 says which. Loading never runs code from the file (``weights_only=True``).
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no model file at {path}")
-        data = read_estimator_file(path, cls.__name__, _FORMAT)
+        data = cls._read_saved(path)
         with reading_parts_of(path):
             return cls._from_saved(data, path, device)
+
+    @classmethod
+    def _read_saved(cls, path: Path) -> dict:
+        """The contents of a :meth:`save` file of this class (FileNotFoundError, or a
+        :class:`cnflow.files.ModelFileError` for a file of another kind)."""
+        if not path.is_file():
+            raise FileNotFoundError(f"no model file at {path}")
+        return read_estimator_file(path, cls.__name__, _FORMAT)
 
     @classmethod
     def _from_saved(cls, data: dict, path: Path, device: str | None):

@@ -14,7 +14,9 @@ parameters a hypernetwork makes from t, with a closed-form divergence. Every mod
 called as ``module(t, x)``, the argument order of ODE dynamics ``f(t, z)``, except
 :class:`ODEBlock`, the ODE-Net layer h ↦ h(T) that wraps such dynamics (Chen et al. 2018), and
 :class:`LatentODENet`, the encoder, autonomous dynamics (:class:`LatentDynamics`) and decoder
-of a latent ODE for time series (:mod:`cnflow.nn.latent`).
+of a latent ODE for time series (:mod:`cnflow.nn.latent`). :func:`register_module` names
+a factory of user modules so that a model file that holds their weights can be loaded
+(:mod:`cnflow.nn.registry`).
 The activations and their derivatives come from one table, :data:`ACTIVATION_TABLE`
 (:mod:`cnflow.nn.activations`).
 """
@@ -34,9 +36,17 @@ from .conv import ConcatSquashConv2d, ConvVelocityField
 from .latent import LatentDynamics, LatentODENet
 from .ode_block import ODEBlock
 from .planar_field import PlanarCNFField
+from .registry import (
+    qualified_name,
+    register_module,
+    registered_module,
+    registered_name,
+    unregister_module,
+)
 
 __all__ = ["ConcatSquashLinear", "ConcatSquashMLP", "ConcatSquashConv2d", "ConvVelocityField",
            "ConditionalConcatSquashLinear",
            "ConditionalConcatSquashMLP", "WithContext", "CONDITIONINGS", "PlanarCNFField",
            "ODEBlock", "LatentDynamics", "LatentODENet", "ACTIVATIONS", "ACTIVATION_DERIVATIVES",
-           "ACTIVATION_TABLE", "Activation", "activation_of"]
+           "ACTIVATION_TABLE", "Activation", "activation_of", "register_module",
+           "registered_module", "registered_name", "unregister_module", "qualified_name"]
