@@ -61,3 +61,60 @@ def test_imports_only_go_down(path):
               if p in RANKS and RANKS[p] >= RANKS[own]}
     assert not upward, f"{path.relative_to(ROOT)} imports {sorted(upward)} from its own level " \
                        "or above"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """The cnflow modules that the module at ``path`` imports (type-only imports too):
+    ``from .x import y`` counts as x, or as x.y where that is a module."""
+    package = _module_name(path) if path.name == "__init__.py" else \
+        _module_name(path).rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                target = ".".join(base + (node.module.split(".") if node.module else []))
+            else:
+                target = node.module or ""
+            targets = [(target, [a.name for a in node.names])]
+        else:
+            continue
+        for target, names in targets:
+            for name in names:
+                if f"{target}.{name}" in modules:
+                    found.add(f"{target}.{name}")
+            if target in modules:
+                found.add(target)
+    return found
+
+
+def test_no_two_modules_import_each_other():
+    """No import cycle among cnflow's modules, type-only imports included (a package's
+    ``__init__`` re-exporting its own submodules is the one allowed way down and up)."""
+    paths = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    modules = set(paths)
+    graph = {name: {m for m in _imported_modules(path, modules)
+                    if not name.startswith(m + ".")}  # a submodule's own package
+             for name, path in paths.items()}
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                cycle = trail[trail.index(target):] + [target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, trail + [target])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])

@@ -8,6 +8,7 @@ import argparse
 from .. import __version__
 from ..datasets import TOY_DATASETS
 from ..estimators import OBJECTIVES
+from ..estimators.policy import POLICIES
 from . import plot, sample, score, train, train_images
 
 __all__ = ["build_parser"]
@@ -18,6 +19,17 @@ COMMANDS = ("train", "train-images", "sample", "score", "plot")
 DEVICE_HELP = "where to run the model: cpu, cuda, cuda:1, auto (default: as saved)"
 TRAIN_DEVICE_HELP = "cpu, cuda, cuda:1, ... or auto: CUDA when available (default: auto)"
 MODEL_HELP = "a model file written by train (or .save)"
+
+
+def _policy_default(name: str, estimator: str = "CNFDensity") -> str:
+    """The "auto" default of a training option per objective, read from the fit policy's
+    table (:mod:`cnflow.estimators.policy`), for the help text."""
+    def shown(value) -> str:
+        return " ".join(map(str, value)) if isinstance(value, tuple) else f"{value:g}"
+
+    rows = POLICIES[estimator]["objectives"]
+    return ", ".join(f"{shown(rows[objective][name])} with {objective.replace('_', ' ')}"
+                     for objective in OBJECTIVES)
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -37,17 +49,17 @@ def _add_train(sub) -> None:
     p.add_argument("--n-samples", type=int, default=50000, help="rows drawn from a toy density")
     p.add_argument("--objective", choices=OBJECTIVES,
                    help="training objective (default: flow_matching)")
+    conditional_batch = POLICIES["ConditionalCNFDensity"]["objectives"]["flow_matching"][
+        "batch_size"]
     p.add_argument("--max-iter", type=int,
-                   help="training iterations (default: 20000 with flow matching, 1000 with "
-                        "maximum likelihood)")
-    p.add_argument("--batch-size", type=int, help="rows per iteration (default: 2048 for flow "
-                   "matching, 4096 with --targets, 512 for maximum likelihood)")
+                   help=f"training iterations (default: {_policy_default('max_iter')})")
+    p.add_argument("--batch-size", type=int,
+                   help=f"rows per iteration (default: {_policy_default('batch_size')}; "
+                        f"{conditional_batch} for flow matching with --targets)")
     p.add_argument("--lr", type=float,
-                   help="Adam's learning rate (default: 1e-2 with flow matching, 5e-3 with "
-                        "maximum likelihood)")
+                   help=f"Adam's learning rate (default: {_policy_default('lr')})")
     p.add_argument("--hidden", type=int, nargs="+",
-                   help="hidden widths (default: 64 64 64 64 64 with flow matching, 64 64 64 "
-                        "with maximum likelihood)")
+                   help=f"hidden widths (default: {_policy_default('hidden')})")
     p.add_argument("--tol", type=float, help="rtol = atol of the ODE solver (default: 1e-5)")
     p.add_argument("--max-seconds", type=float,
                    help="time budget of the fit in seconds (default: none)")

@@ -356,7 +356,8 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         start's members."""
         return resolve_fit_settings(type(self).__name__, self.get_params(deep=False),
                                     n_samples, self._modelled_features(n_columns),
-                                    n_members=n_members)
+                                    n_members=n_members,
+                                    device=str(resolve_device(self.device)))
 
     def _modelled_features(self, n_columns: int) -> int:
         """The dimensions the flow models among its rows' ``n_columns`` (all of them, unless

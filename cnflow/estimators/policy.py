@@ -145,6 +145,8 @@ class FitSettings:
             fine-tuning follows (1 without fine-tuning).
         n_samples, n_features: the data shape the settings were resolved for (n_features:
             the modelled dimensions).
+        device: the device the fit runs on (``device="auto"``: CUDA when available, by
+            :func:`cnflow.training.resolve_device`).
     """
 
     estimator: str
@@ -169,6 +171,7 @@ class FitSettings:
     flow_matching_share: float
     n_samples: int
     n_features: int
+    device: str = "cpu"
 
     @property
     def holds_out(self) -> bool:
@@ -199,7 +202,8 @@ def _chosen(value, auto):
 
 
 def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: int,
-                         n_features: int, *, n_members: int | None = None) -> FitSettings:
+                         n_features: int, *, n_members: int | None = None,
+                         device: str = "cpu") -> FitSettings:
     """Every "auto" of ``params`` resolved by ``estimator``'s table for data of
     ``n_samples`` rows and ``n_features`` modelled dimensions (see the module docstring).
 
@@ -209,6 +213,7 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
         n_samples: the rows the fit sees.
         n_features: the dimensions the flow models (a conditional model's targets).
         n_members: the members of a fit that is continued (a warm start keeps its members).
+        device: the resolved device the fit runs on (recorded).
 
     Returns:
         The frozen :class:`FitSettings`.
@@ -277,4 +282,4 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
         fine_tune_adjoint=(n_features > fine["backprop_max_features"] if _is_auto(adjoint)
                            else bool(adjoint)),
         flow_matching_share=fine["flow_matching_share"] if fine_iter else 1.0,
-        n_samples=int(n_samples), n_features=int(n_features))
+        n_samples=int(n_samples), n_features=int(n_features), device=str(device))
