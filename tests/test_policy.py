@@ -104,9 +104,12 @@ def test_planar_table():
 
 
 def test_every_table_resolves_every_objective():
+    import cnflow
+
     for name, table in POLICIES.items():
+        defaults = getattr(cnflow, name)().get_params()
         for objective in table["objectives"]:
-            s = resolve_fit_settings(name, {"objective": objective}, 300, 3)
+            s = resolve_fit_settings(name, {**defaults, "objective": objective}, 300, 3)
             assert s.estimator == name and s.objective == objective
 
 
@@ -126,3 +129,25 @@ def test_fit_records_its_settings_and_save_keeps_them(tmp_path):
     with pytest.raises(ValueError, match="stacking chooses the flow's weight"):
         fresh.fit(X)
     assert not hasattr(fresh, "settings_")
+
+
+def test_images_and_latent_odes_record_their_settings(tmp_path):
+    from cnflow import ImageCNFDensity, LatentODE
+
+    images = np.random.default_rng(0).integers(0, 4, size=(16, 1, 4, 4))
+    img = ImageCNFDensity(levels=4, hidden=(4,), max_iter=2, batch_size=8, rtol=1e-3,
+                          atol=1e-3, random_state=0, device="cpu").fit(images)
+    s = img.settings_
+    assert (s.objective, s.hidden, s.max_iter, s.batch_size, s.lr, s.n_members,
+            s.fine_tune_iter, s.n_samples, s.n_features) == (
+        "flow_matching", (4,), 2, 8, 1e-3, 1, 0, 16, 16)
+    img.save(tmp_path / "img.pt")
+    assert ImageCNFDensity.load(tmp_path / "img.pt").settings_ == s
+    t = np.linspace(0, 1, 6)
+    series = [(t, np.sin(t + k)) for k in range(4)]
+    latent = LatentODE(max_iter=2, random_state=0, device="cpu").fit(series)
+    s = latent.settings_
+    assert (s.objective, s.max_iter, s.n_samples, s.n_features, s.fine_tune_iter) == (
+        "elbo", 2, 4, 1, 0)
+    latent.save(tmp_path / "latent.pt")
+    assert LatentODE.load(tmp_path / "latent.pt").settings_ == s

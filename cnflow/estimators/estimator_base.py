@@ -196,7 +196,8 @@ def save_fitted(estimator: EstimatorBase, path: str | Path, file_format: str,
     contents = {"format": file_format, "estimator": type(estimator).__name__,
                 "params": estimator._plain_params(),
                 "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-                "history": estimator.history_, "n_iter": int(estimator.n_iter_), **fitted}
+                "history": estimator.history_, "n_iter": int(estimator.n_iter_),
+                "settings": estimator.settings_.as_dict(), **fitted}
     atomic_write(path, lambda handle: torch.save(contents, handle))
 
 
@@ -228,6 +229,8 @@ def load_fitted(cls: type[E], path: str | Path, file_format: str, device: str | 
             est.device = device
         est._validate_parameters()
         est.device_ = resolve_device(est.device)
+        if data.get("settings") is not None:
+            est.settings_ = FitSettings.from_dict(data["settings"])
         with est._seeded(0):
             module = rebuild(est, data)
         module = module.to(est.device_, est._torch_dtype())
@@ -296,6 +299,21 @@ class EstimatorBase(BaseEstimator):
         return FitCheckpoint.open_in_every_process(self.checkpoint,
                                                    float(self.checkpoint_interval), identity)
 
+    def _resolve_settings(self, n_samples: int, n_columns: int,
+                          n_members: int | None = None) -> FitSettings:
+        """Every "auto" resolved by the fit policy (:mod:`cnflow.estimators.policy`) for
+        ``n_samples`` rows of ``n_columns`` columns (the flow's rows; an image's pixels; a
+        series' values); ``n_members``: a warm start's members."""
+        return resolve_fit_settings(type(self).__name__, self.get_params(deep=False),
+                                    n_samples, self._modelled_features(n_columns),
+                                    n_members=n_members,
+                                    device=str(resolve_device(self.device)))
+
+    def _modelled_features(self, n_columns: int) -> int:
+        """The dimensions the flow models among its rows' ``n_columns`` (all of them, unless
+        a subclass conditions on some)."""
+        return n_columns
+
     def _torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
@@ -349,20 +367,6 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
     def _log_prob(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         return flow.log_prob(u)
 
-    def _resolve_settings(self, n_samples: int, n_columns: int,
-                          n_members: int | None = None) -> FitSettings:
-        """Every "auto" resolved by the fit policy (:mod:`cnflow.estimators.policy`) for
-        ``n_samples`` rows of ``n_columns`` columns (the flow's rows); ``n_members``: a warm
-        start's members."""
-        return resolve_fit_settings(type(self).__name__, self.get_params(deep=False),
-                                    n_samples, self._modelled_features(n_columns),
-                                    n_members=n_members,
-                                    device=str(resolve_device(self.device)))
-
-    def _modelled_features(self, n_columns: int) -> int:
-        """The dimensions the flow models among its rows' ``n_columns`` (all of them, unless
-        a subclass conditions on some)."""
-        return n_columns
 
     def _validation_loss(self, flow: nn.Module, u: torch.Tensor,
                          reduce: bool = True) -> torch.Tensor:

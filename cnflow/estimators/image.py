@@ -96,6 +96,8 @@ class ImageCNFDensity(EstimatorBase):
     Attributes:
         flow_: the fitted :class:`cnflow.flows.MultiscaleImageCNF`.
         shape_: (C, H, W) of the images.
+        settings_: the fit's settings (:class:`cnflow.estimators.policy.FitSettings`; saved
+            with the model).
         history_, n_iter_ (all scales), device_.
 
     Example:
@@ -170,7 +172,7 @@ class ImageCNFDensity(EstimatorBase):
             self
         """
         self._validate_parameters()
-        for name in ("flow_", "history_", "n_iter_", "shape_", "device_"):
+        for name in ("flow_", "history_", "n_iter_", "shape_", "device_", "settings_"):
             self.__dict__.pop(name, None)
         X = check_images(X, int(self.levels))
         if len(X) < 2:
@@ -178,6 +180,7 @@ class ImageCNFDensity(EstimatorBase):
         device = resolve_device(self.device)
         dtype = DTYPES[self.dtype]
         self.device_, self.shape_ = device, tuple(X.shape[1:])
+        self.settings_ = settings = self._resolve_settings(len(X), int(np.prod(X.shape[1:])))
         images = torch.as_tensor(X, dtype=dtype, device=device)
         # one stage per scale, each granted an equal share of the time left; the budget
         # counts every run of the fit
@@ -191,9 +194,9 @@ class ImageCNFDensity(EstimatorBase):
             generator = torch.Generator().manual_seed(seed)
 
             def train_scale(run: StageRun) -> TrainResult:
-                config = TrainConfig(max_iter=int(self.max_iter),
-                                     batch_size=int(self.batch_size), lr=float(self.lr),
-                                     lr_schedule=self.lr_schedule,
+                config = TrainConfig(max_iter=settings.max_iter,
+                                     batch_size=settings.batch_size, lr=settings.lr,
+                                     lr_schedule=settings.lr_schedule,
                                      weight_decay=float(self.weight_decay),
                                      max_seconds=run.seconds, verbose=self.verbose)
                 return train(flow.blocks[run.index], images, self._scale_loss(run.index),

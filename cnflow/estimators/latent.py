@@ -106,6 +106,8 @@ class LatentODE(EstimatorBase):
         t0_, time_scale_: the reference time and the time unit.
         mean_, scale_: the per-feature standardisation.
         n_features_in_: D.
+        settings_: the fit's settings (:class:`cnflow.estimators.policy.FitSettings`; saved
+            with the model).
         history_: one dict per iteration (loss, i.e. minus the ELBO per observed value in
             standardised units; nfe_forward, nfe_backward; seconds).
         n_iter_: iterations run.
@@ -230,7 +232,7 @@ class LatentODE(EstimatorBase):
         """
         self._validate_parameters()
         for name in ("module_", "history_", "n_iter_", "t0_", "time_scale_", "mean_", "scale_",
-                     "n_features_in_", "device_"):
+                     "n_features_in_", "device_", "settings_"):
             self.__dict__.pop(name, None)
         checked = check_series(series)
         seed = draw_seed(self.random_state)
@@ -244,6 +246,7 @@ class LatentODE(EstimatorBase):
         mean, scale = all_values.mean(axis=0), np.where(scale > 0, scale, 1.0)
         data = pad_series(checked, t0, span if span > 0 else 1.0, mean, scale, dtype, device)
         self.device_ = device
+        self.settings_ = settings = self._resolve_settings(len(checked), all_values.shape[1])
         fit = StagedFit(self._open_checkpoint(checked), None)
         seed = fit.seed(seed)  # a resumed fit's first seed (random_state=None)
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -254,8 +257,9 @@ class LatentODE(EstimatorBase):
             log_lik, kl = module.elbo_terms(batch, n_samples, generator, obs_std)
             return -(log_lik - kl).sum() / batch.mask.sum()
 
-        config = TrainConfig(max_iter=self.max_iter, batch_size=self.batch_size, lr=self.lr,
-                             lr_schedule=self.lr_schedule, verbose=self.verbose)
+        config = TrainConfig(max_iter=settings.max_iter, batch_size=settings.batch_size,
+                             lr=settings.lr, lr_schedule=settings.lr_schedule,
+                             verbose=self.verbose)
         fault, result = None, None
         with self._seeded(seed):
             module = self._new_module(all_values.shape[1], options).to(device, dtype)

@@ -84,7 +84,9 @@ _FINE_TUNING = {
 #: ``objectives``: per objective, the network and loop; ``held_out``: whether the estimator
 #: holds out rows by "auto" in the small-table regime; ``choose_only_small``: whether "choose"
 #: needs the small-table regime as well as held-out rows; ``fallback_preprocessing``: the map
-#: where none is chosen; ``stacking``: whether "auto" may stack; ``fine_tuning``: as above.
+#: where none is chosen; ``stacking``: whether "auto" may stack; ``fine_tuning``: as above,
+#: None where the estimator does not fine-tune. A None in an objective's row: the estimator
+#: has no "auto" for that setting (its parameter is always given).
 POLICIES: dict[str, dict[str, Any]] = {
     "CNFDensity": {
         "objectives": _CNF_OBJECTIVES,
@@ -116,7 +118,27 @@ POLICIES: dict[str, dict[str, Any]] = {
         "fallback_preprocessing": "standardize",
         "stacking": False,
         "n_iter_no_change": 10,
-        "fine_tuning": _FINE_TUNING,
+        "fine_tuning": None,
+    },
+    # images: flow matching scale by scale, every setting given (the table only records them)
+    "ImageCNFDensity": {
+        "objectives": {"flow_matching": _objective(None, None, None, None, None, 20)},
+        "held_out": False,
+        "choose_only_small": True,
+        "fallback_preprocessing": "dequantize_logit",
+        "stacking": False,
+        "n_iter_no_change": None,
+        "fine_tuning": None,
+    },
+    # latent ODEs: the ELBO, every setting given
+    "LatentODE": {
+        "objectives": {"elbo": _objective(None, None, None, None, None, 20)},
+        "held_out": False,
+        "choose_only_small": True,
+        "fallback_preprocessing": "standardize",
+        "stacking": False,
+        "n_iter_no_change": None,
+        "fine_tuning": None,
     },
 }
 
@@ -253,9 +275,9 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
     max_iter = int(_chosen(params.get("max_iter", "auto"), rows["max_iter"]))
     lr = float(_chosen(params.get("lr", "auto"), rows["lr"]))
     batch_param = params.get("batch_size", "auto")
-    fine = table["fine_tuning"]
+    fine = table["fine_tuning"] or {**_FINE_TUNING, "lr_fraction": 0.0}
     fine_iter = 0
-    if objective == "flow_matching":
+    if objective == "flow_matching" and table["fine_tuning"] is not None:
         fine_iter = int(_chosen(params.get("fine_tune_iter", "auto"),
                                 max_iter // fine["flow_matching_steps_per_step"]))
     adjoint = params.get("fine_tune_adjoint", "auto")
