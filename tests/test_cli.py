@@ -22,6 +22,7 @@ from cnflow.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
+SMALL_SUMMARY = 2000
 TINY = ["--n-samples", "300", "--max-iter", "2", "--hidden", "8", "--quiet", "--resolution", "50"]
 
 
@@ -47,6 +48,15 @@ def run(capsys, *args):
 
 def read(path: Path) -> np.ndarray:
     return np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_summaries():
+    """``train``'s summary scores (and fit.png draws) SMALL_SUMMARY rows instead of 20,000:
+    the tests check what it reports, not how precisely; the fits here are tiny."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cnflow.cli.train, "SUMMARY_ROWS", SMALL_SUMMARY)
+        yield
 
 
 @pytest.fixture(scope="module")
