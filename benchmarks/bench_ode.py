@@ -3,9 +3,10 @@
 1. Memory of one training step (MLP dynamics, batch 1024, fixed-step rk4 with 10, 100, 1000
    steps), adjoint vs backprop-through-the-solver: bytes autograd saves for backward (exact,
    from saved-tensor hooks) and the peak rise of the process's resident memory during the step
-   (sampled from /proc/self/statm in a fresh subprocess per run, with glibc's malloc told to
-   return large blocks at once; on CUDA, torch.cuda.max_memory_allocated). The claim: the
-   adjoint's stays flat, backprop's grows with the number of steps.
+   (sampled from /proc/self/statm in a fresh subprocess per run, --quick: one for all runs,
+   with glibc's malloc told to return large blocks at once; on CUDA,
+   torch.cuda.max_memory_allocated). The claim: the adjoint's stays flat, backprop's grows
+   with the number of steps.
 2. Forward NFE, wall time and error at the final time (max abs, against scipy's DOP853 at
    rtol = atol = 1e-12) against torchdiffeq's odeint on the same problems, tolerances and
    methods (dopri5, bosh3); backward NFE and time of an adjoint gradient with and without the
@@ -74,9 +75,15 @@ def memory_run(mode: str, n_steps: int, batch: int, device: str) -> dict:
     return {"mode": mode, "steps": n_steps, **measured}
 
 
-def memory_benchmark(steps: list[int], batch: int, device: str) -> list[dict]:
-    return [run_fresh([__file__, "--memory-child", mode, str(n), str(batch), device])
-            for n in steps for mode in ("adjoint", "backprop")]
+def memory_benchmark(steps: list[int], batch: int, device: str,
+                     process_per_run: bool = True) -> list[dict]:
+    """Every (steps, mode) run, each in a fresh process of its own, or all of them in one
+    fresh process (``process_per_run=False``, as --quick does: the saved bytes are exact counts
+    either way, the resident memory is not)."""
+    runs = [[mode, n, batch, device] for n in steps for mode in ("adjoint", "backprop")]
+    groups = [[run] for run in runs] if process_per_run else [runs]
+    return [row for group in groups
+            for row in run_fresh([__file__, "--memory-child", json.dumps(group)])["rows"]]
 
 
 # ---------------------------------------------------------------- 2. NFE and time
@@ -231,11 +238,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds (for tests)")
     parser.add_argument("--out", default="docs", help="folder for bench_ode.json and .md")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_child:
-        mode, n, batch, device = args.memory_child
-        print(json.dumps(memory_run(mode, int(n), int(batch), device)))
+    if args.memory_child:  # a JSON list of [mode, steps, batch, device], measured in turn
+        print(json.dumps({"rows": [memory_run(*run) for run in json.loads(args.memory_child)]}))
         return
 
     if args.quick:
@@ -250,7 +256,9 @@ def main() -> None:
         "command": "python benchmarks/bench_ode.py" + (" --quick" if args.quick else ""),
     }
     print("1. Memory of one training step (MLP 2-64-64-2, rk4), adjoint vs backprop")
-    result["memory"] = memory_benchmark(steps, batch, args.device)
+    result["memory_process_per_run"] = not args.quick
+    result["memory"] = memory_benchmark(steps, batch, args.device,
+                                        process_per_run=result["memory_process_per_run"])
     mem_cols = ["mode", "steps", "saved_MB", "peak_rss_MB", "peak_rss_rise_MB", "cuda_peak_MB",
                 "seconds"]
     print(table(result["memory"], mem_cols))

@@ -33,8 +33,9 @@ bench_real.json and bench_real.md to --out.
 Run: .venv/bin/python benchmarks/bench_real.py [--budget 120] [--suites real synthetic large]
 (4 neural models × 8 data sets × at most the budget: about 50 minutes at the default on 2 CPU
 cores, --large included; zuko's flows often stop early). --quick: 1 s budgets on one data
-set of each suite, for the tests. Needs the benchmark extra (zuko): bash scripts/setup.sh
-test,bench. Never run it while anything else runs.
+set of each suite (large n: 20,000 rows, the large regime), for the tests. Needs the
+benchmark extra (zuko): bash scripts/setup.sh test,bench. Never run it while anything else
+runs.
 """
 
 from __future__ import annotations
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{row['iterations']:6d} it {row['note']}", flush=True)
     large = []
     if "large" in args.suites:
-        large = run_large((10_000,) if args.quick else LARGE_ROWS,
+        large = run_large((20_000,) if args.quick else LARGE_ROWS,
                           5 if args.quick else args.large_steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,11 +8,11 @@ memory        Adjoint training needs memory independent of the number of solver 
               al. 2018, section 2). Measured: one training step of a CNF (log_prob of a batch,
               then backward) with a model fitted to checkerboard, fixed-step rk4 with 10, 100
               and 1000 steps and adaptive dopri5 at rtol = atol = 1e-3, 1e-5, 1e-7, adjoint vs
-              backprop, each configuration in a fresh process: the bytes autograd saves for
-              backward (saved-tensor hooks, exact) and the peak rise of the process's resident
-              memory over the level before the step (a thread reads /proc/self/statm every
-              0.5 ms; glibc is told to return large blocks to the system at once). The helpers
-              are benchmarks/measure.py's measure_step and run_fresh.
+              backprop, each configuration in a fresh process (--quick: all in one): the bytes
+              autograd saves for backward (saved-tensor hooks, exact) and the peak rise of the
+              process's resident memory over the level before the step (a thread reads
+              /proc/self/statm every 0.5 ms; glibc is told to return large blocks to the system
+              at once). The helpers are benchmarks/measure.py's measure_step and run_fresh.
 reverse_cost  The backward (adjoint) solve takes roughly half the evaluations of the forward
               solve (Chen et al. 2018, figure 3c; a torchdiffeq maintainer later said the
               paper's numbers came from scipy's odeint, torchdiffeq issue 97). Measured: backward
@@ -85,11 +85,15 @@ class Sizes:
     tols: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
     reference_tol: float = 1e-9
     repeats: int = 3
+    # memory: each configuration in a fresh process of its own (False: all of them in one fresh
+    # process; the saved bytes are exact counts either way, the resident memory is not)
+    process_per_config: bool = True
 
 
 QUICK = Sizes(hidden=(16,), n_train=500, n_test=200, tolerance_rows=200, fm_steps=30,
               ml_steps_reverse=4, ml_steps_depth=6, batch=64, memory_batch=32, rk4_steps=(5, 20),
-              memory_tols=(1e-3,), tols=(1e-2, 1e-4), reference_tol=1e-6, repeats=1)
+              memory_tols=(1e-3,), tols=(1e-2, 1e-4), reference_tol=1e-6, repeats=1,
+              process_per_config=False)
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -192,14 +196,17 @@ def measure_memory(sizes: Sizes) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model = str(Path(tmp) / "model.pt")
         est.save(model)
-        for config in configs:
-            for mode in ("adjoint", "backprop"):
-                spec = {"model": model, "mode": mode, "batch": sizes.memory_batch, **config}
-                row = run_fresh([__file__, "--memory-child", json.dumps(spec)])
-                rows.append(row)
+        specs = [{"model": model, "mode": mode, "batch": sizes.memory_batch, **config}
+                 for config in configs for mode in ("adjoint", "backprop")]
+        groups = [[spec] for spec in specs] if sizes.process_per_config else [specs]
+        for group in groups:
+            measured = run_fresh([__file__, "--memory-child", json.dumps(group)])["rows"]
+            rows += measured
+            for row in measured:
                 what = f"{row['steps']} steps" if "steps" in row else f"tol {row['tol']:.0e}"
-                print(f"{row['solver']:6s} {what:11s} {mode:8s}: NFE {row['nfe_forward']:5d} "
-                      f"+ {row['nfe_backward']:5d}, saved {row['saved_MB']:9.3f} MB, peak RSS "
+                print(f"{row['solver']:6s} {what:11s} {row['mode']:8s}: NFE "
+                      f"{row['nfe_forward']:5d} + {row['nfe_backward']:5d}, saved "
+                      f"{row['saved_MB']:9.3f} MB, peak RSS "
                       f"{row['peak_rss_MB']:7.0f} MB (rise {row['peak_rss_rise_MB']:8.1f}), "
                       f"{row['seconds']:6.2f} s", flush=True)
     summary = {}
@@ -218,6 +225,7 @@ def measure_memory(sizes: Sizes) -> dict:
               "config": {"dataset": DATASET, "hidden": list(sizes.hidden),
                          "fm_steps": sizes.fm_steps, "batch": sizes.memory_batch,
                          "trace": "exact", "loss": "-log_prob(x).mean()",
+                         "process_per_config": sizes.process_per_config,
                          "malloc": "MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=131072"},
               "rows": rows, "summary": summary}
     return result
@@ -525,8 +533,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the memory children's too
-    if args.memory_child:
-        print(json.dumps(memory_child(json.loads(args.memory_child))))
+    if args.memory_child:  # a JSON list of configurations, measured in turn
+        print(json.dumps({"rows": [memory_child(spec)
+                                   for spec in json.loads(args.memory_child)]}))
         return
     if args.claim is None:
         parser.error("choose a claim: " + ", ".join([*CLAIMS, "all"]))

@@ -12,7 +12,7 @@
 Run: .venv/bin/python benchmarks/gpu_check.py [--out docs] [--device cuda:1] (under 5 minutes
 on one GPU; the CPU timings are the slow part, so --cpu-max-batch caps them). Writes
 gpu_check.json and prints a Markdown table. Exits with a message when no CUDA device is
-present.
+present. --device cpu --quick: a smoke run of the script on the CPU alone (the tests).
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def agreement(device: torch.device) -> dict:
-    """Largest |log p_cuda − log p_cpu| and |x_cuda − x_cpu| for the same parameters."""
+def agreement(device: torch.device, fit_rows: int = 5000, fit_steps: int = 200) -> dict:
+    """Largest |log p_cuda − log p_cpu| and |x_cuda − x_cpu| for the same parameters, and
+    between a model fitted on ``device`` (``fit_steps`` steps on ``fit_rows`` rows) and its
+    saved copy loaded on the CPU."""
     torch.manual_seed(0)
     flow = CNF(2)
     x = torch.as_tensor(make_toy("checkerboard", 4096, random_state=0), dtype=torch.float32)
@@ -50,8 +52,8 @@ def agreement(device: torch.device) -> dict:
         z = torch.randn(1024, 2)
         sample_cpu = flow.transform(z, reverse=True)[0]
         sample_gpu = flow.to(device).transform(z.to(device), reverse=True)[0].cpu()
-    est = CNFDensity(max_iter=200, device=str(device), random_state=0)
-    X = make_toy("8gaussians", 5000, random_state=0)
+    est = CNFDensity(max_iter=fit_steps, device=str(device), random_state=0)
+    X = make_toy("8gaussians", fit_rows, random_state=0)
     est.fit(X)
     with tempfile.TemporaryDirectory() as folder:
         est.save(Path(folder) / "model.pt")
@@ -96,12 +98,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda",
                         help="the device checked against the CPU (cpu: a smoke run of the "
                              "script itself, as the tests do)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run (the tests): the model saved on the device is "
+                             "fitted by 10 steps on 2,000 rows instead of 200 on 5,000")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing to check (this script needs a GPU)")
         sys.exit(0)
-    checks = agreement(device)
+    checks = agreement(device, *((2000, 10) if args.quick else (5000, 200)))
     print(json.dumps(checks, indent=1))
     rows = []
     for objective in ("maximum_likelihood", "flow_matching"):

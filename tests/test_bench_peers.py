@@ -23,4 +23,4 @@ def test_bench_peers_quick(tmp_path):
     assert "| dataset | model |" in run.stdout
     rows = json.loads((tmp_path / "bench_peers_quick.json").read_text())["rows"]
     assert [r["model"] for r in rows] == models
-    assert all(r["iterations"] >= 1 and math.isfinite(r["kl"]) for r in rows)
+    assert all(r["iterations"] >= 1 and math.isfinite(r["kl"]) for r in rows), rows

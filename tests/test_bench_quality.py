@@ -17,9 +17,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
 def test_bench_quality_quick(tmp_path):
     run_script(SCRIPT, "--quick", "--out", tmp_path)
     rows = json.loads((tmp_path / "bench_quality_quick.json").read_text())["rows"]
+    # one data set (the full run's second one runs the same code)
     assert {(r["dataset"], r["model"].split("(")[0]) for r in rows} == {
-        ("checkerboard", "CNFDensity"), ("checkerboard", "GaussianMixture"),
-        ("8gaussians", "CNFDensity"), ("8gaussians", "GaussianMixture")}
+        ("checkerboard", "CNFDensity"), ("checkerboard", "GaussianMixture")}
     # KL = NLL + mean log p ≥ 0 up to sampling error: no model beats the true density.
     assert all(r["kl"] > -0.05 for r in rows)
     assert (tmp_path / "bench_quality_quick_checkerboard.png").stat().st_size > 0

@@ -2,8 +2,8 @@
 round-trip through .npy/.csv; user mistakes give one line on stderr and exit code 2.
 
 Most tests call :func:`cnflow.cli.main` in process, which keeps the file fast (each
-process start imports torch anew); a sample and an error run through real ``python -m cnflow``
-processes.
+process start imports torch anew); a sample, an error and ``--version`` run through real
+``python -m cnflow`` processes, started together.
 """
 
 import json
@@ -22,13 +22,21 @@ from cnflow.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
+SMALL_SUMMARY = 2000
 TINY = ["--n-samples", "300", "--max-iter", "2", "--hidden", "8", "--quiet", "--resolution", "50"]
 
 
-def cli(*args, cwd=ROOT):
-    """Run ``python -m cnflow ARGS`` in a fresh process."""
-    return subprocess.run([sys.executable, "-m", "cnflow", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+def cli(*commands, cwd=ROOT) -> list[subprocess.CompletedProcess]:
+    """Run ``python -m cnflow ARGS`` for each list of ARGS, each in a fresh process, all
+    started at once (each imports torch anew: they share the cores)."""
+    started = [(args, subprocess.Popen([sys.executable, "-m", "cnflow", *map(str, args)],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, cwd=cwd)) for args in commands]
+    done = []
+    for args, process in started:
+        out, err = process.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(args, process.returncode, out, err))
+    return done
 
 
 def run(capsys, *args):
@@ -40,6 +48,15 @@ def run(capsys, *args):
 
 def read(path: Path) -> np.ndarray:
     return np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_summaries():
+    """``train``'s summary scores (and fit.png draws) SMALL_SUMMARY rows instead of 20,000:
+    the tests check what it reports, not how precisely; the fits here are tiny."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cnflow.cli.train, "SUMMARY_ROWS", SMALL_SUMMARY)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -188,14 +205,16 @@ def test_subcommand_errors_are_one_line_with_exit_code_2(trained, tmp_path, caps
 
 @pytest.mark.slow
 def test_a_real_process(trained, tmp_path):
-    res = cli("sample", trained, "--n", "3", "--out", tmp_path / "s.csv")
+    (tmp_path / "model.pt").write_text("not a model")
+    res, error, version = cli(["sample", trained, "--n", "3", "--out", tmp_path / "s.csv"],
+                              ["score", tmp_path / "model.pt", "moons"], ["--version"])
     assert res.returncode == 0 and res.stderr == "", res.stderr
     assert res.stdout == f"wrote 3 samples × 2 features to {tmp_path / 's.csv'}\n"
-    (tmp_path / "model.pt").write_text("not a model")
-    res = cli("score", tmp_path / "model.pt", "moons")
-    assert res.returncode == 2 and res.stdout == ""
-    assert res.stderr.strip() == f"error: {tmp_path / 'model.pt'} is not a cnflow model file " \
-                                 "(UnpicklingError)"
+    assert error.returncode == 2 and error.stdout == ""
+    assert error.stderr.strip() == f"error: {tmp_path / 'model.pt'} is not a cnflow model " \
+                                   "file (UnpicklingError)"
+    assert version.returncode == 0 and version.stderr == "", version.stderr
+    assert version.stdout.split() == ["cnflow", cnflow.__version__]
 
 
 def test_plot_refuses_a_model_that_is_not_2d(tmp_path, capsys):

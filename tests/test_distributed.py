@@ -51,30 +51,65 @@ def _join(rank: int, world: int, port: int) -> None:
                             timeout=datetime.timedelta(seconds=30))
 
 
+def _combined_batch(rank: int, out_dir: str) -> None:
+    """Rank 1 starts from other parameters; a batch that the processes cannot share evenly is
+    refused; then CONFIG's data-parallel steps."""
+    flow, X = _problem()
+    if rank == 1:  # DDP must start every process from rank 0's parameters
+        with torch.no_grad():
+            for p in flow.parameters():
+                p.add_(1.0)
+    errors = []
+    try:
+        train(flow, X, _nll, TrainConfig(max_iter=1, batch_size=33))
+    except ValueError as err:
+        errors.append(str(err))
+    result = train(flow, X, _nll, TrainConfig(**CONFIG),
+                   generator=torch.Generator().manual_seed(0))
+    torch.save({"state": flow.state_dict(), "errors": errors, "rank": distributed_rank(),
+                "losses": [h["loss"] for h in result.history]},
+               Path(out_dir) / f"rank{rank}.pt")
+
+
+def _late_start(rank: int, out_dir: str) -> None:
+    """Rank 1 starts its clock 0.6 s after rank 0: a time limit must still stop both at the
+    same step, or rank 0 would leave rank 1 waiting in DDP's gradient exchange. Then a
+    CNFDensity fit with a time limit (its two phases, each stopped by its own share of it)."""
+    flow, X = _problem()
+    dist.barrier()
+    if rank == 1:
+        time.sleep(0.6)
+    result = train(flow, X, _nll, TrainConfig(max_iter=10**6, batch_size=32,
+                                              max_seconds=1.0))
+    dist.barrier()
+    est = CNFDensity(hidden=(8,), max_iter=10**6, batch_size=32, max_seconds=2.0,
+                     fine_tune_iter=10**6, validation_fraction=0.0, random_state=0,
+                     device="cpu")
+    est.fit(X.numpy())
+    torch.save({"n_iter": result.n_iter, "stop": result.stop_reason,
+                "objectives": [h["objective"] for h in est.history_]},
+               Path(out_dir) / f"late{rank}.pt")
+
+
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Both runs in one gloo group (one process start serves both tests)."""
     _join(rank, world, port)
     try:
-        flow, X = _problem()
-        if rank == 1:  # DDP must start every process from rank 0's parameters
-            with torch.no_grad():
-                for p in flow.parameters():
-                    p.add_(1.0)
-        errors = []
-        try:
-            train(flow, X, _nll, TrainConfig(max_iter=1, batch_size=33))
-        except ValueError as err:
-            errors.append(str(err))
-        result = train(flow, X, _nll, TrainConfig(**CONFIG),
-                       generator=torch.Generator().manual_seed(0))
-        torch.save({"state": flow.state_dict(), "errors": errors, "rank": distributed_rank(),
-                    "losses": [h["loss"] for h in result.history]},
-                   Path(out_dir) / f"rank{rank}.pt")
+        _combined_batch(rank, out_dir)
+        _late_start(rank, out_dir)
     finally:
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_take_the_steps_of_one_process_on_the_combined_batch(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.fixture(scope="module")
+def gloo_runs(tmp_path_factory) -> Path:
+    """The folder where two gloo processes saved what :func:`_worker` ran."""
+    out = tmp_path_factory.mktemp("gloo")
+    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return out
+
+
+def test_two_gloo_processes_take_the_steps_of_one_process_on_the_combined_batch(gloo_runs):
     flow, X = _problem()
     start = {k: v.clone() for k, v in flow.state_dict().items()}
     result = train(flow, X, _nll, TrainConfig(**CONFIG),
@@ -83,7 +118,7 @@ def test_two_gloo_processes_take_the_steps_of_one_process_on_the_combined_batch(
     moved = max(float((flow.state_dict()[k] - start[k]).abs().max()) for k in start)
     assert moved > 1e-3  # the steps changed the parameters
     for rank in (0, 1):
-        saved = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        saved = torch.load(gloo_runs / f"rank{rank}.pt", weights_only=True)
         assert tuple(saved["rank"]) == (rank, 2)
         assert "multiple of the number of processes" in saved["errors"][0]
         for key, value in flow.state_dict().items():
@@ -93,33 +128,8 @@ def test_two_gloo_processes_take_the_steps_of_one_process_on_the_combined_batch(
                                    rtol=1e-10)
 
 
-def _late_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    """Rank 1 starts its clock 0.6 s after rank 0: a time limit must still stop both at the
-    same step, or rank 0 would leave rank 1 waiting in DDP's gradient exchange. Then a
-    CNFDensity fit with a time limit (its two phases, each stopped by its own share of it)."""
-    _join(rank, world, port)
-    try:
-        flow, X = _problem()
-        dist.barrier()
-        if rank == 1:
-            time.sleep(0.6)
-        result = train(flow, X, _nll, TrainConfig(max_iter=10**6, batch_size=32,
-                                                  max_seconds=1.0))
-        dist.barrier()
-        est = CNFDensity(hidden=(8,), max_iter=10**6, batch_size=32, max_seconds=2.0,
-                         fine_tune_iter=10**6, validation_fraction=0.0, random_state=0,
-                         device="cpu")
-        est.fit(X.numpy())
-        torch.save({"n_iter": result.n_iter, "stop": result.stop_reason,
-                    "objectives": [h["objective"] for h in est.history_]},
-                   Path(out_dir) / f"late{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def test_a_time_limit_stops_every_process_at_the_same_step(tmp_path):
-    mp.spawn(_late_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    late = [torch.load(tmp_path / f"late{rank}.pt", weights_only=True) for rank in (0, 1)]
+def test_a_time_limit_stops_every_process_at_the_same_step(gloo_runs):
+    late = [torch.load(gloo_runs / f"late{rank}.pt", weights_only=True) for rank in (0, 1)]
     assert late[0] == late[1]
     assert late[0]["stop"] == "time_limit" and late[0]["n_iter"] > 0
     assert "maximum_likelihood" in late[0]["objectives"]  # both phases ran, in step
@@ -182,7 +192,7 @@ def test_gpu_check_script_runs(tmp_path):
         import gpu_check
     finally:
         sys.path.pop(0)
-    result = gpu_check.main(["--device", "cpu", "--batches", "64", "--repeats", "1",
+    result = gpu_check.main(["--device", "cpu", "--batches", "64", "--repeats", "1", "--quick",
                              "--out", str(tmp_path)])
     assert result["agreement"]["log_prob_max_abs_diff"] == 0.0
     assert result["agreement"]["saved_on_cuda_scored_on_cpu_max_abs_diff"] == 0.0
