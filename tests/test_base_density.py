@@ -76,7 +76,8 @@ def test_a_cnf_over_the_mixture_integrates_to_one_and_starts_at_it():
     flow = CNF(2, hidden=(16, 16), base=base, rtol=1e-7, atol=1e-7).double()
     assert flow.base is base and {n for n, _ in flow.named_buffers()} >= {
         "base.log_weights", "base.means", "base.scale_tril"}
-    xs, ys = np.linspace(-11, 11, 221), np.linspace(-7, 12, 191)
+    # a 0.2-spaced grid (the trapezoid sums agree with a 0.1-spaced grid's to 1e-12)
+    xs, ys = np.linspace(-11, 11, 111), np.linspace(-7, 12, 96)
     grid = torch.tensor(np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2))
     with torch.no_grad():
         density = flow.log_prob(grid).exp().numpy().reshape(len(xs), len(ys))

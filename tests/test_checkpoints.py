@@ -3,7 +3,9 @@ and fitted again with the same checkpoint ends with the parameters of a fit neve
 a checkpoint of another fit or a damaged file is refused with a clear error; warm starts
 continue from the fitted flows."""
 
+import copy
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +41,35 @@ def uninterrupted(rows):
     return CNFDensity(**SMALL).fit(rows)
 
 
+#: The writes of SMALL's checkpointed fit whose files the tests resume from or damage.
+SNAPSHOTS = (3, 122, 126, 200)
+
+
+@pytest.fixture(scope="module")
+def snapshots(rows, tmp_path_factory):
+    """One fit with a checkpoint written after every step, its file copied right after each
+    write in SNAPSHOTS: the file a fit stopped there (by an exception or SIGKILL) leaves
+    behind, since each write replaces the file atomically and nothing is written on the way
+    out (the SIGKILL, Ctrl-C, mismatch and maximum-likelihood tests stop real fits). Returns
+    the copies by write number, the finished fit and its checkpoint."""
+    folder = tmp_path_factory.mktemp("snapshots")
+    real_write = FitCheckpoint.write
+    count = [0]
+
+    def write(self, loop_state=None):
+        real_write(self, loop_state)
+        count[0] += 1
+        if count[0] in SNAPSHOTS:
+            shutil.copyfile(self.path, folder / f"write-{count[0]}.ckpt")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FitCheckpoint, "write", write)
+        finished = CNFDensity(checkpoint=folder / "finished.ckpt", checkpoint_interval=0,
+                              **SMALL).fit(rows)
+    assert count[0] > max(SNAPSHOTS)
+    return {n: folder / f"write-{n}.ckpt" for n in SNAPSHOTS}, finished, folder / "finished.ckpt"
+
+
 def _assert_same_fit(a, b):
     assert a.n_iter_ == b.n_iter_ and len(a.history_) == len(b.history_)
     state_a, state_b = a.flow_.state_dict(), b.flow_.state_dict()
@@ -69,15 +100,14 @@ def _fit_stopped_at(est, X, write_number, monkeypatch):
 
 @pytest.mark.parametrize("write_number", [122, 126, 200])
 def test_a_fit_stopped_after_any_checkpoint_resumes_to_the_same_parameters(
-        rows, uninterrupted, tmp_path, monkeypatch, write_number):
+        rows, uninterrupted, snapshots, tmp_path, write_number):
     """With SMALL, write 1 follows the preprocessing choice; 2-121 the first member's flow
     matching steps (the Ctrl-C test stops in them); 122 the end of its flow matching; 123-130
     its fine-tuning steps; 131 the end of the member; 132-261 the second member (the
     mismatch and damaged-file tests resume from writes 5 and 3)."""
     path = tmp_path / "fit.ckpt"
-    _fit_stopped_at(CNFDensity(checkpoint=path, checkpoint_interval=0, **SMALL), rows,
-                    write_number, monkeypatch)
-    resumed = CNFDensity(checkpoint=path, checkpoint_interval=0, **SMALL).fit(rows)
+    shutil.copyfile(snapshots[0][write_number], path)  # as a fit stopped after that write
+    resumed = CNFDensity(checkpoint=path, **SMALL).fit(rows)  # (the interval: not compared)
     _assert_same_fit(resumed, uninterrupted)
     np.testing.assert_allclose(resumed.score_samples(rows[:20]),
                                uninterrupted.score_samples(rows[:20]), rtol=0, atol=1e-6)
@@ -142,9 +172,12 @@ def test_sigkill_then_the_same_command_equals_an_uninterrupted_fit(tmp_path):
 
 
 def test_a_finished_checkpoint_returns_the_model_without_training(rows, uninterrupted,
-                                                                  tmp_path, monkeypatch):
+                                                                  snapshots, tmp_path,
+                                                                  monkeypatch):
+    _, finished, written = snapshots
+    _assert_same_fit(finished, uninterrupted)  # writing checkpoints leaves the fit alone
     path = tmp_path / "done.ckpt"
-    CNFDensity(checkpoint=path, **SMALL).fit(rows)
+    shutil.copyfile(written, path)
     monkeypatch.setattr(training_loop, "_step", lambda *a, **k: pytest.fail("trained again"))
     again = CNFDensity(checkpoint=path, verbose=False, checkpoint_interval=5, **SMALL).fit(rows)
     _assert_same_fit(again, uninterrupted)
@@ -171,7 +204,7 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_the_fit_resumes(rows, uninterrupte
         with pytest.warns(RuntimeWarning, match="interrupted"):
             stopped = CNFDensity(checkpoint=path, checkpoint_interval=0, **SMALL).fit(rows)
     assert stopped.n_iter_ == 49
-    resumed = CNFDensity(checkpoint=path, checkpoint_interval=0, **SMALL).fit(rows)
+    resumed = CNFDensity(checkpoint=path, **SMALL).fit(rows)
     _assert_same_fit(resumed, uninterrupted)
 
 
@@ -202,11 +235,10 @@ def test_a_checkpoint_of_another_fit_is_refused_and_left_alone(rows, tmp_path, m
     ("foreign dict", "is not a cnflow checkpoint"),
     ("missing parts", "damaged checkpoint"),
 ])
-def test_a_damaged_checkpoint_is_a_model_file_error(rows, tmp_path, monkeypatch, kind,
+def test_a_damaged_checkpoint_is_a_model_file_error(rows, snapshots, tmp_path, kind,
                                                     message):
     path = tmp_path / "damaged.ckpt"
-    _fit_stopped_at(CNFDensity(checkpoint=path, checkpoint_interval=0, **SMALL), rows, 3,
-                    monkeypatch)
+    shutil.copyfile(snapshots[0][3], path)  # as a fit stopped after its third write
     good = path.read_bytes()
     if kind == "empty":
         path.write_bytes(b"")
@@ -277,7 +309,7 @@ def test_warm_start_continues_from_the_fitted_flow(rows):
 
 
 def test_warm_start_keeps_members_preprocessing_and_mixtures(rows, uninterrupted):
-    est = CNFDensity(warm_start=True, **SMALL).fit(rows)
+    est = copy.deepcopy(uninterrupted).set_params(warm_start=True)  # SMALL, fitted
     preprocessor, n_members = est.preprocessor_, est.n_members_
     est.fit(rows[:250])
     assert est.preprocessor_ is preprocessor and est.n_members_ == n_members

@@ -107,8 +107,9 @@ def test_save_and_load_round_trip(two_d, tmp_path):
 @pytest.mark.parametrize("conditioning", ["gates", "concat"])
 def test_both_objectives_and_conditionings_fit(conditioning):
     X, y = make_conditional("bimodal", 200, random_state=0)
-    for objective in ("flow_matching", "maximum_likelihood"):
-        settings = {**FAST, "max_iter": 10 if objective == "maximum_likelihood" else 50}
+    for objective in ("flow_matching", "maximum_likelihood"):  # one member (two: two_d)
+        settings = {**FAST, "max_iter": 10 if objective == "maximum_likelihood" else 50,
+                    "n_members": 1}
         est = ConditionalCNFDensity(objective=objective, conditioning=conditioning,
                                     rtol=1e-3, atol=1e-3, **{k: v for k, v in settings.items()
                                                              if k != "fine_tune_iter"})
@@ -131,7 +132,7 @@ def test_clone_parameters_and_not_fitted_errors():
 
 def test_grid_search_selects_by_held_out_conditional_likelihood():
     X, y = make_conditional("bimodal", 300, random_state=0)
-    search = GridSearchCV(ConditionalCNFDensity(**{**FAST, "max_iter": 30}),
+    search = GridSearchCV(ConditionalCNFDensity(**{**FAST, "max_iter": 30, "n_members": 1}),
                           {"hidden": [(4,), (16, 16)]}, cv=2)
     search.fit(X, y)
     assert search.best_params_["hidden"] in [(4,), (16, 16)]
@@ -142,7 +143,8 @@ def test_grid_search_selects_by_held_out_conditional_likelihood():
 
 def test_a_pipeline_with_a_scaler_in_front():
     X, y = make_conditional("bimodal", 300, random_state=0)
-    pipe = make_pipeline(StandardScaler(), ConditionalCNFDensity(**{**FAST, "max_iter": 50}))
+    pipe = make_pipeline(StandardScaler(),
+                         ConditionalCNFDensity(**{**FAST, "max_iter": 50, "n_members": 1}))
     pipe.fit(X * 100 + 7, y)
     assert np.isfinite(pipe.score(X * 100 + 7, y))
     assert pipe.predict(X[:4] * 100 + 7).shape == (4,)

@@ -1,5 +1,6 @@
 """CNFDensity: scikit-learn's conformance checks, input errors, persistence, units, faults."""
 
+import copy
 import pickle
 
 import numpy as np
@@ -25,7 +26,10 @@ def fast(**kw):
     return CNFDensity(**params)
 
 
-@parametrize_with_checks([fast(), fast(objective="maximum_likelihood")])
+# The "auto" fit (cross-fitted members, chosen map, stacking) with flow matching, and the
+# maximum-likelihood objective with one member (members are trained the same way whatever
+# the objective: the ensemble's conformance is the first estimator's).
+@parametrize_with_checks([fast(), fast(objective="maximum_likelihood", n_members=1)])
 def test_sklearn_conformance(estimator, check):
     check(estimator)
 
@@ -79,7 +83,7 @@ def test_pickle_and_save_load_round_trips(fitted, tmp_path):
 
 
 def test_repeatable_fits_and_samples():
-    X = make_toy("moons", 300, random_state=0)
+    X = make_toy("moons", 120, random_state=0)  # the "auto" fit: five members, stacked
     a, b = fast(max_iter=5).fit(X), fast(max_iter=5).fit(X)
     for p, q in zip(a.flow_.parameters(), b.flow_.parameters()):
         assert torch.equal(p, q)
@@ -90,7 +94,8 @@ def test_repeatable_fits_and_samples():
 def test_density_integrates_to_one_in_caller_units():
     """Data far from the origin and in odd units: the density still integrates to 1."""
     X = make_toy("8gaussians", 1000, random_state=0) * np.array([300.0, 0.02]) + [5e4, -7.0]
-    est = fast(max_iter=30, hidden=(16, 16), rtol=1e-6, atol=1e-6).fit(X)
+    # one member (an ensemble's integral: test_small_data.py)
+    est = fast(max_iter=30, hidden=(16, 16), rtol=1e-6, atol=1e-6, n_members=1).fit(X)
     lo, hi = X.min(0), X.max(0)
     pad = (hi - lo) * 0.6
     xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 160)
@@ -122,9 +127,9 @@ def test_non_finite_loss_leaves_finite_parameters(monkeypatch):
 
 def test_pipeline_and_grid_search():
     X = make_toy("8gaussians", 200, random_state=0)
-    pipe = make_pipeline(FunctionTransformer(lambda a: a * 2.0), fast(max_iter=3))
+    pipe = make_pipeline(FunctionTransformer(lambda a: a * 2.0), fast(max_iter=3, n_members=1))
     assert pipe.fit(X).score_samples(X[:4]).shape == (4,)
-    search = GridSearchCV(fast(max_iter=3), {"hidden": [(4,), (8,)]}, cv=2).fit(X)
+    search = GridSearchCV(fast(max_iter=3, n_members=1), {"hidden": [(4,), (8,)]}, cv=2).fit(X)
     assert search.best_params_["hidden"] in [(4,), (8,)]
 
 
@@ -138,14 +143,14 @@ def test_failed_refit_leaves_no_stale_model():
         est.score_samples(X[:3])
 
 
-def test_save_load_keeps_feature_names(tmp_path):
+def test_save_load_keeps_feature_names(fitted, tmp_path):
     """Names recorded by a DataFrame fit survive save/load (set by hand: no pandas here)."""
-    est = fast().fit(make_toy("moons", 200, random_state=0))
+    plain = fitted[0]
+    est = copy.deepcopy(plain)
     est.feature_names_in_ = np.asarray(["a", "b"], dtype=object)
     est.save(tmp_path / "m.pt")
     loaded = CNFDensity.load(tmp_path / "m.pt")
     assert list(loaded.feature_names_in_) == ["a", "b"]
-    plain = fast().fit(make_toy("moons", 200, random_state=0))
     plain.save(tmp_path / "p.pt")
     assert not hasattr(CNFDensity.load(tmp_path / "p.pt"), "feature_names_in_")
 

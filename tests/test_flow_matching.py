@@ -218,7 +218,7 @@ def test_fine_tuning_gradients_by_adjoint_or_backpropagation():
     X2 = make_toy("moons", 400, random_state=0)
     X9 = np.random.default_rng(0).normal(size=(400, 9))
     common = dict(hidden=(8,), max_iter=4, fine_tune_iter=2, batch_size=100, random_state=0,
-                  n_members=1, stacking=False, device="cpu")
+                  n_members=1, validation_fraction=0.0, stacking=False, device="cpu")
 
     def backward_nfe(est):
         return [h["nfe_backward"] for h in est.history_
@@ -267,7 +267,8 @@ def test_fine_tuning_settings():
 def test_auto_batch_size_is_per_objective(monkeypatch):
     X = make_toy("moons", 3000, random_state=0)
     seen = []
-    est = CNFDensity(hidden=(8,), max_iter=200, random_state=0, device="cpu")
+    est = CNFDensity(hidden=(8,), max_iter=200, validation_fraction=0.0, random_state=0,
+                     device="cpu")  # the "auto" batches do not depend on held-out rows
     original = est._likelihood_loss
     monkeypatch.setattr(est, "_likelihood_loss",
                         lambda flow, u: seen.append(len(u)) or original(flow, u))
