@@ -20,9 +20,9 @@ from ..ode.options import deprecated_solver
 from ..preprocessing import PREPROCESSINGS
 from ..training import TrainConfig, TrainResult, train
 from ..training.stages import Stage, StageRun
-from .estimator_base import FlowDensityEstimator, _is_auto
+from .estimator_base import FlowDensityEstimator
 from .params import Boolean, Integer, IntegerSequence, Options, Real
-from .policy import REGIMES
+from .policy import REGIMES, _is_auto
 
 __all__ = ["CNFEstimator", "OBJECTIVES"]
 

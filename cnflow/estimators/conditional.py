@@ -20,9 +20,9 @@ from ..nn import CONDITIONINGS
 from ..nn.registry import registered_module
 from ..preprocessing import TargetContextPreprocessor
 from .cnf_estimator import CNFEstimator
-from .estimator_base import _is_auto, draw_seed, reading_parts_of
+from .estimator_base import draw_seed, reading_parts_of
 from .params import Options
-from .policy import FitSettings
+from .policy import FitSettings, _is_auto
 from .user_modules import (
     ModuleSpec,
     build_module,

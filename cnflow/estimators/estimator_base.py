@@ -58,10 +58,6 @@ _FORMAT = "cnflow-estimator/1"
 E = TypeVar("E", bound="EstimatorBase")
 
 
-def _is_auto(value) -> bool:
-    return isinstance(value, str) and value == "auto"
-
-
 def folds_of(perm: np.ndarray, n_members: int, n_val: int) -> list[np.ndarray]:
     """The held-out rows of each member: n_members folds of the permutation (cross-fitting),
     or with one member its first n_val rows."""

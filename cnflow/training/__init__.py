@@ -15,11 +15,11 @@
 from .checkpoint import CheckpointMismatchError, FitCheckpoint
 from .devices import resolve_device, seeded_rng
 from .distributed import distributed_rank
-from .loop import LR_SCHEDULES, append_history, train
+from .loop import LR_SCHEDULES, train
 from .objectives import fit_density_matching, reverse_kl_loss
 from .types import LossFn, TrainConfig, TrainingFault, TrainResult
 
 __all__ = ["CheckpointMismatchError", "FitCheckpoint", "LR_SCHEDULES", "TrainConfig",
-           "TrainResult", "TrainingFault", "LossFn", "train", "append_history", "resolve_device",
+           "TrainResult", "TrainingFault", "LossFn", "train", "resolve_device",
            "seeded_rng",
            "distributed_rank", "reverse_kl_loss", "fit_density_matching"]

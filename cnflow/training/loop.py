@@ -39,7 +39,7 @@ from .types import LossFn, TrainConfig, TrainingFault, TrainResult
 if TYPE_CHECKING:
     from tqdm.auto import tqdm
 
-__all__ = ["LR_SCHEDULES", "train", "append_history"]
+__all__ = ["LR_SCHEDULES", "train"]
 
 #: The learning-rate schedules :class:`TrainConfig` knows.
 LR_SCHEDULES = ("constant", "cosine")
@@ -413,16 +413,3 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
             progress.close()
     result.best_val_loss = None if validation is None else validation.restore_best(model)
     return result
-
-
-def append_history(history: list[dict], result: TrainResult | None, n_iter: int,
-                   **tags) -> int:
-    """Append one run's history to a fit's: iterations numbered on from ``n_iter``, each
-    entry marked with ``tags`` (e.g. member=k); returns the steps counted so far."""
-    if result is None:
-        return n_iter
-    for entry in result.history:
-        entry.update(tags)
-        entry["iteration"] += n_iter
-        history.append(entry)
-    return n_iter + result.n_iter
