@@ -408,7 +408,10 @@ def make_warped_mixture(n_samples: int, n_features: int, *, random_state=None) -
     rng = check_random_state(random_state)
     comp = rng.choice(len(p["weights"]), size=n_samples, p=p["weights"])
     eps = rng.randn(n_samples, n_features)
-    y = p["means"][comp] + np.einsum("nij,nj->ni", p["chols"][comp], eps)
+    y = np.empty_like(eps)
+    for k in range(len(p["weights"])):  # per component: no (n, d, d) gather of factors
+        rows = comp == k
+        y[rows] = p["means"][k] + eps[rows] @ p["chols"][k].T
     w = 2 * np.sinh(y / 2) @ p["mix"].T
     return np.where(p["skewed"], np.exp(w / 4), w)
 
