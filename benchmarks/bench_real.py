@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from measure import fit_unconditional_flow, merge_rows
+from measure import fit_sklearn, fit_zuko, merge_rows
 
 from cnflow import CNFDensity
 from cnflow.datasets import (
@@ -69,56 +69,7 @@ SYNTHETIC_DIMS = (8, 16, 32, 64)
 LARGE_ROWS = (10_000, 100_000, 1_000_000)
 
 
-# ---------------------------------------------------------------- peers
-def _standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    mean, scale = X.mean(0), X.std(0)
-    scale = np.where(scale > 0, scale, 1.0)
-    return mean, scale, float(-np.log(scale).sum())
-
-
-def fit_sklearn(model: str, X: np.ndarray, budget: float, seed: int = 0):
-    """GaussianMixture or KernelDensity chosen by 5-fold cross-validation; a scorer."""
-    from sklearn.mixture import GaussianMixture
-    from sklearn.model_selection import GridSearchCV
-    from sklearn.neighbors import KernelDensity
-
-    mean, scale, log_jac = _standardiser(X)
-    if model == "GMM (CV)":
-        search = GridSearchCV(GaussianMixture(reg_covar=1e-3, random_state=seed),
-                              {"n_components": [1, 2, 4, 8, 16],
-                               "covariance_type": ["full", "diag"]}, cv=5)
-    else:
-        search = GridSearchCV(KernelDensity(), {"bandwidth": np.logspace(-1.5, 0.5, 25)}, cv=5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        search.fit((X - mean) / scale)
-    best = search.best_estimator_
-    return (lambda Z: best.score_samples((Z - mean) / scale) + log_jac), 0, str(
-        search.best_params_)
-
-
-def fit_zuko(model: str, X: np.ndarray, budget: float, seed: int = 0):
-    """zuko's NSF or MAF with early stopping on 10 % held-out rows; a scorer."""
-    import zuko
-
-    torch.manual_seed(seed)
-    rng = np.random.RandomState(seed)
-    mean, scale, log_jac = _standardiser(X)
-    U = torch.as_tensor((X - mean) / scale, dtype=torch.float32)
-    perm = torch.as_tensor(rng.permutation(len(U)))
-    n_val = max(1, int(round(0.1 * len(U))))
-    U_val, U_train = U[perm[:n_val]], U[perm[n_val:]]
-    kind = zuko.flows.NSF if model == "zuko NSF" else zuko.flows.MAF
-    flow = kind(X.shape[1], transforms=4, hidden_features=(256, 256))
-    steps = fit_unconditional_flow(flow, U_train, U_val, budget, batch_size=128)
-
-    def score(Z: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            u = torch.as_tensor((Z - mean) / scale, dtype=torch.float32)
-            return flow().log_prob(u).double().numpy() + log_jac
-    return score, steps, ""
-
-
+# ---------------------------------------------------------------- models
 def fit_cnflow(model: str, X: np.ndarray, budget: float, seed: int = 0):
     objective = "flow_matching" if model == "cnflow FM" else "maximum_likelihood"
     with warnings.catch_warnings():

@@ -1,8 +1,10 @@
-"""Measurement helpers shared by the benchmark scripts: the memory and time of one gradient
-step, and runs in fresh processes (so that earlier work does not set a peak).
+"""Helpers shared by the benchmark scripts: the memory and time of one gradient step, runs in
+fresh processes (so that earlier work does not set a peak), the tabular peers (zuko's flows,
+cross-validated scikit-learn densities) with their training loop, and the merging of a partial
+run's result rows.
 
-Imported by ``bench_ode.py`` and ``claims.py`` (the benchmarks folder is on ``sys.path`` when a
-script in it runs).
+Imported by the scripts as ``from measure import ...`` (the benchmarks folder is on
+``sys.path`` when a script in it runs).
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
-__all__ = ["MALLOC_ENV", "measure_step", "run_fresh"]
+__all__ = ["MALLOC_ENV", "adam_with_early_stopping", "fit_sklearn", "fit_unconditional_flow",
+           "fit_zuko", "measure_step", "merge_rows", "run_fresh", "standardiser"]
 
 
 # Fixed malloc thresholds: large blocks are mmapped and returned at once, so the resident size
@@ -130,9 +135,90 @@ def fit_unconditional_flow(flow: torch.nn.Module, U_train: torch.Tensor, U_val: 
         budget, batch_size=batch_size)
 
 
-def merge_rows(kept: list[dict], fresh: list[dict]) -> list[dict]:
-    """A partial run's result rows merged into the last full run's: each (data, model) row of
-    ``fresh`` replaces the kept one in place; new ones go at the end."""
-    by_key = {(r["data"], r["model"]): r for r in fresh}
-    merged = [by_key.pop((r["data"], r["model"]), r) for r in kept]
+def merge_rows(kept: list[dict], fresh: list[dict],
+               key: tuple[str, ...] = ("data", "model")) -> list[dict]:
+    """A partial run's result rows merged into the last full run's: each row of ``fresh``
+    replaces the kept one with the same values of the ``key`` fields in place; new ones go at
+    the end."""
+    by_key = {tuple(r[k] for k in key): r for r in fresh}
+    merged = [by_key.pop(tuple(r[k] for k in key), r) for r in kept]
     return merged + list(by_key.values())
+
+
+# ---------------------------------------------------------------- tabular peers
+def standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Column means and scales of ``X`` (1 for a constant column), and the log-Jacobian
+    −Σ log scale that takes a density of the standardised columns back to ``X``'s units."""
+    mean, scale = X.mean(0), X.std(0)
+    scale = np.where(scale > 0, scale, 1.0)
+    return mean, scale, float(-np.log(scale).sum())
+
+
+def _row_subset(n: int, limit: int | None, rng: np.random.RandomState) -> np.ndarray:
+    if limit is None or n <= limit:
+        return np.arange(n)
+    return np.sort(rng.choice(n, limit, replace=False))
+
+
+def fit_sklearn(model: str, X: np.ndarray, budget: float, seed: int = 0, *,
+                max_search_rows: int | None = None, max_fit_rows: int | None = None):
+    """``"GMM (CV)"`` (GaussianMixture, reg_covar 1e-3, n_components in {1, 2, 4, 8, 16} ×
+    covariance_type in {full, diag}) or ``"KDE (CV)"`` (KernelDensity, bandwidth in
+    ``np.logspace(-1.5, 0.5, 25)``) on standardised columns, chosen by 5-fold
+    cross-validation; ``budget`` is not used.
+
+    With ``max_search_rows``, the search runs on that many training rows drawn at random
+    (seeded); with ``max_fit_rows``, the chosen configuration is then refitted on at most that
+    many rows (all of them when there are fewer). Returns the scorer (log-density of rows in
+    ``X``'s units), 0 iterations and a note naming the choice."""
+    from sklearn.base import clone
+    from sklearn.mixture import GaussianMixture
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.neighbors import KernelDensity
+
+    rng = np.random.RandomState(seed)
+    mean, scale, log_jac = standardiser(X)
+    U = (X - mean) / scale
+    if model == "GMM (CV)":
+        search = GridSearchCV(GaussianMixture(reg_covar=1e-3, random_state=seed),
+                              {"n_components": [1, 2, 4, 8, 16],
+                               "covariance_type": ["full", "diag"]}, cv=5)
+    else:
+        search = GridSearchCV(KernelDensity(), {"bandwidth": np.logspace(-1.5, 0.5, 25)}, cv=5)
+    search_rows = _row_subset(len(U), max_search_rows, rng)
+    fit_rows = _row_subset(len(U), max_fit_rows, rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        search.fit(U[search_rows])
+        best = search.best_estimator_
+        if len(fit_rows) != len(search_rows):
+            best = clone(best).fit(U[fit_rows])
+    note = str(search.best_params_)
+    if len(search_rows) < len(U) or len(fit_rows) < len(U):
+        note += f" (searched on {len(search_rows)} rows, fitted on {len(fit_rows)})"
+    return (lambda Z: best.score_samples((Z - mean) / scale) + log_jac), 0, note
+
+
+def fit_zuko(model: str, X: np.ndarray, budget: float, seed: int = 0):
+    """``"zuko NSF"`` or ``"zuko MAF"`` (4 transforms, hidden (256, 256)) on standardised
+    columns, trained by :func:`fit_unconditional_flow` (batch 128) with 10 % of the rows held
+    out for early stopping, for at most ``budget`` seconds. Returns the scorer (log-density of
+    rows in ``X``'s units), the steps taken and an empty note."""
+    import zuko
+
+    torch.manual_seed(seed)
+    rng = np.random.RandomState(seed)
+    mean, scale, log_jac = standardiser(X)
+    U = torch.as_tensor((X - mean) / scale, dtype=torch.float32)
+    perm = torch.as_tensor(rng.permutation(len(U)))
+    n_val = max(1, int(round(0.1 * len(U))))
+    U_val, U_train = U[perm[:n_val]], U[perm[n_val:]]
+    kind = zuko.flows.NSF if model == "zuko NSF" else zuko.flows.MAF
+    flow = kind(X.shape[1], transforms=4, hidden_features=(256, 256))
+    steps = fit_unconditional_flow(flow, U_train, U_val, budget, batch_size=128)
+
+    def score(Z: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            u = torch.as_tensor((Z - mean) / scale, dtype=torch.float32)
+            return flow().log_prob(u).double().numpy() + log_jac
+    return score, steps, ""
