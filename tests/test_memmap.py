@@ -23,6 +23,7 @@ from cnflow.cli import main
 from cnflow.datasets import make_toy
 from cnflow.estimators import mapped
 from cnflow.training import TrainConfig, train
+from cnflow.training import loop as training_loop
 from cnflow.training.rows import MappedRows, bounded_sample, gather
 
 TINY = dict(hidden=(8,), max_iter=5, fine_tune_iter=0, batch_size=256, regime="large",
@@ -142,8 +143,13 @@ def test_sigkill_then_the_same_fit_on_a_memory_map_equals_an_uninterrupted_one(
         returncode = child.wait()
     assert returncode == -signal.SIGKILL, "the fit ended before it was killed"
     monkeypatch.setattr(mapped, "SAMPLE_ROWS", 500)
+    steps, real_step = [], training_loop._step
+    monkeypatch.setattr(training_loop, "_step",
+                        lambda *args: steps.append(1) or real_step(*args))
     resumed = CNFDensity(checkpoint=checkpoint, checkpoint_interval=0, **_KILLED_FIT).fit(X)
+    steps_after_resuming = len(steps)
     reference = CNFDensity(**_KILLED_FIT).fit(X)
+    assert steps_after_resuming <= reference.n_iter_ - 10  # it went on from the checkpoint
     _assert_same_fit(resumed, reference)
     np.testing.assert_array_equal(resumed.score_samples(X), reference.score_samples(X))
 

@@ -51,12 +51,7 @@ from ..training import (
 from ..training.checkpoint import FitCheckpoint, data_digest
 from ..training.rows import MappedRows, RowSource, check_finite_rows, gather, is_mapped
 from ..training.stages import Stage, StagedFit, StageRun
-from .mapped import (
-    check_mapped,
-    choice_rows,
-    held_out_rows,
-    preprocessing_rows,
-)
+from .mapped import check_mapped, choice_rows, held_out_rows, preprocessing_rows
 from .params import Boolean, InstanceOf, Integer, Options, Real, check_parameters
 from .policy import FitSettings, resolve_fit_settings
 
@@ -362,8 +357,8 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         """A Gaussian mixture fitted to a member's training rows (a tensor, or a row source
         of a memory-mapped table: see :func:`cnflow.estimators.mapped.rows_sample`), where
         the subclass uses one (as the flow's base or to stack with it); None otherwise.
-        ``deadline``: when the
-        fit's time budget ends (``time.perf_counter()``), None without one."""
+        ``deadline``: when the fit's time budget ends (``time.perf_counter()``), None
+        without one."""
         return None
 
     def _base_of(self, mixture: GaussianMixtureBase | None) -> nn.Module | None:
@@ -446,7 +441,8 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             X: array-like (n_samples, n_features); at least 2 rows. A memory-mapped array
                 (``np.load(path, mmap_mode="r")``, an ``np.memmap`` of any real dtype) is
                 never copied whole: its values are checked in chunks, the preprocessing is
-                fitted to a seeded sample of at most 100,000 rows, each minibatch is read
+                fitted to a seeded sample of at most 100,000 rows (fewer when rows are
+                wide: at most 128 MiB of float64), each minibatch is read
                 from the file by index, at most 20,000 rows per member are held out and
                 scored, and the rest of the table is only ever read a minibatch at a time
                 (:mod:`cnflow.estimators.mapped`). Any other array is converted to float64
