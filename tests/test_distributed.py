@@ -1,5 +1,6 @@
 """Devices and data parallelism: two gloo processes on CPU take the steps of one process on the
-combined batch; CUDA results equal CPU ones (skipped without CUDA)."""
+combined batch, each reading only its share of a memory-mapped table's rows; CUDA results
+equal CPU ones (skipped without CUDA)."""
 
 import datetime
 import os
@@ -17,6 +18,7 @@ import torch.multiprocessing as mp
 
 from cnflow import CNF, CNFDensity
 from cnflow.training import TrainConfig, distributed_rank, train
+from cnflow.training.rows import MappedRows
 
 pytestmark = pytest.mark.slow  # runs scripts or processes; .ci/run includes it
 
@@ -91,12 +93,39 @@ def _late_start(rank: int, out_dir: str) -> None:
                Path(out_dir) / f"late{rank}.pt")
 
 
+class _RecordingRows(MappedRows):
+    """The rows of a memory map, recording the row indices of every batch read."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: list[list[int]] = []
+
+    def batch(self, indices: torch.Tensor) -> torch.Tensor:
+        self.read.append(indices.tolist())
+        return super().batch(indices)
+
+
+def _train_from_a_memory_map(out_dir: str) -> tuple[list[list[int]], dict]:
+    """CONFIG's steps of _problem's flow on a memory map of its rows (out_dir/rows.npy):
+    the rows each batch read, and the parameters."""
+    flow, _ = _problem()
+    rows = _RecordingRows(np.load(Path(out_dir) / "rows.npy", mmap_mode="r"),
+                          dtype=torch.float64)
+    train(flow, rows, _nll, TrainConfig(**CONFIG), generator=torch.Generator().manual_seed(0))
+    return rows.read, flow.state_dict()
+
+
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    """Both runs in one gloo group (one process start serves both tests)."""
+    """Every run in one gloo group (one process start serves the tests)."""
     _join(rank, world, port)
     try:
         _combined_batch(rank, out_dir)
         _late_start(rank, out_dir)
+        if rank == 0:
+            np.save(Path(out_dir) / "rows.npy", _problem()[1].numpy())
+        dist.barrier()
+        read, state = _train_from_a_memory_map(out_dir)
+        torch.save({"read": read, "state": state}, Path(out_dir) / f"mapped{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -133,6 +162,17 @@ def test_a_time_limit_stops_every_process_at_the_same_step(gloo_runs):
     assert late[0] == late[1]
     assert late[0]["stop"] == "time_limit" and late[0]["n_iter"] > 0
     assert "maximum_likelihood" in late[0]["objectives"]  # both phases ran, in step
+
+
+def test_each_process_reads_only_its_share_of_a_memory_mapped_batch(gloo_runs):
+    """Each process reads the rows of its half of every minibatch, and together they take
+    the steps of one process that reads the whole batch."""
+    whole, state = _train_from_a_memory_map(str(gloo_runs))
+    for rank in (0, 1):
+        saved = torch.load(gloo_runs / f"mapped{rank}.pt", weights_only=True)
+        assert saved["read"] == [batch[16 * rank:16 * rank + 16] for batch in whole]
+        for key, value in state.items():
+            torch.testing.assert_close(saved["state"][key], value, rtol=1e-8, atol=1e-10)
 
 
 def test_torchrun_entry_point_trains_and_only_rank_0_writes(tmp_path):

@@ -6,7 +6,9 @@
   samples and learned density (``fit.png``, 2-D data), training curves (``training.png``)
   and a summary (``summary.json``) to ``--out``. With ``--checkpoint PATH`` the fit writes
   its state there every ``--checkpoint-interval`` seconds, and the same command run again
-  continues from it. ``--verbose`` prints the settings the fit resolved.
+  continues from it. ``--verbose`` prints the settings the fit resolved. A .npy file is
+  memory-mapped and read a minibatch at a time, never whole (so is one that ``score``
+  scores).
 - ``train DATA --targets COLUMN ...`` fits a :class:`cnflow.ConditionalCNFDensity` of those
   columns given the others; its models take the features with ``--given FILE`` in ``sample``
   (N draws per row) and ``score`` (DATA then holds the targets).

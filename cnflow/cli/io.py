@@ -1,5 +1,6 @@
-"""The command line's files: rows and arrays read from .npy/.csv files (or toy names), rows
-written to .npy/.csv, summary.json, output paths checked before any slow work, and saved
+"""The command line's files: rows and arrays read from .npy/.csv files (or toy names; a .npy
+file of rows to train on or score is memory-mapped, never read whole), rows written to
+.npy/.csv, summary.json, output paths checked before any slow work, and saved
 models read back.
 
 Every failure is a :class:`~cnflow.cli.arguments.CLIError` naming the file and what is wrong;
@@ -43,25 +44,30 @@ ROW_SUFFIXES = (".npy", ".csv")
 
 
 # ---------------------------------------------------------------- reading
-def _read_array(path: Path) -> np.ndarray:
-    """The array in a .npy file or the rows of a comma-separated .csv file."""
+def _read_array(path: Path, mapped: bool = False) -> np.ndarray:
+    """The array in a .npy file (``mapped``: memory-mapped read-only, ``np.memmap``) or the
+    rows of a comma-separated .csv file."""
     if path.suffix == ".npy":
-        return np.load(path)
+        return np.load(path, mmap_mode="r" if mapped else None)
     with warnings.catch_warnings():  # an empty file: reported below, not as a warning
         warnings.simplefilter("ignore")
         return np.loadtxt(path, delimiter=",", ndmin=2)
 
 
-def load_rows(source: str, n_samples: int, seed: int) -> np.ndarray:
+def load_rows(source: str, n_samples: int, seed: int, mapped: bool = False) -> np.ndarray:
     """A toy name → generated rows; a .npy/.csv path → its rows (2-D, finite, not empty).
 
     Arguments:
         source: a name in :data:`cnflow.datasets.TOY_DATASETS`, or a .npy/.csv file.
         n_samples: rows drawn from a toy density.
         seed: the toy density's random state.
+        mapped: a .npy file is memory-mapped (``np.load(path, mmap_mode="r")``) and
+            returned as it is stored (any real dtype), unread: the estimators check its
+            values and read it a minibatch at a time, never whole.
 
     Returns:
-        float64 array (n_rows, n_columns).
+        float64 array (n_rows, n_columns), or with ``mapped`` and a .npy file, the
+        read-only ``np.memmap`` of the file.
     """
     if source in TOY_DATASETS:
         return make_toy(source, n_samples, random_state=seed)
@@ -72,13 +78,17 @@ def load_rows(source: str, n_samples: int, seed: int) -> np.ndarray:
     if not path.is_file():
         raise CLIError(f"no such file: {source}")
     try:
-        X = _read_array(path)
+        X = _read_array(path, mapped)
     except (ValueError, OSError, EOFError) as err:
         raise CLIError(f"could not read {source}: {err}") from err
     if X.ndim != 2:
         raise CLIError(f"{source} must hold a 2-D array (rows × features), got shape {X.shape}")
     if X.shape[0] == 0:
         raise CLIError(f"{source} holds no rows")
+    if isinstance(X, np.memmap):  # its values are checked by the estimator as it reads them
+        if X.dtype.kind not in "biuf":
+            raise CLIError(f"{source} must hold real numbers, got dtype {X.dtype}")
+        return X
     X = np.asarray(X, dtype=np.float64)
     if not np.isfinite(X).all():
         raise CLIError(f"{source} holds NaN or infinite values")

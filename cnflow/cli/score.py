@@ -1,6 +1,7 @@
 """``score``: print the mean log-likelihood of DATA's rows under a saved model (``--out``:
 write each row's); a conditional model scores the targets in DATA given the features in
-``--given``; an image model prints its bits/dim on a .npy/.npz file's images."""
+``--given``; an image model prints its bits/dim on a .npy/.npz file's images. An
+unconditional model scores a .npy file memory-mapped, a batch of rows at a time."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> None:
         _score_images(args, est)
         return
     given = read_given(args.given, est, args.model, args.seed)
-    X = load_rows(args.data, args.n_samples, args.seed)
+    X = load_rows(args.data, args.n_samples, args.seed, mapped=given is None)
     if given is None:
         check_width(X, est, args.data)
         log_density = est.score_samples(X)

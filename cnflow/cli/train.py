@@ -1,5 +1,7 @@
 """``train``: fit a CNFDensity (or, with ``--targets``, a ConditionalCNFDensity) to a toy
 density or a file of rows; write model.pt, training.png, fit.png (2-D) and summary.json.
+A .npy file is memory-mapped: a CNFDensity reads it a minibatch at a time, never whole
+(see :mod:`cnflow.estimators.mapped`).
 
 Launched by ``torchrun --nproc_per_node=N -m cnflow train ...`` it trains data-parallel
 (each process a share of every batch, gradients averaged by DDP; see :mod:`cnflow.training`)
@@ -17,6 +19,7 @@ import numpy as np
 from ..datasets import TOY_DATASETS, make_toy
 from ..estimators import CNFDensity, ConditionalCNFDensity
 from ..estimators.policy import resolve_fit_settings
+from ..training.rows import bounded_sample, gather, is_mapped
 from .arguments import check_device, check_positive, check_targets, given_options
 from .distributed import start_distributed, stop_distributed
 from .io import check_writable, checkpoint_path, load_rows, write_summary
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
     check_positive(args.resolution, "--resolution")
     check_device(args.device)
     rank, world, device = start_distributed(args.device)
-    X = load_rows(args.data, args.n_samples, args.seed)
+    X = load_rows(args.data, args.n_samples, args.seed, mapped=True)
     out = Path(args.out)
     given = given_options(objective=args.objective, max_iter=args.max_iter,
                           batch_size=args.batch_size, lr=args.lr, rtol=args.tol,
@@ -102,7 +105,9 @@ def run(args: argparse.Namespace) -> None:
             summary["test_nll"] = -est.score(X_test)
         if X.shape[1] == 2:
             samples = est.sample(SUMMARY_ROWS, random_state=args.seed)
-            plot_fit(X, samples, est.score_samples, out / "fit.png",
+            shown = gather(X, bounded_sample(len(X), SUMMARY_ROWS, args.seed)) \
+                if is_mapped(X) else X
+            plot_fit(shown, samples, est.score_samples, out / "fit.png",
                      resolution=args.resolution, title=f"CNFDensity on {args.data}: "
                      f"{est.n_iter_} iterations, {seconds:.0f} s")
             written.append(out / "fit.png")

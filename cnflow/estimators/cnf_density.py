@@ -10,7 +10,9 @@ from torch import nn
 from ..flows.base_density import GaussianMixtureBase, fit_gaussian_mixture_base
 from ..flows.cnf import CNF
 from ..ode import TABLEAUX
+from ..training.rows import RowSource
 from .cnf_estimator import OBJECTIVES, CNFEstimator
+from .mapped import rows_sample
 from .params import Boolean, Options
 
 __all__ = ["CNFDensity", "OBJECTIVES", "BASES"]
@@ -266,7 +268,7 @@ class CNFDensity(CNFEstimator):
         "stacking": [Boolean(), "auto"],
     }
 
-    def _fit_mixture(self, U_train: torch.Tensor, U_val: torch.Tensor | None,
+    def _fit_mixture(self, U_train: torch.Tensor | RowSource, U_val: torch.Tensor | None,
                      seed: int, deadline: float | None = None
                      ) -> GaussianMixtureBase | None:
         """The full-covariance Gaussian mixture (1 to 16 components) best on the member's
@@ -274,6 +276,7 @@ class CNFDensity(CNFEstimator):
         base or is stacked."""
         if self.base != "mixture" and not self.settings_.stacking:
             return None
+        U_train = rows_sample(U_train, seed)  # of a memory-mapped table: a bounded draw
         val = None if U_val is None else U_val.double().cpu().numpy()
         mixture, _ = fit_gaussian_mixture_base(U_train.double().cpu().numpy(), val,
                                                random_state=seed, deadline=deadline)

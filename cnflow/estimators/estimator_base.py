@@ -8,6 +8,10 @@ fit repeatable bit for bit, and inputs are validated by scikit-learn's own helpe
 Data are standardised inside, u = (x − μ) / σ, and the model's density q(u) is returned in the
 caller's units: log p(x) = log q(u) − Σ_j log σ_j, so densities integrate to 1 over the
 caller's space.
+
+A memory-mapped X (``np.load(path, mmap_mode="r")``) is never copied whole: its statistics
+come from a bounded sample, its minibatches are read by index and its scores are streamed
+(see :mod:`cnflow.estimators.mapped`).
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ from ..training import (
     train,
 )
 from ..training.checkpoint import FitCheckpoint, data_digest
+from ..training.rows import MappedRows, RowSource, check_finite_rows, gather, is_mapped
 from ..training.stages import Stage, StagedFit, StageRun
+from .mapped import check_mapped, choice_rows, held_out_rows, preprocessing_rows
 from .params import Boolean, InstanceOf, Integer, Options, Real, check_parameters
 from .policy import FitSettings, resolve_fit_settings
 
@@ -345,12 +351,14 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
     def _build_flow(self, n_features: int, base: nn.Module | None = None) -> nn.Module:
         raise NotImplementedError
 
-    def _fit_mixture(self, U_train: torch.Tensor, U_val: torch.Tensor | None,
+    def _fit_mixture(self, U_train: torch.Tensor | RowSource, U_val: torch.Tensor | None,
                      seed: int, deadline: float | None = None
                      ) -> GaussianMixtureBase | None:
-        """A Gaussian mixture fitted to a member's training rows, where the subclass uses
-        one (as the flow's base or to stack with it); None otherwise. ``deadline``: when the
-        fit's time budget ends (``time.perf_counter()``), None without one."""
+        """A Gaussian mixture fitted to a member's training rows (a tensor, or a row source
+        of a memory-mapped table: see :func:`cnflow.estimators.mapped.rows_sample`), where
+        the subclass uses one (as the flow's base or to stack with it); None otherwise.
+        ``deadline``: when the fit's time budget ends (``time.perf_counter()``), None
+        without one."""
         return None
 
     def _base_of(self, mixture: GaussianMixtureBase | None) -> nn.Module | None:
@@ -386,6 +394,12 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         and the log-determinant of the map at each row (numpy, float64)."""
         U, logdet = self.preprocessor_.transform(X)
         return torch.as_tensor(U, dtype=self._torch_dtype(), device=self.device_), logdet
+
+    def _mapped_rows(self, X: np.ndarray, rows: np.ndarray | None = None) -> MappedRows:
+        """The rows of a memory-mapped X (``rows``: those rows, None: all), read a minibatch
+        at a time through the fitted preprocessing onto the model's device."""
+        return MappedRows(X, lambda block: self.preprocessor_.transform(block)[0],
+                          dtype=self._torch_dtype(), device=self.device_, rows=rows)
 
     def _columns_to_preprocess(self, X: np.ndarray) -> np.ndarray:
         """The columns whose map "choose" picks (all; a conditional estimator's targets)."""
@@ -424,14 +438,23 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         estimator's flows and preprocessing are the starting point.
 
         Arguments:
-            X: array-like (n_samples, n_features); at least 2 rows.
+            X: array-like (n_samples, n_features); at least 2 rows. A memory-mapped array
+                (``np.load(path, mmap_mode="r")``, an ``np.memmap`` of any real dtype) is
+                never copied whole: its values are checked in chunks, the preprocessing is
+                fitted to a seeded sample of at most 100,000 rows (fewer when rows are
+                wide: at most 128 MiB of float64), each minibatch is read
+                from the file by index, at most 20,000 rows per member are held out and
+                scored, and the rest of the table is only ever read a minibatch at a time
+                (:mod:`cnflow.estimators.mapped`). Any other array is converted to float64
+                in memory and every statistic comes from every row.
             y: ignored.
 
         Returns:
             self
 
         Raises:
-            ValueError: bad parameters or data (the message says which).
+            ValueError: bad parameters or data (the message says which; for a
+                memory-mapped X, the first row with a NaN or an infinity).
             cnflow.training.checkpoint.CheckpointMismatchError: (a ValueError) the checkpoint
                 file belongs to another fit.
             cnflow.files.ModelFileError: the checkpoint file is damaged.
@@ -439,7 +462,10 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                 solve without held-out rows (the flow keeps its last good parameters).
         """
         warm = self._start_fit()
-        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        if is_mapped(X):
+            X = check_mapped(self, X, reset=True)
+        else:
+            X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         if warm is not None and X.shape[1] != warm["n_features"]:
             raise ValueError(f"warm_start continues a fit to {warm['n_features']} features; "
                              f"X has {X.shape[1]}")
@@ -484,7 +510,8 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         self.mean_, self.scale_ = self.preprocessor_.mean_, self.preprocessor_.scale_
         if plan.preprocessing_scores is not None:
             self.preprocessing_scores_ = plan.preprocessing_scores
-        U, _ = self._transform(X)
+        mapped = is_mapped(X)
+        U = self._mapped_rows(X) if mapped else self._transform(X)[0]
         config = TrainConfig(max_iter=settings.max_iter, batch_size=settings.batch_size,
                              lr=settings.lr, lr_schedule=settings.lr_schedule,
                              validation_interval=settings.validation_interval,
@@ -493,10 +520,16 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                              verbose=self.verbose)
         members: list[nn.Module] = []
 
-        def rows_of(k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-            """Member k's training rows and held-out rows (None: none held out)."""
+        def rows_of(k: int) -> tuple[torch.Tensor | RowSource, torch.Tensor | None]:
+            """Member k's training rows and held-out rows (None: none held out); of a
+            memory-mapped X, the training rows are read by index, and at most
+            VALIDATION_ROWS rows are held out (the rest of the fold is trained on)."""
             if not n_val:
                 return U, None
+            if mapped:
+                held = held_out_rows(folds[k])
+                return (self._mapped_rows(X, perm[~np.isin(perm, held)]),
+                        self._transform(gather(X, held))[0])
             rest = perm[~np.isin(perm, folds[k])]
             return (U[torch.as_tensor(rest, device=U.device)],
                     U[torch.as_tensor(folds[k], device=U.device)])
@@ -572,8 +605,9 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
     def _open_checkpoint(self, X: np.ndarray, warm: dict | None) -> FitCheckpoint | None:
         """The fit's checkpoint, identified also by the data and, for a warm start, the
         flows it starts from (see :meth:`EstimatorBase._fit_checkpoint`)."""
+        mapped = {"data source": "memory-mapped"} if is_mapped(X) else {}
         return self._fit_checkpoint({
-            "data shape": list(X.shape), "data digest": data_digest(X)[:16],
+            "data shape": list(X.shape), "data digest": data_digest(X)[:16], **mapped,
             "warm start from": None if warm is None else state_digest(
                 [flow for flow, _ in warm["parts"]])})
 
@@ -595,7 +629,10 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         if settings.stacking and not n_val:
             raise ValueError("stacking chooses the flow's weight on held-out rows; with "
                              "stacking=True set validation_fraction > 0 (or leave it 'auto')")
-        perm = rng.permutation(len(X))
+        mapped = is_mapped(X)
+        # a memory-mapped table without held-out rows needs no row order (8 bytes a row)
+        perm = (np.empty(0, dtype=np.int64) if mapped and not n_val
+                else rng.permutation(len(X)))
         scores = None
         if warm is not None:
             preprocessor, scores = warm["preprocessor"], warm["preprocessing_scores"]
@@ -603,11 +640,17 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             kind = settings.preprocessing
             if kind == "choose":  # by held-out likelihood, on the first validation fold
                 first_fold = folds_of(perm, n_members, n_val)[0]
+                if mapped:  # a sample of the training rows against the rows scored
+                    held = held_out_rows(first_fold)
+                    rows, train_rows, val_rows = choice_rows(
+                        X, perm[~np.isin(perm, held)], held, seed)
+                else:
+                    rows, train_rows, val_rows = X, perm[~np.isin(perm, first_fold)], first_fold
                 kind, scores = choose_preprocessing(
-                    self._columns_to_preprocess(X), perm[~np.isin(perm, first_fold)],
-                    first_fold, random_state=seed, deadline=fit.deadline,
-                    name=self._preprocessed_name)
-            preprocessor = self._new_preprocessor(kind, seed).fit(X)
+                    self._columns_to_preprocess(rows), train_rows, val_rows,
+                    random_state=seed, deadline=fit.deadline, name=self._preprocessed_name)
+            preprocessor = self._new_preprocessor(kind, seed).fit(
+                preprocessing_rows(X, seed) if mapped else X)
         plan = _FitPlan(seed, perm, n_members, n_val, preprocessor, scores)
         fit.keep_setup(plan.as_plain())
         return plan
@@ -616,10 +659,20 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
     def score_samples(self, X, *, batch_size: int | None = None) -> np.ndarray:
         """Log-density of each row of X, in the caller's units; numpy array (n_samples,).
 
-        ``batch_size``: rows per solve (None: 4096); memory is bounded by it."""
+        ``batch_size``: rows per solve (None: 4096); memory is bounded by it. A
+        memory-mapped X is read, checked and scored ``batch_size`` rows at a time."""
         check_is_fitted(self, "flow_")
+        batch_size = self._batch_size(batch_size)
+        if is_mapped(X):
+            check_mapped(self, X, reset=False, finite=False)
+            scores = []
+            for start in range(0, len(X), batch_size):
+                rows = np.asarray(X[start:start + batch_size], dtype=np.float64)
+                check_finite_rows(rows, first_row=start)
+                scores.append(self._score_rows(rows, batch_size))
+            return np.concatenate(scores)
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        return self._score_rows(X, self._batch_size(batch_size))
+        return self._score_rows(X, batch_size)
 
     def _score_rows(self, X: np.ndarray, batch_size: int) -> np.ndarray:
         """log p of validated rows (the flow's rows), solved ``batch_size`` rows at a time."""

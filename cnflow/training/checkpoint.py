@@ -53,10 +53,14 @@ class CheckpointMismatchError(ValueError):
 
 
 def data_digest(X: np.ndarray) -> str:
-    """A SHA-256 digest of an array's shape, dtype and values (to recognise the same data)."""
-    X = np.ascontiguousarray(X)
+    """A SHA-256 digest of an array's shape, dtype and values (to recognise the same data),
+    read in chunks of rows (a memory-mapped table is never copied whole)."""
+    X = np.asarray(X)
+    X = X.reshape(1) if X.ndim == 0 else X
     digest = hashlib.sha256(f"{X.shape}{X.dtype}".encode())
-    digest.update(X.tobytes())
+    step = max(1, (1 << 23) // max(X[:1].nbytes, 1))
+    for start in range(0, len(X), step):
+        digest.update(np.ascontiguousarray(X[start:start + step]).tobytes())
     return digest.hexdigest()
 
 

@@ -2,8 +2,10 @@
 
 When ``torch.distributed`` is initialised with more than one process, :func:`cnflow.training.train`
 wraps the loss in :class:`~torch.nn.parallel.DistributedDataParallel`. Every process draws the
-same minibatch order, takes its own contiguous share of each batch, and DDP averages the
-gradients, so a step is the step of one process on the whole batch; only rank 0 shows progress.
+same minibatch order, reads only its own contiguous share of each batch's rows
+(:func:`batch_share`; of a memory-mapped table, only those rows are read), and DDP averages
+the gradients, so a step is the step of one process on the whole batch; only rank 0 shows
+progress.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from torch import nn
 from ..ode import ODESolveError
 from .types import LossFn, TrainingFault
 
-__all__ = ["distributed_rank", "data_parallel_loss", "out_of_time", "shared_loss"]
+__all__ = ["distributed_rank", "batch_share", "data_parallel_loss", "out_of_time",
+           "shared_loss"]
 
 
 
@@ -43,21 +46,32 @@ class _LossModule(nn.Module):
 
 def data_parallel_loss(model: nn.Module, loss_fn: LossFn, batch_size: int,
                         device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The loss of this process's share of each batch, through DDP (gradients averaged)."""
+    """The loss of this process's share of each batch (the rows :func:`batch_share`
+    picked), through DDP (gradients averaged)."""
     rank, world = distributed_rank()  # type: ignore[misc]
     if batch_size % world:
         raise ValueError(f"batch_size ({batch_size}) must be a multiple of the number of "
                          f"processes ({world}) so that every process takes an equal share")
     from torch.nn.parallel import DistributedDataParallel
 
-    share = batch_size // world
     wrapped = DistributedDataParallel(
         _LossModule(model, loss_fn),
         device_ids=[device.index] if device.type == "cuda" and device.index is not None
         else None)
     # each process its own random draws (e.g. flow matching's noise), from a seed per rank
     torch.manual_seed(torch.initial_seed() + rank)
-    return lambda batch: wrapped(batch[rank * share:(rank + 1) * share])
+    return wrapped
+
+
+def batch_share(indices: torch.Tensor, parallel: tuple[int, int] | None) -> torch.Tensor:
+    """The indices of this process's rows among a minibatch's ``indices``: with ``parallel``
+    = (rank, world), the rank-th of ``world`` equal contiguous parts (the batch size is a
+    multiple of ``world``, see :func:`data_parallel_loss`); all of them in one process."""
+    if parallel is None:
+        return indices
+    rank, world = parallel
+    share = len(indices) // world
+    return indices[rank * share:(rank + 1) * share]
 
 
 def out_of_time(over: bool, parallel: tuple[int, int] | None, device: torch.device) -> bool:

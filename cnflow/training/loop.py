@@ -33,7 +33,14 @@ from torch import nn
 from ..interfaces import CountsEvaluations
 from ..ode import ODESolveError
 from .checkpoint import FitCheckpoint, restore_rng_state, rng_state
-from .distributed import data_parallel_loss, distributed_rank, out_of_time, shared_loss
+from .distributed import (
+    batch_share,
+    data_parallel_loss,
+    distributed_rank,
+    out_of_time,
+    shared_loss,
+)
+from .rows import RowSource, as_row_source
 from .types import LossFn, TrainConfig, TrainingFault, TrainResult
 
 if TYPE_CHECKING:
@@ -303,7 +310,8 @@ def _restore_loop_state(state: dict, model: nn.Module, optimizer: torch.optim.Op
     restore_rng_state(state["rng"], generator, device)
 
 
-def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfig, *,
+def train(model: nn.Module, X: torch.Tensor | RowSource, loss_fn: LossFn,
+          config: TrainConfig, *,
           X_val: torch.Tensor | None = None, val_loss_fn: LossFn | None = None,
           generator: torch.Generator | None = None,
           checkpoint: FitCheckpoint | None = None) -> TrainResult:
@@ -311,7 +319,9 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
 
     Arguments:
         model: the module to train (its parameters, on X's device).
-        X: training rows, (n, d) tensor.
+        X: training rows: an (n, d) tensor, or a row source
+            (:mod:`cnflow.training.rows`) whose minibatches are read by index, such as
+            the rows of a memory-mapped table.
         loss_fn: the minibatch loss, e.g. ``lambda flow, x: -flow.log_prob(x).mean()``.
         config: the loop's settings.
         X_val: optional held-out rows, scored with ``val_loss_fn`` (default ``loss_fn``)
@@ -332,11 +342,14 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
 
     Under ``torch.distributed`` with several processes (see the module's docstring) every
     process must call :func:`train` with the same X, config and generator seed; the batch size
-    must be a multiple of the number of processes; the reported loss is the mean over them.
+    must be a multiple of the number of processes; each process reads only its own share of
+    every minibatch's rows; the reported loss is the mean over them.
     """
-    batch_size = min(config.batch_size, len(X))
+    rows = as_row_source(X)
+    device = rows.device
+    batch_size = min(config.batch_size, len(rows))
     parallel = distributed_rank()
-    batch_loss = _batch_loss(model, loss_fn, batch_size, parallel, X.device)
+    batch_loss = _batch_loss(model, loss_fn, batch_size, parallel, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
     if config.lr_schedule not in LR_SCHEDULES:
@@ -349,7 +362,7 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
     validation = None if X_val is None else _Validation(
         X_val, loss_fn if val_loss_fn is None else val_loss_fn, max(batch_size, 1024), config)
     progress = _progress_bar(config, parallel)
-    sampler = _MinibatchSampler(len(X), batch_size, generator)
+    sampler = _MinibatchSampler(len(rows), batch_size, generator)
     last_good = None
     writes_checkpoints = checkpoint is not None and (parallel is None or parallel[0] == 0)
     resumed = None if checkpoint is None else checkpoint.take_loop_state()
@@ -358,7 +371,7 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
         first_iteration = 1
         if resumed is not None:
             _restore_loop_state(resumed, model, optimizer, sampler, validation, result,
-                                generator, X.device)
+                                generator, device)
             first_iteration = int(resumed["iteration"]) + 1
             started -= float(resumed["elapsed"])
             if progress is not None:
@@ -366,10 +379,10 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
         elif validation is not None and config.validate_at_start:
             validation.start(model)
         for iteration in range(first_iteration, config.max_iter + 1):
-            if _time_is_up(config, started, parallel, X.device):
+            if _time_is_up(config, started, parallel, device):
                 result.stop_reason = "time_limit"
                 break
-            batch = X[sampler.next_indices().to(X.device)]
+            batch = rows.batch(batch_share(sampler.next_indices(), parallel))
             last_good = _snapshot(model)
             start = time.perf_counter()
             lr = _learning_rate(config, iteration, start - started if timed_schedule else None)
@@ -401,7 +414,7 @@ def train(model: nn.Module, X: torch.Tensor, loss_fn: LossFn, config: TrainConfi
             if writes_checkpoints:
                 checkpoint.tick(lambda done=iteration: _loop_state(
                     done, model, optimizer, sampler, validation, result,
-                    time.perf_counter() - started, generator, X.device))
+                    time.perf_counter() - started, generator, device))
     except KeyboardInterrupt:
         warnings.warn(f"training interrupted after {result.n_iter} iterations; the model keeps "
                       "its best parameters so far", RuntimeWarning, stacklevel=2)
