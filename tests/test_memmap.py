@@ -254,3 +254,20 @@ def test_the_command_line_trains_from_and_scores_a_memory_mapped_npy(tmp_path, c
     capsys.readouterr()
     assert main(["score", str(tmp_path / "run" / "model.pt"), str(tmp_path / "bad.npy")]) == 2
     assert "infinite value in row 5 (column 1)" in capsys.readouterr().err
+
+
+def test_a_source_without_some_rows_reads_every_other_row_in_order():
+    """``MappedRows(excluded=...)`` lists no rows, yet position i reads the i-th row not
+    excluded (against the rows listed by brute force)."""
+    from cnflow.training.rows import MappedRows
+
+    table = np.arange(50, dtype=np.float64).reshape(25, 2)
+    excluded = np.array([0, 3, 4, 24, 10])
+    kept = np.setdiff1d(np.arange(25), excluded)
+    source = MappedRows(table, excluded=excluded, dtype=torch.float64)
+    assert len(source) == len(kept)
+    positions = torch.tensor([5, 0, len(kept) - 1, 2, 2])
+    np.testing.assert_array_equal(source.batch(positions).numpy(),
+                                  table[kept[positions.numpy()]])
+    with pytest.raises(ValueError, match="not both"):
+        MappedRows(table, rows=kept, excluded=excluded)

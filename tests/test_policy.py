@@ -9,6 +9,7 @@ import pytest
 from cnflow import CNFDensity, ConditionalCNFDensity, PlanarFlowDensity
 from cnflow.estimators.policy import (
     ENSEMBLE_MAX_ROWS,
+    LARGE_HELD_OUT_ROWS,
     POLICIES,
     SMALL_TABLE_MAX_ROWS,
     FitSettings,
@@ -25,7 +26,8 @@ def settings(kind, n, d, **params) -> FitSettings:
     (5, "large", 1, 0.0, "standardize"), (10, "small_table", 5, 0.2, "choose"),
     (500, "small_table", 5, 0.2, "choose"), (1000, "small_table", 5, 0.2, "choose"),
     (1001, "small_table", 1, 0.2, "choose"), (10_000, "small_table", 1, 0.2, "choose"),
-    (10_001, "large", 1, 0.0, "standardize"), (1_000_000, "large", 1, 0.0, "standardize")])
+    (10_001, "large", 1, 1000 / 10_001, "choose"),
+    (1_000_000, "large", 1, 1000 / 1_000_000, "choose")])
 def test_rules_by_row_count(n, regime, members, fraction, preprocessing):
     s = settings(CNFDensity, n, 2)
     assert (s.regime, s.n_members, s.validation_fraction, s.preprocessing) == (
@@ -58,7 +60,8 @@ def test_regime_forces_the_rules_whatever_the_row_count():
         "small_table", 0.2, "choose", True)
     small = settings(CNFDensity, 500, 4, regime="large")
     assert (small.n_members, small.validation_fraction, small.preprocessing,
-            small.stacking) == (1, 0.0, "standardize", False)
+            small.stacking) == (1, 0.2, "choose", True)  # 1,000 rows held out, at most 20 %
+    assert settings(CNFDensity, 50_000, 4, regime="large").validation_fraction == 0.02
     # too few rows to hold out any, whatever the regime
     assert settings(CNFDensity, 9, 2, regime="small_table").validation_fraction == 0.0
     with pytest.raises(ValueError, match="regime must be one of auto, small_table, large"):
@@ -72,11 +75,13 @@ def test_per_objective_rows_and_fine_tuning():
         (64,) * 5, 20_000, 2048, 1e-2, "cosine")
     assert (ml.hidden, ml.max_iter, ml.batch_size, ml.lr, ml.lr_schedule) == (
         (64,) * 3, 1000, 512, 5e-3, "constant")
-    # held-out rows are scored every 100 flow-matching or 20 maximum-likelihood steps
-    assert (fm.validation_interval, ml.validation_interval) == (100, 20)
+    # held-out rows are scored every 1,000 flow-matching or 20 maximum-likelihood steps on
+    # this large table (100 flow-matching steps on a small one)
+    assert (fm.validation_interval, ml.validation_interval) == (1000, 20)
+    assert settings(CNFDensity, 5_000, 2).validation_interval == 100
     assert (fm.fine_tune_iter, fm.fine_tune_lr, fm.fine_tune_batch_size,
             fm.fine_tune_validation_interval, fm.flow_matching_share) == (
-        200, 5e-3, 512, 20, 0.75)
+        200, 5e-3, 512, 100, 0.75)
     assert (ml.fine_tune_iter, ml.flow_matching_share) == (0, 1.0)
     assert settings(CNFDensity, 100, 2, max_iter=60_000).fine_tune_iter == 600
     # backpropagation through the solver up to 8 modelled dimensions, the adjoint above
@@ -92,8 +97,9 @@ def test_the_conditional_table():
     assert settings(ConditionalCNFDensity, 50_000, 1).preprocessing == "whiten"
     assert settings(ConditionalCNFDensity, 50_000, 1,
                     validation_fraction=0.1).preprocessing == "choose"
-    assert settings(CNFDensity, 50_000, 1, validation_fraction=0.1).preprocessing == (
-        "standardize")
+    assert settings(CNFDensity, 50_000, 1, validation_fraction=0.1).preprocessing == "choose"
+    assert settings(PlanarFlowDensity, 50_000, 2,
+                    validation_fraction=0.1).preprocessing == "standardize"
 
 
 def test_planar_table():
@@ -151,3 +157,24 @@ def test_images_and_latent_odes_record_their_settings(tmp_path):
         "elbo", 2, 4, 1, 0)
     latent.save(tmp_path / "latent.pt")
     assert LatentODE.load(tmp_path / "latent.pt").settings_ == s
+
+
+def test_large_regime_bounds_what_grows_with_the_rows():
+    """Above 10,000 rows: 1,000 held-out rows, the map chosen between whitening and
+    logarithms (marginal Gaussianisation is too slow to apply to every row), a tenth of the
+    budget for mixtures, and few scorings of the held-out rows."""
+    large, small = settings(CNFDensity, 200_000, 8), settings(CNFDensity, 5_000, 8)
+    assert large.validation_fraction * 200_000 == pytest.approx(LARGE_HELD_OUT_ROWS)
+    assert large.preprocessing_candidates == ("whiten", "log")
+    assert small.preprocessing_candidates == ("whiten", "log", "gaussianize")
+    assert (large.planning_share, small.planning_share) == (0.1, 1.0)
+    assert (large.validation_interval, large.fine_tune_validation_interval) == (1000, 100)
+    assert (small.validation_interval, small.fine_tune_validation_interval) == (100, 20)
+    # maximum likelihood keeps its own interval in both regimes
+    assert settings(CNFDensity, 200_000, 8,
+                    objective="maximum_likelihood").validation_interval == 20
+    # the conditional estimator holds nothing out on large tables
+    cond = resolve_fit_settings("ConditionalCNFDensity", {}, 200_000, 4)
+    assert (cond.validation_fraction, cond.preprocessing) == (0.0, "whiten")
+    # settings round-trip through plain values (a saved model's), tuples included
+    assert FitSettings.from_dict(large.as_dict()) == large

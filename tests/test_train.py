@@ -145,6 +145,32 @@ def test_max_seconds_stops_training_on_time():
     assert 3 <= result.n_iter <= 12 and len(result.history) == result.n_iter
 
 
+def test_time_limit_scores_the_steps_since_the_last_validation():
+    """When the time runs out between two validations, the last step's parameters are
+    scored and kept if they are the best: the steps since the last scoring count."""
+    import time as _time
+
+    X = data(1200)
+    model = Gaussian(2)
+
+    def slow_nll(m, x):
+        _time.sleep(0.01)
+        return nll(m, x)
+
+    result = train(model, X[:1000], slow_nll,
+                   TrainConfig(max_iter=10_000, batch_size=128, lr=0.05, max_seconds=0.5,
+                               validation_interval=10_000, validate_at_start=True),
+                   X_val=X[1000:], val_loss_fn=nll)
+    assert result.stop_reason == "time_limit" and result.n_iter >= 5
+    last = result.history[-1]
+    assert last["iteration"] == result.n_iter and "val_loss" in last
+    # the fit improved on the start (mean 0, scale 1 against data at mean 3): the last step's
+    # parameters are the ones kept, and their held-out loss is the one recorded
+    assert result.best_val_loss == pytest.approx(last["val_loss"])
+    assert nll(model, X[1000:]).item() == pytest.approx(last["val_loss"])
+    assert result.best_val_loss < nll(Gaussian(2), X[1000:]).item() - 1
+
+
 def test_cosine_schedule_by_iterations_and_by_time():
     """Iterations: lr (1 + cos(π (i − 1) / max_iter)) / 2. With a time budget the schedule
     reaches its end when the time does, however many iterations that is."""

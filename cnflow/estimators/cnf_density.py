@@ -14,6 +14,7 @@ from ..training.rows import RowSource
 from .cnf_estimator import OBJECTIVES, CNFEstimator
 from .mapped import rows_sample
 from .params import Boolean, Options
+from .policy import MAX_ROWS_FOR_MIXTURES
 
 __all__ = ["CNFDensity", "OBJECTIVES", "BASES"]
 
@@ -276,7 +277,8 @@ class CNFDensity(CNFEstimator):
         base or is stacked."""
         if self.base != "mixture" and not self.settings_.stacking:
             return None
-        U_train = rows_sample(U_train, seed)  # of a memory-mapped table: a bounded draw
+        # a bounded random subset (of a memory-mapped table: a bounded draw)
+        U_train = rows_sample(U_train, seed, MAX_ROWS_FOR_MIXTURES)
         val = None if U_val is None else U_val.double().cpu().numpy()
         mixture, _ = fit_gaussian_mixture_base(U_train.double().cpu().numpy(), val,
                                                random_state=seed, deadline=deadline)

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import numbers
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +50,25 @@ from ..training import (
     train,
 )
 from ..training.checkpoint import FitCheckpoint, data_digest
-from ..training.rows import MappedRows, RowSource, check_finite_rows, gather, is_mapped
+from ..training.rows import (
+    MappedRows,
+    RowSource,
+    bounded_sample,
+    check_finite_rows,
+    gather,
+    is_mapped,
+)
 from ..training.stages import Stage, StagedFit, StageRun
-from .mapped import check_mapped, choice_rows, held_out_rows, preprocessing_rows
+from .mapped import (
+    SAMPLE_ROWS,
+    check_mapped,
+    choice_rows,
+    held_out_rows,
+    preprocessing_rows,
+    training_sample,
+)
 from .params import Boolean, InstanceOf, Integer, Options, Real, check_parameters
-from .policy import FitSettings, resolve_fit_settings
+from .policy import MAX_ROWS_FOR_MIXTURES, FitSettings, resolve_fit_settings
 
 __all__ = ["EstimatorBase", "FlowDensityEstimator"]
 
@@ -395,11 +410,14 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         U, logdet = self.preprocessor_.transform(X)
         return torch.as_tensor(U, dtype=self._torch_dtype(), device=self.device_), logdet
 
-    def _mapped_rows(self, X: np.ndarray, rows: np.ndarray | None = None) -> MappedRows:
-        """The rows of a memory-mapped X (``rows``: those rows, None: all), read a minibatch
-        at a time through the fitted preprocessing onto the model's device."""
+    def _mapped_rows(self, X: np.ndarray, rows: np.ndarray | None = None,
+                     excluded: np.ndarray | None = None) -> MappedRows:
+        """The rows of a memory-mapped X (``rows``: those, in their order; ``excluded``: all
+        but those; neither: all), read a minibatch at a time through the fitted
+        preprocessing onto the model's device."""
         return MappedRows(X, lambda block: self.preprocessor_.transform(block)[0],
-                          dtype=self._torch_dtype(), device=self.device_, rows=rows)
+                          dtype=self._torch_dtype(), device=self.device_, rows=rows,
+                          excluded=excluded)
 
     def _columns_to_preprocess(self, X: np.ndarray) -> np.ndarray:
         """The columns whose map "choose" picks (all; a conditional estimator's targets)."""
@@ -503,7 +521,12 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         checkpoint = self._open_checkpoint(X, warm)
         # max_seconds bounds the whole fit (with a checkpoint, every run of it)
         fit = StagedFit(checkpoint, None if self.max_seconds is None else float(self.max_seconds))
-        plan = self._plan(X, warm, fit)
+        # choosing the map and fitting mixtures try no larger mixture after this
+        planning = fit.deadline
+        if planning is not None and settings.planning_share < 1:
+            planning = min(planning, time.perf_counter()
+                           + settings.planning_share * float(self.max_seconds))
+        plan = self._plan(X, warm, fit, planning)
         seed, perm, folds, n_val = plan.seed, plan.perm, plan.folds, plan.n_val
         n_members, n_features = len(folds), X.shape[1]
         self.device_, self.preprocessor_ = device, plan.preprocessor
@@ -528,7 +551,9 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                 return U, None
             if mapped:
                 held = held_out_rows(folds[k])
-                return (self._mapped_rows(X, perm[~np.isin(perm, held)]),
+                training = (self._mapped_rows(X, excluded=held) if len(X) > SAMPLE_ROWS
+                            else self._mapped_rows(X, rows=perm[~np.isin(perm, held)]))
+                return (training,
                         self._transform(gather(X, held))[0])
             rest = perm[~np.isin(perm, folds[k])]
             return (U[torch.as_tensor(rest, device=U.device)],
@@ -540,7 +565,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             if warm is not None and warm["parts"][k][1] is not None:
                 return _mixture_record(warm["parts"][k][1])
             U_train, U_val = rows_of(k)
-            return _mixture_record(self._fit_mixture(U_train, U_val, seed + k, fit.deadline))
+            return _mixture_record(self._fit_mixture(U_train, U_val, seed + k, planning))
 
         def train_member(run: StageRun) -> TrainResult:
             k = run.index
@@ -611,9 +636,12 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             "warm start from": None if warm is None else state_digest(
                 [flow for flow, _ in warm["parts"]])})
 
-    def _plan(self, X: np.ndarray, warm: dict | None, fit: StagedFit) -> _FitPlan:
+    def _plan(self, X: np.ndarray, warm: dict | None, fit: StagedFit,
+              deadline: float | None = None) -> _FitPlan:
         """The fit's seed, row order, validation folds and fitted preprocessing: read from a
-        resumed checkpoint, or drawn and chosen (then written to the checkpoint)."""
+        resumed checkpoint, or drawn and chosen (then written to the checkpoint; the map's
+        choice tries no larger mixture after ``deadline``, a ``time.perf_counter()``
+        reading)."""
         plan = fit.saved_setup(lambda plain: _FitPlan.from_plain(
             plain, self._preprocessor_from_state))
         if plan is not None:
@@ -631,8 +659,13 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                              "stacking=True set validation_fraction > 0 (or leave it 'auto')")
         mapped = is_mapped(X)
         # a memory-mapped table without held-out rows needs no row order (8 bytes a row)
-        perm = (np.empty(0, dtype=np.int64) if mapped and not n_val
-                else rng.permutation(len(X)))
+        if mapped and len(X) > SAMPLE_ROWS:
+            # of a large memory-mapped table only the held-out rows are drawn (memory
+            # O(n_val)): the training rows are the others, read by position
+            perm = (rng.permutation(bounded_sample(len(X), n_val, seed)) if n_val
+                    else np.empty(0, dtype=np.int64))
+        else:
+            perm = rng.permutation(len(X))
         scores = None
         if warm is not None:
             preprocessor, scores = warm["preprocessor"], warm["preprocessing_scores"]
@@ -640,15 +673,20 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             kind = settings.preprocessing
             if kind == "choose":  # by held-out likelihood, on the first validation fold
                 first_fold = folds_of(perm, n_members, n_val)[0]
+                # the training rows seen: a random subset (perm is a random order)
                 if mapped:  # a sample of the training rows against the rows scored
                     held = held_out_rows(first_fold)
-                    rows, train_rows, val_rows = choice_rows(
-                        X, perm[~np.isin(perm, held)], held, seed)
+                    training = (training_sample(len(X), held, MAX_ROWS_FOR_MIXTURES, seed)
+                                if len(X) > SAMPLE_ROWS
+                                else perm[~np.isin(perm, held)][:MAX_ROWS_FOR_MIXTURES])
+                    rows, train_rows, val_rows = choice_rows(X, training, held, seed)
                 else:
-                    rows, train_rows, val_rows = X, perm[~np.isin(perm, first_fold)], first_fold
+                    rows, train_rows, val_rows = (
+                        X, perm[~np.isin(perm, first_fold)][:MAX_ROWS_FOR_MIXTURES], first_fold)
                 kind, scores = choose_preprocessing(
                     self._columns_to_preprocess(rows), train_rows, val_rows,
-                    random_state=seed, deadline=fit.deadline, name=self._preprocessed_name)
+                    kinds=settings.preprocessing_candidates, random_state=seed,
+                    deadline=deadline, name=self._preprocessed_name)
             preprocessor = self._new_preprocessor(kind, seed).fit(
                 preprocessing_rows(X, seed) if mapped else X)
         plan = _FitPlan(seed, perm, n_members, n_val, preprocessor, scores)

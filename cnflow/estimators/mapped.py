@@ -101,10 +101,23 @@ def choice_rows(X, train_rows: np.ndarray, val_rows: np.ndarray,
     return (gather(X, where), np.searchsorted(where, drawn), np.searchsorted(where, val_rows))
 
 
-def rows_sample(U: torch.Tensor | RowSource, seed: int) -> torch.Tensor:
-    """Preprocessed training rows as one tensor: ``U`` itself, or a seeded draw of at most
-    :func:`sample_size` rows of a row source (for a Gaussian mixture fitted to them)."""
+def rows_sample(U: torch.Tensor | RowSource, seed: int,
+                max_rows: int | None = None) -> torch.Tensor:
+    """Preprocessed training rows as one tensor (for a Gaussian mixture fitted to them): the
+    first ``max_rows`` of ``U`` (all with None; its rows are in a random order), or a seeded
+    draw of at most :func:`sample_size` (and ``max_rows``) rows of a row source."""
     if isinstance(U, torch.Tensor):
-        return U
+        return U if max_rows is None else U[:max_rows]
     width = U.batch(torch.zeros(1, dtype=torch.int64)).shape[1]
-    return U.batch(torch.from_numpy(bounded_sample(len(U), sample_size(width), seed)))
+    size = sample_size(width) if max_rows is None else min(sample_size(width), max_rows)
+    return U.batch(torch.from_numpy(bounded_sample(len(U), size, seed)))
+
+
+def training_sample(n: int, held: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``size`` rows of ``n`` drawn uniformly from those not in
+    ``held``, in memory O(size + len(held)) (for choosing the map on a memory-mapped table)."""
+    drawn = bounded_sample(n, min(n, size + len(held)), seed)
+    drawn = drawn[~np.isin(drawn, held)]
+    if len(drawn) > size:
+        drawn = np.sort(np.random.default_rng(seed).choice(drawn, size, replace=False))
+    return drawn

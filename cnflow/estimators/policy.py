@@ -12,14 +12,22 @@ The rules, in the order they are resolved:
    few to hold any out, and take the large-table rules).
 2. **Held-out rows.** In the small-table regime, ``n_members="auto"`` is 5 cross-fitted flows
    up to :data:`ENSEMBLE_MAX_ROWS` (1,000) rows (each holding out its own fifth), else one;
-   ``validation_fraction="auto"`` is 0.2. In the large regime: one flow, nothing held out.
-   A ``validation_fraction`` that is set means one member. ``settings.validation_fraction``
-   is the share each member holds out (1/5 with five members).
+   ``validation_fraction="auto"`` is 0.2. In the large regime: one flow, and
+   :class:`~cnflow.CNFDensity` holds out :data:`LARGE_HELD_OUT_ROWS` (1,000) rows (the other
+   estimators none). A ``validation_fraction`` that is set means one member.
+   ``settings.validation_fraction`` is the share each member holds out (1/5 with five
+   members). Choosing the map and fitting a stacked mixture see at most
+   :data:`MAX_ROWS_FOR_MIXTURES` training rows; in the large regime they try no larger
+   mixture once ``planning_share`` (10 %) of ``max_seconds`` has passed, choose among
+   whitening and logarithms only (marginal Gaussianisation costs about 0.5 ms a row to
+   apply), and the held-out rows are scored every 1,000 flow-matching or 100 fine-tuning
+   steps (and after the last step, as in every regime).
 3. **Network and loop,** per objective (the table's rows): hidden widths, steps, batch, lr,
    schedule, and the steps between validations when rows are held out.
 4. **Preprocessing.** ``"auto"`` is ``"choose"`` (the map best on held-out likelihood, by
-   :func:`cnflow.preprocessing.choose_preprocessing`) where rows are held out (for
-   :class:`~cnflow.CNFDensity` only in the small-table regime), else the table's fallback.
+   :func:`cnflow.preprocessing.choose_preprocessing`) where rows are held out (for the
+   estimators whose table says ``choose_only_small``, only in the small-table regime or where
+   the table holds rows out in the large one), else the table's fallback.
 5. **Stacking** (``"auto"``): wherever the map is chosen.
 6. **Fine-tuning** after flow matching: one maximum-likelihood step per 100 flow-matching
    steps, at a table fraction of the flow-matching lr, at the maximum-likelihood batch, with
@@ -45,7 +53,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["FitSettings", "POLICIES", "REGIMES", "SMALL_TABLE_MAX_ROWS", "ENSEMBLE_MAX_ROWS",
-           "MIN_ROWS_TO_HOLD_OUT", "resolve_fit_settings"]
+           "MIN_ROWS_TO_HOLD_OUT", "LARGE_HELD_OUT_ROWS", "MAX_ROWS_FOR_MIXTURES",
+           "resolve_fit_settings"]
 
 #: The regimes a tabular estimator's ``regime`` parameter names ("auto": by the row count).
 REGIMES = ("small_table", "large")
@@ -58,6 +67,15 @@ ENSEMBLE_MAX_ROWS = 1_000
 ENSEMBLE_MEMBERS = 5
 #: Below this many rows nothing is held out, whatever the regime.
 MIN_ROWS_TO_HOLD_OUT = 10
+#: The maps ``preprocessing="choose"`` chooses among (the first unless another is clearly
+#: better; :func:`cnflow.preprocessing.choose_preprocessing`).
+CANDIDATE_MAPS = ("whiten", "log", "gaussianize")
+#: In the large regime, :class:`~cnflow.CNFDensity` holds out this many rows (enough to rank
+#: maps and parameter snapshots; each validation solves the ODE for every one of them).
+LARGE_HELD_OUT_ROWS = 1_000
+#: The most training rows that choosing the map and fitting a stacked Gaussian mixture see
+#: (a seeded random subset above it: their cost grows with the rows, their gain does not).
+MAX_ROWS_FOR_MIXTURES = 8_000
 
 
 def _objective(hidden, max_iter, batch_size, lr, lr_schedule, validation_interval) -> dict:
@@ -91,6 +109,17 @@ POLICIES: dict[str, dict[str, Any]] = {
     "CNFDensity": {
         "objectives": _CNF_OBJECTIVES,
         "held_out": True,
+        "large_held_out_rows": LARGE_HELD_OUT_ROWS,
+        # marginal Gaussianisation costs about 0.5 ms a row and column to apply (a kernel
+        # distribution function of 1,000 centres): too slow for every row of a large table
+        "large_candidates": ("whiten", "log"),
+        # choosing the map and fitting the stacked mixture stop trying larger mixtures once
+        # this share of max_seconds has passed (EM on thousands of rows takes seconds a try)
+        "large_planning_share": 0.1,
+        # held-out rows scored every this many flow-matching (fine-tuning) steps, and after
+        # the last step: few scorings, since each one solves the ODE for every held-out row
+        "large_validation_interval": 1000,
+        "large_fine_tune_validation_interval": 100,
         "choose_only_small": True,
         "fallback_preprocessing": "standardize",
         "stacking": True,
@@ -167,6 +196,9 @@ class FitSettings:
             fine-tuning follows (1 without fine-tuning).
         n_samples, n_features: the data shape the settings were resolved for (n_features:
             the modelled dimensions).
+        preprocessing_candidates: the maps ``"choose"`` chooses among.
+        planning_share: with ``max_seconds``, the share of it after which choosing the map
+            and fitting Gaussian mixtures try no larger mixture (1: the whole budget).
         device: the device the fit runs on (``device="auto"``: CUDA when available, by
             :func:`cnflow.training.resolve_device`).
     """
@@ -194,6 +226,8 @@ class FitSettings:
     n_samples: int
     n_features: int
     device: str = "cpu"
+    preprocessing_candidates: tuple[str, ...] = CANDIDATE_MAPS
+    planning_share: float = 1.0
 
     @property
     def holds_out(self) -> bool:
@@ -211,6 +245,8 @@ class FitSettings:
         values = dict(values)
         if values.get("hidden") is not None:
             values["hidden"] = tuple(int(h) for h in values["hidden"])
+        if "preprocessing_candidates" in values:
+            values["preprocessing_candidates"] = tuple(values["preprocessing_candidates"])
         return cls(**values)
 
 
@@ -247,26 +283,30 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
     if _is_auto(regime):
         small = MIN_ROWS_TO_HOLD_OUT <= n_samples <= SMALL_TABLE_MAX_ROWS
         regime = "small_table" if small else "large"
-    held_out = (table["held_out"] and regime == "small_table"
-                and n_samples >= MIN_ROWS_TO_HOLD_OUT)
+    large_rows = table.get("large_held_out_rows")
+    held_out = (table["held_out"] and n_samples >= MIN_ROWS_TO_HOLD_OUT
+                and (regime == "small_table" or large_rows is not None))
 
     fraction_param = params.get("validation_fraction", "auto")
     if n_members is None:
         n_members = params.get("n_members", "auto")
         if _is_auto(n_members):
-            ensemble = (held_out and n_samples <= ENSEMBLE_MAX_ROWS
-                        and _is_auto(fraction_param))
+            ensemble = (held_out and regime == "small_table"
+                        and n_samples <= ENSEMBLE_MAX_ROWS and _is_auto(fraction_param))
             n_members = ENSEMBLE_MEMBERS if ensemble else 1
     n_members = int(n_members)
     if n_members > 1:
         fraction = 1 / n_members
     else:
-        fraction = float(_chosen(fraction_param, 0.2 if held_out else 0.0))
+        auto_fraction = (0.0 if not held_out else 0.2 if regime == "small_table"
+                         else min(0.2, large_rows / n_samples))
+        fraction = float(_chosen(fraction_param, auto_fraction))
     holds_out = fraction > 0
 
     preprocessing = params.get("preprocessing", "auto")
     if _is_auto(preprocessing):
-        choose = holds_out and (regime == "small_table" or not table["choose_only_small"])
+        choose = holds_out and (regime == "small_table" or not table["choose_only_small"]
+                                or large_rows is not None)
         preprocessing = "choose" if choose else table["fallback_preprocessing"]
     stacking = params.get("stacking", "auto")
     stacking = (table["stacking"] and preprocessing == "choose" if _is_auto(stacking)
@@ -290,7 +330,9 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
         batch_size=int(_chosen(batch_param, rows["batch_size"])),
         lr=lr,
         lr_schedule=str(_chosen(params.get("lr_schedule", "auto"), rows["lr_schedule"])),
-        validation_interval=rows["validation_interval"],
+        validation_interval=(table.get("large_validation_interval", rows["validation_interval"])
+                             if regime == "large" and objective == "flow_matching"
+                             else rows["validation_interval"]),
         n_members=n_members,
         validation_fraction=fraction,
         n_iter_no_change=(None if not holds_out
@@ -300,8 +342,14 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
         fine_tune_iter=fine_iter,
         fine_tune_lr=float(_chosen(params.get("fine_tune_lr", "auto"), lr * fine["lr_fraction"])),
         fine_tune_batch_size=int(_chosen(batch_param, fine["batch_size"])),
-        fine_tune_validation_interval=fine["validation_interval"],
+        fine_tune_validation_interval=(table.get("large_fine_tune_validation_interval",
+                                                 fine["validation_interval"])
+                                       if regime == "large" else fine["validation_interval"]),
         fine_tune_adjoint=(n_features > fine["backprop_max_features"] if _is_auto(adjoint)
                            else bool(adjoint)),
         flow_matching_share=fine["flow_matching_share"] if fine_iter else 1.0,
-        n_samples=int(n_samples), n_features=int(n_features), device=str(device))
+        n_samples=int(n_samples), n_features=int(n_features), device=str(device),
+        preprocessing_candidates=tuple(table.get("large_candidates", CANDIDATE_MAPS)
+                                       if regime == "large" else CANDIDATE_MAPS),
+        planning_share=float(table.get("large_planning_share", 1.0)
+                             if regime == "large" else 1.0))

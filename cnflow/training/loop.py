@@ -241,6 +241,21 @@ class _Validation:
         return self.best_loss
 
 
+def _validate_last_step(validation: _Validation | None, model: nn.Module,
+                        result: TrainResult, last_good: dict[str, torch.Tensor] | None) -> None:
+    """Score the parameters of the last step taken if they were not scored yet (the time
+    ran out between two validations), so that the steps since the last validation, at the
+    lowest learning rates of a schedule annealed over the time, are not thrown away."""
+    if (validation is None or not result.history or last_good is None
+            or validation.due(result.n_iter)):
+        return
+    entry = result.history[-1]
+    if entry.get("iteration") != result.n_iter:
+        return
+    if validation.update(model, result.n_iter, entry, last_good) == "fault":
+        entry.pop("val_loss", None)
+
+
 def _time_is_up(config: TrainConfig, started: float, parallel: tuple[int, int] | None,
                 device: torch.device) -> bool:
     """Whether ``config.max_seconds`` have passed since ``started`` (a time.perf_counter()
@@ -381,6 +396,7 @@ def train(model: nn.Module, X: torch.Tensor | RowSource, loss_fn: LossFn,
         for iteration in range(first_iteration, config.max_iter + 1):
             if _time_is_up(config, started, parallel, device):
                 result.stop_reason = "time_limit"
+                _validate_last_step(validation, model, result, last_good)
                 break
             batch = rows.batch(batch_share(sampler.next_indices(), parallel))
             last_good = _snapshot(model)

@@ -75,7 +75,7 @@ class TensorRows:
 
 
 class MappedRows:
-    """The rows of a numpy array (a memory map, or any array indexed by row), read a batch
+    r"""The rows of a numpy array (a memory map, or any array indexed by row), read a batch
     at a time, mapped by ``transform`` and moved to ``device`` as ``dtype``.
 
     Arguments:
@@ -86,22 +86,37 @@ class MappedRows:
         device: where the tensors go.
         rows: the rows of ``array`` this source holds, in their order (an int64 array,
             e.g. the training rows without the held-out ones); None: every row.
+        excluded: rows of ``array`` this source leaves out (e.g. the held-out ones), without
+            listing the others: position i is the i-th row not excluded,
+            :math:`r = i + \#\{j : e_j - j \le i\}` for the sorted excluded rows
+            :math:`e_j` (memory O(excluded), not O(n)). Not with ``rows``.
     """
 
     def __init__(self, array, transform: Callable[[np.ndarray], np.ndarray] | None = None,
                  *, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu", rows: np.ndarray | None = None) -> None:
+                 device: torch.device | str = "cpu", rows: np.ndarray | None = None,
+                 excluded: np.ndarray | None = None) -> None:
+        if rows is not None and excluded is not None:
+            raise ValueError("give the rows a source holds or those it leaves out, not both")
         self.array, self.transform, self.dtype = array, transform, dtype
         self.device = torch.device(device)
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.excluded = (None if excluded is None
+                         else np.unique(np.asarray(excluded, dtype=np.int64)))
+        self._gaps = (None if self.excluded is None
+                      else self.excluded - np.arange(len(self.excluded)))
 
     def __len__(self) -> int:
-        return len(self.array) if self.rows is None else len(self.rows)
+        if self.rows is not None:
+            return len(self.rows)
+        return len(self.array) - (0 if self.excluded is None else len(self.excluded))
 
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
         where = np.asarray(indices.cpu().numpy(), dtype=np.int64)
         if self.rows is not None:
             where = self.rows[where]
+        elif self._gaps is not None:
+            where = where + np.searchsorted(self._gaps, where, side="right")
         block = gather(self.array, where)
         if self.transform is not None:
             block = self.transform(block)
