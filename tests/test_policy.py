@@ -173,6 +173,12 @@ def test_large_regime_bounds_what_grows_with_the_rows():
     # maximum likelihood keeps its own interval in both regimes
     assert settings(CNFDensity, 200_000, 8,
                     objective="maximum_likelihood").validation_interval == 20
+    # a wider field above 16 dimensions on large tables (flow matching only)
+    assert settings(CNFDensity, 200_000, 17).hidden == (128,) * 5
+    assert settings(CNFDensity, 200_000, 16).hidden == (64,) * 5
+    assert settings(CNFDensity, 5_000, 64).hidden == (64,) * 5
+    assert settings(CNFDensity, 200_000, 64, objective="maximum_likelihood").hidden == (64,) * 3
+    assert settings(CNFDensity, 200_000, 64, hidden=[32]).hidden == (32,)
     # the conditional estimator holds nothing out on large tables
     cond = resolve_fit_settings("ConditionalCNFDensity", {}, 200_000, 4)
     assert (cond.validation_fraction, cond.preprocessing) == (0.0, "whiten")

@@ -47,8 +47,11 @@ class CNFDensity(CNFEstimator):
     ``fit``, by the fit policy, :mod:`cnflow.estimators.policy`: its module docstring states
     the rules and its table (``POLICIES["CNFDensity"]``) holds every number; the resolved
     values are kept as ``settings_``. The rules pick a **regime** by the row count (or by
-    ``regime``): small tables get the held-out machinery below, large ones (and fewer than
-    10 rows) are standardised per column, nothing is held out, and one flow is trained.
+    ``regime``): small tables get the held-out machinery below; large ones keep it with
+    bounds on whatever grows with the rows (1,000 held-out rows, the map chosen between
+    whitening and logarithms on a sample, mixtures within a tenth of ``max_seconds``; see
+    ``docs/guide/large-data.md``); fewer than 10 rows are standardised per column and
+    nothing is held out.
 
     **Small tables** (the small-table regime). The rows are mapped by
     :class:`cnflow.preprocessing.TabularPreprocessor` and a share is held out.
@@ -79,7 +82,8 @@ class CNFDensity(CNFEstimator):
         hidden: widths of the dynamics network's hidden layers; ``"auto"``: per objective
             (flow matching's network is deeper than FFJORD's, which maximum likelihood
             keeps). Depth rather than width: a deeper network takes fewer steps in the time
-            but composes sharper functions of (z, t).
+            but composes sharper functions of (z, t). On large tables of more than 16
+            columns flow matching's layers are twice as wide (128).
         objective: ``"flow_matching"`` or ``"maximum_likelihood"`` (see above).
         trace: "exact" or "hutchinson" divergence during maximum-likelihood training
             (scoring always uses the exact trace, so ``score_samples`` is deterministic).
@@ -96,10 +100,11 @@ class CNFDensity(CNFEstimator):
             max_seconds, if that ends first),
             ``"constant"`` keeps it; ``"auto"``: cosine with flow matching, constant with
             maximum likelihood.
-        regime: ``"small_table"`` (rows held out, the map chosen on them, the best
-            parameters kept, a Gaussian mixture stacked, members averaged on the smallest
-            tables) or ``"large"`` (standardised columns, nothing held out, one flow): the
-            defaults of the "auto" parameters below; ``"auto"``: by the row count.
+        regime: ``"small_table"`` (20 % of the rows held out, the map chosen on them, the
+            best parameters kept, a Gaussian mixture stacked, members averaged on the
+            smallest tables) or ``"large"`` (the same with 1,000 held-out rows, one flow, and
+            the bounds of :mod:`cnflow.estimators.policy`): the defaults of the "auto"
+            parameters below; ``"auto"``: by the row count.
         kinetic_energy, jacobian_norm: weights λ_K, λ_J of the RNODE regularisers
             E∫‖f‖²dt and E∫‖∂f/∂z‖²_F dt added to the maximum-likelihood loss (Finlay et al.
             2020; flow matching ignores them: its straight-path target already keeps the
@@ -128,8 +133,9 @@ class CNFDensity(CNFEstimator):
             ``"log"`` (logarithms of the positive right-skewed columns, then whitening) or
             ``"gaussianize"`` (per-column Gaussianisation, then whitening), see
             :mod:`cnflow.preprocessing`; densities are always returned in the caller's units.
-            ``"auto"``: chosen among whiten, log and gaussianize by held-out likelihood (see
-            above) on small tables, ``"standardize"`` otherwise.
+            ``"auto"``: chosen by held-out likelihood (see above) among whiten, log and
+            gaussianize on small tables, among whiten and log on large ones, and
+            ``"standardize"`` where no rows are held out.
         base: the flow's base density in the preprocessed space: ``"normal"`` (N(0, I),
             default) or ``"mixture"``, the Gaussian mixture described under ``stacking``
             (:class:`cnflow.flows.base_density.GaussianMixtureBase`; flow matching then pairs each
@@ -147,7 +153,8 @@ class CNFDensity(CNFEstimator):
         validation_fraction: rows held out to select the parameters (0: none), scored by
             exact likelihood (solves at ``fine_tune_tol``) before the first step and every
             ``settings_.validation_interval`` steps, the flow starting at the identity; the
-            best parameters are kept. ``"auto"``: a share on small tables, 0 on large ones.
+            best parameters are kept. ``"auto"``: 20 % on small tables, 1,000 rows on large
+            ones.
         n_iter_no_change: scorings without improvement before a phase stops; used only with
             a validation set; ``"auto"``: by the policy.
         max_seconds: stop training after this many seconds (None: run max_iter steps). A
