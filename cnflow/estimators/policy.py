@@ -104,28 +104,32 @@ _FINE_TUNING = {
 #: ``objectives``: per objective, the network and loop; ``held_out``: whether the estimator
 #: holds out rows by "auto" in the small-table regime; ``choose_only_small``: whether "choose"
 #: needs the small-table regime as well as held-out rows; ``fallback_preprocessing``: the map
-#: where none is chosen; ``stacking``: whether "auto" may stack; ``fine_tuning``: as above,
+#: where none is chosen; ``stacking``: whether "auto" may stack; ``large``: what the large
+#: regime changes (absent: nothing held out there); ``fine_tuning``: as above,
 #: None where the estimator does not fine-tune. A None in an objective's row: the estimator
 #: has no "auto" for that setting (its parameter is always given).
 POLICIES: dict[str, dict[str, Any]] = {
     "CNFDensity": {
         "objectives": _CNF_OBJECTIVES,
         "held_out": True,
-        "large_held_out_rows": LARGE_HELD_OUT_ROWS,
-        # marginal Gaussianisation costs about 0.5 ms a row and column to apply (a kernel
-        # distribution function of 1,000 centres): too slow for every row of a large table
-        "large_candidates": ("whiten", "log"),
-        # choosing the map and fitting the stacked mixture stop trying larger mixtures once
-        # this share of max_seconds has passed (EM on thousands of rows takes seconds a try)
-        "large_planning_share": 0.1,
-        # held-out rows scored every this many flow-matching (fine-tuning) steps, and after
-        # the last step: few scorings, since each one solves the ODE for every held-out row
-        "large_validation_interval": 1000,
-        "large_fine_tune_validation_interval": 100,
-        # flow matching's field above 16 modelled dimensions on a large table: 128 wide
-        # (warped mixture, D = 48, 100,000 rows, 120 s: +2.9 nats a row over 64 wide)
-        "large_wide_above_features": 16,
-        "large_wide_hidden": (128,) * 5,
+        # the large regime's own rules (absent: the small-table values, nothing held out)
+        "large": {
+            "held_out_rows": LARGE_HELD_OUT_ROWS,
+            # marginal Gaussianisation costs about 0.5 ms a row and column to apply (a kernel
+            # distribution function of 1,000 centres): too slow for every row of a large table
+            "candidates": ("whiten", "log"),
+            # choosing the map and fitting the stacked mixture stop trying larger mixtures once
+            # this share of max_seconds has passed (EM on thousands of rows takes seconds a try)
+            "planning_share": 0.1,
+            # held-out rows scored every this many flow-matching (fine-tuning) steps, and after
+            # the last step: few scorings, since each one solves the ODE for every held-out row
+            "validation_interval": 1000,
+            "fine_tune_validation_interval": 100,
+            # flow matching's field above 16 modelled dimensions on a large table: 128 wide
+            # (warped mixture, D = 48, 100,000 rows, 120 s: +2.9 nats a row over 64 wide)
+            "wide_above_features": 16,
+            "wide_hidden": (128,) * 5,
+        },
         "choose_only_small": True,
         "fallback_preprocessing": "standardize",
         "stacking": True,
@@ -289,7 +293,8 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
     if _is_auto(regime):
         small = MIN_ROWS_TO_HOLD_OUT <= n_samples <= SMALL_TABLE_MAX_ROWS
         regime = "small_table" if small else "large"
-    large_rows = table.get("large_held_out_rows")
+    large = table.get("large", {}) if regime == "large" else {}
+    large_rows = large.get("held_out_rows")
     held_out = (table["held_out"] and n_samples >= MIN_ROWS_TO_HOLD_OUT
                 and (regime == "small_table" or large_rows is not None))
 
@@ -328,10 +333,8 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
                                 max_iter // fine["flow_matching_steps_per_step"]))
     adjoint = params.get("fine_tune_adjoint", "auto")
     auto_hidden = rows["hidden"]
-    wide_above = table.get("large_wide_above_features")
-    if (regime == "large" and objective == "flow_matching" and wide_above is not None
-            and n_features > wide_above):
-        auto_hidden = table["large_wide_hidden"]
+    if objective == "flow_matching" and n_features > large.get("wide_above_features", n_features):
+        auto_hidden = large["wide_hidden"]
     hidden = _chosen(params.get("hidden", "auto"), auto_hidden)
     no_change = params.get("n_iter_no_change", "auto")
     return FitSettings(
@@ -341,9 +344,8 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
         batch_size=int(_chosen(batch_param, rows["batch_size"])),
         lr=lr,
         lr_schedule=str(_chosen(params.get("lr_schedule", "auto"), rows["lr_schedule"])),
-        validation_interval=(table.get("large_validation_interval", rows["validation_interval"])
-                             if regime == "large" and objective == "flow_matching"
-                             else rows["validation_interval"]),
+        validation_interval=(large.get("validation_interval", rows["validation_interval"])
+                             if objective == "flow_matching" else rows["validation_interval"]),
         n_members=n_members,
         validation_fraction=fraction,
         n_iter_no_change=(None if not holds_out
@@ -353,14 +355,11 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
         fine_tune_iter=fine_iter,
         fine_tune_lr=float(_chosen(params.get("fine_tune_lr", "auto"), lr * fine["lr_fraction"])),
         fine_tune_batch_size=int(_chosen(batch_param, fine["batch_size"])),
-        fine_tune_validation_interval=(table.get("large_fine_tune_validation_interval",
-                                                 fine["validation_interval"])
-                                       if regime == "large" else fine["validation_interval"]),
+        fine_tune_validation_interval=large.get("fine_tune_validation_interval",
+                                                fine["validation_interval"]),
         fine_tune_adjoint=(n_features > fine["backprop_max_features"] if _is_auto(adjoint)
                            else bool(adjoint)),
         flow_matching_share=fine["flow_matching_share"] if fine_iter else 1.0,
         n_samples=int(n_samples), n_features=int(n_features), device=str(device),
-        preprocessing_candidates=tuple(table.get("large_candidates", CANDIDATE_MAPS)
-                                       if regime == "large" else CANDIDATE_MAPS),
-        planning_share=float(table.get("large_planning_share", 1.0)
-                             if regime == "large" else 1.0))
+        preprocessing_candidates=tuple(large.get("candidates", CANDIDATE_MAPS)),
+        planning_share=float(large.get("planning_share", 1.0)))
