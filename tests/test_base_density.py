@@ -207,3 +207,22 @@ def test_a_spent_time_budget_stops_the_search_for_larger_mixtures():
     assert len(free) > 1
     _, spent = select_gaussian_mixture(U[:400], U[400:], deadline=time.perf_counter() - 1)
     assert list(spent) == [1]  # only the smallest, always fitted
+
+
+def test_no_larger_mixture_is_tried_that_would_end_after_the_deadline(monkeypatch):
+    """The next mixture's time is predicted as the last one's times the ratio of their
+    components: on a clock that advances 0.5 s a reading, k = 1 takes 0.5 s, so k = 2, read
+    to start at 1.0 s, is predicted to end at 2.0 s."""
+    import types
+
+    from cnflow.flows import base_density
+
+    readings = iter(np.arange(0.0, 100.0, 0.5))
+    monkeypatch.setattr(base_density, "time",
+                        types.SimpleNamespace(perf_counter=lambda: float(next(readings))))
+    U = _three_clusters(600, np.random.RandomState(0))
+    _, tight = base_density.select_gaussian_mixture(U[:400], U[400:], deadline=1.5)
+    assert list(tight) == [1]  # it would have started before the deadline
+    readings = iter(np.arange(0.0, 100.0, 0.5))
+    _, loose = base_density.select_gaussian_mixture(U[:400], U[400:], deadline=2.5)
+    assert list(loose)[:2] == [1, 2]

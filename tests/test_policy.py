@@ -179,6 +179,18 @@ def test_large_regime_bounds_what_grows_with_the_rows():
     assert settings(CNFDensity, 5_000, 64).hidden == (64,) * 5
     assert settings(CNFDensity, 200_000, 64, objective="maximum_likelihood").hidden == (64,) * 3
     assert settings(CNFDensity, 200_000, 64, hidden=[32]).hidden == (32,)
+    # scorings at least 70 flow-matching steps a modelled dimension apart (each one costs
+    # about 7·D steps), fine-tuning's unchanged
+    wide = settings(CNFDensity, 200_000, 48)
+    assert (wide.validation_interval, wide.fine_tune_validation_interval) == (70 * 48, 100)
+    assert settings(CNFDensity, 200_000, 14).validation_interval == 1000
+    assert settings(CNFDensity, 5_000, 48).validation_interval == 100
+    # no maximum-likelihood fine-tuning above 16 modelled dimensions on large tables (unless
+    # asked for): flow matching has the whole budget
+    assert (wide.fine_tune_iter, wide.flow_matching_share) == (0, 1.0)
+    assert settings(CNFDensity, 200_000, 16).fine_tune_iter == 200
+    assert settings(CNFDensity, 5_000, 48).fine_tune_iter == 200
+    assert settings(CNFDensity, 200_000, 48, fine_tune_iter=30).fine_tune_iter == 30
     # the conditional estimator holds nothing out on large tables
     cond = resolve_fit_settings("ConditionalCNFDensity", {}, 200_000, 4)
     assert (cond.validation_fraction, cond.preprocessing) == (0.0, "whiten")

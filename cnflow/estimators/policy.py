@@ -20,8 +20,9 @@ The rules, in the order they are resolved:
    :data:`MAX_ROWS_FOR_MIXTURES` training rows; in the large regime they try no larger
    mixture once ``planning_share`` (10 %) of ``max_seconds`` has passed, choose among
    whitening and logarithms only (marginal Gaussianisation costs about 0.5 ms a row to
-   apply), and the held-out rows are scored every 1,000 flow-matching or 100 fine-tuning
-   steps (and after the last step, as in every regime).
+   apply), and the held-out rows are scored every 1,000 flow-matching steps, or 70 per
+   modelled dimension if more (a scoring costs about 7·D steps), or 100 fine-tuning steps
+   (and after the last step, as in every regime).
 3. **Network and loop,** per objective (the table's rows): hidden widths, steps, batch, lr,
    schedule, and the steps between validations when rows are held out. In the large regime
    :class:`~cnflow.CNFDensity`'s flow-matching field is 128 wide above 16 modelled
@@ -34,7 +35,8 @@ The rules, in the order they are resolved:
 6. **Fine-tuning** after flow matching: one maximum-likelihood step per 100 flow-matching
    steps, at a table fraction of the flow-matching lr, at the maximum-likelihood batch, with
    gradients by backpropagation up to 8 modelled dimensions (the adjoint method above); it
-   gets the last quarter of a ``max_seconds`` budget.
+   gets the last quarter of a ``max_seconds`` budget. In the large regime, above 16 modelled
+   dimensions, none (its steps cost seconds each there).
 7. **Early stopping:** 10 validations without improvement, where rows are held out.
 
 Example:
@@ -125,6 +127,15 @@ POLICIES: dict[str, dict[str, Any]] = {
             # the last step: few scorings, since each one solves the ODE for every held-out row
             "validation_interval": 1000,
             "fine_tune_validation_interval": 100,
+            # ... and at least this many flow-matching steps a modelled dimension apart: one
+            # scoring costs about as much as 7·D steps at batch 2,048 (the exact trace is D
+            # vector-Jacobian products; 6 s, or 330 steps, at D = 48), so that validating
+            # takes at most about a tenth of the steps' time whatever D
+            "validation_steps_per_feature": 70,
+            # maximum-likelihood fine-tuning up to this many modelled dimensions only: above,
+            # a step solves for the exact trace at seconds a step (6 s at D = 48), and the few
+            # steps of its quarter of the budget lowered no held-out loss
+            "fine_tune_max_features": 16,
             # flow matching's field above 16 modelled dimensions on a large table: 128 wide
             # (warped mixture, D = 48, 100,000 rows, 120 s: +2.9 nats a row over 64 wide)
             "wide_above_features": 16,
@@ -329,8 +340,9 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
     fine = table["fine_tuning"] or {**_FINE_TUNING, "lr_fraction": 0.0}
     fine_iter = 0
     if objective == "flow_matching" and table["fine_tuning"] is not None:
+        fine_tunes = n_features <= large.get("fine_tune_max_features", n_features)
         fine_iter = int(_chosen(params.get("fine_tune_iter", "auto"),
-                                max_iter // fine["flow_matching_steps_per_step"]))
+                                max_iter // fine["flow_matching_steps_per_step"] * fine_tunes))
     adjoint = params.get("fine_tune_adjoint", "auto")
     auto_hidden = rows["hidden"]
     if objective == "flow_matching" and n_features > large.get("wide_above_features", n_features):
@@ -344,7 +356,8 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
         batch_size=int(_chosen(batch_param, rows["batch_size"])),
         lr=lr,
         lr_schedule=str(_chosen(params.get("lr_schedule", "auto"), rows["lr_schedule"])),
-        validation_interval=(large.get("validation_interval", rows["validation_interval"])
+        validation_interval=(max(large.get("validation_interval", rows["validation_interval"]),
+                                 large.get("validation_steps_per_feature", 0) * n_features)
                              if objective == "flow_matching" else rows["validation_interval"]),
         n_members=n_members,
         validation_fraction=fraction,

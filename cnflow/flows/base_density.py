@@ -142,8 +142,9 @@ def select_gaussian_mixture(U_train: np.ndarray, U_val: np.ndarray | None = None
     log-likelihood of ``U_val``, or without held-out rows minus the BIC per row.
     ``reg_covar`` is added to each covariance's diagonal (the data are expected
     standardised or whitened). With ``deadline`` (a ``time.perf_counter()`` value), no larger
-    mixture is tried once it has passed (the smallest always is), so a fit's time budget also
-    bounds the search.
+    mixture is tried that would end after it, predicting its time as the last one's scaled by
+    the ratio of their numbers of components (EM's cost per iteration is linear in it; the
+    smallest is always tried), so a fit's time budget also bounds the search.
 
     Returns:
         ``(mixture, scores)``: the best fitted ``GaussianMixture`` and each tried candidate's
@@ -154,16 +155,20 @@ def select_gaussian_mixture(U_train: np.ndarray, U_val: np.ndarray | None = None
     U_train = np.asarray(U_train, dtype=np.float64)
     held_out = U_val is not None and len(U_val) > 0
     best, best_score, scores = None, -np.inf, {}
+    last_seconds, last_k = 0.0, 1
     for k in sorted(components):
         if k > max(len(U_train) // 2, 1):
             break
-        if best is not None and deadline is not None and time.perf_counter() >= deadline:
-            break
+        if best is not None and deadline is not None and (
+                time.perf_counter() + last_seconds * k / last_k > deadline):
+            break  # EM's cost grows about in proportion to k: this one would end too late
+        started = time.perf_counter()
         try:
             mixture = GaussianMixture(k, covariance_type="full", reg_covar=reg_covar,
                                       n_init=n_init, random_state=random_state).fit(U_train)
         except ValueError:  # too few distinct rows for k components
             break
+        last_seconds, last_k = time.perf_counter() - started, k
         if held_out:
             score = float(mixture.score(np.asarray(U_val, dtype=np.float64)))
         else:

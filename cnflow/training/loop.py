@@ -176,6 +176,8 @@ class _Validation:
         best_state: the parameters with the best validation loss so far (None: none yet).
         best_loss: that loss (inf until a finite one is seen).
         evals_no_change: evaluations in a row that did not improve on it by ``config.tol``.
+        seconds: how long the last evaluation took (0 before the first): the time a time
+            budget keeps back for the evaluation after the last step.
     """
 
     def __init__(self, X_val: torch.Tensor, loss_fn: LossFn, batch_size: int,
@@ -184,6 +186,15 @@ class _Validation:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_loss = math.inf
         self.evals_no_change = 0
+        self.seconds = 0.0
+
+    def _loss(self, model: nn.Module) -> float:
+        """The held-out loss of ``model`` (its time kept as :attr:`seconds`)."""
+        start = time.perf_counter()
+        try:
+            return _evaluate(model, self.X_val, self.loss_fn, self.batch_size)
+        finally:
+            self.seconds = time.perf_counter() - start
 
     def due(self, iteration: int) -> bool:
         """Whether to evaluate after ``iteration``: every ``validation_interval`` iterations
@@ -195,7 +206,7 @@ class _Validation:
         """Score the starting parameters and keep them if the loss is finite (a failed solve
         or a non-finite loss is not an error here)."""
         try:
-            loss = _evaluate(model, self.X_val, self.loss_fn, self.batch_size)
+            loss = self._loss(model)
         except ODESolveError:
             loss = math.nan
         if math.isfinite(loss):
@@ -212,7 +223,7 @@ class _Validation:
         evaluations in a row without such an improvement.
         """
         try:
-            loss = _evaluate(model, self.X_val, self.loss_fn, self.batch_size)
+            loss = self._loss(model)
         except ODESolveError as err:
             loss, why = math.nan, f"the validation solve failed: {err}"
         else:
@@ -257,11 +268,12 @@ def _validate_last_step(validation: _Validation | None, model: nn.Module,
 
 
 def _time_is_up(config: TrainConfig, started: float, parallel: tuple[int, int] | None,
-                device: torch.device) -> bool:
-    """Whether ``config.max_seconds`` have passed since ``started`` (a time.perf_counter()
-    reading); across processes, whether they have for any of them."""
+                device: torch.device, reserve: float = 0.0) -> bool:
+    """Whether ``config.max_seconds`` less ``reserve`` (the time kept back for scoring the
+    last step's parameters) have passed since ``started`` (a time.perf_counter() reading);
+    across processes, whether they have for any of them."""
     return config.max_seconds is not None and out_of_time(
-        time.perf_counter() - started >= config.max_seconds, parallel, device)
+        time.perf_counter() - started + reserve >= config.max_seconds, parallel, device)
 
 
 def _history_entry(iteration: int, loss_value: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -394,7 +406,9 @@ def train(model: nn.Module, X: torch.Tensor | RowSource, loss_fn: LossFn,
         elif validation is not None and config.validate_at_start:
             validation.start(model)
         for iteration in range(first_iteration, config.max_iter + 1):
-            if _time_is_up(config, started, parallel, device):
+            # the budget keeps back the time of one validation, for the last step's
+            reserve = 0.0 if validation is None else validation.seconds
+            if _time_is_up(config, started, parallel, device, reserve):
                 result.stop_reason = "time_limit"
                 _validate_last_step(validation, model, result, last_good)
                 break

@@ -38,7 +38,8 @@ class TrainConfig:
             parameters are kept when no step improves on them.
         max_seconds: stop once training has run this long (wall clock, checked before each
             step; stop_reason "time_limit"; across processes, all stop once any one's time is
-            up); None: no limit.
+            up); with held-out rows, the time of the last validation is kept back for scoring
+            the last step's parameters, so that the phase ends about on time; None: no limit.
         verbose: show a tqdm progress bar.
     """
 
