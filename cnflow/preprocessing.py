@@ -48,6 +48,7 @@ Example:
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 from scipy import special
@@ -525,8 +526,12 @@ def choose_preprocessing(X: np.ndarray, train_rows: np.ndarray, val_rows: np.nda
     mixture, fitted in seconds, is a cheap stand-in for the flow that follows, and the margin
     keeps the simpler map where the two are close.
 
-    ``deadline`` (a ``time.perf_counter()`` value) stops each kind's search for larger mixtures
-    once passed (see :func:`cnflow.flows.base_density.select_gaussian_mixture`).
+    The numbers of components are tried in increasing order, every kind at each before any at
+    the next; a kind's search ends at the first number that scores below its best so far.
+    ``deadline`` (a ``time.perf_counter()`` value) ends every kind's search together: no
+    larger round is started that, at the last round's time scaled by the ratio of the
+    numbers of components, would end after it (the smallest is always tried), so the kinds
+    are compared at the same sizes of mixture.
 
     ``X`` is checked first, all rows together (:func:`check_spread`; ``name``: what to call
     it in errors), then each map is fitted on the training rows.
@@ -541,16 +546,41 @@ def choose_preprocessing(X: np.ndarray, train_rows: np.ndarray, val_rows: np.nda
 
     X = np.asarray(X, dtype=np.float64)
     check_spread(X, name)
-    per_row: dict[str, np.ndarray] = {}
+    mapped = {}
     for kind in kinds:
         pre = TabularPreprocessor(kind, random_state=random_state).fit(
             X[train_rows], name=f"the training rows of {name}")
-        W_train, _ = pre.transform(X[train_rows])
         W_val, logdet = pre.transform(X[val_rows])
-        mixture, _ = select_gaussian_mixture(W_train, W_val, components,
-                                             random_state=random_state, deadline=deadline)
-        best = mixture.score_samples(W_val) + logdet
-        per_row[kind] = best
+        mapped[kind] = pre.transform(X[train_rows])[0], W_val, logdet
+    # the mixtures grow in step across the kinds (every kind is tried at each number of
+    # components before any at the next), so a deadline ends every kind's search at the
+    # same size: a kind searched first would otherwise have the time to a larger mixture
+    per_row: dict[str, np.ndarray] = {}
+    best_score = dict.fromkeys(kinds, -np.inf)
+    searching = list(kinds)
+    last_seconds, last_k = 0.0, 1
+    for k in sorted(components):
+        if not searching or (per_row and deadline is not None and (
+                time.perf_counter() + last_seconds * k / last_k > deadline)):
+            break
+        started = time.perf_counter()
+        for kind in list(searching):
+            W_train, W_val, logdet = mapped[kind]
+            try:
+                mixture, scores = select_gaussian_mixture(W_train, W_val, (k,),
+                                                          random_state=random_state)
+            except ValueError:  # too few distinct rows for k components
+                searching.remove(kind)
+                continue
+            if scores[k] < best_score[kind]:  # larger mixtures fit this kind worse
+                searching.remove(kind)
+                continue
+            best_score[kind] = scores[k]
+            per_row[kind] = mixture.score_samples(W_val) + logdet
+        last_seconds, last_k = time.perf_counter() - started, k
+    if not per_row:
+        raise ValueError(f"no Gaussian mixture could be fitted to the training rows of {name}")
+    kinds = tuple(kind for kind in kinds if kind in per_row)
     chosen = kinds[0]
     for kind in kinds[1:]:
         gain = per_row[kind] - per_row[chosen]

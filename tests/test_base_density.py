@@ -226,3 +226,32 @@ def test_no_larger_mixture_is_tried_that_would_end_after_the_deadline(monkeypatc
     readings = iter(np.arange(0.0, 100.0, 0.5))
     _, loose = base_density.select_gaussian_mixture(U[:400], U[400:], deadline=2.5)
     assert list(loose)[:2] == [1, 2]
+
+
+@pytest.mark.parametrize("deadline, sizes", [(3.5, [1, 1]), (5.5, [1, 1, 2, 2])])
+def test_the_maps_mixtures_grow_in_step_until_the_deadline(monkeypatch, deadline, sizes):
+    """choose_preprocessing tries every map at each number of components before any at the
+    next, and a deadline ends every map's search at the same size. On a clock that advances
+    1 s a reading, a round takes 1 s and the next one is predicted to take it times the
+    ratio of the numbers of components."""
+    import types
+
+    from cnflow import preprocessing
+    from cnflow.flows import base_density
+
+    readings = iter(range(100))
+    monkeypatch.setattr(preprocessing, "time",
+                        types.SimpleNamespace(perf_counter=lambda: float(next(readings))))
+    tried = []
+    select = base_density.select_gaussian_mixture
+
+    def recording(U_train, U_val, components, **kwargs):
+        tried.extend(components)
+        return select(U_train, U_val, components, **kwargs)
+
+    monkeypatch.setattr(base_density, "select_gaussian_mixture", recording)
+    U = _three_clusters(600, np.random.RandomState(0))
+    kind, scores = preprocessing.choose_preprocessing(
+        U, np.arange(400), np.arange(400, 600), kinds=("whiten", "standardize"),
+        deadline=deadline)
+    assert tried == sizes and set(scores) == {"whiten", "standardize"}

@@ -171,10 +171,12 @@ def test_time_limit_scores_the_steps_since_the_last_validation():
     assert result.best_val_loss < nll(Gaussian(2), X[1000:]).item() - 1
 
 
-def test_a_time_budget_keeps_back_the_last_validation(monkeypatch):
+@pytest.mark.parametrize("scorings_after, steps", [(0, 8), (1, 4)])
+def test_a_time_budget_keeps_back_the_last_validation(monkeypatch, scorings_after, steps):
     """On a clock that only the losses advance (a step 1/8 s, a validation 1/2 s), a 2-s
     budget with a validation at the start takes 8 steps, 1.5 s in, and its last validation
-    ends at 2 s (taking steps until 2 s and then validating would end at 2.5 s)."""
+    ends at 2 s (taking steps until 2 s and then validating would end at 2.5 s); with one
+    more scoring to follow the phase, 4 steps, so that it too ends at 2 s."""
     import types
 
     from cnflow.training import loop
@@ -191,10 +193,11 @@ def test_a_time_budget_keeps_back_the_last_validation(monkeypatch):
     X = data(1100)
     result = train(Gaussian(2), X[:1000], ticking(0.125),
                    TrainConfig(max_iter=1000, batch_size=100, lr=0.05, max_seconds=2.0,
-                               validation_interval=1000, validate_at_start=True),
+                               validation_interval=1000, validate_at_start=True,
+                               scorings_after=scorings_after),
                    X_val=X[1000:], val_loss_fn=ticking(0.5))
-    assert (result.stop_reason, result.n_iter) == ("time_limit", 8)
-    assert "val_loss" in result.history[-1] and clock[0] == 2.0
+    assert (result.stop_reason, result.n_iter) == ("time_limit", steps)
+    assert "val_loss" in result.history[-1] and clock[0] == 2.0 - 0.5 * scorings_after
 
 
 def test_cosine_schedule_by_iterations_and_by_time():

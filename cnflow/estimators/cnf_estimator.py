@@ -106,19 +106,21 @@ class CNFEstimator(FlowDensityEstimator):
         the end of flow matching is recorded in the checkpoint (the parameters and random
         states), so that a resumed fit goes straight on to fine-tuning. A phase that stops on
         a fault or an interruption ends the fit's training there."""
+        settings = self.settings_
+        n_fine = settings.fine_tune_iter
         if U_val is not None:
             if fresh:
                 _zero_last_layer(flow)
-            config = dataclasses.replace(config, validate_at_start=True)
-        settings = self.settings_
-        n_fine = settings.fine_tune_iter
+            # stacking scores the held-out rows once more after the last phase
+            config = dataclasses.replace(config, validate_at_start=True,
+                                         scorings_after=int(settings.stacking and not n_fine))
         phases = [Stage(self.objective, share=settings.flow_matching_share,
                         tags={"objective": self.objective})]
         if n_fine:
             phases.append(Stage("fine_tune", tags={"objective": "maximum_likelihood"}))
         fine_config = dataclasses.replace(
             config, max_iter=n_fine, lr=settings.fine_tune_lr, lr_schedule="cosine",
-            batch_size=settings.fine_tune_batch_size,
+            batch_size=settings.fine_tune_batch_size, scorings_after=int(settings.stacking),
             validation_interval=settings.fine_tune_validation_interval)
 
         def train_phase(run: StageRun) -> TrainResult:

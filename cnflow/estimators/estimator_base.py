@@ -559,13 +559,23 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             return (U[torch.as_tensor(rest, device=U.device)],
                     U[torch.as_tensor(folds[k], device=U.device)])
 
+        def mixture_deadline() -> float | None:
+            """When a member's mixture tries no larger mixture: with a planning share, that
+            share of the budget (split between the members) from now, as the map's choice
+            had (else when the map's choice had to end)."""
+            if planning is None or settings.planning_share >= 1:
+                return planning
+            share = settings.planning_share * float(self.max_seconds) / n_members
+            return min(fit.deadline, time.perf_counter() + share)
+
         def prepare(run: StageRun) -> dict | None:
             """Member k's Gaussian mixture (a warm start's, or fitted), as a record."""
             k = run.index
             if warm is not None and warm["parts"][k][1] is not None:
                 return _mixture_record(warm["parts"][k][1])
             U_train, U_val = rows_of(k)
-            return _mixture_record(self._fit_mixture(U_train, U_val, seed + k, planning))
+            return _mixture_record(self._fit_mixture(U_train, U_val, seed + k,
+                                                     mixture_deadline()))
 
         def train_member(run: StageRun) -> TrainResult:
             k = run.index

@@ -17,8 +17,9 @@ The rules, in the order they are resolved:
    estimators none). A ``validation_fraction`` that is set means one member.
    ``settings.validation_fraction`` is the share each member holds out (1/5 with five
    members). Choosing the map and fitting a stacked mixture see at most
-   :data:`MAX_ROWS_FOR_MIXTURES` training rows; in the large regime they try no larger
-   mixture once ``planning_share`` (10 %) of ``max_seconds`` has passed, choose among
+   :data:`MAX_ROWS_FOR_MIXTURES` training rows; in the large regime each of the two starts
+   no larger mixture that would end after ``planning_share`` (10 %) of ``max_seconds``
+   from its start (the maps' mixtures grow in step), choose among
    whitening and logarithms only (marginal Gaussianisation costs about 0.5 ms a row to
    apply), and the held-out rows are scored every 1,000 flow-matching steps, or 70 per
    modelled dimension if more (a scoring costs about 7·D steps), or 100 fine-tuning steps

@@ -406,8 +406,10 @@ def train(model: nn.Module, X: torch.Tensor | RowSource, loss_fn: LossFn,
         elif validation is not None and config.validate_at_start:
             validation.start(model)
         for iteration in range(first_iteration, config.max_iter + 1):
-            # the budget keeps back the time of one validation, for the last step's
-            reserve = 0.0 if validation is None else validation.seconds
+            # the budget keeps back the time of one validation, for the last step's, and of
+            # the scorings that follow the phase
+            reserve = (0.0 if validation is None
+                       else validation.seconds * (1 + config.scorings_after))
             if _time_is_up(config, started, parallel, device, reserve):
                 result.stop_reason = "time_limit"
                 _validate_last_step(validation, model, result, last_good)

@@ -39,7 +39,10 @@ class TrainConfig:
         max_seconds: stop once training has run this long (wall clock, checked before each
             step; stop_reason "time_limit"; across processes, all stop once any one's time is
             up); with held-out rows, the time of the last validation is kept back for scoring
-            the last step's parameters, so that the phase ends about on time; None: no limit.
+            the last step's parameters (and for ``scorings_after`` more), so that the phase
+            ends about on time; None: no limit.
+        scorings_after: scorings of the held-out rows that follow the phase (e.g. a stacking
+            weight's), whose time ``max_seconds`` keeps back too.
         verbose: show a tqdm progress bar.
     """
 
@@ -53,6 +56,7 @@ class TrainConfig:
     validation_interval: int = 20
     validate_at_start: bool = False
     max_seconds: float | None = None
+    scorings_after: int = 0
     verbose: bool = False
 
 
