@@ -542,7 +542,7 @@ def choose_preprocessing(X: np.ndarray, train_rows: np.ndarray, val_rows: np.nda
     Raises:
         ValueError: if X, or its training rows, have no density in every direction.
     """
-    from .flows.base_density import select_gaussian_mixture
+    from .flows.base_density import ends_after_deadline, select_gaussian_mixture
 
     X = np.asarray(X, dtype=np.float64)
     check_spread(X, name)
@@ -560,8 +560,8 @@ def choose_preprocessing(X: np.ndarray, train_rows: np.ndarray, val_rows: np.nda
     searching = list(kinds)
     last_seconds, last_k = 0.0, 1
     for k in sorted(components):
-        if not searching or (per_row and deadline is not None and (
-                time.perf_counter() + last_seconds * k / last_k > deadline)):
+        if not searching or (per_row and ends_after_deadline(deadline, time.perf_counter,
+                                                             last_seconds, last_k, k)):
             break
         started = time.perf_counter()
         for kind in list(searching):

@@ -342,8 +342,8 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
     fine_iter = 0
     if objective == "flow_matching" and table["fine_tuning"] is not None:
         fine_tunes = n_features <= large.get("fine_tune_max_features", n_features)
-        fine_iter = int(_chosen(params.get("fine_tune_iter", "auto"),
-                                max_iter // fine["flow_matching_steps_per_step"] * fine_tunes))
+        auto_fine_iter = max_iter // fine["flow_matching_steps_per_step"] if fine_tunes else 0
+        fine_iter = int(_chosen(params.get("fine_tune_iter", "auto"), auto_fine_iter))
     adjoint = params.get("fine_tune_adjoint", "auto")
     auto_hidden = rows["hidden"]
     if objective == "flow_matching" and n_features > large.get("wide_above_features", n_features):

@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GaussianMixtureBase", "fit_gaussian_mixture_base", "select_gaussian_mixture"]
+__all__ = ["GaussianMixtureBase", "ends_after_deadline", "fit_gaussian_mixture_base",
+           "select_gaussian_mixture"]
 
 
 class GaussianMixtureBase(nn.Module):
@@ -128,6 +130,15 @@ class GaussianMixtureBase(nn.Module):
         return self._draw(components, generator)
 
 
+def ends_after_deadline(deadline: float | None, clock: Callable[[], float],
+                        last_seconds: float, last_k: int, k: int) -> bool:
+    """Whether fitting mixtures of k components, started now (``clock()``), would end after
+    ``deadline``, predicting their time as the last fit's (``last_seconds``, of ``last_k``
+    components) times k / last_k: EM's cost per iteration is linear in the components.
+    Without a deadline, never."""
+    return deadline is not None and clock() + last_seconds * k / last_k > deadline
+
+
 def select_gaussian_mixture(U_train: np.ndarray, U_val: np.ndarray | None = None,
                             components: tuple[int, ...] = (1, 2, 4, 8, 16),
                             reg_covar: float = 1e-3, n_init: int = 3, random_state: int = 0,
@@ -159,9 +170,9 @@ def select_gaussian_mixture(U_train: np.ndarray, U_val: np.ndarray | None = None
     for k in sorted(components):
         if k > max(len(U_train) // 2, 1):
             break
-        if best is not None and deadline is not None and (
-                time.perf_counter() + last_seconds * k / last_k > deadline):
-            break  # EM's cost grows about in proportion to k: this one would end too late
+        if best is not None and ends_after_deadline(deadline, time.perf_counter,
+                                                    last_seconds, last_k, k):
+            break
         started = time.perf_counter()
         try:
             mixture = GaussianMixture(k, covariance_type="full", reg_covar=reg_covar,
