@@ -13,6 +13,7 @@ from torch import nn
 from .. import divergence
 from ..flows.cnf import CNF
 from ..flows.mixture import FlowMixture
+from ..flows.pairing import PAIRINGS
 from ..nn import ConcatSquashMLP
 from ..ode import TABLEAUX
 from ..ode.inputs import check_tolerances
@@ -62,6 +63,7 @@ class CNFEstimator(FlowDensityEstimator):
         "kinetic_energy": [Real(0, None, closed="left")],
         "jacobian_norm": [Real(0, None, closed="left")],
         "time_exponent": [Real(0, None)],
+        "pairing": [Options("auto", *PAIRINGS)],
         "fine_tune_iter": [Integer(0), "auto"],
         "fine_tune_lr": [Real(0, None), "auto"],
         "fine_tune_tol": [Real(0, None)],
@@ -152,7 +154,8 @@ class CNFEstimator(FlowDensityEstimator):
         """The flow-matching loss, or the mean NLL plus the RNODE penalties
         λ_K·E∫‖f‖²dt + λ_J·E∫‖∂f/∂z‖²_F dt."""
         if self.objective == "flow_matching":
-            return flow.flow_matching_loss(u, time_exponent=float(self.time_exponent))
+            return flow.flow_matching_loss(u, time_exponent=float(self.time_exponent),
+                                           pairing=self.settings_.pairing)
         if not (self.kinetic_energy or self.jacobian_norm):
             return -flow.log_prob(u).mean()
         logp, reg = flow.log_prob(u, return_regularisers=True)

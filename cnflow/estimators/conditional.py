@@ -179,6 +179,9 @@ class ConditionalCNFDensity(CNFEstimator):
         net: None (the built-in network), or the velocity field f(t, z, context), as a
             registered name, a factory or a module (see above).
         batch_size, fine_tune_lr: as :class:`CNFDensity`, with the ``"auto"`` values above.
+        pairing: as :class:`CNFDensity`; with ``"ot"`` a base draw moves only between rows
+            of equal context (the base is N(0, I) given each context), so it pairs only
+            where contexts repeat (e.g. class labels).
         The others: as :class:`CNFDensity`.
 
     Attributes:
@@ -213,7 +216,7 @@ class ConditionalCNFDensity(CNFEstimator):
     def __init__(self, hidden="auto", objective="flow_matching", trace="exact",
                  method="dopri5", rtol=1e-5, atol=1e-5, adjoint=True, max_iter="auto",
                  batch_size="auto", lr="auto", lr_schedule="auto", weight_decay=0.0,
-                 kinetic_energy=0.01, jacobian_norm=0.01, time_exponent=1.5,
+                 kinetic_energy=0.01, jacobian_norm=0.01, time_exponent=1.5, pairing="auto",
                  fine_tune_iter="auto", fine_tune_lr="auto", fine_tune_tol=1e-3,
                  fine_tune_adjoint="auto", preprocessing="auto", conditioning="gates",
                  embedding=None, net=None, n_members="auto", validation_fraction="auto",
@@ -237,6 +240,7 @@ class ConditionalCNFDensity(CNFEstimator):
         self.kinetic_energy = kinetic_energy
         self.jacobian_norm = jacobian_norm
         self.time_exponent = time_exponent
+        self.pairing = pairing
         self.fine_tune_iter = fine_tune_iter
         self.fine_tune_lr = fine_tune_lr
         self.fine_tune_tol = fine_tune_tol

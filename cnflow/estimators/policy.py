@@ -102,6 +102,8 @@ _FINE_TUNING = {
     "backprop_max_features": 8,            # fine_tune_adjoint="auto": backprop up to this D
     "flow_matching_share": 0.75,           # of max_seconds; fine-tuning has the rest
 }
+#: pairing="auto": how flow matching pairs rows with base draws (cnflow.flows.pairing)
+_PAIRING = "independent"
 
 #: One table per estimator: the values behind each "auto" (see the module docstring).
 #: ``objectives``: per objective, the network and loop; ``held_out``: whether the estimator
@@ -223,6 +225,8 @@ class FitSettings:
             and fitting Gaussian mixtures try no larger mixture (1: the whole budget).
         device: the device the fit runs on (``device="auto"``: CUDA when available, by
             :func:`cnflow.training.resolve_device`).
+        pairing: how flow matching pairs rows with base draws (``"independent"`` or
+            ``"ot"``, :mod:`cnflow.flows.pairing`).
     """
 
     estimator: str
@@ -250,6 +254,7 @@ class FitSettings:
     device: str = "cpu"
     preprocessing_candidates: tuple[str, ...] = CANDIDATE_MAPS
     planning_share: float = 1.0
+    pairing: str = "independent"
 
     @property
     def holds_out(self) -> bool:
@@ -376,4 +381,5 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
         flow_matching_share=fine["flow_matching_share"] if fine_iter else 1.0,
         n_samples=int(n_samples), n_features=int(n_features), device=str(device),
         preprocessing_candidates=tuple(large.get("candidates", CANDIDATE_MAPS)),
-        planning_share=float(large.get("planning_share", 1.0)))
+        planning_share=float(large.get("planning_share", 1.0)),
+        pairing=str(_chosen(params.get("pairing", "auto"), table.get("pairing", _PAIRING))))

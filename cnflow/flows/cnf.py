@@ -62,6 +62,7 @@ from ..ode.inputs import check_end_time
 from ..ode.options import SolvesODEs, deprecated_solver, options_from
 from ..ode.solve import DEFAULT_MAX_NUM_STEPS
 from .flow import Flow
+from .pairing import PAIRINGS, paired
 
 __all__ = ["CNF", "CNFRegularisers"]
 
@@ -541,7 +542,8 @@ class CNF(SolvesODEs, NFECounts, Flow):
 
     def flow_matching_loss(self, x: Tensor, context: Tensor | None = None, *,
                            generator: torch.Generator | None = None,
-                           time_exponent: float = 1.0) -> Tensor:
+                           time_exponent: float = 1.0,
+                           pairing: str = "independent") -> Tensor:
         r"""The conditional flow-matching loss of a minibatch: training without any ODE solve.
 
         Each row x is paired with a base draw :math:`z \sim \mathcal{N}(0, I)` (with a
@@ -577,6 +579,10 @@ class CNF(SolvesODEs, NFECounts, Flow):
                 has ``context_features``.
             generator: the source of z and t (default: torch's global generator).
             time_exponent: γ > 0, the exponent of the time draws (see above).
+            pairing: how the base draws are paired with the rows: ``"independent"`` (as
+                drawn) or ``"ot"``, re-assigned by minibatch optimal transport, which
+                straightens the learned paths (:mod:`cnflow.flows.pairing`; with a context,
+                within equal contexts only).
 
         Returns:
             The mean squared velocity error, a 0-d tensor (differentiable in the network's
@@ -595,6 +601,8 @@ class CNF(SolvesODEs, NFECounts, Flow):
             high-resolution image synthesis".
         """
         check_positive_real(time_exponent, "time_exponent")
+        if pairing not in PAIRINGS:
+            raise ValueError(f"unknown pairing {pairing!r}; valid: {', '.join(PAIRINGS)}")
         x = self._check_data(x, "x")
         context = self._given(context, x.shape[0])
         n = x.shape[0]
@@ -603,6 +611,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         else:
             z = self.base.draw_coupled(x, generator=generator)
+        z = paired(x, z, pairing, context)
         s = torch.rand((n, 1), generator=generator, dtype=x.dtype, device=x.device)
         if time_exponent != 1:
             s = s.pow(time_exponent)
