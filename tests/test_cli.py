@@ -129,6 +129,20 @@ def test_train_sample_score_round_trip(trained, tmp_path, capsys, suffix):
     assert f"mean log-likelihood {expected.mean():.6f} over 40 rows" in out
 
 
+def test_sample_with_fixed_steps(trained, tmp_path, capsys):
+    """--steps K: the estimator's sample(steps=K), the same rows with their log-densities."""
+    out_file = tmp_path / "few.csv"
+    code, out, err = run(capsys, "sample", trained, "--n", "25", "--seed", "2", "--steps", "3",
+                         "--log-prob", "--out", out_file)
+    assert code == 0, err
+    rows = read(out_file)
+    est = CNFDensity.load(trained)
+    expected, log_p = est.sample(25, random_state=2, steps=3, return_log_prob=True)
+    assert rows.shape == (25, 3)
+    np.testing.assert_allclose(rows[:, :2], expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(rows[:, 2], log_p, rtol=1e-12, atol=1e-12)
+
+
 def test_sample_is_repeatable_by_seed(trained, tmp_path, capsys):
     for name, seed in (("a.npy", 3), ("b.npy", 3), ("c.npy", 4)):
         assert run(capsys, "sample", trained, "--n", "5", "--seed", seed,
@@ -180,6 +194,8 @@ def test_subcommand_errors_are_one_line_with_exit_code_2(trained, tmp_path, caps
     cases = [
         (["sample", trained, "--out", tmp_path / "x.txt"], "must end in .npy or .csv"),
         (["sample", trained, "--n", "0", "--out", tmp_path / "x.npy"], "--n must be"),
+        (["sample", trained, "--steps", "0", "--out", tmp_path / "x.npy"],
+         "--steps must be a positive integer, got 0"),
         (["sample", none, "--out", tmp_path / "x.npy"], "no such model file"),
         (["sample", garbage, "--out", tmp_path / "x.npy"], "not a cnflow model file"),
         (["sample", trained, "--device", "nope", "--out", tmp_path / "x.npy"], "unknown device"),

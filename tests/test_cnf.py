@@ -1,6 +1,7 @@
 """The CNF against closed forms (linear dynamics), autograd, and numerical integration."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ import torch
 from torch import nn
 
 from cnflow import CNF, CNFRegularisers, SolverStats
+from cnflow.flows import FlowMixture, GaussianMixtureBase
 from cnflow.nn import ConcatSquashMLP
+from cnflow.ode import FEW_STEP_METHOD, TABLEAUX
 
 # torch's forward-mode AD (exact_method="jvp") scripts a decomposition on first use, and torch
 # 2.13 warns that torch.jit.script is deprecated: torch's own internals, not ours.
@@ -319,6 +322,132 @@ def test_sample_inverts_transform():
         z, _ = flow.transform(x)
     torch.manual_seed(3)
     torch.testing.assert_close(z, torch.randn(10, 2, dtype=D64), rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- fixed-step sampling
+
+
+def taylor_map(A, h, order):
+    """Σ_{j ≤ order} (hA)^j / j!: the one-step map of an explicit Runge–Kutta method of that
+    order with as many stages (euler 1, midpoint 2, rk4 4) on the linear field f = A z."""
+    M = torch.as_tensor(A, dtype=D64) * h
+    term, total = torch.eye(len(M), dtype=D64), torch.eye(len(M), dtype=D64)
+    for j in range(1, order + 1):
+        term = term @ M / j
+        total = total + term
+    return total
+
+
+@pytest.mark.parametrize("method, order", [("euler", 1), ("midpoint", 2), ("rk4", 4)])
+def test_fixed_step_sample_is_the_runge_kutta_map_of_a_linear_field(method, order):
+    """sample(n, steps=K) on f = A z: x = Φ^K z with Φ the order-p Taylor polynomial of
+    e^{-hA}, h = T/K (to rounding); its error against x = e^{-TA} z falls by 2^p when K
+    doubles."""
+    T, n = 0.8, 7
+    flow = CNF(3, net=LinearDynamics(A3), T=T)
+    errors = []
+    for K in (1, 3, 8, 16):
+        torch.manual_seed(4)
+        z = torch.randn(n, 3, dtype=D64)
+        torch.manual_seed(4)
+        with torch.no_grad():
+            x = flow.sample(n, steps=K, method=method)
+        expected = z @ torch.linalg.matrix_power(taylor_map(A3, -T / K, order), K).T
+        torch.testing.assert_close(x, expected, rtol=0, atol=1e-12)
+        errors.append((x - z @ expm(A3, -T).T).norm())
+    ratio = float(errors[2] / errors[3])
+    assert 0.85 * 2 ** order < ratio < 1.15 * 2 ** order, (errors, ratio)
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+def test_fixed_step_sample_takes_exactly_k_steps_and_reports_its_evaluations(method):
+    """K steps, K × stages evaluations, whatever T's rounding in float32: T = 0.1 is
+    0.10000000149… there, and a step of 0.1/K from the float64 0.1 would cut the interval
+    into K + 1 steps."""
+    stages = TABLEAUX[method].stages
+    flows = [CNF(3, net=LinearDynamics(A3), T=0.8),
+             CNF(2, hidden=(8,), T=0.1),                       # float32
+             CNF(2, hidden=(8,), T=0.7, train_T=True)]         # T = softplus(τ), float32
+    for flow in flows:
+        for K in (1, 3, 7, 10, 64):
+            with torch.no_grad():
+                x = flow.sample(5, steps=K, method=method)
+            assert x.shape == (5, flow.dim)
+            assert flow.stats_forward.n_accepted == K and flow.stats_forward.n_rejected == 0
+            assert flow.nfe_forward == K * stages
+    net = LinearDynamics(A3)
+    flow = CNF(3, net=net, max_num_steps=4)   # K above the flow's step limit still runs
+    flow.sample(2, steps=6)
+    assert net.calls == flow.nfe_forward == 12   # midpoint by default: 2 per step
+    assert FEW_STEP_METHOD == "midpoint"
+
+
+def test_fixed_step_sample_of_a_conditional_flow_and_its_gradients():
+    flow = random_flow(hidden=(8,))
+    cond = CNF(2, hidden=(8,), context_features=1).double()
+    c = torch.randn(6, 1, dtype=D64)
+    assert cond.sample(context=c, steps=3).shape == (6, 2) and cond.nfe_forward == 6
+    # gradients reach the parameters through the fixed-step solve: backpropagation's are the
+    # discrete map's, the adjoint's the continuous path's (its backward solve also by K rk4
+    # steps), equal to rk4's error
+    grads = []
+    for adjoint in (True, False):
+        flow.adjoint = adjoint
+        torch.manual_seed(5)
+        x = flow.sample(16, steps=4, method="rk4")
+        grads.append(torch.autograd.grad(x.square().sum(), list(flow.net.parameters())))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"steps": 0}, "steps must be a positive integer, got 0"),
+    ({"steps": -1}, "steps must be a positive integer, got -1"),
+    ({"steps": 2.5}, "steps must be a positive integer, got 2.5"),
+    ({"steps": True}, "steps must be a positive integer, got True"),
+    ({"steps": "4"}, "steps must be a positive integer, got '4'"),
+    ({"steps": 4, "method": "dopri5"}, "one of euler, midpoint, rk4; got 'dopri5'"),
+    ({"steps": 4, "method": "heun"}, "one of euler, midpoint, rk4; got 'heun'"),
+    ({"method": "rk4"}, "give steps too"),
+])
+def test_bad_steps_are_refused_before_anything_is_drawn(kwargs, match):
+    net = LinearDynamics(A3)
+    flow = CNF(3, net=net)
+    stats, options = flow.stats_forward, flow.solve_options
+    rng = torch.get_rng_state()
+    with pytest.raises(ValueError, match=re.escape(match)):
+        flow.sample(4, **kwargs)
+    assert torch.equal(torch.get_rng_state(), rng) and net.calls == 0
+    assert flow.stats_forward is stats and flow.solve_options is options
+
+
+def test_a_mixture_passes_steps_to_its_cnf_members_nested_ones_too():
+    """FlowMixture([CNF, FlowMixture([CNF, Gaussian mixture])]): both CNFs take K rk4 steps;
+    the Gaussian mixture samples exactly (the same draws with or without steps)."""
+    gaussians = GaussianMixtureBase(torch.tensor([0.5, 0.5]), torch.tensor([[0.0], [3.0]]),
+                                    torch.ones(2, 1, 1)).double()
+    inner_flow = CNF(1, net=LinearDynamics([[-0.5]]))
+    outer_flow = CNF(1, net=LinearDynamics([[0.3]]))
+    mixture = FlowMixture([outer_flow, FlowMixture([inner_flow, gaussians])])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        x = mixture.sample(200, steps=3, method="rk4")
+    assert x.shape == (200, 1)
+    for flow in (inner_flow, outer_flow):
+        assert flow.stats_forward.n_accepted == 3 and flow.nfe_forward == 12
+    assert mixture.nfe_forward == 24
+    exact = FlowMixture([gaussians, gaussians])
+    draws = []
+    for options in ({}, {"steps": 2}):
+        torch.manual_seed(6)
+        draws.append(exact.sample(50, **options))
+    torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)
+    rng = torch.get_rng_state()
+    for options, match in (({"steps": 0}, "steps must be"), ({"method": "bosh3", "steps": 2},
+                           "fixed-step"), ({"stepz": 2}, "no member's sample takes stepz")):
+        with pytest.raises(ValueError, match=match):
+            mixture.sample(5, **options)
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 # ---------------------------------------------------------------- bookkeeping

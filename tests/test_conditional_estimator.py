@@ -10,7 +10,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cnflow import CNFDensity, ConditionalCNFDensity
+from cnflow import CNFDensity, ConditionalCNFDensity, SolverStats
 from cnflow.datasets import conditional_log_density, make_conditional, make_toy
 
 FAST = dict(hidden=(16, 16), max_iter=300, fine_tune_iter=5, random_state=0, device="cpu")
@@ -175,6 +175,33 @@ def test_bad_input_after_fit(two_d):
         est.sample(X[:3], batch_size=0)
     with pytest.raises(ValueError, match="conditioning"):
         ConditionalCNFDensity(conditioning="film").fit(X, y)
+
+
+def test_fixed_step_draws_of_one_flow_and_of_members(linear, two_d):
+    """steps=K: 2K evaluations per member that draws (midpoint), draws repeatable by seed,
+    their log-densities the adaptive scores of score_samples."""
+    X = np.array([[-1.0], [0.5]])
+    y = linear.sample(X, n_samples=30, random_state=0, steps=3)
+    assert y.shape == (2, 30) and linear.flow_.nfe_forward == 6
+    np.testing.assert_array_equal(y, linear.sample(X, n_samples=30, random_state=0, steps=3))
+    # a linear-Gaussian p(y | x): few steps already land near the adaptive draws
+    adaptive = linear.sample(X, n_samples=30, random_state=0)
+    assert 0 < np.abs(y - adaptive).max() < 0.5
+    X2, _, est = two_d
+    for member in est.flow_.members:
+        member.flow.stats_forward = SolverStats()
+    draws = est.sample(X2[:3], n_samples=40, random_state=1, steps=2)
+    assert draws.shape == (3, 40, 2)
+    # 120 draws from two equally weighted members: both drew, each by 2 midpoint steps
+    assert {(m.flow.nfe_forward, m.flow.stats_forward.n_accepted)
+            for m in est.flow_.members} == {(4, 2)}
+    again, log_p = est.sample(X2[:3], n_samples=40, random_state=1, steps=2,
+                              return_log_prob=True)
+    np.testing.assert_array_equal(again, draws)
+    scored = est.score_samples(np.repeat(X2[:3], 40, axis=0), draws.reshape(-1, 2))
+    np.testing.assert_allclose(log_p.reshape(-1), scored, atol=1e-6)
+    with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
+        est.sample(X2[:3], steps=0)
 
 
 # ------------------------------------------------------------------ CNFDensity's sampling

@@ -12,8 +12,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from cnflow import CNFDensity
+from cnflow import CNF, CNFDensity, SolverStats
 from cnflow.datasets import make_toy
+from cnflow.ode import TABLEAUX
 from cnflow.training import TrainingFault
 
 
@@ -182,3 +183,65 @@ def test_fitting_and_scoring_never_change_a_flows_settings(monkeypatch):
                n_members=1, stacking=False).fit(X)
     est.score_samples(X[:5])
     assert est.flow_.trace == "hutchinson" and est.flow_.rtol == 1e-9
+
+
+# ---------------------------------------------------------------- fixed-step sampling
+
+
+@pytest.fixture(scope="module")
+def one_flow():
+    """One CNF (no members, no stack) trained long enough that its paths bend."""
+    X = make_toy("8gaussians", 400, random_state=0)
+    return fast(max_iter=200, lr=0.05, hidden=(16,), n_members=1, stacking=False,
+                preprocessing="whiten").fit(X)
+
+
+def test_fixed_step_samples_repeat_and_approach_the_adaptive_draws(one_flow):
+    est = one_flow
+    assert isinstance(est.flow_, CNF)
+    draws = est.sample(50, random_state=0, steps=4)
+    assert draws.shape == (50, 2) and est.flow_.nfe_forward == 8   # 4 midpoint steps
+    np.testing.assert_array_equal(est.sample(50, random_state=0, steps=4), draws)
+    adaptive = est.sample(50, random_state=0)
+    errors = [np.abs(est.sample(50, random_state=0, steps=k) - adaptive).max()
+              for k in (4, 8, 64)]
+    assert errors[0] > errors[1] > errors[2] > 0, errors   # the same base draws, solved closer
+    assert errors[2] < 1e-3, errors
+    assert not np.allclose(draws, est.sample(50, random_state=1, steps=4))
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+def test_a_fitted_flows_fixed_step_evaluations(one_flow, method):
+    flow = one_flow.flow_
+    with torch.no_grad():
+        flow.sample(10, steps=3, method=method)
+    assert flow.nfe_forward == 3 * TABLEAUX[method].stages == flow.stats_forward.nfe
+
+
+def test_fixed_step_draws_are_scored_as_score_samples_scores(one_flow):
+    """return_log_prob with steps: the model's log-density at the drawn rows (the adaptive,
+    exact-trace score), not a density of the fixed-step map."""
+    X, log_p = one_flow.sample(20, random_state=2, steps=3, return_log_prob=True)
+    np.testing.assert_allclose(log_p, one_flow.score_samples(X), rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(X, one_flow.sample(20, random_state=2, steps=3))
+
+
+@pytest.mark.parametrize("steps", [0, -1, 2.5, True, "4"])
+def test_bad_steps_are_refused_before_drawing(one_flow, steps):
+    stats, rng = one_flow.flow_.stats_forward, torch.get_rng_state()
+    with pytest.raises(ValueError, match=f"steps must be a positive integer, got {steps!r}"):
+        one_flow.sample(5, steps=steps)
+    assert one_flow.flow_.stats_forward is stats and torch.equal(torch.get_rng_state(), rng)
+
+
+def test_steps_reach_every_member_of_a_stacked_ensemble(fitted):
+    """The "auto" fit (members, each a stack [CNF, Gaussian mixture]): steps go to the CNFs."""
+    est, _ = fitted
+    for member in est.flow_.members:
+        member.members[0].stats_forward = SolverStats()
+    assert est.sample(3000, random_state=0, steps=3).shape == (3000, 2)
+    counts = {(s.nfe, s.n_accepted) for s in
+              (member.members[0].stats_forward for member in est.flow_.members)}
+    assert counts <= {(0, 0), (6, 3)}   # a CNF drew by 3 midpoint steps, or drew no rows
+    if any(float(member.weights[0]) > 0.01 for member in est.flow_.members):
+        assert (6, 3) in counts

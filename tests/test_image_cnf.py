@@ -116,6 +116,29 @@ def test_image_estimator_scores_and_samples(digits_small):
     np.testing.assert_allclose(est.score_samples(images[:3, 0]), scores[:3], atol=1e-3)
 
 
+def test_fixed_step_image_draws(digits_small):
+    """steps=K: every block's reverse map by K midpoint steps (2K evaluations a block);
+    with enough rk4 steps the tiny flow's draws are the adaptive ones."""
+    _, est = digits_small
+    drawn = est.sample(3, random_state=0, steps=2)
+    assert drawn.shape == (3, 1, 8, 8) and drawn.dtype == np.int64
+    assert drawn.min() >= 0 and drawn.max() <= 16
+    assert [b.stats_forward.n_accepted for b in est.flow_.blocks] == [2, 2]
+    assert est.flow_.nfe_forward == 2 * 2 * 2
+    np.testing.assert_array_equal(est.sample(3, random_state=0, steps=2), drawn)
+    with pytest.raises(ValueError, match="steps must be a positive integer, got 1.5"):
+        est.sample(3, steps=1.5)
+    flow = _tiny_flow((1, 4, 4), 2)
+    with torch.no_grad():
+        torch.manual_seed(2)
+        fixed = flow.sample(4, steps=8, method="rk4")
+        torch.manual_seed(2)
+        adaptive = flow.sample(4)
+    torch.testing.assert_close(fixed, adaptive, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="give steps too"):
+        flow.sample(2, method="rk4")
+
+
 @pytest.mark.parametrize("images, message", [
     (np.full((4, 1, 8, 8), 17), "integers from 0 to levels − 1 = 16"),
     (np.full((4, 1, 8, 8), 1.5), "integers"),

@@ -114,6 +114,10 @@ def _add_sample(sub) -> None:
     p.add_argument("--given", metavar="FILE",
                    help="a conditional model's features x (a .npy/.csv file): --n draws of y "
                         "for each row")
+    p.add_argument("--steps", type=int, metavar="K",
+                   help="cheap draws: K fixed midpoint steps, NFE = 2K evaluations of the "
+                        "field per batch (default: the adaptive solve at the model's "
+                        "tolerance); --log-prob still scores at that tolerance")
     p.set_defaults(func=sample.run)
 
 

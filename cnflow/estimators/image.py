@@ -13,6 +13,7 @@ from torch import nn
 from ..checks import check_finite_array, check_positive_int
 from ..flows.image import MultiscaleImageCNF
 from ..flows.image_transforms import bits_per_dim, dequantize, squeeze
+from ..ode.options import check_steps
 from ..training import (
     FitCheckpoint,
     TrainConfig,
@@ -295,12 +296,24 @@ class ImageCNFDensity(EstimatorBase):
         :meth:`score_samples` (an upper bound on the true bits/dim)."""
         return float(bits_per_dim(self.score_samples(X).mean(), math.prod(self.shape_)))
 
-    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
-        """Integer images (n_samples, C, H, W): draws y of the flow, ⌊y · L⌋."""
+    def sample(self, n_samples: int = 1, random_state=None, *,
+               steps: int | None = None) -> np.ndarray:
+        """Integer images (n_samples, C, H, W): draws y of the flow, ⌊y · L⌋.
+
+        Arguments:
+            n_samples: the number of images.
+            random_state: None, an int or a numpy RandomState (an int repeats the draws).
+            steps: None (default): every block's reverse map solved adaptively; K, a
+                positive integer: by K fixed midpoint steps per block, 2K evaluations each
+                (:meth:`cnflow.flows.MultiscaleImageCNF.sample`; ``flow_.nfe_forward``
+                sums them).
+        """
         check_is_fitted(self, "flow_")
         n_samples = check_positive_int(n_samples, "n_samples")
+        if steps is not None:
+            steps = check_steps(steps)
         with self._seeded(draw_seed(random_state)), torch.no_grad():
-            y = self.flow_.sample(n_samples)
+            y = self.flow_.sample(n_samples, steps=steps)
         levels = int(self.levels)
         return np.clip(np.floor(y.double().cpu().numpy() * levels), 0, levels - 1).astype(
             np.int64)

@@ -411,21 +411,59 @@ class CNF(SolvesODEs, NFECounts, Flow):
             return logp, regs
         return logp
 
-    def sample(self, n: int | None = None, context: Tensor | None = None) -> Tensor:
-        """n draws from the flow: base draws z integrated from t = T back to 0.
+    def sample(self, n: int | None = None, context: Tensor | None = None, *,
+               steps: int | None = None, method: str | None = None) -> Tensor:
+        r"""n draws from the flow: base draws z integrated from t = T back to 0.
 
         Only the state is integrated (no trace). Gradients reach the parameters (adjoint or
         backprop, as the flow is set). A conditional flow draws one x per context row:
         ``sample(context=c)``, x[i] ~ p(x | c[i]) (to draw m per context, repeat its rows).
 
+        By default the solve is the flow's own (``solve_options``: dopri5 at rtol = atol =
+        1e-5 unless set otherwise). ``steps=K`` asks for a cheap draw instead: K equal steps
+        of a fixed-step Runge–Kutta method Φ (``method``, default
+        :data:`~cnflow.ode.FEW_STEP_METHOD`, the midpoint rule) from T back to 0,
+
+        .. math:: h = T/K, \qquad t_k = T - k h, \qquad z_{k+1} = \Phi_{-h}(t_k, z_k),
+            \quad k = 0, \dots, K - 1, \qquad x = z_K,
+
+        e.g. for the midpoint rule :math:`z_{k+1} = z_k - h\, f\big(z_k - \tfrac h2
+        f(z_k, t_k),\ t_k - \tfrac h2\big)`. Its global error is :math:`O(h^p)`, p = 1, 2
+        and 4 for ``"euler"``, ``"midpoint"`` and ``"rk4"``, so the draws approach the
+        adaptive solve's as K grows; how close a few steps land depends on how straight the
+        learned paths are. A draw costs exactly K × s evaluations of the field (s = 1, 2, 4
+        stages), whatever the field; ``nfe_forward`` and ``stats_forward`` report them (with
+        gradients through a learnable T, the evaluations its time gradient needs are
+        added).
+
         Arguments:
             n: the number of draws; with a context, None or the number of its rows.
             context: shape (m, context_features), exactly when the flow has
                 ``context_features``.
+            steps: None (default): the flow's solve; K, a positive integer: K fixed steps.
+            method: with ``steps``, the fixed-step method, one of
+                :data:`cnflow.ode.FIXED_METHODS` (None: ``"midpoint"``).
 
         Returns:
             Shape (n, dim), of the flow's dtype and device.
+
+        Raises:
+            ValueError: ``steps`` not a positive integer (bools, floats and strings are
+                refused), ``method`` not a fixed-step method, or ``method`` without
+                ``steps``; nothing is drawn then.
+
+        Example:
+            >>> import torch
+            >>> from cnflow import CNF
+            >>> flow = CNF(2, hidden=(16,))
+            >>> x = flow.sample(100, steps=4)             # 4 midpoint steps
+            >>> x.shape, flow.nfe_forward                 # 4 steps × 2 stages
+            (torch.Size([100, 2]), 8)
+            >>> _ = flow.sample(100, steps=2, method="rk4")
+            >>> flow.nfe_forward
+            8
         """
+        options = self._sampling_options(steps, method)
         context, n = self._given_draws(n, context)
         z = self._base_draws(n)
         field = self._field(context)
@@ -433,7 +471,36 @@ class CNF(SolvesODEs, NFECounts, Flow):
         def f(t: Tensor, state: Tensor) -> Tensor:
             return field(t, state)
 
-        return self._solve(f, z, self._times(reverse=True, like=z), context=context)
+        return self._solve(f, z, self._times(reverse=True, like=z), options, context=context)
+
+    def fixed_step_options(self, steps: int, method: str | None = None) -> SolveOptions:
+        """The flow's :class:`~cnflow.SolveOptions` changed to solve [0, T] (either way) in
+        exactly ``steps`` equal steps of the fixed-step ``method`` (None:
+        :data:`~cnflow.ode.FEW_STEP_METHOD`), as :meth:`sample` with ``steps`` uses them;
+        give them to :meth:`transform` or :meth:`log_prob` as ``solve_options`` for the same
+        fixed-step map elsewhere (e.g. every block of a multiscale image flow).
+
+        The step is T/K with T as the solver reads it (the flow's dtype), so the solve takes
+        K steps, not K ± 1 from rounding (see :meth:`cnflow.SolveOptions.with_steps`).
+
+        Example:
+            >>> from cnflow import CNF
+            >>> options = CNF(2, hidden=(8,), T=0.5).fixed_step_options(5, "rk4")
+            >>> options.method, options.step_size
+            ('rk4', 0.1)
+        """
+        return self.solve_options.with_steps(steps, float(self.T.detach()), method)
+
+    def _sampling_options(self, steps: object, method: object) -> SolveOptions | None:
+        """The options of a :meth:`sample` call (None: the flow's own), checked before
+        anything is drawn."""
+        if steps is None:
+            if method is not None:
+                raise ValueError(f"method={method!r} chooses the fixed-step method of "
+                                 "sample(steps=K); give steps too (without steps the flow's "
+                                 "own solve is used)")
+            return None
+        return self.fixed_step_options(steps, method)  # type: ignore[arg-type]
 
     def trajectory(self, z: Tensor, context: Tensor | None = None,
                    n_times: int = 9) -> tuple[Tensor, Tensor]:

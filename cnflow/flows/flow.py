@@ -19,14 +19,38 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ..checks import check_finite_array
 
-__all__ = ["Flow"]
+__all__ = ["Flow", "sample_options"]
+
+
+def sample_options(module: object, options: Mapping[str, object]) -> dict[str, object]:
+    """The entries of ``options`` that ``module.sample`` takes by name (every entry where it
+    takes ``**kwargs``), leaving out those set to None: what a wrapper passes on to a
+    member so that a CNF gets ``steps=K`` and a density that samples exactly (a Gaussian
+    mixture, a planar flow) is called as before.
+
+    Example:
+        >>> from cnflow.flows import CNF, GaussianMixtureBase
+        >>> sample_options(CNF(2, hidden=(8,)), {"steps": 4, "method": None})
+        {'steps': 4}
+        >>> sample_options(GaussianMixtureBase.empty(2, 2), {"steps": 4})
+        {}
+    """
+    try:
+        parameters = inspect.signature(module.sample).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return {name: value for name, value in options.items()
+            if value is not None and (takes_any or name in parameters)}
 
 
 class Flow(nn.Module):

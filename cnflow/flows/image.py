@@ -91,6 +91,16 @@ class MultiscaleImageCNF(nn.Module):
     def dim(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def nfe_forward(self) -> int:
+        """The blocks' function evaluations in their last forward solves, summed."""
+        return sum(block.nfe_forward for block in self.blocks)
+
+    @property
+    def nfe_backward(self) -> int:
+        """The blocks' function evaluations in their last backward (adjoint) solves, summed."""
+        return sum(block.nfe_backward for block in self.blocks)
+
     def _check_images(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"images must have shape (n, {', '.join(map(str, self.shape))}), "
@@ -129,8 +139,32 @@ class MultiscaleImageCNF(nn.Module):
                 total = total + _standard_normal_log_prob(z)
         return total
 
-    def sample(self, n: int, **transform_options) -> Tensor:
-        """n images (n, C, H, W) in (0, 1): base draws carried back through the scales."""
+    def sample(self, n: int, steps: int | None = None, method: str | None = None,
+               **transform_options) -> Tensor:
+        """n images (n, C, H, W) in (0, 1): base draws carried back through the scales.
+
+        Arguments:
+            n: the number of images.
+            steps: None (default): each block's own solve; K, a positive integer: each
+                block's reverse map by K fixed steps of ``method`` (None:
+                :data:`~cnflow.ode.FEW_STEP_METHOD`), as :meth:`cnflow.CNF.sample` with
+                ``steps`` (:meth:`cnflow.CNF.fixed_step_options`), so a draw costs
+                K × stages evaluations per block (:attr:`nfe_forward` sums them).
+            method: with ``steps``, one of :data:`cnflow.ode.FIXED_METHODS`.
+            transform_options: for each block's :meth:`cnflow.CNF.transform` (e.g.
+                ``trace="hutchinson"``); ``solve_options`` only without ``steps``.
+        """
+        n = check_positive_int(n, "n")
+        if steps is None and method is not None:
+            raise ValueError(f"method={method!r} chooses the fixed-step method of "
+                             "sample(steps=K); give steps too")
+        if steps is not None:
+            if "solve_options" in transform_options:
+                raise ValueError("give steps or solve_options, not both")
+            # checked here, before anything is drawn; every block has its own T
+            options = [block.fixed_step_options(steps, method) for block in self.blocks]
+        else:
+            options = [transform_options.pop("solve_options", None)] * self.n_scales
         ref = next(self.parameters())
         c, h, w = self.block_shapes[-1]
         z = torch.randn(n, c, h, w, dtype=ref.dtype, device=ref.device)
@@ -140,7 +174,7 @@ class MultiscaleImageCNF(nn.Module):
                 out = torch.randn(n, c // 2, h, w, dtype=ref.dtype, device=ref.device)
                 z = torch.cat([out, z], dim=1)
             y, _ = self.blocks[s].transform(z.reshape(n, -1), reverse=True,
-                                            **transform_options)
+                                            solve_options=options[s], **transform_options)
             z = unsqueeze(y.reshape(n, c, h, w))
         x, _ = self.logit.inverse(z)
         return x

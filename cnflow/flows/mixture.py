@@ -28,8 +28,13 @@ import torch
 from torch import Tensor, nn
 
 from ..interfaces import CountsEvaluations
+from ..ode.options import check_fixed_method, check_steps
+from .flow import sample_options
 
 __all__ = ["FlowMixture", "best_mixture_weight"]
+
+#: The options of fixed-step sampling, which members that sample exactly ignore.
+_FIXED_STEPS = ("steps", "method")
 
 
 class FlowMixture(nn.Module):
@@ -87,20 +92,47 @@ class FlowMixture(nn.Module):
             return torch.randint(len(self.members), (n,))
         return torch.multinomial(self.weights.double().cpu(), n, replacement=True)
 
-    def sample(self, n: int) -> Tensor:
+    def sample(self, n: int, **options) -> Tensor:
         """n rows: each from a member drawn by the weights (torch's global generator), shape
-        (n, D)."""
+        (n, D).
+
+        Arguments:
+            n: the number of rows.
+            options: passed on to every member whose ``sample`` takes them by name
+                (:func:`cnflow.flows.flow.sample_options`), e.g. ``steps=K`` and ``method``
+                for fixed-step draws of the CNF members (see :meth:`cnflow.CNF.sample`),
+                nested mixtures included; a member that samples exactly (a Gaussian mixture)
+                ignores them. ``steps`` and ``method`` are checked before anything is drawn.
+
+        Raises:
+            ValueError: a bad ``steps`` or ``method``, or another option that no member
+                takes.
+        """
+        if options.get("steps") is not None:
+            check_steps(options["steps"])
+        if options.get("method") is not None:
+            check_fixed_method(options["method"])
+        unknown = {name for name, value in options.items()
+                   if value is not None and name not in _FIXED_STEPS and not self._takes(name)}
+        if unknown:
+            raise ValueError(f"no member's sample takes {', '.join(sorted(unknown))}")
         choice = self.choose(n)
         out = None
         for k, member in enumerate(self.members):
             rows = torch.nonzero(choice == k).flatten()
             if len(rows) == 0:
                 continue
-            drawn = member.sample(len(rows))
+            drawn = member.sample(len(rows), **sample_options(member, options))
             if out is None:
                 out = drawn.new_empty((n, drawn.shape[1]))
             out[rows.to(drawn.device)] = drawn
         return out
+
+    def _takes(self, name: str) -> bool:
+        """Whether some member's ``sample`` (a nested mixture's: one of its members') takes
+        the option ``name``."""
+        return any(member._takes(name) if isinstance(member, FlowMixture)
+                   else bool(sample_options(member, {name: True})) for member in self.members)
 
     @property
     def nfe_forward(self) -> int:

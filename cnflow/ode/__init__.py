@@ -7,7 +7,7 @@ from .errors import (
     ODESolveError,
     StepSizeUnderflowError,
 )
-from .options import SolveOptions
+from .options import FEW_STEP_METHOD, SolveOptions
 from .solve import odeint
 from .stats import NFECounts, SolverStats
 from .tableaux import ADAPTIVE_METHODS, FIXED_METHODS, TABLEAUX, ButcherTableau
@@ -15,5 +15,5 @@ from .tableaux import ADAPTIVE_METHODS, FIXED_METHODS, TABLEAUX, ButcherTableau
 __all__ = [
     "odeint", "odeint_adjoint", "SolveOptions", "SolverStats", "NFECounts", "ODESolveError",
     "StepSizeUnderflowError", "MaxStepsExceededError", "NonFiniteStateError", "ButcherTableau",
-    "TABLEAUX", "ADAPTIVE_METHODS", "FIXED_METHODS",
+    "TABLEAUX", "ADAPTIVE_METHODS", "FIXED_METHODS", "FEW_STEP_METHOD",
 ]

@@ -29,8 +29,31 @@ from .adjoint import odeint_adjoint
 from .inputs import State, check_tolerances, resolve_method
 from .solve import DEFAULT_MAX_NUM_STEPS, odeint
 from .stats import SolverStats
+from .tableaux import FIXED_METHODS
 
-__all__ = ["SolveOptions", "SolvesODEs", "options_from", "deprecated_solver"]
+__all__ = ["SolveOptions", "SolvesODEs", "options_from", "deprecated_solver",
+           "FEW_STEP_METHOD"]
+
+#: The fixed-step method of ``sample(steps=K)``: K steps cost K × its stages evaluations
+#: (midpoint, second order: 2K).
+FEW_STEP_METHOD = "midpoint"
+
+
+def check_steps(steps: object) -> int:
+    """``steps`` as a Python int if it is a number of fixed steps, an integer ≥ 1 (not a
+    bool, a float or a string), else a ValueError naming the value."""
+    return check_positive_int(steps, "steps")
+
+
+def check_fixed_method(method: object) -> str:
+    """``method`` if it names a fixed-step method (:data:`cnflow.ode.FIXED_METHODS`; None:
+    :data:`FEW_STEP_METHOD`), else a ValueError listing them."""
+    if method is None:
+        return FEW_STEP_METHOD
+    if not isinstance(method, str) or method not in FIXED_METHODS:
+        raise ValueError(f"method must be a fixed-step method, one of "
+                         f"{', '.join(FIXED_METHODS)}; got {method!r}")
+    return method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +95,41 @@ class SolveOptions:
     def replace(self, **changes) -> SolveOptions:
         """A copy with some settings changed (checked again)."""
         return dataclasses.replace(self, **changes)
+
+    def with_steps(self, steps: int, span: float, method: str | None = None) -> SolveOptions:
+        r"""A copy that solves an interval of length ``span`` in exactly ``steps`` equal
+        steps of the fixed-step ``method`` (None: :data:`FEW_STEP_METHOD`).
+
+        The step is h = span / K. The stepping loop cuts an interval of length L into
+        :math:`\lceil L/h - 10^{-9} \rceil` steps, so with ``span`` the interval's length
+        as the solver reads it (float64 of the output times as given, e.g. float32's
+        0.1 is 0.10000000149…) the count is K exactly: L/h is K to a few ulps. ``span``
+        computed in another precision could be off by more than the guard and give K + 1;
+        the tests count the steps. ``max_num_steps`` is raised to K where it is smaller.
+        The tolerances and the gradient settings are kept.
+
+        Arguments:
+            steps: K, a positive integer.
+            span: the length of the interval, > 0.
+            method: ``"euler"``, ``"midpoint"`` or ``"rk4"`` (None: ``"midpoint"``).
+
+        Returns:
+            The fixed-step :class:`SolveOptions`; a solve with them costs K × stages
+            evaluations.
+
+        Example:
+            >>> from cnflow.ode import SolveOptions
+            >>> options = SolveOptions().with_steps(4, 1.0)
+            >>> options.method, options.step_size
+            ('midpoint', 0.25)
+        """
+        steps = check_steps(steps)
+        method = check_fixed_method(method)
+        span = abs(float(span))
+        if not span > 0 or span == float("inf"):
+            raise ValueError(f"span must be a positive finite length, got {span!r}")
+        return self.replace(method=method, step_size=span / steps,
+                            max_num_steps=max(self.max_num_steps, steps))
 
     def solve(self, f: Callable[[torch.Tensor, State], State], y0: State, t: torch.Tensor, *,
               params: Sequence[torch.Tensor] | None = None,
