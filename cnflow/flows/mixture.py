@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..interfaces import CountsEvaluations
+from ..ode import NFECounts, SolverStats
 from ..ode.options import check_fixed_method, check_steps
 from .flow import sample_options
 
@@ -121,6 +122,7 @@ class FlowMixture(nn.Module):
         for k, member in enumerate(self.members):
             rows = torch.nonzero(choice == k).flatten()
             if len(rows) == 0:
+                _forget_counts(member)  # no solve: none of its evaluations count this call
                 continue
             drawn = member.sample(len(rows), **sample_options(member, options))
             if out is None:
@@ -142,6 +144,16 @@ class FlowMixture(nn.Module):
     @property
     def nfe_backward(self) -> int:
         return sum(m.nfe_backward for m in self.members if isinstance(m, CountsEvaluations))
+
+
+def _forget_counts(member: nn.Module) -> None:
+    """Zero the last-call evaluation counts of a member (and of its own members) that drew
+    no rows, so that the mixture's ``nfe_forward`` counts this call's solves only."""
+    if isinstance(member, FlowMixture):
+        for inner in member.members:
+            _forget_counts(inner)
+    elif isinstance(member, NFECounts):
+        member.stats_forward, member.stats_backward = SolverStats(), SolverStats()
 
 
 def best_mixture_weight(log_p: np.ndarray, log_q: np.ndarray, tol: float = 1e-6) -> float:

@@ -1,0 +1,54 @@
+"""benchmarks/bench_sampling.py: its distances against references, and its quick mode."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from script_runner import run_script
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sampling.py"
+
+
+def _module():
+    sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("bench_sampling", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_w2_and_energy_against_references():
+    bench = _module()
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 1)), rng.normal(1.0, 2.0, size=(200, 1))
+    # in 1-D the optimal assignment pairs the sorted points
+    expected = np.sqrt(np.mean((np.sort(a[:, 0]) - np.sort(b[:, 0])) ** 2))
+    assert bench.w2(a, b) == pytest.approx(expected, rel=1e-12)
+    # a translation by c moves every point by |c|
+    x = rng.normal(size=(50, 3))
+    assert bench.w2(x, x + [3.0, 0.0, 4.0]) == pytest.approx(5.0, rel=1e-12)
+    assert bench.energy(x, x) == pytest.approx(0.0, abs=1e-12)
+    assert bench.energy(a, b) > 0
+
+
+@pytest.mark.slow
+def test_bench_sampling_quick(tmp_path):
+    run_script(SCRIPT, "--quick", "--out", tmp_path)
+    out = json.loads((tmp_path / "bench_sampling_quick.json").read_text())
+    (result,) = out["results"]
+    trainings = [row["training"] for row in result["rows"]]
+    assert trainings[:3] == ["independent", "ot", "ot, blocks of 64"]
+    for row in result["rows"]:
+        adaptive, *fixed = row["samples"]
+        assert adaptive["steps"] is None and adaptive["rms_to_adaptive"] == 0.0
+        assert len(fixed) == 15 and all(s["w2"] > 0 for s in row["samples"])
+        # a fixed-step draw costs K × stages evaluations of whatever share the flow drew
+        for s in fixed:
+            assert s["nfe"] in (0, s["steps"] * {"euler": 1, "midpoint": 2, "rk4": 4}[
+                s["method"]])
+    assert "| checkerboard | independent |" in (tmp_path / "bench_sampling_quick.md").read_text()
+    assert (tmp_path / "bench_sampling_quick.png").stat().st_size > 0
