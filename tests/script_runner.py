@@ -5,6 +5,7 @@ starting an interpreter and importing torch anew for each script's smoke test.""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import runpy
 import subprocess
@@ -39,3 +40,15 @@ def run_script(path: Path, *args, check: bool = True) -> subprocess.CompletedPro
     if check and code:
         raise AssertionError(f"{path.name} exited with {code}:\n{result.stderr[-2000:]}")
     return result
+
+
+def load_script(path: Path):
+    """The script at ``path`` imported as a module (its folder first on sys.path, so its
+    sibling modules import), without running its ``__main__`` block."""
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,28 +1,18 @@
 """benchmarks/bench_sampling.py: its distances against references, and its quick mode."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from script_runner import run_script
+from script_runner import load_script, run_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sampling.py"
 
 
-def _module():
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("bench_sampling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_w2_and_energy_against_references():
-    bench = _module()
+    bench = load_script(SCRIPT)
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(200, 1)), rng.normal(1.0, 2.0, size=(200, 1))
     # in 1-D the optimal assignment pairs the sorted points

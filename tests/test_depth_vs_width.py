@@ -1,25 +1,22 @@
 """density_examples/depth_vs_width.py: its targets' normalisers and samples are right (its smoke
 run is in test_density_examples.py)."""
 
-import importlib.util
+
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from script_runner import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "density_examples" / "depth_vs_width.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("depth_vs_width", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_target_normalisers_and_samples():
-    dvw = load_script()
+    dvw = load_script(SCRIPT)
     # The 8-Gaussian mixture's p̃ is 8 · 2πσ² times the normalised mixture.
     std = 0.5 / 1.414
     assert abs(dvw.log_normaliser("8gaussians") - math.log(8 * 2 * math.pi * std ** 2)) < 1e-6
