@@ -1,20 +1,26 @@
 """Plotting functions write real PNG/GIF files without touching pyplot's global state, reject
-bad inputs, and CNF.trajectory follows the analytic flow of a linear field."""
+bad inputs, and CNF.trajectory follows the analytic flow of a linear field; the pair plot
+draws one panel per pair of shown columns, choosing the worst-fitting columns by scipy's
+two-sample KS statistic."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
+from scipy.stats import ks_2samp
 
-from cnflow import CNF
+from cnflow import CNF, plotting
 from cnflow.ode import odeint
 from cnflow.plotting import (
     animate_trajectories,
     density_grid,
+    marginal_ks,
     plot_density,
     plot_fit,
+    plot_pairs,
     plot_training_curves,
     plot_trajectories,
 )
@@ -258,3 +264,113 @@ def test_tiny_cnf_trajectory_to_figures(tmp_path):
     import matplotlib.pyplot as plt
 
     assert plt.get_fignums() == []
+
+
+# ---------------------------------------------------------------- pair plots
+
+
+def labelled(fig, prefix):
+    """The figure's axes whose label starts with ``prefix``, left to right, top to bottom."""
+    axes = [ax for ax in fig.axes if ax.get_label().startswith(prefix)]
+    return sorted(axes, key=lambda ax: (-ax.get_position().y0, ax.get_position().x0))
+
+
+def assert_corner(fig, shown_names):
+    """One diagonal panel per shown column and one panel per pair below it, names on the
+    bottom row (x) and the left column (y, not on the diagonal) only."""
+    k = len(shown_names)
+    diagonal, pairs = labelled(fig, "diagonal "), labelled(fig, "pair ")
+    assert [ax.get_label() for ax in diagonal] == [f"diagonal {n}" for n in shown_names]
+    assert len(pairs) == k * (k - 1) // 2
+    panels = diagonal + pairs
+    bottom = sorted((ax for ax in panels if ax.get_xlabel()), key=lambda a: a.get_position().x0)
+    assert [ax.get_xlabel() for ax in bottom] == list(shown_names)
+    left = sorted((ax for ax in panels if ax.get_ylabel()), key=lambda a: -a.get_position().y0)
+    assert [ax.get_ylabel() for ax in left] == list(shown_names[1:])
+
+
+@pytest.mark.parametrize("width, rows", [(1, 300), (3, 1500)])
+def test_pair_plot_shows_every_column_when_they_fit(width, rows):
+    rng = np.random.default_rng(1)
+    names = [f"col {j}" for j in range(width)]
+    fig = plot_pairs(rng.normal(size=(rows, width)), rng.normal(size=(rows + 7, width)),
+                     names=names, title="t")
+    assert isinstance(fig, Figure)
+    assert fig.shown_columns == tuple(range(width))
+    assert_corner(fig, names)
+    assert labelled(fig, "ks bars") == []
+    # the diagonal, the pairs and (with two or more columns) the legend's empty axes
+    assert len(fig.axes) == width * (width + 1) // 2 + (width > 1)
+
+
+def test_pair_plot_shows_the_columns_with_the_largest_ks_statistic():
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(1500, 12))
+    samples = rng.normal(size=(1200, 12))
+    samples[:, 3] *= 1.5
+    samples[:, 7] *= 2.0
+    samples[:, 10] *= 3.0
+    samples[:, 5] += 0.6
+    names = [f"c{j}" for j in range(12)]
+    fig = plot_pairs(data, samples, names=names, max_columns=4)
+    reference = np.array([ks_2samp(data[:, j], samples[:, j]).statistic for j in range(12)])
+    np.testing.assert_allclose(fig.ks_statistics, reference, rtol=0, atol=1e-12)
+    worst = tuple(int(j) for j in np.argsort(-reference)[:4])
+    assert set(worst) == {3, 5, 7, 10}   # the mis-fitted columns stand out
+    assert fig.shown_columns == worst
+    assert_corner(fig, [names[j] for j in worst])
+    bars = labelled(fig, "ks bars")
+    assert len(bars) == 1 and len(bars[0].patches) == 12
+    text = " ".join(t.get_text() for t in fig.texts)
+    assert "showing the 4 of 12 columns with the worst marginal fit" in " ".join(text.split())
+    assert all(names[j] in text for j in range(12) if j not in worst)
+
+
+def test_marginal_ks_is_scipys_two_sample_statistic():
+    rng = np.random.default_rng(3)
+    data = np.column_stack([rng.normal(size=400), rng.integers(0, 5, 400),  # ties
+                            rng.exponential(size=400)])
+    samples = np.column_stack([rng.normal(0.2, 1.0, 250), rng.integers(0, 6, 250),
+                               rng.exponential(2.0, 250)])
+    ks = marginal_ks(data, samples)
+    assert ks.shape == (3,)
+    for j in range(3):
+        assert ks[j] == pytest.approx(ks_2samp(data[:, j], samples[:, j]).statistic, abs=1e-12)
+    assert marginal_ks(data, data).tolist() == [0.0, 0.0, 0.0]
+    assert marginal_ks(data[:, :1], data[:, :1] + 100).tolist() == [1.0]
+
+
+def test_pair_plot_draws_a_subsample_but_scores_every_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(plotting, "PAIR_PLOT_ROWS", 100)
+    rng = np.random.default_rng(4)
+    data, samples = rng.normal(size=(500, 2)), rng.normal(size=(300, 2)) * 1.2
+    fig = plot_pairs(data, samples, tmp_path / "pairs.png", data_label="held out")
+    assert_png(tmp_path / "pairs.png")
+    np.testing.assert_array_equal(fig.ks_statistics, marginal_ks(data, samples))
+    legend = [t.get_text() for ax in fig.axes if ax.get_legend()
+              for t in ax.get_legend().get_texts()]
+    assert legend == ["held out (100 of 500 rows)", "model samples (100 of 300 rows)"]
+    import matplotlib.pyplot as plt
+
+    assert plt.get_fignums() == []
+
+
+def test_pair_plot_rejects_bad_input():
+    good = np.zeros((10, 3))
+    bad_value = good.copy()
+    bad_value[2, 1] = np.nan
+    cases = [((bad_value, good), {}, "data contains NaN or infinite"),
+             ((good, np.full((4, 3), np.inf)), {}, "samples contains NaN or infinite"),
+             ((good, np.zeros((10, 2))), {}, "same number of columns, got 3 and 2"),
+             ((np.zeros(10), good), {}, r"data must be 2-D \(rows, columns\)"),
+             ((good, np.zeros((0, 3))), {}, "samples must have at least one row"),
+             ((np.zeros((10, 0)), np.zeros((10, 0))), {}, "at least one row and one column"),
+             ((good, good), {"names": ["a", "b"]}, r"one name per column \(3\), got 2"),
+             ((good, good), {"names": "abc"}, "got a string"),
+             ((good, good), {"max_columns": 0}, "max_columns must be a positive integer"),
+             ((good, good), {"bins": 0}, "bins must be")]
+    for args, kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            plot_pairs(*args, **kwargs)
+    with pytest.raises(ValueError, match="same number of columns"):
+        marginal_ks(good, np.zeros((10, 4)))
