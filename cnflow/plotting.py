@@ -554,8 +554,8 @@ def plot_pairs(data, samples, path: str | Path | None = None, *,
     bottom row and the left column only.
 
     When D > ``max_columns``, the ``max_columns`` columns with the worst marginal fit are
-    shown, worst first, as measured by the two-sample Kolmogorov–Smirnov statistic of each
-    column (:func:`marginal_ks`),
+    shown, worst first (ties in column order), as measured by the two-sample
+    Kolmogorov–Smirnov statistic of each column (:func:`marginal_ks`),
 
     .. math::
 

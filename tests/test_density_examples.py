@@ -19,7 +19,8 @@ PNG, GIF = b"\x89PNG\r\n\x1a\n", (b"GIF89a", b"GIF87a")
 def test_the_studies_the_readme_promises_exist():
     assert {"toy_grid.py", "trace_exact_vs_hutchinson.py", "trajectories.py",
             "tolerance_tradeoff.py", "depth_vs_width.py", "odenet_digits.py",
-            "latent_ode_series.py", "model_selection_real_data.py"} <= set(SCRIPTS)
+            "latent_ode_series.py", "model_selection_real_data.py", "pair_plots.py"} \
+        <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -51,3 +52,9 @@ def test_script_runs_in_smoke_mode(script, tmp_path):
         mse = json.loads((tmp_path / "latent_ode_series_quick.json").read_text())["mse"]
         assert {"latent_ode", "gru", "predict_zero"} <= set(mse)
         assert all(math.isfinite(v) and v >= 0 for m in mse.values() for v in m.values())
+    if script == "pair_plots.py":
+        rows = json.loads((tmp_path / "pair_plots_quick.json").read_text())["rows"]
+        assert [(r["table"], r["columns"], len(r["ks"]), len(r["shown"])) for r in rows] == [
+            ("iris", 4, 4, 4), ("diabetes", 9, 9, 9), ("breast_cancer", 30, 30, 8)]
+        for table in ("iris", "diabetes", "breast_cancer"):
+            assert (tmp_path / f"pair_plots_{table}_quick.png").exists()
