@@ -10,7 +10,7 @@ Two parts of the site are generated here at every build, into folders git ignore
 - ``api/``: one page per public module (every module of cnflow with an ``__all__``), each
   object documented once, at the shortest public path that exports it (``cnflow.CNF``, not
   ``cnflow.flows.cnf.CNF``), and listed with a link on the other modules' pages;
-- ``gallery/``: one page per script of ``density_examples/``: its docstring, the figure it
+- ``gallery/``: one page per script of ``density_examples/``: its docstring, the figures it
   wrote to ``density_examples/figures/`` and its source. Nothing is run.
 """
 
@@ -197,18 +197,21 @@ def write_gallery(out: Path) -> None:
         title = " ".join(title.split())
         index.append(script.stem)
         page = [f"# {script.stem}", "", f"*{title}*", "", "```text", body.strip(), "```", ""]
-        for figure in sorted(figures.glob(f"{script.stem}.*")):
-            if figure.suffix in (".png", ".gif"):
+        shown = []   # NAME.png/.gif, then NAME_PART.png (one per part), not the smoke runs
+        for figure in sorted(figures.glob(f"{script.stem}.*")) + sorted(
+                figures.glob(f"{script.stem}_*.png")):
+            if figure.suffix in (".png", ".gif") and not figure.stem.endswith("_quick"):
                 shutil.copy(figure, out / figure.name)
-                page += [f"![{script.stem}]({figure.name})", ""]
+                page += [f"![{figure.stem}]({figure.name})", ""]
+                shown.append(figure)
         table = figures / f"{script.stem}.md"
         if table.exists():
             page += ["## Results", "", table.read_text().strip(), ""]
         page += ["## Source", "", f"```{{literalinclude}} ../../density_examples/{script.name}",
                  ":language: python", "```", ""]
         (out / f"{script.stem}.md").write_text("\n".join(page))
-        png = figures / f"{script.stem}.png"
-        thumb = f"![{script.stem}]({png.name})" if png.exists() else ""
+        pngs = [figure for figure in shown if figure.suffix == ".png"]
+        thumb = f"![{script.stem}]({pngs[0].name})" if pngs else ""
         cards.append(f"## [{script.stem}]({script.stem}.md)\n\n{title}\n\n{thumb}\n")
     index += ["```", ""] + cards
     (out / "index.md").write_text("\n".join(index))
