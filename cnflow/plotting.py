@@ -572,7 +572,8 @@ def plot_pairs(data, samples, path: str | Path | None = None, *,
         samples: draws from the model, shape (m, D), finite; m may differ from n.
         path: when given, the figure is also written there (PNG unless the suffix names
             another format), atomically.
-        names: the D column names (default ``x0`` … ``x{D-1}``).
+        names: the D column names (default: a data frame's columns, else ``x0`` …
+            ``x{D-1}``).
         max_columns: the most columns shown, a positive integer.
         bins: histogram bins per column (at most; fewer when the tables are small:
             ``max(8, 2√rows)`` of the smaller table).
@@ -599,6 +600,8 @@ def plot_pairs(data, samples, path: str | Path | None = None, *,
         >>> fig.shown_columns[:2], out.exists()
         ((11, 10), True)
     """
+    if names is None and hasattr(data, "columns"):  # a data frame names its columns
+        names = [str(c) for c in data.columns]
     data, samples = _check_pair_tables(data, samples)
     width = data.shape[1]
     names = [f"x{j}" for j in range(width)] if names is None else names

@@ -19,6 +19,7 @@ import torch
 import cnflow.cli
 from cnflow import CNFDensity, PlanarFlowDensity
 from cnflow.cli import main
+from cnflow.cli.io import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -87,7 +88,115 @@ def test_train_on_a_csv_file(tmp_path, capsys):
                        "--out", tmp_path / "out")
     assert code == 0, err
     assert (tmp_path / "out" / "model.pt").exists()
-    assert not (tmp_path / "out" / "fit.png").exists()  # 3-D data: no 2-D picture
+    assert (tmp_path / "out" / "fit.png").read_bytes()[:8] == PNG  # 3-D data: the pair plot
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["columns"] is None and summary["held_out_rows"] == 20
+
+
+def header_table(path, n=120, seed=0):
+    """A CSV with a header line: four named numeric columns and a text column."""
+    rng = np.random.default_rng(seed)
+    length = rng.normal(50, 5, n)
+    rows = np.column_stack([length, 0.4 * length + rng.normal(0, 1, n),
+                            rng.gamma(2.0, 1.0, n), rng.normal(size=n)])
+    lines = ["length_mm,width_mm,species,mass_g,depth"]
+    lines += [f"{a:.3f},{b:.3f},{'ab'[i % 2]},{c:.3f},{d:.3f}"
+              for i, (a, b, c, d) in enumerate(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def test_a_users_header_csv_trains_plots_samples_and_scores(tmp_path, capsys):
+    """The exchange of a user with a spreadsheet export: a header CSV (with a text column
+    left out by --columns) trains, holds out a tenth of the rows and reports their score ±
+    SE beside the training rows' and a Gaussian mixture's; plot draws the pair plot; sample
+    writes the same header; score picks the model's columns by name."""
+    data = tmp_path / "measurements.csv"
+    rows = header_table(data)
+    names = ["length_mm", "width_mm", "mass_g", "depth"]
+    code, _, err = run(capsys, "train", data, "--out", tmp_path / "run", "--quiet",
+                       "--max-iter", "2", "--hidden", "8")
+    assert code == 2 and err.strip() == (
+        f"error: {data}: column 'species' holds text ('a' on line 2), not numbers; choose the "
+        "numeric columns with --columns")
+    code, out, err = run(capsys, "train", data, "--columns", *names, "--out", tmp_path / "run",
+                         "--quiet", "--max-iter", "2", "--hidden", "8")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["columns"] == names
+    assert summary["train_rows"] == 108 and summary["held_out_rows"] == 12
+    est = CNFDensity.load(tmp_path / "run" / "model.pt")
+    assert list(est.feature_names_in_) == names
+    for key in ("train_score", "held_out_score"):
+        assert set(summary[key]) == {"mean", "se", "rows"} and summary[key]["se"] > 0
+    assert summary["held_out_score"]["rows"] == 12
+    reference = summary["reference"]
+    assert reference["components"] >= 1 and reference["held_out_score"]["rows"] == 12
+    # the flow minus the mixture, row by row, is the difference of the two means
+    assert np.isclose(reference["flow_minus_reference"]["mean"],
+                      summary["held_out_score"]["mean"] - reference["held_out_score"]["mean"])
+    assert f"{summary['held_out_score']['mean']:.4f} ± {summary['held_out_score']['se']:.4f}" \
+        in out
+    assert (tmp_path / "run" / "fit.png").read_bytes()[:8] == PNG
+    code, out, err = run(capsys, "plot", tmp_path / "run" / "model.pt", "--data", data,
+                         "--n-samples", "50")
+    assert code == 0, err
+    assert (tmp_path / "run" / "plot.png").read_bytes()[:8] == PNG
+    code, out, err = run(capsys, "sample", tmp_path / "run" / "model.pt", "--n", "7",
+                         "--out", tmp_path / "s.csv", "--log-prob")
+    assert code == 0, err
+    header, *lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert header == ",".join([*names, "log_density"]) and len(lines) == 7
+    # score: the header's names pick the model's columns, whatever the file's order
+    reordered = tmp_path / "reordered.csv"
+    reordered.write_text("depth,mass_g,width_mm,length_mm\n" + "\n".join(
+        ",".join(repr(float(v)) for v in row[::-1]) for row in rows[:5]) + "\n")
+    code, out, err = run(capsys, "score", tmp_path / "run" / "model.pt", reordered,
+                         "--out", tmp_path / "scores.npy")
+    assert code == 0, err
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        expected = est.score_samples(rows[:5])  # scikit-learn's warning: a named model
+    np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), expected, atol=1e-10)
+
+
+def test_conditional_targets_by_name(tmp_path, capsys):
+    data = tmp_path / "measurements.csv"
+    header_table(data)
+    code, out, err = run(capsys, "train", data, "--columns", "length_mm", "width_mm",
+                         "mass_g", "--targets", "width_mm", "--out", tmp_path / "run",
+                         "--quiet", "--max-iter", "2", "--hidden", "8")
+    assert code == 0, err
+    assert "p(width_mm | the other columns)" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["targets"] == [1] and summary["reference"]["held_out_score"]["rows"] == 12
+    model = tmp_path / "run" / "model.pt"
+    est = load_model(str(model))
+    assert list(est.target_names_) == ["width_mm"]
+    assert list(est.feature_names_in_) == ["length_mm", "mass_g"]
+    code, out, err = run(capsys, "plot", model, "--data", data, "--columns", "mass_g",
+                         "width_mm", "length_mm", "--out", tmp_path / "c.png")
+    assert code == 0, err and (tmp_path / "c.png").exists()
+    code, _, err = run(capsys, "train", data, "--columns", "length_mm", "width_mm",
+                       "--targets", "height", "--out", tmp_path / "run2")
+    assert code == 2 and err.strip() == (f"error: --targets: {data} has no column 'height' "
+                                         "(its columns: length_mm, width_mm)")
+
+
+def test_missing_values_stop_or_are_dropped_on_the_command_line(tmp_path, capsys):
+    data = tmp_path / "gaps.csv"
+    rng = np.random.default_rng(3)
+    lines = ["a,b"] + [f"{x:.3f},{'NA' if i % 10 == 0 else f'{y:.3f}'}"
+                       for i, (x, y) in enumerate(rng.normal(size=(60, 2)))]
+    data.write_text("\n".join(lines) + "\n")
+    code, _, err = run(capsys, "train", data, "--out", tmp_path / "run", "--quiet")
+    assert code == 2 and err.strip() == (f"error: {data} has 6 missing values in 6 rows "
+                                         "(column 'b': 6); pass --dropna to drop those rows")
+    code, out, err = run(capsys, "train", data, "--dropna", "--out", tmp_path / "run",
+                         "--quiet", "--max-iter", "2", "--hidden", "8", "--test-fraction", "0")
+    assert code == 0, err
+    assert "6 rows with missing values dropped" in out and "no rows held out" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["dropped_rows"] == 6 and "held_out_score" not in summary
 
 
 def one_line_error(capsys, args, message):
@@ -126,7 +235,8 @@ def test_train_sample_score_round_trip(trained, tmp_path, capsys, suffix):
     expected = CNFDensity.load(trained).score_samples(rows)
     assert scores.shape == (40,)
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-10)
-    assert f"mean log-likelihood {expected.mean():.6f} over 40 rows" in out
+    assert f"mean log-likelihood {expected.mean():.6f} ± {expected.std(ddof=1) / 40 ** 0.5:.6f}" \
+        f" (standard error) over 40 rows" in out
 
 
 def test_sample_with_fixed_steps(trained, tmp_path, capsys):
@@ -180,7 +290,7 @@ def test_planar_models_are_read_too(tmp_path, capsys):
     assert code == 0, err
     expected = PlanarFlowDensity.load(model).score_samples(rows)
     np.testing.assert_allclose(np.loadtxt(tmp_path / "logp.csv"), expected, rtol=0, atol=1e-10)
-    assert f"mean log-likelihood {expected.mean():.6f} over 10 rows" in out
+    assert f"mean log-likelihood {expected.mean():.6f} ± " in out and "over 10 rows" in out
 
 
 def test_subcommand_errors_are_one_line_with_exit_code_2(trained, tmp_path, capsys):
@@ -233,11 +343,18 @@ def test_a_real_process(trained, tmp_path):
     assert version.stdout.split() == ["cnflow", cnflow.__version__]
 
 
-def test_plot_refuses_a_model_that_is_not_2d(tmp_path, capsys):
+def test_plot_draws_the_pair_plot_of_a_model_that_is_not_2d(tmp_path, capsys):
+    """Without --data, the model's samples alone; with a .npy of another width, one line."""
     X = np.random.RandomState(0).randn(100, 3)
     CNFDensity(hidden=(4,), max_iter=1, device="cpu").fit(X).save(tmp_path / "m3.pt")
-    one_line_error(capsys, ["plot", tmp_path / "m3.pt"], "plot draws 2-D densities")
-    assert not (tmp_path / "plot.png").exists()
+    code, out, err = run(capsys, "plot", tmp_path / "m3.pt", "--n-samples", "60")
+    assert code == 0, err
+    assert (tmp_path / "plot.png").read_bytes()[:8] == PNG
+    np.save(tmp_path / "wide.npy", np.zeros((5, 4)))
+    one_line_error(capsys, ["plot", tmp_path / "m3.pt", "--data", tmp_path / "wide.npy",
+                            "--out", tmp_path / "p2.png"],
+                   "has 4 columns but the model was fitted on 3 features")
+    assert not (tmp_path / "p2.png").exists()
 
 
 @pytest.mark.parametrize("command", ["train", "train-images", "sample", "score", "plot"])
@@ -348,7 +465,7 @@ def test_conditional_training_sampling_and_scoring(tmp_path, capsys):
     one_line_error(capsys, ["train", data, "--targets", "0", "1", "2", "--out", tmp_path],
                    "--targets leaves no feature columns")
     one_line_error(capsys, ["train", data, "--targets", "5", "--out", tmp_path],
-                   "--targets must be column indices from 0 to 2")
+                   "--targets: column index 5 is out of range")
 
 
 def test_sample_with_log_prob(trained, tmp_path, capsys):
@@ -396,8 +513,11 @@ def test_train_verbose_prints_the_resolved_settings_and_the_summary_holds_them(
         def save(self, path):
             Path(path).write_bytes(b"model")
 
-        def score(self, X):
-            return -1.0
+        def score_samples(self, X):
+            return -np.ones(len(X))
+
+        def sample(self, n, random_state=None):
+            return np.random.default_rng(random_state).normal(size=(n, 3))
 
     monkeypatch.setattr(cnflow.cli.train, "CNFDensity", InstantDensity)
     monkeypatch.setattr(cnflow.cli.train, "planned_iterations", lambda est, X: 1)

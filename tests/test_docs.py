@@ -97,27 +97,34 @@ def readme_commands() -> tuple[list[list[str]], list[str]]:
     lines not run."""
     run, skipped = [], []
     for block in code_blocks(README, "bash"):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # continued lines joined
             words = shlex.split(line, comments=True)
             if not words:
                 continue
-            if words[:3] == ["python", "-m", "cnflow"]:
-                run.append(words[3:])
+            if words[:3] == ["python", "-m", "cnflow"] or words[:2] == ["python", "-c"]:
+                run.append(words[3:] if words[1] == "-m" else words[1:])
             else:
                 skipped.append(line)
     return run, skipped
 
 
 def test_readme_commands_run(quick_training, capsys):
+    """The command line's lines run in order (``python -c CODE`` executes CODE here)."""
     commands, skipped = readme_commands()
-    assert [c[0] for c in commands] == ["train", "sample", "score", "plot"]
+    assert [c[0] for c in commands] == ["train", "-c", "train", "sample", "score", "plot"]
     assert skipped and all(line.startswith(NOT_RUN) for line in skipped), skipped
     for args in commands:
+        if args[0] == "-c":
+            exec(compile(args[1], "README.md, python -c", "exec"), {})
+            continue
         assert main(args + (["--quiet"] if args[0] == "train" else [])) == 0, args
-    out = quick_training / "out"
+    for name in ("model.pt", "fit.png", "summary.json"):
+        assert (quick_training / "out" / name).stat().st_size > 0
+    run = quick_training / "run"
     for name in ("model.pt", "fit.png", "summary.json", "plot.png"):
-        assert (out / name).stat().st_size > 0
-    assert (quick_training / "samples.npy").exists() and (quick_training / "logp.csv").exists()
+        assert (run / name).stat().st_size > 0
+    assert (quick_training / "samples.csv").read_text().startswith("bill_length_mm,")
+    assert (quick_training / "logp.csv").exists()
 
 
 # ---------------------------------------------------------------- the docs' pages

@@ -374,3 +374,12 @@ def test_pair_plot_rejects_bad_input():
             plot_pairs(*args, **kwargs)
     with pytest.raises(ValueError, match="same number of columns"):
         marginal_ks(good, np.zeros((10, 4)))
+
+
+def test_plot_pairs_takes_the_names_of_a_data_frame():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(50, 3)), columns=["mass", "length", "depth"])
+    fig = plot_pairs(frame, rng.normal(size=(40, 3)))
+    labels = {ax.get_xlabel() for ax in fig.axes} | {ax.get_ylabel() for ax in fig.axes}
+    assert {"mass", "length", "depth"} <= labels

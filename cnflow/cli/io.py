@@ -1,7 +1,7 @@
-"""The command line's files: rows and arrays read from .npy/.csv files (or toy names; a .npy
-file of rows to train on or score is memory-mapped, never read whole), rows written to
-.npy/.csv, summary.json, output paths checked before any slow work, and saved
-models read back.
+"""The command line's files: rows read from toy names or tables (:mod:`cnflow.cli.tables`;
+a .npy file of rows to train on or score is memory-mapped, never read whole), rows written to
+.npy/.csv (a header line of column names), summary.json, output paths checked before any slow
+work, and saved models read back.
 
 Every failure is a :class:`~cnflow.cli.arguments.CLIError` naming the file and what is wrong;
 every file is written atomically (:func:`cnflow.files.atomic_write`).
@@ -9,10 +9,12 @@ every file is written atomically (:func:`cnflow.files.atomic_write`).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
-import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +29,11 @@ from ..estimators import (
 )
 from ..files import atomic_write
 from .arguments import CLIError, check_device
+from .tables import TABLE_SUFFIXES, Table, read_table
 
 __all__ = ["ROW_SUFFIXES", "Estimator", "check_suffix", "check_width", "check_writable",
-           "checkpoint_path", "load_model", "load_rows", "read_given", "rows_file",
-           "write_rows", "write_summary"]
+           "checkpoint_path", "load_model", "load_rows", "load_table", "model_columns",
+           "read_given", "rows_file", "write_rows", "write_summary"]
 
 #: The estimators whose saved models the command line reads, by the name a file records.
 _ESTIMATORS = {cls.__name__: cls
@@ -39,60 +42,63 @@ _ESTIMATORS = {cls.__name__: cls
 
 Estimator = CNFDensity | ConditionalCNFDensity | ImageCNFDensity | PlanarFlowDensity
 
-#: The suffixes of files of rows, read and written.
+#: The suffixes of files of rows written (those read: TABLE_SUFFIXES).
 ROW_SUFFIXES = (".npy", ".csv")
 
 
 # ---------------------------------------------------------------- reading
-def _read_array(path: Path, mapped: bool = False) -> np.ndarray:
-    """The array in a .npy file (``mapped``: memory-mapped read-only, ``np.memmap``) or the
-    rows of a comma-separated .csv file."""
-    if path.suffix == ".npy":
-        return np.load(path, mmap_mode="r" if mapped else None)
-    with warnings.catch_warnings():  # an empty file: reported below, not as a warning
-        warnings.simplefilter("ignore")
-        return np.loadtxt(path, delimiter=",", ndmin=2)
+def load_table(source: str, n_samples: int, seed: int, mapped: bool = False, *,
+               header: bool | None = None, columns: Sequence[str] | None = None,
+               dropna: bool = False, known: Sequence[str] | None = None) -> Table:
+    """A toy name → generated rows (columns unnamed); a file → its rows and column names
+    (:func:`cnflow.cli.tables.read_table`: CSV/TSV with or without a header, .npy, .npz,
+    .parquet, .feather).
+
+    Arguments:
+        source: a name in :data:`cnflow.datasets.TOY_DATASETS`, or a file.
+        n_samples: rows drawn from a toy density.
+        seed: the toy density's random state.
+        mapped: a .npy file (without ``columns``) is memory-mapped
+            (``np.load(path, mmap_mode="r")``) and returned as it is stored, unread: the
+            estimators check its values and read it a minibatch at a time, never whole.
+        header, columns, dropna, known: as :func:`~cnflow.cli.tables.read_table`.
+
+    Returns:
+        the :class:`~cnflow.cli.tables.Table` (values 2-D, finite, not empty).
+    """
+    if source in TOY_DATASETS:
+        if columns is not None or header is not None:
+            raise CLIError(f"{source} is a toy dataset: --columns and --header are for files")
+        return Table(make_toy(source, n_samples, random_state=seed))
+    if Path(source).suffix not in TABLE_SUFFIXES:
+        raise CLIError(f"{source!r} is neither a toy dataset ({', '.join(TOY_DATASETS)}) nor "
+                       f"a table file ({', '.join(TABLE_SUFFIXES)})")
+    return read_table(source, header=header, columns=columns, dropna=dropna, mapped=mapped,
+                      known=known)
 
 
 def load_rows(source: str, n_samples: int, seed: int, mapped: bool = False) -> np.ndarray:
-    """A toy name → generated rows; a .npy/.csv path → its rows (2-D, finite, not empty).
+    """The rows of :func:`load_table` (a toy's, or a file's every column), without names."""
+    return load_table(source, n_samples, seed, mapped).values
 
-    Arguments:
-        source: a name in :data:`cnflow.datasets.TOY_DATASETS`, or a .npy/.csv file.
-        n_samples: rows drawn from a toy density.
-        seed: the toy density's random state.
-        mapped: a .npy file is memory-mapped (``np.load(path, mmap_mode="r")``) and
-            returned as it is stored (any real dtype), unread: the estimators check its
-            values and read it a minibatch at a time, never whole.
 
-    Returns:
-        float64 array (n_rows, n_columns), or with ``mapped`` and a .npy file, the
-        read-only ``np.memmap`` of the file.
+def model_columns(table: Table, est: Estimator, source: str,
+                  names: Sequence[str] | None = None) -> np.ndarray:
+    """The rows of ``table`` in the order of the model's columns: by name where both the
+    table and the model (or ``names``, e.g. a conditional model's targets) name them, by
+    position otherwise (a CLIError when a named column is missing or the width differs).
     """
-    if source in TOY_DATASETS:
-        return make_toy(source, n_samples, random_state=seed)
-    path = Path(source)
-    if path.suffix not in ROW_SUFFIXES:
-        raise CLIError(f"{source!r} is neither a toy dataset ({', '.join(TOY_DATASETS)}) nor "
-                       "a .npy/.csv file")
-    if not path.is_file():
-        raise CLIError(f"no such file: {source}")
-    try:
-        X = _read_array(path, mapped)
-    except (ValueError, OSError, EOFError) as err:
-        raise CLIError(f"could not read {source}: {err}") from err
-    if X.ndim != 2:
-        raise CLIError(f"{source} must hold a 2-D array (rows × features), got shape {X.shape}")
-    if X.shape[0] == 0:
-        raise CLIError(f"{source} holds no rows")
-    if isinstance(X, np.memmap):  # its values are checked by the estimator as it reads them
-        if X.dtype.kind not in "biuf":
-            raise CLIError(f"{source} must hold real numbers, got dtype {X.dtype}")
-        return X
-    X = np.asarray(X, dtype=np.float64)
-    if not np.isfinite(X).all():
-        raise CLIError(f"{source} holds NaN or infinite values")
-    return X
+    if names is None:
+        names = getattr(est, "feature_names_in_", None)
+    if names is not None and table.names is not None:
+        missing = [n for n in names if n not in table.names]
+        if missing:
+            raise CLIError(f"{source} has no column {', '.join(map(repr, missing))} of the "
+                           f"model's ({', '.join(map(str, names))})")
+        order = [table.names.index(n) for n in names]
+        if order != list(range(table.values.shape[1])):
+            return np.asarray(table.values[:, order])
+    return table.values
 
 
 def check_width(X: np.ndarray, est: Estimator, source: str) -> None:
@@ -104,10 +110,11 @@ def check_width(X: np.ndarray, est: Estimator, source: str) -> None:
 
 def read_given(given: str | None, est: Estimator, model: str, seed: int) -> np.ndarray | None:
     """The ``--given`` rows of a conditional model (a CLIError if missing or of the wrong
-    width); None for an unconditional one (where ``--given`` is an error).
+    width; a file with a header gives the model's feature columns by name); None for an
+    unconditional one (where ``--given`` is an error).
 
     Arguments:
-        given: the ``--given`` option (a .npy/.csv file or a toy name), or None.
+        given: the ``--given`` option (a file or a toy name), or None.
         est: the model read from ``model``.
         model: the model file, named in the errors.
         seed: the random state of a toy name's rows.
@@ -120,7 +127,8 @@ def read_given(given: str | None, est: Estimator, model: str, seed: int) -> np.n
     if given is None:
         raise CLIError(f"{model} holds a conditional model p(y | x): pass the features "
                        "x with --given FILE")
-    X = load_rows(given, 1, seed)
+    X = model_columns(load_table(given, 1, seed, known=getattr(est, "feature_names_in_", None)),
+                      est, given)
     check_width(X, est, given)
     return X
 
@@ -181,9 +189,9 @@ def checkpoint_path(path: str | None) -> Path | None:
 
 
 # ---------------------------------------------------------------- writing
-def write_rows(path: str, rows: np.ndarray) -> Path:
-    """Write an array to .npy or .csv, by the file's suffix (1-D arrays: one value a line),
-    atomically.
+def write_rows(path: str, rows: np.ndarray, names: Sequence[str] | None = None) -> Path:
+    """Write an array to .npy or .csv, by the file's suffix (1-D arrays: one value a line;
+    a .csv file with ``names`` gets them as its header line), atomically.
 
     Returns:
         the file written.
@@ -192,8 +200,13 @@ def write_rows(path: str, rows: np.ndarray) -> Path:
     if file.suffix == ".npy":
         atomic_write(file, lambda handle: np.save(handle, rows))
     else:
-        atomic_write(file, lambda handle: np.savetxt(
-            handle, rows.reshape(len(rows), -1), delimiter=",", fmt="%.17g"))
+        def write(handle) -> None:
+            if names is not None:
+                line = io.StringIO()
+                csv.writer(line, lineterminator="\n").writerow(names)
+                handle.write(line.getvalue().encode())
+            np.savetxt(handle, rows.reshape(len(rows), -1), delimiter=",", fmt="%.17g")
+        atomic_write(file, write)
     return file
 
 

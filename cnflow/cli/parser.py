@@ -19,6 +19,7 @@ COMMANDS = ("train", "train-images", "sample", "score", "plot")
 DEVICE_HELP = "where to run the model: cpu, cuda, cuda:1, auto (default: as saved)"
 TRAIN_DEVICE_HELP = "cpu, cuda, cuda:1, ... or auto: CUDA when available (default: auto)"
 MODEL_HELP = "a model file written by train (or .save)"
+TABLES = "CSV/TSV (header line detected), .npy, .npz, .parquet, .feather"
 
 
 def _policy_default(name: str, estimator: str = "CNFDensity") -> str:
@@ -39,13 +40,34 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_table_options(p: argparse.ArgumentParser) -> None:
+    """How a table file is read: --header/--no-header, --columns, --dropna."""
+    header = p.add_mutually_exclusive_group()
+    header.add_argument("--header", dest="header", action="store_const", const=True,
+                        help="the first line of a text file names the columns (default: "
+                             "detected)")
+    header.add_argument("--no-header", dest="header", action="store_const", const=False,
+                        help="the first line of a text file is a row of data")
+    p.add_argument("--columns", nargs="+", metavar="COLUMN",
+                   help="the columns to read, by header name or 0-based index, in this "
+                        "order (default: all; a .npy file is then read whole)")
+    p.add_argument("--dropna", action="store_true",
+                   help="drop rows with missing values (empty, NA, NaN, null, ?) instead of "
+                        "stopping with their count")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="fit a CNF density to a toy density or a file",
                        description="Fit CNFDensity and write model.pt, fit.png, training.png.")
     p.add_argument("data", nargs="?", default="checkerboard",
-                   help=f"a toy name ({', '.join(TOY_DATASETS)}) or a .npy/.csv file "
-                        "(default: checkerboard)")
+                   help=f"a toy name ({', '.join(TOY_DATASETS)}) or a table file: "
+                        f"{TABLES} (default: checkerboard)")
     p.add_argument("--out", default="out", help="output folder (default: out)")
+    _add_table_options(p)
+    p.add_argument("--test-fraction", type=float, metavar="SHARE",
+                   help="share of a file's rows held out and scored, beside a Gaussian "
+                        "mixture's score as a reference (default: 0.1; 0: none; a toy "
+                        "density is scored on fresh draws)")
     p.add_argument("--n-samples", type=int, default=50000, help="rows drawn from a toy density")
     p.add_argument("--objective", choices=OBJECTIVES,
                    help="training objective (default: flow_matching)")
@@ -74,9 +96,10 @@ def _add_train(sub) -> None:
                         "again continues from it (e.g. after the job was killed)")
     p.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="SECONDS",
                    help="seconds between checkpoints (default: 60)")
-    p.add_argument("--targets", type=int, nargs="+", metavar="COLUMN",
-                   help="fit the conditional density of these columns (0-based) given the "
-                        "others (ConditionalCNFDensity)")
+    p.add_argument("--targets", nargs="+", metavar="COLUMN",
+                   help="fit the conditional density of these columns (names, or 0-based "
+                        "indices among the columns read) given the others "
+                        "(ConditionalCNFDensity)")
     p.set_defaults(func=train.run)
 
 
@@ -126,8 +149,10 @@ def _add_score(sub) -> None:
                        description="Print the mean log-likelihood of DATA's rows; with --out "
                                    "write each row's log-density.")
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("data", help="a .npy/.csv file of rows, or a toy name (fresh draws)")
+    p.add_argument("data", help=f"a table file ({TABLES}; a header's names pick the model's "
+                   "columns), or a toy name (fresh draws)")
     p.add_argument("--out", help="a .npy or .csv file for the per-row log-densities")
+    _add_table_options(p)
     p.add_argument("--n-samples", type=int, default=20000, help="rows drawn for a toy name")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", help=DEVICE_HELP)
@@ -138,16 +163,22 @@ def _add_score(sub) -> None:
 
 
 def _add_plot(sub) -> None:
-    p = sub.add_parser("plot", help="picture of a saved 2-D model: samples and density",
-                       description="Draw data (or model samples), samples and the learned "
-                                   "density side by side.")
+    p = sub.add_parser("plot", help="picture of a saved model: samples against data",
+                       description="Two columns: data (or model samples), samples and the "
+                                   "learned density side by side; more (or fewer): the pair "
+                                   "plot of data against samples, every pair of columns.")
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--data", help="a .npy/.csv file or toy name to show beside the model")
+    p.add_argument("--data", help=f"a table file ({TABLES}) or toy name to show beside the "
+                   "model")
+    _add_table_options(p)
     p.add_argument("--out", help="the PNG to write (default: plot.png beside the model)")
     p.add_argument("--n-samples", type=int, default=20000,
                    help="samples to draw (and rows drawn for a toy name; default: 20000)")
     p.add_argument("--resolution", type=int, default=200,
                    help="density grid points per axis (default: 200)")
+    p.add_argument("--max-columns", type=int, default=8,
+                   help="the pair plot's most columns: beyond, those whose marginals fit "
+                        "worst (default: 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=plot.run)

@@ -45,8 +45,13 @@ def run(args: argparse.Namespace) -> None:
         log_p = None if log_p is None else log_p.reshape(-1)
         what = (f"{args.n} draws of {est.n_targets_} targets for each of {len(given)} rows "
                 f"of {args.given} (row by row)")
+    names = getattr(est, "feature_names_in_" if given is None else "target_names_", None)
+    names = None if names is None else [str(n) for n in names]
     if log_p is not None:
         rows = np.concatenate([rows, log_p[:, None]], axis=1)
         what += ", log-density in the last column"
-    file = write_rows(args.out, rows)
+        names = None if names is None else [*names, "log_density"]
+    file = write_rows(args.out, rows, names)
+    if names is not None and file.suffix == ".csv":
+        what += ", the model's column names as the header"
     print(f"wrote {what} to {file}")

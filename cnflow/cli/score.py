@@ -10,7 +10,16 @@ import math
 
 from ..estimators import ImageCNFDensity
 from .arguments import CLIError
-from .io import check_width, load_model, load_rows, read_given, rows_file, write_rows
+from .io import (
+    check_width,
+    load_model,
+    load_table,
+    model_columns,
+    read_given,
+    rows_file,
+    write_rows,
+)
+from .reference import mean_and_se
 
 __all__ = ["run"]
 
@@ -41,15 +50,23 @@ def run(args: argparse.Namespace) -> None:
         _score_images(args, est)
         return
     given = read_given(args.given, est, args.model, args.seed)
-    X = load_rows(args.data, args.n_samples, args.seed, mapped=given is None)
+    known = getattr(est, "feature_names_in_" if given is None else "target_names_", None)
+    table = load_table(args.data, args.n_samples, args.seed, mapped=given is None,
+                       header=args.header, columns=args.columns, dropna=args.dropna,
+                       known=known)
     if given is None:
+        X = model_columns(table, est, args.data)
         check_width(X, est, args.data)
         log_density = est.score_samples(X)
     else:
+        names = getattr(est, "target_names_", None)
+        X = model_columns(table, est, args.data, None if names is None else list(names))
         if X.shape[1] != est.n_targets_ or len(X) != len(given):
             raise CLIError(f"{args.data} must hold {len(given)} rows of {est.n_targets_} "
                            f"targets, one per row of {args.given}; got shape {X.shape}")
         log_density = est.score_samples(given, X)
-    print(f"mean log-likelihood {log_density.mean():.6f} over {len(X)} rows of {args.data}")
+    score = mean_and_se(log_density)
+    print(f"mean log-likelihood {score['mean']:.6f} ± {score['se']:.6f} (standard error) over "
+          f"{len(X)} rows of {args.data}")
     if args.out:
         print(f"wrote per-row log-densities to {write_rows(args.out, log_density)}")

@@ -103,6 +103,18 @@ class _Rows(nn.Module):
         return self.flow.flow_matching_loss(*self.split(rows), **kwargs)
 
 
+def _target_names(y) -> np.ndarray | None:
+    """The column names of targets given as a data frame (or the name of a named series),
+    as scikit-learn records ``feature_names_in_``: only when they are all strings."""
+    columns = getattr(y, "columns", None)
+    if columns is None:
+        name = getattr(y, "name", None)
+        columns = None if name is None else [name]
+    if columns is None or not all(isinstance(c, str) for c in columns):
+        return None
+    return np.asarray(list(columns), dtype=object)
+
+
 class ConditionalCNFDensity(CNFEstimator):
     r"""The conditional density p(y | x) of targets y given features x, by a conditional CNF.
 
@@ -194,6 +206,9 @@ class ConditionalCNFDensity(CNFEstimator):
         n_features_in_: the number of feature columns (with an embedding: the number of
             entries of a row of X, e.g. C·H·W).
         feature_shape_: the shape of a row of X, X.shape[1:].
+        feature_names_in_: X's column names, when X was a data frame with string column
+            names (scikit-learn's convention).
+        target_names_: y's column names, when y was a data frame (or a named series).
         context_features_: k, the width of the context the flow reads.
         history_, n_iter_, n_members_, device_: as in :class:`CNFDensity`.
         preprocessor_: the fitted :class:`cnflow.preprocessing.TargetContextPreprocessor`.
@@ -314,12 +329,16 @@ class ConditionalCNFDensity(CNFEstimator):
         return int(self.n_features_in_) + int(self.n_targets_)
 
     def _saved_extras(self) -> dict:
+        names = getattr(self, "target_names_", None)
         return {"n_targets": int(self.n_targets_), "targets_1d": bool(self.targets_1d_),
+                "target_names": None if names is None else [str(n) for n in names],
                 "feature_shape": [int(d) for d in self.feature_shape_],
                 "context_features": int(self.context_features_)}
 
     def _restore_extras(self, data: dict) -> None:
         self.n_targets_ = int(data["n_targets"])
+        if data.get("target_names") is not None:
+            self.target_names_ = np.asarray(data["target_names"], dtype=object)
         self.targets_1d_ = bool(data["targets_1d"])
         self.feature_shape_ = tuple(int(d) for d in
                                     data.get("feature_shape", [self.n_features_in_]))
@@ -414,6 +433,11 @@ class ConditionalCNFDensity(CNFEstimator):
                              f"{warm['feature_shape']}; X has rows of shape "
                              f"{self.feature_shape_}")
         self.n_targets_, self.targets_1d_ = n_targets, one_d
+        names = _target_names(y)
+        if names is None:
+            self.__dict__.pop("target_names_", None)
+        else:
+            self.target_names_ = names
         return self._fit_rows(rows, warm)
 
     def _warm_start_state(self) -> dict | None:
