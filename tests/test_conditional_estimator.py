@@ -260,3 +260,21 @@ def test_fine_tuning_starts_at_fine_tune_lr(kind, auto_batch, auto_fraction, fin
     assert first["lr"] == pytest.approx(expected)
     assert est.settings_.batch_size == auto_batch
     assert est.settings_.fine_tune_lr == pytest.approx(expected)
+
+
+def test_data_frames_name_features_and_targets_and_the_names_are_saved(tmp_path):
+    """scikit-learn's feature_names_in_ for X, and target_names_ for y (a DataFrame or a
+    named Series), kept by save/load; unnamed y leaves none."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(60, 2)), columns=["age", "dose"])
+    y = pd.DataFrame(rng.normal(size=(60, 2)), columns=["sbp", "dbp"])
+    est = ConditionalCNFDensity(hidden=(4,), max_iter=1, random_state=0, device="cpu")
+    est.fit(X, y)
+    assert list(est.feature_names_in_) == ["age", "dose"]
+    assert list(est.target_names_) == ["sbp", "dbp"]
+    est.save(tmp_path / "c.pt")
+    loaded = ConditionalCNFDensity.load(tmp_path / "c.pt")
+    assert list(loaded.target_names_) == ["sbp", "dbp"]
+    assert list(est.fit(X, y["sbp"]).target_names_) == ["sbp"]
+    assert not hasattr(est.fit(X, y.to_numpy()), "target_names_")
