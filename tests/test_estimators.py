@@ -245,3 +245,34 @@ def test_steps_reach_every_member_of_a_stacked_ensemble(fitted):
     assert counts <= {(0, 0), (6, 3)}   # a CNF drew by 3 midpoint steps, or drew no rows
     if any(float(member.weights[0]) > 0.01 for member in est.flow_.members):
         assert (6, 3) in counts
+
+
+# ---------------------------------------------------------------- exact-trace solves
+
+
+def test_exact_trace_solves_take_a_bounded_number_of_rows(one_flow, monkeypatch):
+    """Scoring splits each batch into exact-trace solves of trace_solve_rows rows (entries =
+    rows × D × widest layer); the scores are the one-solve scores to the solver's tolerance."""
+    from cnflow.estimators import cnf_estimator
+    from cnflow.estimators.cnf_estimator import trace_solve_rows
+    est = one_flow
+    X = make_toy("8gaussians", 300, random_state=3)
+    whole = est.score_samples(X)
+    width = max(max(p.shape) for p in est.flow_.parameters() if p.dim() == 2)
+    monkeypatch.setattr(cnf_estimator, "TRACE_SOLVE_ENTRIES", 100 * 2 * width)
+    assert trace_solve_rows(est.flow_, torch.zeros(300, 2)) == 100
+    sizes = []
+    log_prob = CNF.log_prob
+
+    def counted(self, x, *args, **kwargs):
+        sizes.append(x.shape[0])
+        return log_prob(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(CNF, "log_prob", counted)
+    split = est.score_samples(X)
+    assert sizes == [100, 100, 100]
+    np.testing.assert_allclose(split, whole, rtol=0, atol=1e-7)
+    monkeypatch.setattr(cnf_estimator, "TRACE_SOLVE_ENTRIES", 1)  # the floor: 64 rows
+    sizes.clear()
+    est.score_samples(X[:130])
+    assert sizes == [64, 64, 2]

@@ -333,3 +333,27 @@ def test_fused_path_of_a_row_with_only_its_derivatives(name, frobenius):
                   torch.randn(6, dtype=D64) if frobenius else None)
     torch.testing.assert_close(pullback(*cotangents), table_pullback(*cotangents), rtol=1e-12,
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", FUSED_ACTIVATIONS)
+@pytest.mark.parametrize("hidden", [(5,), (4, 6, 5)])
+def test_fused_divergence_without_gradients_matches_the_brute_force_jacobian(kind, hidden):
+    """Under no_grad the fused path saves nothing and scales each layer's Jacobian in place;
+    f, the trace and ‖J‖²_F must still be those of the autograd Jacobian, and equal to the
+    recorded path's bit for bit."""
+    torch.manual_seed(4)
+    net = ConcatSquashMLP(3, hidden, activation=kind).double()
+    z = torch.randn(7, 3, dtype=D64)
+    t = torch.tensor(0.6, dtype=D64)
+    with torch.no_grad():
+        f_lean, tr_lean, fr_lean = net.forward_with_divergence(t, z, frobenius=True)
+    f_kept, tr_kept, fr_kept = net.forward_with_divergence(t, z.requires_grad_(True),
+                                                           frobenius=True)
+    jac = torch.autograd.functional.jacobian(lambda x: net(t, x).sum(0), z)  # (3, 7, 3)
+    rows = jac.permute(1, 0, 2)  # rows[n, i, :] = ∂f_i/∂z of row n
+    torch.testing.assert_close(f_lean, net(t, z).detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(tr_lean, rows.diagonal(dim1=1, dim2=2).sum(-1),
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fr_lean, rows.square().sum((1, 2)), rtol=1e-12, atol=1e-12)
+    for lean, kept in ((f_lean, f_kept), (tr_lean, tr_kept), (fr_lean, fr_kept)):
+        assert torch.equal(lean, kept.detach())
