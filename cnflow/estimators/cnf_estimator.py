@@ -20,6 +20,7 @@ from ..ode.inputs import check_tolerances
 from ..ode.options import deprecated_solver
 from ..preprocessing import PREPROCESSINGS
 from ..training import TrainConfig, TrainResult, train
+from ..training.rows import as_row_source, bounded_sample
 from ..training.stages import Stage, StageRun
 from .estimator_base import FlowDensityEstimator
 from .params import Boolean, Integer, IntegerSequence, Options, Real
@@ -29,6 +30,12 @@ __all__ = ["CNFEstimator", "OBJECTIVES", "TRACE_SOLVE_ENTRIES", "trace_solve_row
 
 #: The training objectives of :class:`CNFDensity`.
 OBJECTIVES = ("flow_matching", "maximum_likelihood")
+
+#: Reflow trains on at most this many training rows paired with their base points (one
+#: solve each, without the trace, before the stage's time starts).
+REFLOW_ROWS = 20_000
+#: Reflow's learning rate: this fraction of flow matching's, cosine-annealed.
+REFLOW_LR_FRACTION = 0.5
 
 #: On the CPU an exact-trace solve takes at most about this many Jacobian entries at once
 #: (rows × modelled dimensions × the widest layer: 4 MB in float32), so that the forward
@@ -89,6 +96,7 @@ class CNFEstimator(FlowDensityEstimator):
         "jacobian_norm": [Real(0, None, closed="left")],
         "time_exponent": [Real(0, None)],
         "pairing": [Options("auto", *PAIRINGS)],
+        "reflow": [Real(0, 1, closed="left"), "auto"],
         "fine_tune_iter": [Integer(0), "auto"],
         "fine_tune_lr": [Real(0, None), "auto"],
         "fine_tune_tol": [Real(0, None)],
@@ -102,6 +110,10 @@ class CNFEstimator(FlowDensityEstimator):
         steps = self.fine_tune_iter
         if self.objective == "maximum_likelihood" and not _is_auto(steps) and steps > 0:
             raise ValueError("fine_tune_iter follows flow matching; with "
+                             "objective='maximum_likelihood' leave it at 'auto' or 0")
+        if (self.objective == "maximum_likelihood" and not _is_auto(self.reflow)
+                and self.reflow > 0):
+            raise ValueError("reflow is a stage of flow matching; with "
                              "objective='maximum_likelihood' leave it at 'auto' or 0")
         members = self.n_members
         if not _is_auto(members) and members > 1 and not _is_auto(self.validation_fraction):
@@ -141,27 +153,70 @@ class CNFEstimator(FlowDensityEstimator):
             # stacking scores the held-out rows once more after the last phase
             config = dataclasses.replace(config, validate_at_start=True,
                                          scorings_after=int(settings.stacking and not n_fine))
-        phases = [Stage(self.objective, share=settings.flow_matching_share,
+        share, reflow = settings.flow_matching_share, settings.reflow
+        phases = [Stage(self.objective, share=share * (1.0 - reflow),
                         tags={"objective": self.objective})]
+        configs = [(dataclasses.replace(
+            config, max_iter=max(1, round(config.max_iter * (1.0 - reflow)))),
+            self._training_loss)]
+        if reflow:
+            # the reflow stage validates only its own parameters: kept on held-out
+            # likelihood among themselves, not against the curved field it straightens
+            phases.append(Stage("reflow", share=share * reflow, tags={"objective": "reflow"}))
+            configs.append((dataclasses.replace(
+                config, max_iter=max(1, round(config.max_iter * reflow)),
+                lr=config.lr * REFLOW_LR_FRACTION, lr_schedule="cosine",
+                validate_at_start=False), self._reflow_loss))
         if n_fine:
             phases.append(Stage("fine_tune", tags={"objective": "maximum_likelihood"}))
-        fine_config = dataclasses.replace(
-            config, max_iter=n_fine, lr=settings.fine_tune_lr, lr_schedule="cosine",
-            batch_size=settings.fine_tune_batch_size, scorings_after=int(settings.stacking),
-            validation_interval=settings.fine_tune_validation_interval)
+            configs.append((dataclasses.replace(
+                config, max_iter=n_fine, lr=settings.fine_tune_lr, lr_schedule="cosine",
+                batch_size=settings.fine_tune_batch_size, scorings_after=int(settings.stacking),
+                validation_interval=settings.fine_tune_validation_interval),
+                self._likelihood_loss))
+
+        def prepare(run: StageRun) -> dict | None:
+            if run.stage.name != "reflow":
+                return None
+            return {"pairs": self._reflow_pairs(flow, U_train, generator)}
 
         def train_phase(run: StageRun) -> TrainResult:
             # across processes every one enters train even with no time left: train agrees
             # when to stop, and DDP's set-up is collective
-            phase_config, loss = ((config, self._training_loss) if run.index == 0
-                                  else (fine_config, self._likelihood_loss))
-            return train(flow, U_train, loss,
+            phase_config, loss = configs[run.index]
+            rows = run.setup["pairs"] if run.stage.name == "reflow" else U_train
+            return train(flow, rows, loss,
                          dataclasses.replace(phase_config, max_seconds=run.seconds),
                          X_val=U_val, val_loss_fn=self._validation_loss, generator=generator,
                          checkpoint=run.checkpoint)
 
-        return stage.substages().run(phases, train_phase, module=flow, generator=generator,
-                                     device=U_train.device)
+        return stage.substages().run(phases, train_phase, prepare=prepare, module=flow,
+                                     generator=generator, device=U_train.device)
+
+    def _reflow_pairs(self, flow: nn.Module, U_train, generator: torch.Generator
+                      ) -> torch.Tensor:
+        """Reflow's training rows [u, z]: at most :data:`REFLOW_ROWS` training rows (a
+        seeded draw; a memory-mapped table is read only at those rows) beside their base
+        points ``flow.encode(u)``, solved at rtol = atol = ``fine_tune_tol``."""
+        source = as_row_source(U_train)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        rows = source.batch(torch.from_numpy(bounded_sample(len(source), REFLOW_ROWS, seed)))
+        tol = float(self.fine_tune_tol)
+        options = flow.solve_options.replace(rtol=tol, atol=tol)
+        was_training = flow.training
+        flow.eval()
+        with torch.no_grad():
+            z = torch.cat([flow.encode(part, solve_options=options)
+                           for part in rows.split(self._score_batch_size)])
+        flow.train(was_training)
+        return torch.cat([rows, z], dim=1)
+
+    def _reflow_loss(self, flow: nn.Module, pairs: torch.Tensor) -> torch.Tensor:
+        """Flow matching on reflow's pairs [u, z] (:meth:`cnflow.CNF.flow_matching_loss`
+        with ``z``): the last columns are the base points, as many as the flow models."""
+        dim = getattr(flow, "flow", flow).dim  # a conditional flow's CNF is its .flow
+        return flow.flow_matching_loss(pairs[:, :-dim], z=pairs[:, -dim:],
+                                       time_exponent=float(self.time_exponent))
 
     def _likelihood_loss(self, flow: nn.Module, u: torch.Tensor) -> torch.Tensor:
         """Fine-tuning's loss: the mean negative log-likelihood without the RNODE penalties,

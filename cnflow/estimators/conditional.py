@@ -102,6 +102,10 @@ class _Rows(nn.Module):
     def flow_matching_loss(self, rows: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.flow.flow_matching_loss(*self.split(rows), **kwargs)
 
+    def encode(self, rows: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Base points of rows [u_y, u_x]: u_y carried to t = T given its context."""
+        return self.flow.encode(*self.split(rows), **kwargs)
+
 
 def _target_names(y) -> np.ndarray | None:
     """The column names of targets given as a data frame (or the name of a named series),
@@ -197,6 +201,8 @@ class ConditionalCNFDensity(CNFEstimator):
         pairing: as :class:`CNFDensity`; with ``"ot"`` a base draw moves only between rows
             of equal context (the base is N(0, I) given each context), so it pairs only
             where contexts repeat (e.g. class labels).
+        reflow: as :class:`CNFDensity`; the rows keep their features, each base point its
+            row's context.
         The others: as :class:`CNFDensity`.
 
     Attributes:
@@ -235,6 +241,7 @@ class ConditionalCNFDensity(CNFEstimator):
                  method="dopri5", rtol=1e-5, atol=1e-5, adjoint=True, max_iter="auto",
                  batch_size="auto", lr="auto", lr_schedule="auto", weight_decay=0.0,
                  kinetic_energy=0.01, jacobian_norm=0.01, time_exponent=1.5, pairing="auto",
+                 reflow="auto",
                  fine_tune_iter="auto", fine_tune_lr="auto", fine_tune_tol=1e-3,
                  fine_tune_adjoint="auto", preprocessing="auto", conditioning="gates",
                  embedding=None, net=None, n_members="auto", validation_fraction="auto",
@@ -259,6 +266,7 @@ class ConditionalCNFDensity(CNFEstimator):
         self.jacobian_norm = jacobian_norm
         self.time_exponent = time_exponent
         self.pairing = pairing
+        self.reflow = reflow
         self.fine_tune_iter = fine_tune_iter
         self.fine_tune_lr = fine_tune_lr
         self.fine_tune_tol = fine_tune_tol

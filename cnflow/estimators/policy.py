@@ -39,6 +39,8 @@ The rules, in the order they are resolved:
    gets the last quarter of a ``max_seconds`` budget. In the large regime, above 16 modelled
    dimensions, none (its steps cost seconds each there).
 7. **Early stopping:** 10 validations without improvement, where rows are held out.
+8. **Reflow** (``reflow="auto"``): none (0); a share r moves r of flow matching's time and
+   steps to a reflow stage (:class:`~cnflow.CNFDensity`'s ``reflow``), with flow matching only.
 
 Example:
     >>> from cnflow.estimators.policy import resolve_fit_settings
@@ -104,6 +106,11 @@ _FINE_TUNING = {
 }
 #: pairing="auto": how flow matching pairs rows with base draws (cnflow.flows.pairing)
 _PAIRING = "independent"
+
+#: reflow="auto": the share of flow matching's time and steps given to a reflow stage
+#: (cnflow.estimators.cnf_estimator): none, since at an equal budget it has so far cost
+#: likelihood (docs/benchmarks.md, "Sampling and scoring cost")
+_REFLOW = 0.0
 
 #: One table per estimator: the values behind each "auto" (see the module docstring).
 #: ``objectives``: per objective, the network and loop; ``held_out``: whether the estimator
@@ -227,6 +234,8 @@ class FitSettings:
             :func:`cnflow.training.resolve_device`).
         pairing: how flow matching pairs rows with base draws (``"independent"`` or
             ``"ot"``, :mod:`cnflow.flows.pairing`).
+        reflow: the share of flow matching's time and steps given to its reflow stage
+            (0: none; always 0 with maximum likelihood).
     """
 
     estimator: str
@@ -255,6 +264,7 @@ class FitSettings:
     preprocessing_candidates: tuple[str, ...] = CANDIDATE_MAPS
     planning_share: float = 1.0
     pairing: str = "independent"
+    reflow: float = 0.0
 
     @property
     def holds_out(self) -> bool:
@@ -382,4 +392,6 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
         n_samples=int(n_samples), n_features=int(n_features), device=str(device),
         preprocessing_candidates=tuple(large.get("candidates", CANDIDATE_MAPS)),
         planning_share=float(large.get("planning_share", 1.0)),
-        pairing=str(_chosen(params.get("pairing", "auto"), table.get("pairing", _PAIRING))))
+        pairing=str(_chosen(params.get("pairing", "auto"), table.get("pairing", _PAIRING))),
+        reflow=(float(_chosen(params.get("reflow", "auto"), table.get("reflow", _REFLOW)))
+                if objective == "flow_matching" else 0.0))
