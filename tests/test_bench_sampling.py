@@ -31,7 +31,8 @@ def test_bench_sampling_quick(tmp_path):
     out = json.loads((tmp_path / "bench_sampling_quick.json").read_text())
     (result,) = out["results"]
     trainings = [row["training"] for row in result["rows"]]
-    assert trainings[:4] == ["independent", "ot", "ot, blocks of 64", "reflow 1/3"]
+    assert trainings[:5] == ["independent", "ot", "ot, blocks of 64", "reflow 1/3",
+                             "reflow 1/6"]
     for row in result["rows"]:
         adaptive, *fixed = row["samples"]
         assert adaptive["steps"] is None and adaptive["rms_to_adaptive"] == 0.0
