@@ -124,7 +124,8 @@ class CNFDensity(CNFEstimator):
             from there on those fixed pairs (``flow_matching_loss(x, z=z)``) at half the
             learning rate, cosine-annealed. The flow's own coupling crosses less than
             independent draws, so the paths straighten and scoring and sampling take fewer
-            solver steps; the likelihood is that of the first flow at best.
+            solver steps; it learns the first flow's density again, adding no likelihood by
+            itself (measured in the guide's "Sampling and scoring cost" page).
             ``"auto"``: ``settings_.reflow`` (0: no reflow stage).
         fine_tune_iter: maximum-likelihood steps (the ``trace`` above, gradients as
             ``fine_tune_adjoint`` says, no RNODE penalties) after flow matching, at

@@ -39,8 +39,9 @@ REFLOW_LR_FRACTION = 0.5
 
 #: On the CPU an exact-trace solve takes at most about this many Jacobian entries at once
 #: (rows × modelled dimensions × the widest layer: 4 MB in float32), so that the forward
-#: Jacobian of :meth:`cnflow.nn.ConcatSquashMLP.forward_with_divergence` stays in cache, and
-#: each solve's steps are chosen for fewer rows (the hardest row of a solve sets its steps).
+#: Jacobian of :meth:`cnflow.nn.ConcatSquashMLP.forward_with_divergence` stays in cache
+#: (with the in-place forward pass without gradients, 7.6 s per 1,000 rows of a 64-D table
+#: and a 128-wide field, against 14.5 s; the solver's steps barely change with the rows).
 TRACE_SOLVE_ENTRIES = 2**20
 #: ... and at least this many rows (below, each step's fixed cost dominates).
 TRACE_SOLVE_MIN_ROWS = 64

@@ -465,13 +465,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
         """
         options = self._sampling_options(steps, method)
         context, n = self._given_draws(n, context)
-        z = self._base_draws(n)
-        field = self._field(context)
-
-        def f(t: Tensor, state: Tensor) -> Tensor:
-            return field(t, state)
-
-        return self._solve(f, z, self._times(reverse=True, like=z), options, context=context)
+        return self._carry(self._base_draws(n), context, reverse=True, options=options)
 
     def encode(self, x: Tensor, context: Tensor | None = None, *,
                solve_options: SolveOptions | None = None) -> Tensor:
@@ -503,13 +497,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
         """
         x = self._check_data(x, "x")
         context = self._given(context, x.shape[0])
-        field = self._field(context)
-
-        def f(t: Tensor, state: Tensor) -> Tensor:
-            return field(t, state)
-
-        return self._solve(f, x, self._times(reverse=False, like=x), solve_options,
-                           context=context)
+        return self._carry(x, context, reverse=False, options=solve_options)
 
     def fixed_step_options(self, steps: int, method: str | None = None) -> SolveOptions:
         """The flow's :class:`~cnflow.SolveOptions` changed to solve [0, T] (either way) in
@@ -812,6 +800,16 @@ class CNF(SolvesODEs, NFECounts, Flow):
         if isinstance(ys, tuple):
             return tuple(y[-1] for y in ys)
         return ys[-1]
+
+    def _carry(self, y: Tensor, context: Tensor | None, reverse: bool,
+               options: SolveOptions | None) -> Tensor:
+        """The state alone (no trace) solved over [0, T] from y (or [T, 0] when reverse)."""
+        field = self._field(context)
+
+        def f(t: Tensor, state: Tensor) -> Tensor:
+            return field(t, state)
+
+        return self._solve(f, y, self._times(reverse, like=y), options, context=context)
 
     def _flow(self, x: Tensor, context: Tensor | None, reverse: bool, regularise: bool,
               trace: str | None = None, options: SolveOptions | None = None
