@@ -70,8 +70,9 @@ def _forward(act: Activation, frobenius: bool, z: Tensor, t: Tensor,
     """The outputs ``(f, trace[, frobenius])`` and what :func:`_backward` needs (the
     pre-activations p too where the row's backward needs them). Without ``keep`` (no
     backward to follow) nothing is saved and each layer's Jacobian is scaled in place, so
-    that one (n, D, width) buffer a layer is written once and none is held (about half the
-    time of the kept form at D = 64, width 128 on 2 CPU cores)."""
+    that one (n, D, width) buffer a layer is written once and none is held (about a quarter
+    less time than the kept form when scoring a 64-D table with a 128-wide field on 2 CPU
+    cores)."""
     # per layer: linear weight W, bias b, gate weight a (out, 1), gate bias c, shift d (out, 1)
     layers = [raw[i:i + 5] for i in range(0, len(raw), 5)]
     gates = [torch.sigmoid(torch.addcmul(c, a[:, 0], t)) for _, _, a, c, _ in layers]
@@ -86,13 +87,13 @@ def _forward(act: Activation, frobenius: bool, z: Tensor, t: Tensor,
         h, s, q = _layer(act, x, weight, bias)
         if jac is None:  # J_{-1} = I: M_0 = W_0ᵀ for every row (not stored)
             jac = s.unsqueeze(1) * weight.T.contiguous().unsqueeze(0)
-        elif not keep:
-            jac = (jac.reshape(n * dim, -1) @ weight.T).reshape(n, dim, -1)
-            jac.mul_(s.unsqueeze(1))
         else:
             m = (jac.reshape(n * dim, -1) @ weight.T).reshape(n, dim, -1)
-            ms.append(m)
-            jac = m * s.unsqueeze(1)
+            if keep:
+                ms.append(m)
+                jac = m * s.unsqueeze(1)
+            else:
+                jac = m.mul_(s.unsqueeze(1))
         if keep:
             if keep_p:
                 ps.append(q if act.input_scale == 1 else q / act.input_scale)
