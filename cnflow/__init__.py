@@ -1,8 +1,11 @@
 """cnflow: continuous normalizing flows on PyTorch.
 
-The public names, re-exported; nothing is defined here.
+The public names, re-exported; nothing is defined here. Importing the package sets the C
+allocator's thresholds once (:mod:`cnflow.allocator`; ``CNFLOW_TUNE_MALLOC=0`` keeps glibc's
+defaults).
 """
 
+from .allocator import tune_allocator_unless_switched_off
 from .estimators import (
     CNFDensity,
     ConditionalCNFDensity,
@@ -26,6 +29,8 @@ from .ode import (
 from .training import CheckpointMismatchError, TrainingFault
 
 __version__ = "0.1.0"
+
+tune_allocator_unless_switched_off()
 
 __all__ = [
     "CNF", "CNFRegularisers", "CNFDensity", "ConditionalCNFDensity", "ImageCNFDensity",

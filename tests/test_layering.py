@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "cnflow"
 #: A part may import from parts of a lower rank (and within itself).
 RANKS = {
     "checks": -1,
-    "ode": 0, "interfaces": 0, "files": 0, "datasets": 0,
+    "ode": 0, "interfaces": 0, "files": 0, "datasets": 0, "allocator": 0,
     "divergence": 1, "nn": 1, "plotting": 1,
     "flows": 2,
     "preprocessing": 3, "training": 3,

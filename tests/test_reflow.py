@@ -27,6 +27,29 @@ def test_encode_is_the_forward_map_and_the_samplers_inverse():
     assert (z - x).abs().max() > 0.1  # the map is not the identity
 
 
+def test_decode_is_the_reverse_map_and_inverts_encode():
+    """decode(z) is transform(z, reverse=True)'s x (the same ODE backwards, no trace), the
+    inverse of encode to the tolerance, with or without a context."""
+    torch.manual_seed(2)
+    flow = CNF(2, hidden=(16, 16), rtol=1e-8, atol=1e-8).double()
+    cond = CNF(2, hidden=(16,), context_features=1, rtol=1e-8, atol=1e-8).double()
+    with torch.no_grad():
+        for p in [*flow.parameters(), *cond.parameters()]:
+            p.mul_(3.0)
+        z = torch.randn(40, 2, dtype=D64)
+        x = flow.decode(z)
+        x_ref, _ = flow.transform(z, reverse=True)
+        c = torch.randn(40, 1, dtype=D64)
+        xc = cond.decode(z, c)
+        zc = cond.encode(xc, c)
+    torch.testing.assert_close(x, x_ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(flow.encode(x), z, rtol=0, atol=1e-5)
+    torch.testing.assert_close(zc, z, rtol=0, atol=1e-5)
+    assert (x - z).abs().max() > 0.1
+    with pytest.raises(ValueError, match="z must have shape"):
+        flow.decode(torch.randn(3, 5, dtype=D64))
+
+
 def test_flow_matching_on_given_pairs_regresses_on_their_straight_lines():
     """With z given, the loss is E‖f(x + s(z − x), sT) − (z − x)/T‖² at the generator's times,
     computed here by hand; no base draw is made."""

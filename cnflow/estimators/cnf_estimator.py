@@ -36,6 +36,10 @@ OBJECTIVES = ("flow_matching", "maximum_likelihood")
 REFLOW_ROWS = 20_000
 #: Reflow's learning rate: this fraction of flow matching's, cosine-annealed.
 REFLOW_LR_FRACTION = 0.5
+#: Where reflow's pairs come from: "encoded" (training rows and their base points),
+#: "decoded" (base draws and the rows the flow carries them to, as Liu et al. 2023) or
+#: "mixed" (half of each).
+REFLOW_PAIRS = "encoded"
 
 #: On the CPU an exact-trace solve takes at most about this many Jacobian entries at once
 #: (rows × modelled dimensions × the widest layer: 4 MB in float32), so that the forward
@@ -204,13 +208,24 @@ class CNFEstimator(FlowDensityEstimator):
         rows = source.batch(torch.from_numpy(bounded_sample(len(source), REFLOW_ROWS, seed)))
         tol = float(self.fine_tune_tol)
         options = flow.solve_options.replace(rtol=tol, atol=tol)
+        decoded = 0
+        if isinstance(flow, CNF) and flow.base is None and REFLOW_PAIRS != "encoded":
+            decoded = len(rows) if REFLOW_PAIRS == "decoded" else len(rows) // 2
         was_training = flow.training
         flow.eval()
         with torch.no_grad():
-            z = torch.cat([flow.encode(part, solve_options=options)
-                           for part in rows.split(self._score_batch_size)])
+            encoded = rows[decoded:]
+            z = [flow.encode(part, solve_options=options)
+                 for part in encoded.split(self._score_batch_size)]
+            pairs = [torch.cat([encoded, torch.cat(z)], dim=1)] if len(encoded) else []
+            if decoded:
+                draws = torch.randn(decoded, flow.dim, generator=generator,
+                                    dtype=rows.dtype).to(rows.device)
+                x = [flow.decode(part, solve_options=options)
+                     for part in draws.split(self._score_batch_size)]
+                pairs.append(torch.cat([torch.cat(x), draws], dim=1))
         flow.train(was_training)
-        return torch.cat([rows, z], dim=1)
+        return torch.cat(pairs)
 
     def _reflow_loss(self, flow: nn.Module, pairs: torch.Tensor) -> torch.Tensor:
         """Flow matching on reflow's pairs [u, z] (:meth:`cnflow.CNF.flow_matching_loss`

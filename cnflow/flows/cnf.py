@@ -499,6 +499,32 @@ class CNF(SolvesODEs, NFECounts, Flow):
         context = self._given(context, x.shape[0])
         return self._carry(x, context, reverse=False, options=solve_options)
 
+    def decode(self, z: Tensor, context: Tensor | None = None, *,
+               solve_options: SolveOptions | None = None) -> Tensor:
+        r"""Base points carried to data: z(0) of :math:`\dot z = f(z, t)` from z(T) = z, the
+        inverse of :meth:`encode` (what :meth:`sample` does with draws from the base).
+
+        Arguments:
+            z: base points, shape (n, dim).
+            context: shape (n, context_features), exactly when the flow has
+                ``context_features``.
+            solve_options: this call's solve (None: the flow's).
+
+        Returns:
+            x, shape (n, dim).
+
+        Example:
+            >>> import torch
+            >>> from cnflow import CNF
+            >>> flow = CNF(2, hidden=(8,))
+            >>> z = torch.randn(5, 2)
+            >>> torch.allclose(flow.encode(flow.decode(z)), z, atol=1e-4)
+            True
+        """
+        z = self._check_data(z, "z")
+        context = self._given(context, z.shape[0])
+        return self._carry(z, context, reverse=True, options=solve_options)
+
     def fixed_step_options(self, steps: int, method: str | None = None) -> SolveOptions:
         """The flow's :class:`~cnflow.SolveOptions` changed to solve [0, T] (either way) in
         exactly ``steps`` equal steps of the fixed-step ``method`` (None:
