@@ -214,10 +214,11 @@ class CNFEstimator(FlowDensityEstimator):
         was_training = flow.training
         flow.eval()
         with torch.no_grad():
-            encoded = rows[decoded:]
-            z = [flow.encode(part, solve_options=options)
-                 for part in encoded.split(self._score_batch_size)]
-            pairs = [torch.cat([encoded, torch.cat(z)], dim=1)] if len(encoded) else []
+            encoded, pairs = rows[decoded:], []
+            if len(encoded):
+                z = [flow.encode(part, solve_options=options)
+                     for part in encoded.split(self._score_batch_size)]
+                pairs.append(torch.cat([encoded, torch.cat(z)], dim=1))
             if decoded:
                 draws = torch.randn(decoded, flow.dim, generator=generator,
                                     dtype=rows.dtype).to(rows.device)
