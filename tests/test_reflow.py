@@ -130,3 +130,29 @@ def test_a_conditional_reflow_pairs_each_base_point_with_its_rows_context():
         encoded = flow.encode(rows, solve_options=flow.solve_options.replace(rtol=tol, atol=tol))
     torch.testing.assert_close(pairs[:, 2:], encoded)
     assert abs(float(pairs[0, 2] - pairs[1, 2])) > 1e-3
+
+
+@pytest.mark.parametrize("source", ["decoded", "mixed"])
+def test_reflow_pairs_from_base_draws_are_the_flows_own_map(monkeypatch, source):
+    """With decoded pairs each row [x, z] has x = decode(z) for a standard normal z (all of
+    them, or the second half with "mixed", whose first half are encoded training rows)."""
+    import cnflow.estimators.cnf_estimator as cnf_estimator
+
+    X = make_toy("8gaussians", 600, random_state=0)
+    est = CNFDensity(hidden=(16,), max_iter=20, stacking=False, preprocessing="standardize",
+                     n_members=1, random_state=0, dtype="float64").fit(X)
+    flow = est.flow_
+    assert isinstance(flow, CNF)
+    monkeypatch.setattr(cnf_estimator, "REFLOW_PAIRS", source)
+    U = torch.as_tensor(est.preprocessor_.transform(X)[0])
+    pairs = est._reflow_pairs(flow, U, torch.Generator().manual_seed(0))
+    assert pairs.shape == (600, 4)
+    decoded = pairs[300:] if source == "mixed" else pairs
+    tol = float(est.fine_tune_tol)
+    options = flow.solve_options.replace(rtol=tol, atol=tol)
+    with torch.no_grad():
+        x = flow.decode(decoded[:, 2:], solve_options=options)
+    torch.testing.assert_close(decoded[:, :2], x, rtol=0, atol=1e-12)
+    if source == "mixed":  # the first half: training rows and their base points
+        rows = {tuple(r) for r in U.numpy().round(12)}
+        assert all(tuple(r) in rows for r in pairs[:300, :2].numpy().round(12))
