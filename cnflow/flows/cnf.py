@@ -504,14 +504,8 @@ class CNF(SolvesODEs, NFECounts, Flow):
         r"""Base points carried to data: z(0) of :math:`\dot z = f(z, t)` from z(T) = z, the
         inverse of :meth:`encode` (what :meth:`sample` does with draws from the base).
 
-        Arguments:
-            z: base points, shape (n, dim).
-            context: shape (n, context_features), exactly when the flow has
-                ``context_features``.
-            solve_options: this call's solve (None: the flow's).
-
-        Returns:
-            x, shape (n, dim).
+        Arguments: z, base points of shape (n, dim); ``context`` and ``solve_options`` as
+        in :meth:`encode`. Returns x, shape (n, dim).
 
         Example:
             >>> import torch
