@@ -38,7 +38,8 @@ REFLOW_ROWS = 20_000
 REFLOW_LR_FRACTION = 0.5
 #: Where reflow's pairs come from: "encoded" (training rows and their base points),
 #: "decoded" (base draws and the rows the flow carries them to, as Liu et al. 2023) or
-#: "mixed" (half of each).
+#: "mixed" (half of each); the last two only for an unconditional CNF with the standard
+#: normal base (see ``_reflow_pairs``).
 REFLOW_PAIRS = "encoded"
 
 #: On the CPU an exact-trace solve takes at most about this many Jacobian entries at once
@@ -202,7 +203,10 @@ class CNFEstimator(FlowDensityEstimator):
                       ) -> torch.Tensor:
         """Reflow's training rows [u, z]: at most :data:`REFLOW_ROWS` training rows (a
         seeded draw; a memory-mapped table is read only at those rows) beside their base
-        points ``flow.encode(u)``, solved at rtol = atol = ``fine_tune_tol``."""
+        points ``flow.encode(u)``, solved at rtol = atol = ``fine_tune_tol``. With
+        :data:`REFLOW_PAIRS` "decoded" (or "mixed", for the second half) the rows are
+        ``flow.decode(z)`` of standard normal z instead; that applies to an unconditional
+        CNF with the standard normal base only, other flows keep encoded pairs."""
         source = as_row_source(U_train)
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         rows = source.batch(torch.from_numpy(bounded_sample(len(source), REFLOW_ROWS, seed)))
