@@ -186,9 +186,13 @@ def test_large_regime_bounds_what_grows_with_the_rows():
     assert settings(CNFDensity, 200_000, 14).validation_interval == 1000
     assert settings(CNFDensity, 5_000, 48).validation_interval == 100
     # no maximum-likelihood fine-tuning above 16 modelled dimensions on large tables (unless
-    # asked for): flow matching has the whole budget
+    # asked for): flow matching has the whole budget; from 9 to 16, fine-tuning has only
+    # the time flow matching leaves
     assert (wide.fine_tune_iter, wide.flow_matching_share) == (0, 1.0)
-    assert settings(CNFDensity, 200_000, 16).fine_tune_iter == 200
+    for features, share in ((16, 1.0), (9, 1.0), (8, 0.75)):
+        large_fit = settings(CNFDensity, 200_000, features)
+        assert (large_fit.fine_tune_iter, large_fit.flow_matching_share) == (200, share)
+    assert settings(CNFDensity, 5_000, 9).flow_matching_share == 0.75
     assert settings(CNFDensity, 5_000, 48).fine_tune_iter == 200
     assert settings(CNFDensity, 200_000, 48, fine_tune_iter=30).fine_tune_iter == 30
     # the conditional estimator holds nothing out on large tables

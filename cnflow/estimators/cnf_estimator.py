@@ -138,8 +138,9 @@ class CNFEstimator(FlowDensityEstimator):
                fresh: bool = True) -> TrainResult:
         """Flow matching, then (``fine_tune_iter`` > 0) maximum-likelihood fine-tuning at
         ``fine_tune_lr``, cosine-annealed, with solves at ``fine_tune_tol`` and
-        gradients as ``fine_tune_adjoint`` says; with
-        ``max_seconds``, flow matching has the first 75 % of the time and fine-tuning the rest.
+        gradients as ``fine_tune_adjoint`` says; with ``max_seconds``, flow matching has
+        ``settings_.flow_matching_share`` of the time (75 %) and fine-tuning the rest (with a
+        share of 1, only what flow matching leaves when it ends early).
         Each history entry says which objective its step took.
 
         With a validation set, the flow starts at the identity (its last layer zeroed) and
@@ -153,13 +154,15 @@ class CNFEstimator(FlowDensityEstimator):
         a fault or an interruption ends the fit's training there."""
         settings = self.settings_
         n_fine = settings.fine_tune_iter
+        share, reflow = settings.flow_matching_share, settings.reflow
         if U_val is not None:
             if fresh:
                 _zero_last_layer(flow)
-            # stacking scores the held-out rows once more after the last phase
-            config = dataclasses.replace(config, validate_at_start=True,
-                                         scorings_after=int(settings.stacking and not n_fine))
-        share, reflow = settings.flow_matching_share, settings.reflow
+            # stacking scores the held-out rows once more after the last phase; fine-tuning
+            # without a share of its own scores them at its start, in flow matching's time
+            after = (int(settings.stacking) if not n_fine
+                     else 1 + int(settings.stacking) if share >= 1 else 0)
+            config = dataclasses.replace(config, validate_at_start=True, scorings_after=after)
         phases = [Stage(self.objective, share=share * (1.0 - reflow),
                         tags={"objective": self.objective})]
         configs = [(dataclasses.replace(

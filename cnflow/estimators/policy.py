@@ -36,8 +36,10 @@ The rules, in the order they are resolved:
 6. **Fine-tuning** after flow matching: one maximum-likelihood step per 100 flow-matching
    steps, at a table fraction of the flow-matching lr, at the maximum-likelihood batch, with
    gradients by backpropagation up to 8 modelled dimensions (the adjoint method above); it
-   gets the last quarter of a ``max_seconds`` budget. In the large regime, above 16 modelled
-   dimensions, none (its steps cost seconds each there).
+   gets the last quarter of a ``max_seconds`` budget. In the large regime, above 8 modelled
+   dimensions it gets only the time flow matching leaves (flow matching's share is 1: a
+   quarter of a short budget ended worse on held-out rows than flow matching alone), and
+   above 16, none (its steps cost seconds each there).
 7. **Early stopping:** 10 validations without improvement, where rows are held out.
 8. **Reflow** (``reflow="auto"``): none (0); a share r moves r of flow matching's time and
    steps to a reflow stage (:class:`~cnflow.CNFDensity`'s ``reflow``), with flow matching only.
@@ -146,6 +148,12 @@ POLICIES: dict[str, dict[str, Any]] = {
             # a step solves for the exact trace at seconds a step (6 s at D = 48), and the few
             # steps of its quarter of the budget lowered no held-out loss
             "fine_tune_max_features": 16,
+            # above this many (where its gradients are by the adjoint method), fine-tuning has
+            # no share of the budget, only the time flow matching leaves when it ends before
+            # it (its max_iter steps done, or stopped early): its quarter of 60 s ended worse
+            # on held-out rows than flow matching alone on county murders (9 columns) and
+            # baseball (12), while after flow matching's 20,000 steps in 600 s it gained
+            "fine_tune_share_max_features": 8,
             # flow matching's field above 16 modelled dimensions on a large table: 128 wide
             # (warped mixture, D = 48, 100,000 rows, 120 s: +2.9 nats a row over 64 wide)
             "wide_above_features": 16,
@@ -388,7 +396,8 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
                                                 fine["validation_interval"]),
         fine_tune_adjoint=(n_features > fine["backprop_max_features"] if _is_auto(adjoint)
                            else bool(adjoint)),
-        flow_matching_share=fine["flow_matching_share"] if fine_iter else 1.0,
+        flow_matching_share=(fine["flow_matching_share"] if fine_iter and n_features
+                             <= large.get("fine_tune_share_max_features", n_features) else 1.0),
         n_samples=int(n_samples), n_features=int(n_features), device=str(device),
         preprocessing_candidates=tuple(large.get("candidates", CANDIDATE_MAPS)),
         planning_share=float(large.get("planning_share", 1.0)),
