@@ -276,3 +276,33 @@ def test_exact_trace_solves_take_a_bounded_number_of_rows(one_flow, monkeypatch)
     sizes.clear()
     est.score_samples(X[:130])
     assert sizes == [64, 64, 2]
+
+
+def test_later_exact_trace_solves_start_at_the_first_ones_suggested_step(one_flow,
+                                                                         monkeypatch):
+    """Every exact-trace solve after a batch's first starts at the step the first solve's
+    controller chose after its first accepted step: fewer steps than the same rows solved
+    from the estimated first step, the same log-densities to the tolerance."""
+    from cnflow.estimators import cnf_estimator
+    est = one_flow
+    X = make_toy("8gaussians", 300, random_state=3)
+    width = max(max(p.shape) for p in est.flow_.parameters() if p.dim() == 2)
+    monkeypatch.setattr(cnf_estimator, "TRACE_SOLVE_ENTRIES", 100 * 2 * width)
+    solves = []
+    log_prob = CNF.log_prob
+
+    def recorded(self, x, *args, **kwargs):
+        out = log_prob(self, x, *args, **kwargs)
+        solves.append((self, x, kwargs["solve_options"], self.stats_forward.n_steps, out))
+        return out
+
+    monkeypatch.setattr(CNF, "log_prob", recorded)
+    est.score_samples(X)
+    assert len(solves) == 3
+    flow, _, options, _, _ = solves[0]
+    assert options.first_step is None
+    for _, x, started, n_steps, scores in solves[1:]:
+        assert started.first_step is not None and started.first_step > 0
+        alone = log_prob(flow, x, trace="exact", solve_options=options)
+        assert n_steps < flow.stats_forward.n_steps
+        torch.testing.assert_close(scores, alone, rtol=0, atol=1e-4)

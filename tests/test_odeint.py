@@ -170,3 +170,46 @@ def test_backprop_gradient_matches_closed_form():
     (ys[-1] @ w).backward()
     expected = scipy.linalg.expm(LINEAR_A * 2.0).T @ w.numpy()
     np.testing.assert_allclose(y0.grad.numpy(), expected, rtol=1e-8)
+
+
+def test_first_step_replaces_the_estimate_and_keeps_the_accuracy():
+    """With ``first_step`` the first step tried has that size (no probe evaluation of f), the
+    solution still meets the tolerance against scipy's reference, and a solve started at the
+    step another solve suggests takes no more steps than that solve."""
+    p = van_der_pol()
+    times = [0.0, 6.0]
+    ref = p.reference(np.array(times))[-1]
+    estimated = SolverStats()
+    y_est = odeint(p.f_torch, torch.tensor(p.y0), torch.tensor(times, dtype=F64), rtol=1e-6,
+                   atol=1e-6, stats=estimated)
+    suggested = estimated.suggested_first_step
+    assert suggested is not None and suggested > 0
+    seen = []
+
+    def f(t, y):
+        seen.append(float(t))
+        return p.f_torch(t, y)
+
+    started = SolverStats()
+    y_given = odeint(f, torch.tensor(p.y0), torch.tensor(times, dtype=F64), rtol=1e-6,
+                     atol=1e-6, stats=started, first_step=suggested)
+    assert started.nfe == 1 + 6 * started.n_steps  # f(y0), then 6 new stages a step
+    # dopri5's last stage of the first step is at t0 + h
+    assert seen[6] == pytest.approx(suggested, rel=1e-12)
+    assert started.n_steps <= estimated.n_steps
+    for y in (y_est, y_given):
+        np.testing.assert_allclose(y[-1].numpy(), ref, rtol=0, atol=1e-4)
+    # a first step larger than the interval is cut to it; fixed-step methods ignore it
+    y_whole = odeint(p.f_torch, torch.tensor(p.y0), torch.tensor(times, dtype=F64), rtol=1e-6,
+                     atol=1e-6, first_step=100.0)
+    np.testing.assert_allclose(y_whole[-1].numpy(), ref, rtol=0, atol=1e-4)
+    fixed = SolverStats()
+    odeint(p.f_torch, torch.tensor(p.y0), torch.tensor(times, dtype=F64), method="rk4",
+           step_size=0.5, first_step=0.01, stats=fixed)
+    assert fixed.n_steps == 12
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, math.inf, math.nan, "0.1", True])
+def test_bad_first_step_is_rejected(bad):
+    with pytest.raises(ValueError, match="first_step"):
+        odeint(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0]), first_step=bad)

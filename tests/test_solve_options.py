@@ -20,6 +20,8 @@ from cnflow import CNF, ODEBlock, SolveOptions, SolverStats, odeint
     ({"max_num_steps": True}, "max_num_steps must be a positive integer"),
     ({"adjoint": 1}, "adjoint must be True or False"),
     ({"seminorm": "yes"}, "seminorm must be True or False"),
+    ({"first_step": 0.0}, "first_step must be positive and finite"),
+    ({"first_step": "auto"}, "first_step must be a positive number or None"),
 ])
 def test_bad_settings_fail_where_they_are_written(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -137,3 +139,24 @@ def test_log_prob_takes_this_calls_trace_and_options_without_changing_the_flow()
     assert flow.trace == "hutchinson" and flow.solve_options.rtol == 1e-5
     with pytest.raises(ValueError, match="unknown trace"):
         flow.log_prob(x, trace="stochastic")
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_first_step_reaches_the_forward_solve(adjoint):
+    """SolveOptions(first_step=h) starts the forward solve, plain or adjoint, at h: the
+    probe evaluation of the estimate is skipped and the first step ends at t0 + h."""
+    f = torch.nn.Linear(2, 2).double()
+    times = []
+
+    def dynamics(s, y):
+        times.append(float(s))
+        return f(y)
+
+    y0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=adjoint)
+    stats = SolverStats()
+    with torch.set_grad_enabled(adjoint):
+        SolveOptions(first_step=0.125, adjoint=adjoint).solve(
+            dynamics, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), stats=stats,
+            params=tuple(f.parameters()))
+    assert stats.nfe == 1 + 6 * stats.n_steps
+    assert times[6] == pytest.approx(0.125)

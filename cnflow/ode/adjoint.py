@@ -54,6 +54,7 @@ class _Settings:
     f_out: list | None = None  # receives f(t_i, y_i) where the forward solve evaluated it
     vjp: FlatVJP | None = None  # f's own vector-Jacobian product, when it has one
     last_step: float | None = None  # the forward solve's next step: the backward's first
+    first_step: float | None = None  # the forward solve's first step (None: estimated)
 
 
 def _augmented_dynamics(fn: FlatFn, n: int, params: Sequence[torch.Tensor],
@@ -98,7 +99,8 @@ class _AdjointSolve(torch.autograd.Function):
                            rtol=settings.rtol, atol=settings.atol,
                            step_size=settings.step_size, max_num_steps=settings.max_num_steps,
                            segments=settings.segments, stats=settings.stats,
-                           f0=settings.f0, f_out=settings.f_out, step_out=step_out)
+                           f0=settings.f0, f_out=settings.f_out, step_out=step_out,
+                           first_step=settings.first_step)
         settings.f0 = settings.f_out = None  # the backward pass needs ys and params only
         settings.last_step = step_out[-1] if step_out else None
         ctx.settings = settings
@@ -165,11 +167,13 @@ def odeint_adjoint(
     seminorm: bool = True,
     stats: SolverStats | None = None,
     adjoint_stats: SolverStats | None = None,
+    first_step: float | None = None,
 ) -> State:
     """``odeint`` with gradients from the adjoint method: same values, constant memory.
 
     Arguments:
-        f, y0, t, method, rtol, atol, step_size, max_num_steps, stats: as :func:`odeint`.
+        f, y0, t, method, rtol, atol, step_size, max_num_steps, stats, first_step: as
+            :func:`odeint` (``first_step``: the forward solve's).
         adjoint_method, adjoint_rtol, adjoint_atol, adjoint_step_size: the backward solve's
             settings (default: the forward ones).
         adjoint_params: the tensors that get gradients. Default: ``f.parameters()``, which
@@ -219,7 +223,8 @@ def odeint_adjoint(
     # Each tensor once (tied weights, repeated entries), else its gradient would be counted twice.
     params = tuple({id(p): p for p in adjoint_params if p.requires_grad}.values())
     problem, tableau = prepare(f, y0, t, method=method, rtol=rtol, atol=atol,
-                               step_size=step_size, max_num_steps=max_num_steps)
+                               step_size=step_size, max_num_steps=max_num_steps,
+                               first_step=first_step)
     adjoint_tableau = resolve_method(method if adjoint_method is None else adjoint_method,
                                      adjoint_step_size)
     if adjoint_step_size is None and not adjoint_tableau.adaptive:
@@ -236,6 +241,7 @@ def odeint_adjoint(
         adjoint_step_size=adjoint_step_size,
         max_num_steps=max_num_steps, seminorm=seminorm, stats=stats,
         adjoint_stats=SolverStats() if adjoint_stats is None else adjoint_stats,
+        first_step=first_step,
     )
 
     def solve(y0_flat: torch.Tensor, f0: torch.Tensor | None, f_out: list | None) -> torch.Tensor:

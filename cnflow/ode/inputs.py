@@ -8,6 +8,7 @@ can make with the arguments raises :class:`ValueError` here, with what was wrong
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -220,14 +221,26 @@ def _flat_vjp(f, shapes: list[torch.Size], segments: list[int], is_tuple: bool,
     return vjp
 
 
+def check_first_step(first_step: float | None) -> None:
+    """None, or a positive finite step size."""
+    if first_step is None:
+        return
+    if isinstance(first_step, bool) or not isinstance(first_step, (int, float)):
+        raise ValueError(f"first_step must be a positive number or None, got {first_step!r}")
+    if not (math.isfinite(first_step) and first_step > 0):
+        raise ValueError(f"first_step must be positive and finite, got {first_step!r}")
+
+
 def prepare(f, y0: State, t, *, method: str, rtol: float, atol: float,
-            step_size: float | None, max_num_steps: int) -> tuple[FlatProblem, ButcherTableau]:
+            step_size: float | None, max_num_steps: int,
+            first_step: float | None = None) -> tuple[FlatProblem, ButcherTableau]:
     """Check every argument and build the flat problem and the method's tableau."""
     if not callable(f):
         raise ValueError(f"f must be callable as f(t, y), got {type(f).__name__}")
     tableau = resolve_method(method, step_size)
     check_tolerances(rtol, atol)
     check_positive_int(max_num_steps, "max_num_steps")
+    check_first_step(first_step)
     t, times = _check_times(t)
     parts, is_tuple = _check_state(y0)
     shapes = [p.shape for p in parts]

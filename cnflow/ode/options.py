@@ -26,7 +26,7 @@ import torch
 
 from ..checks import check_positive_int
 from .adjoint import odeint_adjoint
-from .inputs import State, check_tolerances, resolve_method
+from .inputs import State, check_first_step, check_tolerances, resolve_method
 from .solve import DEFAULT_MAX_NUM_STEPS, odeint
 from .stats import SolverStats
 from .tableaux import FIXED_METHODS
@@ -70,6 +70,8 @@ class SolveOptions:
             backpropagation through the solver otherwise.
         seminorm: leave the parameter adjoint out of the adjoint's error control (Kidger et
             al. 2021).
+        first_step: the adaptive methods' first step (None: Hairer's estimate), e.g. the
+            ``suggested_first_step`` of a :class:`~cnflow.SolverStats` of a similar solve.
 
     Every argument is checked when the options are made, so a bad setting fails where it is
     written, not at the first solve.
@@ -82,10 +84,12 @@ class SolveOptions:
     max_num_steps: int = DEFAULT_MAX_NUM_STEPS
     adjoint: bool = True
     seminorm: bool = True
+    first_step: float | None = None
 
     def __post_init__(self) -> None:
         resolve_method(self.method, self.step_size)
         check_tolerances(self.rtol, self.atol)
+        check_first_step(self.first_step)
         object.__setattr__(self, "max_num_steps",
                            check_positive_int(self.max_num_steps, "max_num_steps"))
         for name in ("adjoint", "seminorm"):
@@ -144,7 +148,7 @@ class SolveOptions:
         """
         options = {"method": self.method, "rtol": self.rtol, "atol": self.atol,
                    "step_size": self.step_size, "max_num_steps": self.max_num_steps,
-                   "stats": stats}
+                   "stats": stats, "first_step": self.first_step}
         if self.adjoint and torch.is_grad_enabled():
             return odeint_adjoint(f, y0, t, adjoint_params=params, seminorm=self.seminorm,
                                   adjoint_stats=adjoint_stats, **options)

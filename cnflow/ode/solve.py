@@ -161,9 +161,13 @@ def _integrate_adaptive(fn: Callable, y0: torch.Tensor, times: list[float],
                 next_out += 1
             t, y = t_new, y1
             f0 = ks[-1] if tableau.fsal else fn(t, y)
+            accepted_first = stats.suggested_first_step is None
         else:
             stats.n_rejected += 1
+            accepted_first = False
         h = next_step_size(h_try, ratio, tableau.order)
+        if accepted_first:  # where a similar solve may start (SolverStats)
+            stats.suggested_first_step = max(h, h_try)
     if step_out is not None:  # where a following solve of a similar problem may start
         step_out.append(max(h, h_free))  # (an accepted step never shrinks h)
     return outputs
@@ -185,7 +189,9 @@ def integrate(fn: FlatFn, y0: torch.Tensor, times: list[float], tableau: Butcher
     last stage of a first-same-as-last step ending on an output time); other entries are left.
     Adaptive methods only: ``first_step`` replaces the initial step-size estimate (and its
     evaluation of f), and ``step_out`` receives the step the controller would take next,
-    to start a following solve of a similar problem (the adjoint's backward solve).
+    to start a following solve of a similar problem (the adjoint's backward solve); the
+    first solve counted by ``stats`` records in ``stats.suggested_first_step`` the step its
+    controller chose after its first accepted step.
     """
     stats = SolverStats() if stats is None else stats
     counted = _Counted(fn, stats)
@@ -249,6 +255,7 @@ def odeint(
     step_size: float | None = None,
     max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
     stats: SolverStats | None = None,
+    first_step: float | None = None,
 ) -> State:
     """Solve dy/dt = f(t, y), y(t[0]) = y0, and return y at every time in ``t``.
 
@@ -269,6 +276,9 @@ def odeint(
             into equal steps no longer than it. None: one step per interval.
         max_num_steps: the most steps (accepted and rejected) one solve may attempt.
         stats: a :class:`SolverStats` that this solve adds its counts to.
+        first_step: adaptive methods only (fixed-step methods ignore it): the size of the first
+            step tried, instead of Hairer's estimate and its evaluation of f; e.g. the
+            ``stats.suggested_first_step`` of a solve of a similar problem. None: the estimate.
 
     Returns:
         The solution at each time, stacked on a new first axis: shape ``(len(t), *y0.shape)``, or
@@ -290,13 +300,15 @@ def odeint(
         0.367879
     """
     problem, tableau = prepare(f, y0, t, method=method, rtol=rtol, atol=atol,
-                               step_size=step_size, max_num_steps=max_num_steps)
+                               step_size=step_size, max_num_steps=max_num_steps,
+                               first_step=first_step)
     stats = SolverStats() if stats is None else stats
 
     def solve(y0_flat: torch.Tensor, f0: torch.Tensor | None, f_out: list | None) -> torch.Tensor:
         # f0 is not reused here: backpropagation needs the first stage's graph from y0_flat
         return integrate(problem.fn, y0_flat, problem.times, tableau, rtol=rtol, atol=atol,
                          step_size=step_size, max_num_steps=max_num_steps,
-                         segments=problem.segments, stats=stats, f_out=f_out)
+                         segments=problem.segments, stats=stats, f_out=f_out,
+                         first_step=first_step)
 
     return problem.unflatten(solve_with_time_gradient(problem, solve, stats))

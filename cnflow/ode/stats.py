@@ -18,6 +18,10 @@ class SolverStats:
         nfe: number of evaluations of the dynamics f.
         n_accepted: accepted steps.
         n_rejected: rejected steps (always 0 for fixed-step methods).
+        suggested_first_step: after the first solve of an adaptive method that these stats
+            count, the step its controller chose after its first accepted step: a starting
+            step (``first_step``) for a solve of a similar problem, e.g. the next rows of a
+            scoring split into parts (None: no such solve yet).
 
     Example:
         >>> import torch
@@ -31,6 +35,7 @@ class SolverStats:
     nfe: int = 0
     n_accepted: int = 0
     n_rejected: int = 0
+    suggested_first_step: float | None = None
 
     @property
     def n_steps(self) -> int:
@@ -39,6 +44,7 @@ class SolverStats:
 
     def reset(self) -> None:
         self.nfe = self.n_accepted = self.n_rejected = 0
+        self.suggested_first_step = None
 
 
 class NFECounts:
