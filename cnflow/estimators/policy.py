@@ -232,7 +232,8 @@ class FitSettings:
         fine_tune_lr, fine_tune_batch_size, fine_tune_validation_interval: fine-tuning's.
         fine_tune_adjoint: fine-tuning's gradients by the adjoint method (else backprop).
         flow_matching_share: flow matching's share of a ``max_seconds`` budget when
-            fine-tuning follows (1 without fine-tuning).
+            fine-tuning follows (1 without fine-tuning, and where fine-tuning has only the
+            time flow matching leaves).
         n_samples, n_features: the data shape the settings were resolved for (n_features:
             the modelled dimensions).
         preprocessing_candidates: the maps ``"choose"`` chooses among.
