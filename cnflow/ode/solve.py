@@ -161,13 +161,11 @@ def _integrate_adaptive(fn: Callable, y0: torch.Tensor, times: list[float],
                 next_out += 1
             t, y = t_new, y1
             f0 = ks[-1] if tableau.fsal else fn(t, y)
-            accepted_first = stats.suggested_first_step is None
         else:
             stats.n_rejected += 1
-            accepted_first = False
         h = next_step_size(h_try, ratio, tableau.order)
-        if accepted_first:  # where a similar solve may start (SolverStats)
-            stats.suggested_first_step = max(h, h_try)
+        if ratio <= 1.0 and stats.suggested_first_step is None:
+            stats.suggested_first_step = h  # after the first accepted step (SolverStats)
     if step_out is not None:  # where a following solve of a similar problem may start
         step_out.append(max(h, h_free))  # (an accepted step never shrinks h)
     return outputs
