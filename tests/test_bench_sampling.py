@@ -5,7 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from cnflow import CNF
 from script_runner import load_script, run_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sampling.py"
@@ -25,6 +27,22 @@ def test_w2_and_energy_against_references():
     assert bench.energy(a, b) > 0
 
 
+def test_counted_solves_sums_every_solve_of_the_block():
+    bench = load_script(SCRIPT)
+    torch.manual_seed(0)
+    flow = CNF(2)
+    x = torch.randn(300, 2)
+    expected = []
+    for part in (x, x[:7]):  # each solve alone: its own evaluations
+        flow.log_prob(part)
+        expected.append(flow.nfe_forward)
+    with bench.counted_solves(flow) as counted:
+        flow.log_prob(x)
+        flow.log_prob(x[:7])
+    assert counted == {"solves": 2, "evaluations": sum(expected)}
+    assert "log_prob" not in vars(flow)  # the class's method again after the block
+
+
 @pytest.mark.slow
 def test_bench_sampling_quick(tmp_path):
     run_script(SCRIPT, "--quick", "--out", tmp_path)
@@ -34,6 +52,7 @@ def test_bench_sampling_quick(tmp_path):
     assert trainings[:5] == ["independent", "ot", "ot, blocks of 64", "reflow 1/3",
                              "reflow 1/6"]
     for row in result["rows"]:
+        assert row["scoring_solves"] >= 1 and row["scoring_nfe"] > 0
         adaptive, *fixed = row["samples"]
         assert adaptive["steps"] is None and adaptive["rms_to_adaptive"] == 0.0
         assert len(fixed) == 15 and all(s["w2"] > 0 for s in row["samples"])
