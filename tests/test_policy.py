@@ -160,12 +160,12 @@ def test_images_and_latent_odes_record_their_settings(tmp_path):
 
 
 def test_large_regime_bounds_what_grows_with_the_rows():
-    """Above 10,000 rows: 1,000 held-out rows, the map chosen between whitening and
-    logarithms (marginal Gaussianisation is too slow to apply to every row), a tenth of the
+    """Above 10,000 rows: 1,000 held-out rows, the map chosen between whitening and the
+    quantile map (the kernel Gaussianisation is too slow to apply to every row), a tenth of the
     budget for mixtures, and few scorings of the held-out rows."""
     large, small = settings(CNFDensity, 200_000, 8), settings(CNFDensity, 5_000, 8)
     assert large.validation_fraction * 200_000 == pytest.approx(LARGE_HELD_OUT_ROWS)
-    assert large.preprocessing_candidates == ("whiten", "log")
+    assert large.preprocessing_candidates == ("whiten", "quantile")
     assert small.preprocessing_candidates == ("whiten", "log", "gaussianize")
     assert (large.planning_share, small.planning_share) == (0.1, 1.0)
     assert (large.validation_interval, large.fine_tune_validation_interval) == (1000, 100)

@@ -6,6 +6,7 @@ from scipy import integrate, stats
 
 from cnflow.preprocessing import (
     MarginalGaussianizer,
+    QuantileGaussianizer,
     TabularPreprocessor,
     TargetContextPreprocessor,
     Whitening,
@@ -75,6 +76,66 @@ def test_bandwidth_never_below_recording_step():
     assert g.normal_share_[0] == 1.0 or g.bandwidth_[0] >= step
 
 
+def _dequantised_counts(n=4000, seed=0):
+    """A Poisson count + U(0, 1), a lognormal column, a t(3) column: standardised."""
+    rng = np.random.RandomState(seed)
+    X = np.stack([rng.poisson(2.0, n) + rng.rand(n), rng.lognormal(0, 1, n),
+                  rng.standard_t(3, n)], 1)
+    return (X - X.mean(0)) / X.std(0)
+
+
+def test_quantile_density_integrates_to_one_and_matches_its_log_derivative():
+    U = _dequantised_counts()
+    for j in range(3):
+        g = QuantileGaussianizer().fit(U[:, [j]])
+        knots = g.knots_[0, :g.sizes_[0]]
+
+        def density(u, g=g):
+            z, logdet = g.transform(np.array([[u]]))
+            return np.exp(stats.norm.logpdf(z[0, 0]) + logdet[0])
+        left = knots[0] - np.array([60.0, 8.0, 2.0, 0.5, 0.0])   # the tails in pieces
+        right = knots[-1] + np.array([0.0, 0.5, 2.0, 8.0, 80.0])
+        pieces = (list(zip(left[:-1], left[1:])) + list(zip(knots[:-1], knots[1:]))
+                  + list(zip(right[:-1], right[1:])))
+        total = sum(integrate.quad(density, a, b, limit=200)[0] for a, b in pieces)
+        assert total == pytest.approx(1.0, abs=1e-7)
+        # log dz/du by central differences, inside pieces and in both tails
+        inside = 0.5 * (knots[:-1] + knots[1:])[::7]
+        u = np.r_[knots[0] - [3.0, 0.5], inside, knots[-1] + [0.5, 4.0]][:, None]
+        eps = 1e-7
+        numeric = np.log((g.transform(u + eps)[0] - g.transform(u - eps)[0])[:, 0] / (2 * eps))
+        np.testing.assert_allclose(g.transform(u)[1], numeric, atol=1e-5)
+
+
+def test_quantile_map_is_monotone_and_inverts_far_into_the_tails():
+    U = _dequantised_counts()
+    g = QuantileGaussianizer().fit(U)
+    grid = np.linspace(-30, 60, 4001)[:, None].repeat(3, 1)
+    Z, logdet = g.transform(grid)
+    assert (np.diff(Z, axis=0) > 0).all() and np.isfinite(logdet).all()
+    np.testing.assert_allclose(g.inverse_transform(Z), grid, atol=1e-7)
+    W = np.random.RandomState(1).randn(2000, 3) * 2
+    np.testing.assert_allclose(g.transform(g.inverse_transform(W))[0], W, atol=1e-7)
+
+
+def test_quantile_map_keeps_a_dequantised_column_inside_its_boxes():
+    """Below the smallest value (a count of 0) lies only the tail mass τ, where a kernel
+    distribution function puts the half of the first box's kernels that cross its edge."""
+    U = _dequantised_counts()
+    g = QuantileGaussianizer().fit(U)
+    lowest = U[:, 0].min()
+    z, _ = g.transform(np.full((1, 3), lowest))
+    assert stats.norm.cdf(z[0, 0]) == pytest.approx(g.tau_[0], rel=1e-6)
+    kernel = MarginalGaussianizer().fit(U)
+    z_kernel, _ = kernel.transform(np.full((1, 3), lowest))
+    assert stats.norm.cdf(z_kernel[0, 0]) > 10 * g.tau_[0]
+    # a value beyond every training value costs its exponential tail, not a Gaussian's
+    far = np.array([[0.0, 0.0, U[:, 2].max() + 10.0]])
+    z, logdet = g.transform(far)
+    log_density = stats.norm.logpdf(z[0, 2]) + logdet[0]
+    assert log_density > np.log(g.tau_[2]) - 10.0 / 0.05 - 5 and log_density < np.log(g.tau_[2])
+
+
 def test_whitening_log_determinant_is_slogdet_of_the_map():
     rng = np.random.RandomState(1)
     Z = rng.randn(200, 4) @ rng.randn(4, 4)
@@ -134,7 +195,7 @@ def test_log_columns_are_the_positive_right_skewed_ones():
     assert (pre.inverse_transform(np.random.RandomState(1).randn(1000, 4) * 3)[:, 0] > 0).all()
 
 
-@pytest.mark.parametrize("kind", ["gaussianize", "log"])
+@pytest.mark.parametrize("kind", ["gaussianize", "log", "quantile"])
 def test_state_round_trip_gives_the_same_map(kind):
     X = _skewed(200, seed=3)
     pre = TabularPreprocessor(kind).fit(X)
@@ -178,7 +239,7 @@ DEGENERATE = ["identical rows", "constant column", "constant columns", "identica
               "affine combination"]
 
 
-@pytest.mark.parametrize("kind", ["standardize", "whiten", "log", "gaussianize"])
+@pytest.mark.parametrize("kind", ["standardize", "whiten", "log", "gaussianize", "quantile"])
 @pytest.mark.parametrize("case", DEGENERATE)
 def test_rows_without_a_density_are_refused_before_anything_is_fitted(kind, case):
     X, message = _degenerate(case)

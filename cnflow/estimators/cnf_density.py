@@ -49,7 +49,7 @@ class CNFDensity(CNFEstimator):
     values are kept as ``settings_``. The rules pick a **regime** by the row count (or by
     ``regime``): small tables get the held-out machinery below; large ones keep it with
     bounds on whatever grows with the rows (1,000 held-out rows, the map chosen between
-    whitening and logarithms on a sample, mixtures within a tenth of ``max_seconds``; see
+    whitening and the quantile map on a sample, mixtures within a tenth of ``max_seconds``; see
     ``docs/guide/large-data.md``); fewer than 10 rows are standardised per column and
     nothing is held out.
 
@@ -145,10 +145,12 @@ class CNFDensity(CNFEstimator):
             backward solve.
         preprocessing: ``"standardize"`` (per column), ``"whiten"`` (full covariance),
             ``"log"`` (logarithms of the positive right-skewed columns, then whitening) or
-            ``"gaussianize"`` (per-column Gaussianisation, then whitening), see
-            :mod:`cnflow.preprocessing`; densities are always returned in the caller's units.
-            ``"auto"``: chosen by held-out likelihood (see above) among whiten, log and
-            gaussianize on small tables, among whiten and log on large ones, and
+            ``"gaussianize"`` (per-column Gaussianisation by a kernel distribution function,
+            then whitening) or ``"quantile"`` (the same by a piecewise-linear one with
+            exponential tails, fast on many rows), see :mod:`cnflow.preprocessing`;
+            densities are always returned in the caller's units. ``"auto"``: chosen by
+            held-out likelihood (see above) among whiten, log and gaussianize on small
+            tables, between whiten and quantile on large ones, and
             ``"standardize"`` where no rows are held out.
         base: the flow's base density in the preprocessed space: ``"normal"`` (N(0, I),
             default) or ``"mixture"``, the Gaussian mixture described under ``stacking``
