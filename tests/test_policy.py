@@ -166,6 +166,7 @@ def test_large_regime_bounds_what_grows_with_the_rows():
     large, small = settings(CNFDensity, 200_000, 8), settings(CNFDensity, 5_000, 8)
     assert large.validation_fraction * 200_000 == pytest.approx(LARGE_HELD_OUT_ROWS)
     assert large.preprocessing_candidates == ("whiten", "quantile")
+    assert settings(CNFDensity, 200_000, 17).preprocessing_candidates == ("whiten", "log")
     assert small.preprocessing_candidates == ("whiten", "log", "gaussianize")
     assert (large.planning_share, small.planning_share) == (0.1, 1.0)
     assert (large.validation_interval, large.fine_tune_validation_interval) == (1000, 100)

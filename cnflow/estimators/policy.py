@@ -23,7 +23,8 @@ The rules, in the order they are resolved:
    whitening and the quantile map (per-column Gaussianisation by a piecewise-linear
    distribution function with exponential tails, fast on every row; the kernel one costs
    about 0.5 ms a row to apply, and logarithms give rows outside the training range a
-   density of 0), and the held-out rows are scored every 1,000 flow-matching steps, or 70 per
+   density of 0) up to 16 modelled dimensions, between whitening and logarithms above,
+   and the held-out rows are scored every 1,000 flow-matching steps, or 70 per
    modelled dimension if more (a scoring costs about 7·D steps), or 100 fine-tuning steps
    (and after the last step, as in every regime).
 3. **Network and loop,** per objective (the table's rows): hidden widths, steps, batch, lr,
@@ -140,6 +141,13 @@ POLICIES: dict[str, dict[str, Any]] = {
             # paired difference of +2.06 nats a row, where whitening or logarithms had 30 % and
             # -0.26
             "candidates": ("whiten", "quantile"),
+            # ... up to this many modelled dimensions; above, whitening or logarithms: on the
+            # 32- and 64-D warped mixtures (bench_large.py, 120 s) the quantile map cost 0.53
+            # and 3.0 nats a row (KL 0.862 -> 1.392, 2.541 -> 5.536), behind zuko's MAF,
+            # where the sweep's one table that wide (RandHIE, 30 columns) gained by it but led
+            # the NSF by 11 nats without it
+            "quantile_max_features": 16,
+            "wide_candidates": ("whiten", "log"),
             # choosing the map and fitting the stacked mixture stop trying larger mixtures once
             # this share of max_seconds has passed (EM on thousands of rows takes seconds a try)
             "planning_share": 0.1,
@@ -408,7 +416,10 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
         flow_matching_share=(fine["flow_matching_share"] if fine_iter and n_features
                              <= large.get("fine_tune_share_max_features", n_features) else 1.0),
         n_samples=int(n_samples), n_features=int(n_features), device=str(device),
-        preprocessing_candidates=tuple(large.get("candidates", CANDIDATE_MAPS)),
+        preprocessing_candidates=tuple(
+            large.get("wide_candidates", CANDIDATE_MAPS)
+            if n_features > large.get("quantile_max_features", n_features)
+            else large.get("candidates", CANDIDATE_MAPS)),
         planning_share=float(large.get("planning_share", 1.0)),
         pairing=str(_chosen(params.get("pairing", "auto"), table.get("pairing", _PAIRING))),
         reflow=(float(_chosen(params.get("reflow", "auto"), table.get("reflow", _REFLOW)))
