@@ -83,17 +83,22 @@ ROW_KEY, PAIRED_KEY = ("table", "budget", "model"), ("table", "budget", "peer")
 
 
 # ---------------------------------------------------------------- models
-def fit_model(model: str, X: np.ndarray, budget: float, gmm_search_rows: int = GMM_SEARCH_ROWS):
+def fit_model(model: str, X: np.ndarray, budget: float, gmm_search_rows: int = GMM_SEARCH_ROWS,
+              params: dict | None = None):
     """Fit ``model`` on rows ``X`` within ``budget`` seconds (the Gaussian mixture's search on
-    at most ``gmm_search_rows`` of them): the scorer (log-density of each row), the iterations
-    and a dict of extra fields for the model's row."""
+    at most ``gmm_search_rows`` of them; cnflow with ``CNFDensity``'s ``params`` beside
+    ``random_state=0, max_seconds=budget``): the scorer (log-density of each row), the
+    iterations and a dict of extra fields for the model's row."""
     if model == "cnflow":
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            est = CNFDensity(random_state=0, max_seconds=budget).fit(X)
+            est = CNFDensity(random_state=0, max_seconds=budget, **(params or {})).fit(X)
         messages = sorted({str(w.message)[:200] for w in caught})[:5]
         return est.score_samples, est.n_iter_, {
             "settings": est.settings_.as_dict(), "n_iter": int(est.n_iter_),
+            "params": params or {},
+            "preprocessing": getattr(getattr(est, "preprocessor_", None), "kind", None),
+            "stacking_weights": list(getattr(est, "stacking_weights_", None) or []),
             "warnings": messages}
     if model.startswith("zuko"):
         score, steps, note = fit_zuko(model, X, budget)

