@@ -136,6 +136,33 @@ def test_quantile_map_keeps_a_dequantised_column_inside_its_boxes():
     assert log_density > np.log(g.tau_[2]) - 10.0 / 0.05 - 5 and log_density < np.log(g.tau_[2])
 
 
+def test_quantile_map_resolves_repeated_values_and_keeps_smooth_columns_smooth():
+    """A column of 300 values each repeated about 40 times (a unit-level quantity copied onto
+    every row of the unit, dequantised by 1e-3) has density log(1/300/1e-3) = 1.20 per fresh
+    draw; the held-out choice of K must find the knots that resolve the repeats (512 knots,
+    two per value, cannot), and must not give a smooth column that many."""
+    rng = np.random.RandomState(0)
+    atoms, width = np.sort(rng.randn(300)), 1e-3
+
+    def draw(n, rng):
+        return (atoms[rng.randint(300, size=n)] + width * rng.rand(n))[:, None]
+
+    U, fresh = draw(12000, rng), draw(4000, np.random.RandomState(1))
+    truth = np.log(1 / 300 / width)
+
+    def fresh_log_density(knot_counts):
+        g = QuantileGaussianizer()
+        g.knot_counts = knot_counts
+        z, logdet = g.fit(U).transform(fresh)
+        return g.sizes_[0] - 1, np.mean(stats.norm.logpdf(z[:, 0]) + logdet)
+
+    k, chosen = fresh_log_density(QuantileGaussianizer.knot_counts)
+    _, capped = fresh_log_density((8, 32, 128, 512))
+    assert k >= 2048 and chosen > truth - 0.7 and chosen > capped + 0.7
+    smooth = QuantileGaussianizer().fit(rng.standard_t(5, size=(12000, 1)))
+    assert smooth.sizes_[0] - 1 <= 512
+
+
 def test_whitening_log_determinant_is_slogdet_of_the_map():
     rng = np.random.RandomState(1)
     Z = rng.randn(200, 4) @ rng.randn(4, 4)
