@@ -118,3 +118,18 @@ def test_no_two_modules_import_each_other():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def test_the_fitting_rooms_never_import_an_estimator():
+    """cnflow/estimators/fitting is used by the estimator classes and takes them as
+    arguments; it imports only the policy, the parameter kinds, the memory-mapped reading and
+    itself from cnflow.estimators."""
+    allowed = {"cnflow.estimators.policy", "cnflow.estimators.params",
+               "cnflow.estimators.mapped"}
+    paths = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    for path in sorted((ROOT / "estimators" / "fitting").glob("*.py")):
+        imported = {m for m in _imported_modules(path, set(paths))
+                    if m.startswith("cnflow.estimators")}
+        wrong = {m for m in imported - allowed
+                 if not m.startswith("cnflow.estimators.fitting")}
+        assert not wrong, f"{path.relative_to(ROOT)} imports {sorted(wrong)}"

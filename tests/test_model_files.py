@@ -119,3 +119,51 @@ def test_atomic_write_gives_the_permissions_of_an_ordinary_file(tmp_path):
     kept.chmod(0o640)
     atomic_write(kept, lambda f: f.write(b"new"))
     assert kept.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("estimator", ["planar", "cnf"])
+def test_a_file_whose_parameters_and_settings_disagree_names_the_parameter(saved, tmp_path,
+                                                                           estimator):
+    """Each fit records its settings (every "auto" resolved) beside its parameters; a file
+    in which a set parameter and its setting differ was altered, and loading it would build
+    one model and describe another."""
+    if estimator == "planar":
+        cls, good = PlanarFlowDensity, saved[1]
+    else:
+        X = make_toy("moons", 200, random_state=0)
+        cls, good = CNFDensity, tmp_path / "cnf.pt"
+        CNFDensity(hidden=(8,), max_iter=2, fine_tune_iter=0, n_members=1, random_state=0,
+                   device="cpu").fit(X).save(good)
+    data = torch.load(good, weights_only=True)
+    assert data["settings"]["max_iter"] == data["params"]["max_iter"] or \
+        data["params"]["max_iter"] == "auto"
+    data["params"]["max_iter"] = 7 if data["settings"]["max_iter"] != 7 else 8
+    path = tmp_path / "altered.pt"
+    torch.save(data, path)
+    with pytest.raises(ModelFileError, match=r"max_iter=\d+ but its fit settings say "
+                                             r"max_iter=\d+") as info:
+        cls.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_subclass_of_an_estimator_fits_saves_and_loads(tmp_path):
+    """The fit policy is looked up by the estimator's kind, which a subclass inherits."""
+
+    class MyCNF(CNFDensity):
+        """A user's subclass with a method of its own."""
+
+        def mean_score(self, X):
+            return float(self.score_samples(X).mean())
+
+    X = make_toy("moons", 200, random_state=0)
+    est = MyCNF(hidden=(8,), max_iter=3, fine_tune_iter=0, random_state=0,
+                device="cpu").fit(X)
+    assert est.settings_.estimator == "CNFDensity" and est.settings_.regime == "small_table"
+    path = tmp_path / "mine.pt"
+    est.save(path)
+    loaded = MyCNF.load(path)
+    assert type(loaded) is MyCNF
+    np.testing.assert_array_equal(loaded.score_samples(X[:20]), est.score_samples(X[:20]))
+    assert loaded.mean_score(X[:20]) == est.mean_score(X[:20])
+    with pytest.raises(ModelFileError, match="holds a MyCNF, not a CNFDensity"):
+        CNFDensity.load(path)

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..datasets import TOY_DATASETS, make_toy
 from ..estimators import CNFDensity, ConditionalCNFDensity
-from ..estimators.policy import resolve_fit_settings
+from ..estimators.policy import policy_kind, resolve_fit_settings
 from ..training import resolve_device
 from ..training.rows import bounded_sample, gather, is_mapped
 from .arguments import CLIError, check_device, check_positive, check_targets, given_options
@@ -53,7 +53,7 @@ DEFAULT_TEST_FRACTION = 0.1
 def planned_iterations(est: CNFDensity | ConditionalCNFDensity, X: np.ndarray) -> int:
     """The training iterations the fit of ``est`` to the rows X will run, by the fit policy
     (:mod:`cnflow.estimators.policy`), as announced before it starts."""
-    return resolve_fit_settings(type(est).__name__, est.get_params(deep=False),
+    return resolve_fit_settings(policy_kind(est), est.get_params(deep=False),
                                 *X.shape).max_iter
 
 

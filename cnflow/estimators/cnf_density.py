@@ -237,6 +237,8 @@ class CNFDensity(CNFEstimator):
         optimal transport".
     """
 
+    _policy_kind = "CNFDensity"
+
     def __init__(self, hidden="auto", objective="flow_matching", trace="exact",
                  method="dopri5", rtol=1e-5, atol=1e-5, adjoint=True, max_iter="auto",
                  batch_size="auto", lr="auto", lr_schedule="auto", weight_decay=0.0,

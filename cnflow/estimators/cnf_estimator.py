@@ -154,7 +154,7 @@ class CNFEstimator(FlowDensityEstimator):
         a fault or an interruption ends the fit's training there."""
         settings = self.settings_
         n_fine = settings.fine_tune_iter
-        share, reflow = settings.flow_matching_share, settings.reflow
+        share = settings.flow_matching_share
         if U_val is not None:
             if fresh:
                 _zero_last_layer(flow)
@@ -163,6 +163,34 @@ class CNFEstimator(FlowDensityEstimator):
             after = (int(settings.stacking) if not n_fine
                      else 1 + int(settings.stacking) if share >= 1 else 0)
             config = dataclasses.replace(config, validate_at_start=True, scorings_after=after)
+        phases, configs = self._phases(config)
+
+        def prepare(run: StageRun) -> dict | None:
+            if run.stage.name != "reflow":
+                return None
+            return {"pairs": self._reflow_pairs(flow, U_train, generator)}
+
+        def train_phase(run: StageRun) -> TrainResult:
+            # across processes every one enters train even with no time left: train agrees
+            # when to stop, and DDP's set-up is collective
+            phase_config, loss = configs[run.index]
+            rows = run.setup["pairs"] if run.stage.name == "reflow" else U_train
+            return train(flow, rows, loss,
+                         dataclasses.replace(phase_config, max_seconds=run.seconds),
+                         X_val=U_val, val_loss_fn=self._validation_loss, generator=generator,
+                         checkpoint=run.checkpoint)
+
+        return stage.substages().run(phases, train_phase, prepare=prepare, module=flow,
+                                     generator=generator, device=U_train.device)
+
+    def _phases(self, config: TrainConfig) -> tuple[list[Stage], list[tuple]]:
+        """A member's training phases as sub-stages, each with its loop settings and loss:
+        flow matching (its share of the time less reflow's), reflow where
+        ``settings_.reflow`` > 0, and maximum-likelihood fine-tuning where
+        ``settings_.fine_tune_iter`` > 0 (the rest of the time)."""
+        settings = self.settings_
+        n_fine = settings.fine_tune_iter
+        share, reflow = settings.flow_matching_share, settings.reflow
         phases = [Stage(self.objective, share=share * (1.0 - reflow),
                         tags={"objective": self.objective})]
         configs = [(dataclasses.replace(
@@ -183,24 +211,7 @@ class CNFEstimator(FlowDensityEstimator):
                 batch_size=settings.fine_tune_batch_size, scorings_after=int(settings.stacking),
                 validation_interval=settings.fine_tune_validation_interval),
                 self._likelihood_loss))
-
-        def prepare(run: StageRun) -> dict | None:
-            if run.stage.name != "reflow":
-                return None
-            return {"pairs": self._reflow_pairs(flow, U_train, generator)}
-
-        def train_phase(run: StageRun) -> TrainResult:
-            # across processes every one enters train even with no time left: train agrees
-            # when to stop, and DDP's set-up is collective
-            phase_config, loss = configs[run.index]
-            rows = run.setup["pairs"] if run.stage.name == "reflow" else U_train
-            return train(flow, rows, loss,
-                         dataclasses.replace(phase_config, max_seconds=run.seconds),
-                         X_val=U_val, val_loss_fn=self._validation_loss, generator=generator,
-                         checkpoint=run.checkpoint)
-
-        return stage.substages().run(phases, train_phase, prepare=prepare, module=flow,
-                                     generator=generator, device=U_train.device)
+        return phases, configs
 
     def _reflow_pairs(self, flow: nn.Module, U_train, generator: torch.Generator
                       ) -> torch.Tensor:

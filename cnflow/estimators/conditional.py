@@ -21,7 +21,8 @@ from ..nn.registry import registered_module
 from ..ode.options import check_steps
 from ..preprocessing import TargetContextPreprocessor
 from .cnf_estimator import CNFEstimator
-from .estimator_base import draw_seed, reading_parts_of
+from .estimator_base import draw_seed
+from .fitting.persistence import reading_parts_of
 from .params import Options
 from .policy import FitSettings, _is_auto
 from .user_modules import (
@@ -233,6 +234,8 @@ class ConditionalCNFDensity(CNFEstimator):
         >>> est.predict(X[:3]).shape
         (3,)
     """
+
+    _policy_kind = "ConditionalCNFDensity"
 
     _FITTED = (*CNFEstimator._FITTED, "n_targets_", "targets_1d_", "feature_shape_",
                "context_features_")

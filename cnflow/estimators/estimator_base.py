@@ -16,247 +16,58 @@ come from a bounded sample, its minibatches are read by index and its scores are
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
-import hashlib
 import numbers
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ..checks import check_positive_int
-from ..files import ModelFileError, atomic_write, read_torch_file
+from ..files import ModelFileError
 from ..flows.base_density import GaussianMixtureBase
 from ..flows.flow import sample_options
 from ..flows.mixture import FlowMixture, best_mixture_weight
 from ..ode.options import check_steps
-from ..preprocessing import TabularPreprocessor, choose_preprocessing
+from ..preprocessing import TabularPreprocessor
 from ..training import (
     LR_SCHEDULES,
     TrainConfig,
-    TrainingFault,
     TrainResult,
     resolve_device,
     seeded_rng,
     train,
 )
-from ..training.checkpoint import FitCheckpoint, data_digest
-from ..training.rows import (
-    MappedRows,
-    RowSource,
-    bounded_sample,
-    check_finite_rows,
-    gather,
-    is_mapped,
-)
+from ..training.checkpoint import FitCheckpoint
+from ..training.rows import MappedRows, RowSource
 from ..training.stages import Stage, StagedFit, StageRun
-from .mapped import (
-    SAMPLE_ROWS,
-    check_mapped,
-    choice_rows,
-    held_out_rows,
-    preprocessing_rows,
-    training_sample,
+from .fitting.members import MemberTraining
+from .fitting.persistence import (
+    arrays_of,
+    build_fitted,
+    read_fitted,
+    reading_parts_of,
+    save_fitted,
+    state_digest,
+    tensors_of,
 )
+from .fitting.plan import draw_plan
+from .fitting.run import finish_fit, forget_fitted, run_stages
+from .fitting.table import TableRows
 from .params import Boolean, InstanceOf, Integer, Options, Real, check_parameters
-from .policy import MAX_ROWS_FOR_MIXTURES, FitSettings, resolve_fit_settings
+from .policy import FitSettings, policy_kind, resolve_fit_settings
 
 __all__ = ["EstimatorBase", "FlowDensityEstimator"]
 
 #: The floating-point types an estimator computes in, by the name its ``dtype`` takes.
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _FORMAT = "cnflow-estimator/1"
-#: An estimator class, in the signatures of :func:`load_fitted`.
-E = TypeVar("E", bound="EstimatorBase")
-
-
-def folds_of(perm: np.ndarray, n_members: int, n_val: int) -> list[np.ndarray]:
-    """The held-out rows of each member: n_members folds of the permutation (cross-fitting),
-    or with one member its first n_val rows."""
-    return np.array_split(perm, n_members) if n_members > 1 else [perm[:n_val]]
-
-
-def _tensors(state):
-    """A nested dict of numpy arrays as torch tensors (for a weights_only file)."""
-    if isinstance(state, dict):
-        return {k: _tensors(v) for k, v in state.items()}
-    return torch.from_numpy(np.ascontiguousarray(state)) if isinstance(state, np.ndarray) else state
-
-
-def _arrays(state):
-    """The inverse of :func:`_tensors`."""
-    if isinstance(state, dict):
-        return {k: _arrays(v) for k, v in state.items()}
-    return state.numpy() if isinstance(state, torch.Tensor) else state
-
-
-def state_digest(modules: list[nn.Module]) -> str:
-    """A SHA-256 digest of the modules' parameters and buffers (to recognise a starting
-    point)."""
-    digest = hashlib.sha256()
-    for module in modules:
-        for name, value in sorted(module.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _mixture_record(mixture: GaussianMixtureBase | None) -> dict | None:
-    """A Gaussian mixture as plain values and tensors (for a checkpoint)."""
-    if mixture is None:
-        return None
-    return {"n_components": int(mixture.n_components),
-            "state": {k: v.detach().cpu() for k, v in mixture.state_dict().items()}}
-
-
-def _mixture_from_record(record: dict | None, dim: int) -> GaussianMixtureBase | None:
-    """The inverse of :func:`_mixture_record` (in the record's dtype, so that the mixture
-    equals the one recorded)."""
-    if record is None:
-        return None
-    mixture = GaussianMixtureBase.empty(int(record["n_components"]), dim)
-    mixture = mixture.to(record["state"]["means"].dtype)
-    mixture.load_state_dict(record["state"])
-    return mixture
-
-
-def _member_record(member: nn.Module) -> dict:
-    """A finished member as plain values and tensors: its parameters and how many Gaussian
-    components its base and its stacked mixture have (0: none)."""
-    flow, mixture = ((member.members[0], member.members[1]) if isinstance(member, FlowMixture)
-                     else (member, None))
-    base = getattr(flow, "base", None)
-    return {"state": {k: v.detach().cpu() for k, v in member.state_dict().items()},
-            "base_components": 0 if base is None else int(base.n_components),
-            "stacked_components": 0 if mixture is None else int(mixture.n_components)}
-
-
-@dataclass
-class _FitPlan:
-    """What a fit fixes before its members: the seed, the row order, the number of members,
-    the rows each holds out, and the fitted preprocessing (with the held-out scores that
-    chose it, None where it was not chosen)."""
-
-    seed: int
-    perm: np.ndarray
-    n_members: int
-    n_val: int
-    preprocessor: object
-    preprocessing_scores: dict | None
-
-    @property
-    def folds(self) -> list[np.ndarray]:
-        """Each member's held-out rows (see :func:`folds_of`)."""
-        return folds_of(self.perm, self.n_members, self.n_val)
-
-    def as_plain(self) -> dict:
-        """The plan as plain values and tensors (for a checkpoint)."""
-        return {"seed": self.seed, "perm": torch.from_numpy(self.perm),
-                "n_members": self.n_members, "n_val": self.n_val,
-                "preprocessor": _tensors(self.preprocessor.state()),
-                "preprocessing_scores": self.preprocessing_scores}
-
-    @classmethod
-    def from_plain(cls, plain: dict, preprocessor_from_state) -> _FitPlan:
-        """The inverse of :meth:`as_plain`; ``preprocessor_from_state`` rebuilds the
-        preprocessor from its state."""
-        return cls(int(plain["seed"]), plain["perm"].numpy(), int(plain["n_members"]),
-                   int(plain["n_val"]),
-                   preprocessor_from_state(_arrays(plain["preprocessor"])),
-                   plain["preprocessing_scores"])
-
-
-def read_estimator_file(path: str | Path, estimator: str, file_format: str) -> dict:
-    """The contents of an estimator's ``save`` file, checked to be of ``file_format`` and
-    of ``estimator``; a :class:`cnflow.ModelFileError` naming the file otherwise."""
-    data = read_torch_file(path, f"a {estimator} file")
-    if not isinstance(data, dict) or data.get("format") != file_format:
-        raise ModelFileError(f"{path} is not a file written by {estimator}.save")
-    if data.get("estimator") != estimator:
-        raise ModelFileError(f"{path} holds a {data.get('estimator')}, not a {estimator}")
-    return data
-
-
-@contextlib.contextmanager
-def reading_parts_of(path: str | Path):
-    """Inside, a missing or malformed part of the estimator file at ``path`` (a KeyError,
-    TypeError, AttributeError, RuntimeError or ValueError) becomes a
-    :class:`cnflow.ModelFileError` naming the file and the part."""
-    try:
-        yield
-    except ModelFileError:
-        raise
-    except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as err:
-        what = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
-        raise ModelFileError(f"{path} is damaged: {what}") from None
-
-
-def save_fitted(estimator: EstimatorBase, path: str | Path, file_format: str,
-                module: nn.Module, **fitted) -> None:
-    """Write a fitted estimator that holds one torch module to a ``torch.save`` file that
-    loads with ``weights_only=True``, atomically (:func:`cnflow.files.atomic_write`).
-
-    The file is a dict of plain values and tensors: ``file_format``, the estimator's class
-    name, its parameters (:meth:`EstimatorBase._plain_params`), the module's parameters and
-    buffers (on the CPU), ``history_``, ``n_iter_`` and the estimator's own ``fitted``
-    values; :func:`load_fitted` reads it back.
-    """
-    contents = {"format": file_format, "estimator": type(estimator).__name__,
-                "params": estimator._plain_params(),
-                "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-                "history": estimator.history_, "n_iter": int(estimator.n_iter_),
-                "settings": estimator.settings_.as_dict(), **fitted}
-    atomic_write(path, lambda handle: torch.save(contents, handle))
-
-
-def load_fitted(cls: type[E], path: str | Path, file_format: str, device: str | None,
-                rebuild: Callable[[E, dict], nn.Module]) -> tuple[E, nn.Module]:
-    """The estimator and its module from a file of :func:`save_fitted`.
-
-    The estimator is made from the saved parameters (checked), with ``device`` (when given)
-    in place of the saved one, and ``device_``, ``history_`` and ``n_iter_`` set;
-    ``rebuild(estimator, contents)`` restores the estimator's own fitted values and returns
-    its module, newly built (the global random stream is left as it was). The module is then
-    cast to the estimator's device and dtype and the saved parameters are loaded into it
-    (cast first, so that float64 values are never rounded through float32).
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        cnflow.ModelFileError: (a ValueError) the file is truncated, empty, not a file of
-            ``cls``, or has parts missing or malformed; the message names the file and says
-            which. No code from the file runs (``weights_only=True``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
-    data = read_estimator_file(path, cls.__name__, file_format)
-    with reading_parts_of(path):
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in data["params"].items()}
-        est = cls(**params)
-        if device is not None:
-            est.device = device
-        est._validate_parameters()
-        est.device_ = resolve_device(est.device)
-        if data.get("settings") is not None:
-            est.settings_ = FitSettings.from_dict(data["settings"])
-        with est._seeded(0):
-            module = rebuild(est, data)
-        module = module.to(est.device_, est._torch_dtype())
-        module.load_state_dict(data["state_dict"])
-        est.history_ = list(data["history"])
-        est.n_iter_ = int(data["n_iter"])
-    return est, module
 
 
 def draw_seed(random_state) -> int:
@@ -276,6 +87,9 @@ class EstimatorBase(BaseEstimator):
     """
 
     _parameter_kinds: dict[str, list] = {}
+    #: The estimator's table in the fit policy (:data:`cnflow.estimators.policy.POLICIES`):
+    #: each cnflow estimator names its own, and a user's subclass inherits it.
+    _policy_kind: str = ""
 
     def _validate_parameters(self) -> None:
         """Every declared kind, then the rules between parameters; ValueError naming the
@@ -323,7 +137,7 @@ class EstimatorBase(BaseEstimator):
         """Every "auto" resolved by the fit policy (:mod:`cnflow.estimators.policy`) for
         ``n_samples`` rows of ``n_columns`` columns (the flow's rows; an image's pixels; a
         series' values); ``n_members``: a warm start's members."""
-        return resolve_fit_settings(type(self).__name__, self.get_params(deep=False),
+        return resolve_fit_settings(policy_kind(self), self.get_params(deep=False),
                                     n_samples, self._modelled_features(n_columns),
                                     n_members=n_members,
                                     device=str(resolve_device(self.device)))
@@ -482,10 +296,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                 solve without held-out rows (the flow keeps its last good parameters).
         """
         warm = self._start_fit()
-        if is_mapped(X):
-            X = check_mapped(self, X, reset=True)
-        else:
-            X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        X = TableRows.checked(self, X)
         if warm is not None and X.shape[1] != warm["n_features"]:
             raise ValueError(f"warm_start continues a fit to {warm['n_features']} features; "
                              f"X has {X.shape[1]}")
@@ -499,8 +310,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         (a refit that fails must not leave the old flow with the new data's scaling)."""
         self._validate_parameters()
         warm = self._warm_start_state()
-        for name in self._FITTED:
-            self.__dict__.pop(name, None)
+        forget_fitted(self, self._FITTED)
         return warm
 
     def _fit_rows(self, X: np.ndarray, warm: dict | None):
@@ -518,9 +328,11 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
 
     def _fit_settled(self, X: np.ndarray, warm: dict | None, settings: FitSettings):
         """:meth:`_fit_rows` once ``settings`` are resolved: one stage per member, each
-        granted an equal share of the time left (see :mod:`cnflow.training.stages`)."""
+        granted an equal share of the time left (see :mod:`cnflow.training.stages` and
+        :class:`~cnflow.estimators.fitting.members.MemberTraining`)."""
         device = resolve_device(self.device)
-        checkpoint = self._open_checkpoint(X, warm)
+        table = TableRows(X)
+        checkpoint = self._open_checkpoint(table, warm)
         # max_seconds bounds the whole fit (with a checkpoint, every run of it)
         fit = StagedFit(checkpoint, None if self.max_seconds is None else float(self.max_seconds))
         # choosing the map and fitting mixtures try no larger mixture after this
@@ -528,101 +340,31 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         if planning is not None and settings.planning_share < 1:
             planning = min(planning, time.perf_counter()
                            + settings.planning_share * float(self.max_seconds))
-        plan = self._plan(X, warm, fit, planning)
-        seed, perm, folds, n_val = plan.seed, plan.perm, plan.folds, plan.n_val
-        n_members, n_features = len(folds), X.shape[1]
+        plan = draw_plan(self, table, warm, fit, planning)
         self.device_, self.preprocessor_ = device, plan.preprocessor
         self.mean_, self.scale_ = self.preprocessor_.mean_, self.preprocessor_.scale_
         if plan.preprocessing_scores is not None:
             self.preprocessing_scores_ = plan.preprocessing_scores
-        mapped = is_mapped(X)
-        U = self._mapped_rows(X) if mapped else self._transform(X)[0]
+        U = table.training_source(self)
         config = TrainConfig(max_iter=settings.max_iter, batch_size=settings.batch_size,
                              lr=settings.lr, lr_schedule=settings.lr_schedule,
                              validation_interval=settings.validation_interval,
                              max_seconds=self.max_seconds, weight_decay=self.weight_decay,
-                             n_iter_no_change=settings.n_iter_no_change if n_val else None,
-                             verbose=self.verbose)
-        members: list[nn.Module] = []
-
-        def rows_of(k: int) -> tuple[torch.Tensor | RowSource, torch.Tensor | None]:
-            """Member k's training rows and held-out rows (None: none held out); of a
-            memory-mapped X, the training rows are read by index, and at most
-            VALIDATION_ROWS rows are held out (the rest of the fold is trained on)."""
-            if not n_val:
-                return U, None
-            if mapped:
-                held = held_out_rows(folds[k])
-                training = (self._mapped_rows(X, excluded=held) if len(X) > SAMPLE_ROWS
-                            else self._mapped_rows(X, rows=perm[~np.isin(perm, held)]))
-                return (training,
-                        self._transform(gather(X, held))[0])
-            rest = perm[~np.isin(perm, folds[k])]
-            return (U[torch.as_tensor(rest, device=U.device)],
-                    U[torch.as_tensor(folds[k], device=U.device)])
-
-        def mixture_deadline() -> float | None:
-            """When a member's mixture tries no larger mixture: with a planning share, that
-            share of the budget (split between the members) from now, as the map's choice
-            had (else when the map's choice had to end)."""
-            if planning is None or settings.planning_share >= 1:
-                return planning
-            share = settings.planning_share * float(self.max_seconds) / n_members
-            return min(fit.deadline, time.perf_counter() + share)
-
-        def prepare(run: StageRun) -> dict | None:
-            """Member k's Gaussian mixture (a warm start's, or fitted), as a record."""
-            k = run.index
-            if warm is not None and warm["parts"][k][1] is not None:
-                return _mixture_record(warm["parts"][k][1])
-            U_train, U_val = rows_of(k)
-            return _mixture_record(self._fit_mixture(U_train, U_val, seed + k,
-                                                     mixture_deadline()))
-
-        def train_member(run: StageRun) -> TrainResult:
-            k = run.index
-            U_train, U_val = rows_of(k)
-            mixture = _mixture_from_record(run.setup, n_features)
-            with self._seeded(seed + k):
-                if warm is not None:
-                    flow = copy.deepcopy(warm["parts"][k][0])
-                else:
-                    flow = self._build_flow(n_features, self._base_of(mixture))
-                flow = flow.to(self.device_, self._torch_dtype())
-                try:
-                    result = self._train(flow, U_train, U_val,
-                                         dataclasses.replace(config, max_seconds=run.seconds),
-                                         torch.Generator().manual_seed(seed + k), stage=run,
-                                         fresh=warm is None)
-                except TrainingFault:
-                    members.append(flow)  # with its last good parameters
-                    raise
-            if settings.stacking:
-                flow = self._stacked(flow, mixture, U_val)
-            members.append(flow)
-            run.parameters = _member_record(flow)
-            return result
-
-        def restore_member(run: StageRun) -> None:
-            members.append(self._member_from_record(run.record.parameters, n_features))
-
-        stages = [Stage(f"member {k}", tags={"member": k} if n_members > 1 else {})
-                  for k in range(n_members)]
+                             n_iter_no_change=settings.n_iter_no_change if plan.n_val
+                             else None, verbose=self.verbose)
+        members = MemberTraining(self, table, U, plan, settings, config, fit, warm, planning)
+        stages = [Stage(f"member {k}", tags={"member": k} if plan.n_members > 1 else {})
+                  for k in range(plan.n_members)]
         prior = None if warm is None else TrainResult(history=warm["history"],
                                                       n_iter=warm["n_iter"])
-        fault = None
-        try:
-            result = fit.run(stages, train_member, prepare=prepare, restore=restore_member,
-                             prior=prior, continue_after_fault=True)
-        except TrainingFault as err:
-            fault, result = err, err.result
-        self.n_members_ = len(members)
-        self.flow_ = members[0] if n_members == 1 else FlowMixture(members)
+        result, fault = run_stages(fit, stages, members.train, prepare=members.prepare,
+                                   restore=members.restore, prior=prior,
+                                   continue_after_fault=True)
+        self.n_members_ = len(members.members)
+        self.flow_ = (members.members[0] if plan.n_members == 1
+                      else FlowMixture(members.members))
         self.stacking_weights_ = self._stacking_weights()
-        self.history_, self.n_iter_ = result.history, result.n_iter
-        if fault is not None:
-            # The flow holds its last good parameters and stays usable; the caller is told.
-            raise fault
+        finish_fit(self, result, fault)
         return self
 
     # ------------------------------------------------------------ warm starts, checkpoints
@@ -639,72 +381,13 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                 "history": [dict(entry) for entry in self.history_],
                 "n_iter": int(self.n_iter_), "n_features": int(self.n_features_in_)}
 
-    def _open_checkpoint(self, X: np.ndarray, warm: dict | None) -> FitCheckpoint | None:
+    def _open_checkpoint(self, table: TableRows, warm: dict | None) -> FitCheckpoint | None:
         """The fit's checkpoint, identified also by the data and, for a warm start, the
         flows it starts from (see :meth:`EstimatorBase._fit_checkpoint`)."""
-        mapped = {"data source": "memory-mapped"} if is_mapped(X) else {}
         return self._fit_checkpoint({
-            "data shape": list(X.shape), "data digest": data_digest(X)[:16], **mapped,
+            **table.identity(),
             "warm start from": None if warm is None else state_digest(
                 [flow for flow, _ in warm["parts"]])})
-
-    def _plan(self, X: np.ndarray, warm: dict | None, fit: StagedFit,
-              deadline: float | None = None) -> _FitPlan:
-        """The fit's seed, row order, validation folds and fitted preprocessing: read from a
-        resumed checkpoint, or drawn and chosen (then written to the checkpoint; the map's
-        choice tries no larger mixture after ``deadline``, a ``time.perf_counter()``
-        reading)."""
-        plan = fit.saved_setup(lambda plain: _FitPlan.from_plain(
-            plain, self._preprocessor_from_state))
-        if plan is not None:
-            return plan
-        rng = check_random_state(self.random_state)
-        seed = int(rng.randint(np.iinfo(np.int32).max))  # as draw_seed, then the row order
-        settings = self.settings_
-        n_members, fraction = settings.n_members, settings.validation_fraction
-        n_val = int(round(fraction * len(X)))
-        if fraction > 0 and (n_val < 1 or len(X) - n_val < 1):
-            raise ValueError(f"validation_fraction={fraction} leaves no rows "
-                             f"for training or validation with {len(X)} samples")
-        if settings.stacking and not n_val:
-            raise ValueError("stacking chooses the flow's weight on held-out rows; with "
-                             "stacking=True set validation_fraction > 0 (or leave it 'auto')")
-        mapped = is_mapped(X)
-        # a memory-mapped table without held-out rows needs no row order (8 bytes a row)
-        if mapped and len(X) > SAMPLE_ROWS:
-            # of a large memory-mapped table only the held-out rows are drawn (memory
-            # O(n_val)): the training rows are the others, read by position
-            perm = (rng.permutation(bounded_sample(len(X), n_val, seed)) if n_val
-                    else np.empty(0, dtype=np.int64))
-        else:
-            perm = rng.permutation(len(X))
-        scores = None
-        if warm is not None:
-            preprocessor, scores = warm["preprocessor"], warm["preprocessing_scores"]
-        else:
-            kind = settings.preprocessing
-            if kind == "choose":  # by held-out likelihood, on the first validation fold
-                first_fold = folds_of(perm, n_members, n_val)[0]
-                # the training rows seen: a random subset (perm is a random order)
-                if mapped:  # a sample of the training rows against the rows scored
-                    held = held_out_rows(first_fold)
-                    training = (training_sample(len(X), held, MAX_ROWS_FOR_MIXTURES, seed)
-                                if len(X) > SAMPLE_ROWS
-                                else perm[~np.isin(perm, held)][:MAX_ROWS_FOR_MIXTURES])
-                    rows, train_rows, val_rows = choice_rows(X, training, held, seed)
-                else:
-                    rows, train_rows, val_rows = (
-                        X, perm[~np.isin(perm, first_fold)][:MAX_ROWS_FOR_MIXTURES], first_fold)
-                kind, scores = choose_preprocessing(
-                    self._columns_to_preprocess(rows), train_rows, val_rows,
-                    kinds=settings.preprocessing_candidates, random_state=seed,
-                    deadline=deadline, name=self._preprocessed_name)
-            preprocessor = self._new_preprocessor(kind, seed).fit(
-                preprocessing_rows(X, seed) if mapped else X)
-        plan = _FitPlan(seed, perm, n_members, n_val, preprocessor, scores)
-        fit.keep_setup(plan.as_plain())
-        return plan
-
 
     def score_samples(self, X, *, batch_size: int | None = None) -> np.ndarray:
         """Log-density of each row of X, in the caller's units; numpy array (n_samples,).
@@ -716,16 +399,8 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         128-wide field), which keeps its exact trace's Jacobian in cache."""
         check_is_fitted(self, "flow_")
         batch_size = self._batch_size(batch_size)
-        if is_mapped(X):
-            check_mapped(self, X, reset=False, finite=False)
-            scores = []
-            for start in range(0, len(X), batch_size):
-                rows = np.asarray(X[start:start + batch_size], dtype=np.float64)
-                check_finite_rows(rows, first_row=start)
-                scores.append(self._score_rows(rows, batch_size))
-            return np.concatenate(scores)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return self._score_rows(X, batch_size)
+        return np.concatenate([self._score_rows(rows, batch_size) for rows in
+                               TableRows.scoring_blocks(self, X, batch_size)])
 
     def _score_rows(self, X: np.ndarray, batch_size: int) -> np.ndarray:
         """log p of validated rows (the flow's rows), solved ``batch_size`` rows at a time."""
@@ -861,8 +536,9 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
 
     # ------------------------------------------------------------ persistence
     def _member_from_record(self, record: dict, dim: int) -> nn.Module:
-        """A member rebuilt from :func:`_member_record` (on the fit's device, cast before
-        loading so that float64 parameters are never rounded through float32)."""
+        """A member rebuilt from its record
+        (:func:`~cnflow.estimators.fitting.persistence.member_record`; on the fit's device,
+        cast before loading so that float64 parameters are never rounded through float32)."""
         member = self._empty_member(dim, int(record["base_components"]),
                                     int(record["stacked_components"]))
         member = member.to(self.device_, self._torch_dtype())
@@ -887,30 +563,19 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         The file is written atomically (:func:`cnflow.files.atomic_write`): an interrupted
         save leaves the file that was at ``path`` before."""
         check_is_fitted(self, "flow_")
-        params = self._plain_params()
-        contents = {
-            "format": _FORMAT,
-            "estimator": type(self).__name__,
-            "params": params,
-            "state_dict": {k: v.detach().cpu() for k, v in self.flow_.state_dict().items()},
-            "mean": torch.from_numpy(self.mean_),
-            "scale": torch.from_numpy(self.scale_),
-            "preprocessor": _tensors(self.preprocessor_.state()),
-            "n_features_in": int(self.n_features_in_),
-            "feature_names_in": ([str(n) for n in self.feature_names_in_]
-                                 if hasattr(self, "feature_names_in_") else None),
-            "n_iter": int(self.n_iter_),
-            "n_members": int(getattr(self, "n_members_", 1)),
-            "base_components": [0 if getattr(flow, "base", None) is None
-                                else int(flow.base.n_components)
-                                for flow, _ in self._member_parts()],
-            "stacked_components": [0 if m is None else int(m.n_components)
-                                   for _, m in self._member_parts()],
-            "history": self.history_,
-            "settings": self.settings_.as_dict(),
-            **self._saved_extras(),
-        }
-        atomic_write(path, lambda handle: torch.save(contents, handle))
+        parts = self._member_parts()
+        save_fitted(
+            self, path, _FORMAT, self.flow_,
+            mean=torch.from_numpy(self.mean_), scale=torch.from_numpy(self.scale_),
+            preprocessor=tensors_of(self.preprocessor_.state()),
+            n_features_in=int(self.n_features_in_),
+            feature_names_in=([str(n) for n in self.feature_names_in_]
+                              if hasattr(self, "feature_names_in_") else None),
+            n_members=int(getattr(self, "n_members_", 1)),
+            base_components=[0 if getattr(flow, "base", None) is None
+                             else int(flow.base.n_components) for flow, _ in parts],
+            stacked_components=[0 if m is None else int(m.n_components) for _, m in parts],
+            **self._saved_extras())
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None):
@@ -919,8 +584,9 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         Raises:
             FileNotFoundError: no file at ``path``.
             cnflow.files.ModelFileError: (a ValueError) the file is truncated, empty, not a
-                file of :meth:`save`, of another estimator, or missing parts; the message
-                says which. Loading never runs code from the file (``weights_only=True``).
+                file of :meth:`save`, of another estimator, missing parts, or its parameters
+                disagree with its fit settings; the message says which. Loading never runs
+                code from the file (``weights_only=True``).
         """
         path = Path(path)
         data = cls._read_saved(path)
@@ -931,49 +597,41 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
     def _read_saved(cls, path: Path) -> dict:
         """The contents of a :meth:`save` file of this class (FileNotFoundError, or a
         :class:`cnflow.files.ModelFileError` for a file of another kind)."""
-        if not path.is_file():
-            raise FileNotFoundError(f"no model file at {path}")
-        return read_estimator_file(path, cls.__name__, _FORMAT)
+        return read_fitted(cls, path, _FORMAT)
 
     @classmethod
     def _from_saved(cls, data: dict, path: Path, device: str | None):
         """The estimator a :meth:`save` file describes (KeyError etc. where parts are
         missing or malformed; :meth:`load` names them)."""
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in data["params"].items()}
-        est = cls(**params)
-        if device is not None:
-            est.device = device
-        est.device_ = resolve_device(est.device)
-        est.mean_ = data["mean"].numpy()
-        est.scale_ = data["scale"].numpy()
-        if data.get("preprocessor") is not None:
-            est.preprocessor_ = est._preprocessor_from_state(_arrays(data["preprocessor"]))
-        else:  # files of the first format standardised only
-            est.preprocessor_ = TabularPreprocessor.from_state(
-                {"kind": "standardize", "mean": est.mean_, "scale": est.scale_})
-        est.n_features_in_ = data["n_features_in"]
-        if data.get("feature_names_in") is not None:
-            est.feature_names_in_ = np.asarray(data["feature_names_in"], dtype=object)
-        est.n_iter_ = data["n_iter"]
-        est.history_ = data["history"]
-        est._restore_extras(data)
-        if data.get("settings") is not None:
-            est.settings_ = FitSettings.from_dict(data["settings"])
-        else:  # a file from before settings were saved: the rules that need no row count
-            est.settings_ = est._resolve_settings(0, int(data["n_features_in"]))
-        # Cast before loading so that float64 weights are never rounded through float32.
-        est.n_members_ = int(data.get("n_members", 1))
-        D = est._flow_width()
-        components = data.get("base_components") or [0] * est.n_members_
-        stacked = data.get("stacked_components") or [0] * est.n_members_
-        if len(components) != est.n_members_ or len(stacked) != est.n_members_:
-            raise ModelFileError(f"{path} is damaged: {len(components)} base densities and "
-                             f"{len(stacked)} stacked mixtures for {est.n_members_} flows")
-        members = [est._empty_member(D, int(k_base), int(k_stack))
-                   for k_base, k_stack in zip(components, stacked)]
-        flow = members[0] if est.n_members_ == 1 else FlowMixture(members)
-        flow = flow.to(est.device_, est._torch_dtype())
-        flow.load_state_dict(data["state_dict"])
+        est, flow = build_fitted(cls, data, path, device,
+                                 lambda est, data: est._empty_flow(data, path))
         est.flow_ = flow
         est.stacking_weights_ = est._stacking_weights()
         return est
+
+    def _empty_flow(self, data: dict, path: Path) -> nn.Module:
+        """The fitted state a :meth:`save` file holds besides the flow's parameters, restored;
+        and the flow, built empty to receive them."""
+        self.mean_ = data["mean"].numpy()
+        self.scale_ = data["scale"].numpy()
+        if data.get("preprocessor") is not None:
+            self.preprocessor_ = self._preprocessor_from_state(arrays_of(data["preprocessor"]))
+        else:  # files of the first format standardised only
+            self.preprocessor_ = TabularPreprocessor.from_state(
+                {"kind": "standardize", "mean": self.mean_, "scale": self.scale_})
+        self.n_features_in_ = data["n_features_in"]
+        if data.get("feature_names_in") is not None:
+            self.feature_names_in_ = np.asarray(data["feature_names_in"], dtype=object)
+        self._restore_extras(data)
+        if data.get("settings") is None:  # a file from before settings were saved
+            self.settings_ = self._resolve_settings(0, int(data["n_features_in"]))
+        self.n_members_ = int(data.get("n_members", 1))
+        D = self._flow_width()
+        components = data.get("base_components") or [0] * self.n_members_
+        stacked = data.get("stacked_components") or [0] * self.n_members_
+        if len(components) != self.n_members_ or len(stacked) != self.n_members_:
+            raise ModelFileError(f"{path} is damaged: {len(components)} base densities and "
+                                 f"{len(stacked)} stacked mixtures for {self.n_members_} flows")
+        members = [self._empty_member(D, int(k_base), int(k_stack))
+                   for k_base, k_stack in zip(components, stacked)]
+        return members[0] if self.n_members_ == 1 else FlowMixture(members)

@@ -17,20 +17,15 @@ from ..ode.options import check_steps
 from ..training import (
     FitCheckpoint,
     TrainConfig,
-    TrainingFault,
     TrainResult,
     resolve_device,
     train,
 )
 from ..training.checkpoint import data_digest
 from ..training.stages import Stage, StagedFit, StageRun
-from .estimator_base import (
-    DTYPES,
-    EstimatorBase,
-    draw_seed,
-    load_fitted,
-    save_fitted,
-)
+from .estimator_base import DTYPES, EstimatorBase, draw_seed
+from .fitting.persistence import load_fitted, save_fitted
+from .fitting.run import finish_fit, forget_fitted, run_stages
 from .params import Boolean, InstanceOf, Integer, IntegerSequence, Options, Real
 
 __all__ = ["ImageCNFDensity", "check_images"]
@@ -111,6 +106,8 @@ class ImageCNFDensity(EstimatorBase):
         ((2,), (3, 1, 4, 4))
     """
 
+    _policy_kind = "ImageCNFDensity"
+
     def __init__(self, levels=256, n_scales=1, hidden=(64, 64, 64), alpha=1e-6, max_iter=30000,
                  batch_size=256, lr=1e-3, lr_schedule="cosine", weight_decay=0.0,
                  time_exponent=1.0, method="dopri5", rtol=1e-5, atol=1e-5, fine_tune_tol=1e-3,
@@ -173,8 +170,7 @@ class ImageCNFDensity(EstimatorBase):
             self
         """
         self._validate_parameters()
-        for name in ("flow_", "history_", "n_iter_", "shape_", "device_", "settings_"):
-            self.__dict__.pop(name, None)
+        forget_fitted(self, ("flow_", "history_", "n_iter_", "shape_", "device_", "settings_"))
         X = check_images(X, int(self.levels))
         if len(X) < 2:
             raise ValueError("fit needs at least 2 images")
@@ -188,7 +184,6 @@ class ImageCNFDensity(EstimatorBase):
         fit = StagedFit(self._open_checkpoint(X),
                         None if self.max_seconds is None else float(self.max_seconds))
         seed = fit.seed(draw_seed(self.random_state))  # a resumed fit's: its first run's
-        fault = None
         with self._seeded(seed):
             flow = self._new_flow().to(device, dtype)
             self.flow_ = flow
@@ -204,14 +199,9 @@ class ImageCNFDensity(EstimatorBase):
                              config, generator=generator, checkpoint=run.checkpoint)
 
             scales = [Stage(f"scale {s}", tags={"scale": s}) for s in range(flow.n_scales)]
-            try:
-                result = fit.run(scales, train_scale, module=flow, generator=generator,
-                                 device=device)
-            except TrainingFault as err:
-                fault, result = err, err.result
-        self.history_, self.n_iter_ = result.history, result.n_iter
-        if fault is not None:
-            raise fault
+            result, fault = run_stages(fit, scales, train_scale, module=flow,
+                                       generator=generator, device=device)
+        finish_fit(self, result, fault)  # the flow keeps its last good parameters
         return self
 
     def _new_flow(self) -> MultiscaleImageCNF:

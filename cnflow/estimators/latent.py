@@ -51,14 +51,15 @@ from ..training import (
     LR_SCHEDULES,
     FitCheckpoint,
     TrainConfig,
-    TrainingFault,
     TrainResult,
     resolve_device,
     train,
 )
 from ..training.checkpoint import data_digest
 from ..training.stages import Stage, StagedFit, StageRun
-from .estimator_base import DTYPES, EstimatorBase, draw_seed, load_fitted, save_fitted
+from .estimator_base import DTYPES, EstimatorBase, draw_seed
+from .fitting.persistence import load_fitted, save_fitted
+from .fitting.run import finish_fit, forget_fitted, run_stages
 from .params import Boolean, InstanceOf, Integer, Options, Real
 from .series import check_query_times, check_series, pad_series
 
@@ -70,6 +71,17 @@ _FORMAT = "cnflow-latent-ode/1"
 #: method would have to step onto.
 _ADAPTIVE = Options(*ADAPTIVE_METHODS, label=f"an adaptive method ({', '.join(ADAPTIVE_METHODS)}): "
                     "a fixed-step method would step onto every observation time")
+
+
+def _scaling(checked: list, all_values: np.ndarray) -> tuple[float, float, np.ndarray,
+                                                              np.ndarray]:
+    """The first time and the time span (1 where every time is equal), and each feature's
+    mean and scale (1 where it is constant): times and values are fitted scaled by them."""
+    all_times = np.concatenate([t for t, _ in checked])
+    t0, span = float(all_times.min()), float(all_times.max() - all_times.min())
+    scale = all_values.std(axis=0)
+    return (t0, span if span > 0 else 1.0, all_values.mean(axis=0),
+            np.where(scale > 0, scale, 1.0))
 
 
 class LatentODE(EstimatorBase):
@@ -133,6 +145,8 @@ class LatentODE(EstimatorBase):
         Rubanova, Chen & Duvenaud (2019), "Latent ODEs for irregularly-sampled time series".
         Kingma & Welling (2014), "Auto-encoding variational Bayes".
     """
+
+    _policy_kind = "LatentODE"
 
     def __init__(self, latent_dim: int = 4, rec_hidden: int = 32, ode_hidden: int = 32,
                  dec_hidden: int = 32, obs_std: float = 0.1, n_samples: int = 1,
@@ -231,20 +245,15 @@ class LatentODE(EstimatorBase):
             self
         """
         self._validate_parameters()
-        for name in ("module_", "history_", "n_iter_", "t0_", "time_scale_", "mean_", "scale_",
-                     "n_features_in_", "device_", "settings_"):
-            self.__dict__.pop(name, None)
+        forget_fitted(self, ("module_", "history_", "n_iter_", "t0_", "time_scale_", "mean_",
+                             "scale_", "n_features_in_", "device_", "settings_"))
         checked = check_series(series)
         seed = draw_seed(self.random_state)
         options = self._solve_options()
-        all_times = np.concatenate([t for t, _ in checked])
         all_values = np.concatenate([x for _, x in checked])
-        t0, span = float(all_times.min()), float(all_times.max() - all_times.min())
-        scale = all_values.std(axis=0)
-        device = resolve_device(self.device)
-        dtype = DTYPES[self.dtype]
-        mean, scale = all_values.mean(axis=0), np.where(scale > 0, scale, 1.0)
-        data = pad_series(checked, t0, span if span > 0 else 1.0, mean, scale, dtype, device)
+        t0, span, mean, scale = _scaling(checked, all_values)
+        device, dtype = resolve_device(self.device), DTYPES[self.dtype]
+        data = pad_series(checked, t0, span, mean, scale, dtype, device)
         self.device_ = device
         self.settings_ = settings = self._resolve_settings(len(checked), all_values.shape[1])
         fit = StagedFit(self._open_checkpoint(checked), None)
@@ -260,7 +269,6 @@ class LatentODE(EstimatorBase):
         config = TrainConfig(max_iter=settings.max_iter, batch_size=settings.batch_size,
                              lr=settings.lr, lr_schedule=settings.lr_schedule,
                              verbose=self.verbose)
-        fault, result = None, None
         with self._seeded(seed):
             module = self._new_module(all_values.shape[1], options).to(device, dtype)
             checkpoint = fit.checkpoint
@@ -274,18 +282,12 @@ class LatentODE(EstimatorBase):
                              generator=torch.Generator().manual_seed(seed),
                              checkpoint=run.checkpoint)
 
-            try:
-                result = fit.run([Stage("elbo")], train_elbo, module=module)
-            except TrainingFault as err:
-                fault, result = err, err.result
+            result, fault = run_stages(fit, [Stage("elbo")], train_elbo, module=module)
         self.module_ = module
-        self.t0_, self.time_scale_ = t0, span if span > 0 else 1.0
+        self.t0_, self.time_scale_ = t0, span
         self.mean_, self.scale_ = mean, scale
         self.n_features_in_ = all_values.shape[1]
-        self.history_ = [] if result is None else result.history
-        self.n_iter_ = 0 if result is None else result.n_iter
-        if fault is not None:
-            raise fault  # the module keeps its last good parameters
+        finish_fit(self, result, fault)  # the module keeps its last good parameters
         return self
 
     # ------------------------------------------------------------ persistence

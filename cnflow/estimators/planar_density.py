@@ -50,6 +50,8 @@ class PlanarFlowDensity(FlowDensityEstimator):
         Rezende & Mohamed (2015), "Variational inference with normalizing flows".
     """
 
+    _policy_kind = "PlanarFlowDensity"
+
     def __init__(self, n_layers=16, max_iter="auto", batch_size=512, lr="auto",
                  lr_schedule="auto", weight_decay=0.0, validation_fraction=0.0,
                  n_iter_no_change=None, max_seconds=None, dtype="float32", device="auto",

@@ -66,7 +66,7 @@ from typing import Any
 
 __all__ = ["FitSettings", "POLICIES", "REGIMES", "SMALL_TABLE_MAX_ROWS", "ENSEMBLE_MAX_ROWS",
            "MIN_ROWS_TO_HOLD_OUT", "LARGE_HELD_OUT_ROWS", "MAX_ROWS_FOR_MIXTURES",
-           "resolve_fit_settings"]
+           "resolve_fit_settings", "policy_kind"]
 
 #: The regimes a tabular estimator's ``regime`` parameter names ("auto": by the row count).
 REGIMES = ("small_table", "large")
@@ -321,6 +321,107 @@ def _chosen(value, auto):
     return auto if _is_auto(value) else value
 
 
+def policy_kind(estimator: Any) -> str:
+    """The key of ``estimator``'s table in :data:`POLICIES` (an estimator or its class): the
+    kind its cnflow class declares, which a subclass inherits (so that
+    ``class MyCNF(CNFDensity)`` fits by ``CNFDensity``'s rules).
+
+    Example:
+        >>> from cnflow import CNFDensity
+        >>> class MyCNF(CNFDensity):
+        ...     pass
+        >>> policy_kind(MyCNF())
+        'CNFDensity'
+    """
+    kind = getattr(estimator, "_policy_kind", "")
+    if kind not in POLICIES:
+        name = estimator.__name__ if isinstance(estimator, type) else type(estimator).__name__
+        raise ValueError(f"{name} has no fit policy: it must derive from a cnflow estimator "
+                         f"(its _policy_kind {kind!r} is not one of {sorted(POLICIES)})")
+    return kind
+
+
+def _regime(params: Mapping[str, Any], n_samples: int) -> str:
+    regime = params.get("regime", "auto")
+    if _is_auto(regime):
+        small = MIN_ROWS_TO_HOLD_OUT <= n_samples <= SMALL_TABLE_MAX_ROWS
+        regime = "small_table" if small else "large"
+    return regime
+
+
+def _members_and_share(params: Mapping[str, Any], regime: str, held_out: bool,
+                       large_rows: int | None, n_samples: int,
+                       n_members: int | None) -> tuple[int, float]:
+    """Rule 2: the members and the share of rows each holds out."""
+    fraction_param = params.get("validation_fraction", "auto")
+    if n_members is None:
+        n_members = params.get("n_members", "auto")
+        if _is_auto(n_members):
+            ensemble = (held_out and regime == "small_table"
+                        and n_samples <= ENSEMBLE_MAX_ROWS and _is_auto(fraction_param))
+            n_members = ENSEMBLE_MEMBERS if ensemble else 1
+    n_members = int(n_members)
+    if n_members > 1:
+        return n_members, 1 / n_members
+    auto_fraction = (0.0 if not held_out else 0.2 if regime == "small_table"
+                     else min(0.2, large_rows / n_samples))
+    return n_members, float(_chosen(fraction_param, auto_fraction))
+
+
+def _map_and_stacking(table: Mapping[str, Any], params: Mapping[str, Any], regime: str,
+                      holds_out: bool, large_rows: int | None) -> tuple[str, bool]:
+    """Rules 4 and 5: the map (or "choose") and whether a mixture is stacked."""
+    preprocessing = params.get("preprocessing", "auto")
+    if _is_auto(preprocessing):
+        choose = holds_out and (regime == "small_table" or not table["choose_only_small"]
+                                or large_rows is not None)
+        preprocessing = "choose" if choose else table["fallback_preprocessing"]
+    stacking = params.get("stacking", "auto")
+    stacking = (table["stacking"] and preprocessing == "choose" if _is_auto(stacking)
+                else bool(stacking))
+    return str(preprocessing), stacking
+
+
+def _network(rows: Mapping[str, Any], large: Mapping[str, Any], params: Mapping[str, Any],
+             objective: str, n_features: int) -> dict[str, Any]:
+    """Rule 3: the field's widths and the steps between validations."""
+    auto_hidden = rows["hidden"]
+    if objective == "flow_matching" and n_features > large.get("wide_above_features", n_features):
+        auto_hidden = large["wide_hidden"]
+    hidden = _chosen(params.get("hidden", "auto"), auto_hidden)
+    interval = (max(large.get("validation_interval", rows["validation_interval"]),
+                    large.get("validation_steps_per_feature", 0) * n_features)
+                if objective == "flow_matching" else rows["validation_interval"])
+    return {"hidden": None if hidden is None else tuple(int(h) for h in hidden),
+            "validation_interval": interval}
+
+
+def _fine_tuning(table: Mapping[str, Any], large: Mapping[str, Any],
+                 params: Mapping[str, Any], objective: str, max_iter: int, lr: float,
+                 n_features: int) -> dict[str, Any]:
+    """Rule 6: maximum-likelihood fine-tuning's steps, lr, batch, validations, gradients and
+    the share of the time flow matching leaves it."""
+    fine = table["fine_tuning"] or {**_FINE_TUNING, "lr_fraction": 0.0}
+    fine_iter = 0
+    if objective == "flow_matching" and table["fine_tuning"] is not None:
+        fine_tunes = n_features <= large.get("fine_tune_max_features", n_features)
+        auto_fine_iter = max_iter // fine["flow_matching_steps_per_step"] if fine_tunes else 0
+        fine_iter = int(_chosen(params.get("fine_tune_iter", "auto"), auto_fine_iter))
+    adjoint = params.get("fine_tune_adjoint", "auto")
+    shares = n_features <= large.get("fine_tune_share_max_features", n_features)
+    return {
+        "fine_tune_iter": fine_iter,
+        "fine_tune_lr": float(_chosen(params.get("fine_tune_lr", "auto"),
+                                      lr * fine["lr_fraction"])),
+        "fine_tune_batch_size": int(_chosen(params.get("batch_size", "auto"),
+                                            fine["batch_size"])),
+        "fine_tune_validation_interval": large.get("fine_tune_validation_interval",
+                                                   fine["validation_interval"]),
+        "fine_tune_adjoint": (n_features > fine["backprop_max_features"] if _is_auto(adjoint)
+                              else bool(adjoint)),
+        "flow_matching_share": fine["flow_matching_share"] if fine_iter and shares else 1.0}
+
+
 def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: int,
                          n_features: int, *, n_members: int | None = None,
                          device: str = "cpu") -> FitSettings:
@@ -328,7 +429,7 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
     ``n_samples`` rows and ``n_features`` modelled dimensions (see the module docstring).
 
     Arguments:
-        estimator: a key of :data:`POLICIES` (the estimator's class name).
+        estimator: a key of :data:`POLICIES` (the estimator's kind, :func:`policy_kind`).
         params: the estimator's parameters (``get_params()``); absent ones count as "auto".
         n_samples: the rows the fit sees.
         n_features: the dimensions the flow models (a conditional model's targets).
@@ -341,86 +442,32 @@ def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: i
     table = POLICIES[estimator]
     objective = params.get("objective") or next(iter(table["objectives"]))
     rows = table["objectives"][objective]
-    regime = params.get("regime", "auto")
-    if _is_auto(regime):
-        small = MIN_ROWS_TO_HOLD_OUT <= n_samples <= SMALL_TABLE_MAX_ROWS
-        regime = "small_table" if small else "large"
+    regime = _regime(params, n_samples)
     large = table.get("large", {}) if regime == "large" else {}
     large_rows = large.get("held_out_rows")
     held_out = (table["held_out"] and n_samples >= MIN_ROWS_TO_HOLD_OUT
                 and (regime == "small_table" or large_rows is not None))
-
-    fraction_param = params.get("validation_fraction", "auto")
-    if n_members is None:
-        n_members = params.get("n_members", "auto")
-        if _is_auto(n_members):
-            ensemble = (held_out and regime == "small_table"
-                        and n_samples <= ENSEMBLE_MAX_ROWS and _is_auto(fraction_param))
-            n_members = ENSEMBLE_MEMBERS if ensemble else 1
-    n_members = int(n_members)
-    if n_members > 1:
-        fraction = 1 / n_members
-    else:
-        auto_fraction = (0.0 if not held_out else 0.2 if regime == "small_table"
-                         else min(0.2, large_rows / n_samples))
-        fraction = float(_chosen(fraction_param, auto_fraction))
-    holds_out = fraction > 0
-
-    preprocessing = params.get("preprocessing", "auto")
-    if _is_auto(preprocessing):
-        choose = holds_out and (regime == "small_table" or not table["choose_only_small"]
-                                or large_rows is not None)
-        preprocessing = "choose" if choose else table["fallback_preprocessing"]
-    stacking = params.get("stacking", "auto")
-    stacking = (table["stacking"] and preprocessing == "choose" if _is_auto(stacking)
-                else bool(stacking))
-
+    n_members, fraction = _members_and_share(params, regime, held_out, large_rows, n_samples,
+                                             n_members)
+    preprocessing, stacking = _map_and_stacking(table, params, regime, fraction > 0,
+                                                large_rows)
     max_iter = int(_chosen(params.get("max_iter", "auto"), rows["max_iter"]))
     lr = float(_chosen(params.get("lr", "auto"), rows["lr"]))
-    batch_param = params.get("batch_size", "auto")
-    fine = table["fine_tuning"] or {**_FINE_TUNING, "lr_fraction": 0.0}
-    fine_iter = 0
-    if objective == "flow_matching" and table["fine_tuning"] is not None:
-        fine_tunes = n_features <= large.get("fine_tune_max_features", n_features)
-        auto_fine_iter = max_iter // fine["flow_matching_steps_per_step"] if fine_tunes else 0
-        fine_iter = int(_chosen(params.get("fine_tune_iter", "auto"), auto_fine_iter))
-    adjoint = params.get("fine_tune_adjoint", "auto")
-    auto_hidden = rows["hidden"]
-    if objective == "flow_matching" and n_features > large.get("wide_above_features", n_features):
-        auto_hidden = large["wide_hidden"]
-    hidden = _chosen(params.get("hidden", "auto"), auto_hidden)
-    no_change = params.get("n_iter_no_change", "auto")
+    wide = n_features > large.get("quantile_max_features", n_features)
     return FitSettings(
-        estimator=estimator, regime=regime, objective=objective,
-        hidden=None if hidden is None else tuple(int(h) for h in hidden),
-        max_iter=max_iter,
-        batch_size=int(_chosen(batch_param, rows["batch_size"])),
-        lr=lr,
+        estimator=estimator, regime=regime, objective=objective, max_iter=max_iter,
+        batch_size=int(_chosen(params.get("batch_size", "auto"), rows["batch_size"])), lr=lr,
         lr_schedule=str(_chosen(params.get("lr_schedule", "auto"), rows["lr_schedule"])),
-        validation_interval=(max(large.get("validation_interval", rows["validation_interval"]),
-                                 large.get("validation_steps_per_feature", 0) * n_features)
-                             if objective == "flow_matching" else rows["validation_interval"]),
-        n_members=n_members,
-        validation_fraction=fraction,
-        n_iter_no_change=(None if not holds_out
-                          else _chosen(no_change, table["n_iter_no_change"])),
-        preprocessing=str(preprocessing),
-        stacking=stacking,
-        fine_tune_iter=fine_iter,
-        fine_tune_lr=float(_chosen(params.get("fine_tune_lr", "auto"), lr * fine["lr_fraction"])),
-        fine_tune_batch_size=int(_chosen(batch_param, fine["batch_size"])),
-        fine_tune_validation_interval=large.get("fine_tune_validation_interval",
-                                                fine["validation_interval"]),
-        fine_tune_adjoint=(n_features > fine["backprop_max_features"] if _is_auto(adjoint)
-                           else bool(adjoint)),
-        flow_matching_share=(fine["flow_matching_share"] if fine_iter and n_features
-                             <= large.get("fine_tune_share_max_features", n_features) else 1.0),
+        n_members=n_members, validation_fraction=fraction,
+        n_iter_no_change=(None if fraction <= 0 else _chosen(
+            params.get("n_iter_no_change", "auto"), table["n_iter_no_change"])),
+        preprocessing=preprocessing, stacking=stacking,
         n_samples=int(n_samples), n_features=int(n_features), device=str(device),
-        preprocessing_candidates=tuple(
-            large.get("wide_candidates", CANDIDATE_MAPS)
-            if n_features > large.get("quantile_max_features", n_features)
-            else large.get("candidates", CANDIDATE_MAPS)),
+        preprocessing_candidates=tuple(large.get("wide_candidates", CANDIDATE_MAPS) if wide
+                                       else large.get("candidates", CANDIDATE_MAPS)),
         planning_share=float(large.get("planning_share", 1.0)),
         pairing=str(_chosen(params.get("pairing", "auto"), table.get("pairing", _PAIRING))),
         reflow=(float(_chosen(params.get("reflow", "auto"), table.get("reflow", _REFLOW)))
-                if objective == "flow_matching" else 0.0))
+                if objective == "flow_matching" else 0.0),
+        **_network(rows, large, params, objective, n_features),
+        **_fine_tuning(table, large, params, objective, max_iter, lr, n_features))
