@@ -283,7 +283,7 @@ def training_run(run: Run, sizes: Sizes, n_iter: int) -> dict:
     def loss_fn(model: CNF, batch: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
         if run.kinetic_energy or run.jacobian_norm:
-            logp, reg = model.log_prob(batch, return_regularisers=True)
+            logp, reg = model.log_prob(batch, return_regularizers=True)
             loss = (-logp.mean() + run.kinetic_energy * reg.kinetic.mean()
                     + run.jacobian_norm * reg.jacobian.mean())
         else:

@@ -1,8 +1,8 @@
 """cnflow: continuous normalizing flows on PyTorch.
 
-The public names, re-exported; nothing is defined here. Importing the package sets the C
-allocator's thresholds once (:mod:`cnflow.allocator`; ``CNFLOW_TUNE_MALLOC=0`` keeps glibc's
-defaults).
+The public names, re-exported (nothing else is defined here but a deprecated spelling's
+alias). Importing the package sets the C allocator's thresholds once
+(:mod:`cnflow.allocator`; ``CNFLOW_TUNE_MALLOC=0`` keeps glibc's defaults).
 """
 
 from .allocator import tune_allocator_unless_switched_off
@@ -14,7 +14,7 @@ from .estimators import (
     PlanarFlowDensity,
 )
 from .files import ModelFileError
-from .flows import CNF, CNFRegularisers, DenseFlow, PlanarFlow
+from .flows import CNF, CNFRegularizers, DenseFlow, PlanarFlow
 from .nn import ODEBlock
 from .ode import (
     MaxStepsExceededError,
@@ -33,10 +33,22 @@ __version__ = "0.1.0"
 tune_allocator_unless_switched_off()
 
 __all__ = [
-    "CNF", "CNFRegularisers", "CNFDensity", "ConditionalCNFDensity", "ImageCNFDensity",
+    "CNF", "CNFRegularizers", "CNFDensity", "ConditionalCNFDensity", "ImageCNFDensity",
     "PlanarFlow", "DenseFlow",
     "PlanarFlowDensity",
     "odeint", "odeint_adjoint", "SolveOptions", "SolverStats", "ODESolveError",
     "StepSizeUnderflowError", "MaxStepsExceededError", "NonFiniteStateError", "ODEBlock",
     "LatentODE", "ModelFileError", "CheckpointMismatchError", "TrainingFault",
 ]
+
+
+def __getattr__(name: str):
+    """``CNFRegularisers``, the earlier spelling of :class:`CNFRegularizers`, with a
+    DeprecationWarning (the public names and option values are spelt "-ize")."""
+    if name == "CNFRegularisers":
+        import warnings
+
+        warnings.warn("CNFRegularisers is deprecated; use CNFRegularizers", DeprecationWarning,
+                      stacklevel=2)
+        return CNFRegularizers
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

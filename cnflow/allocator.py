@@ -5,11 +5,8 @@ torch allocates a CPU tensor with the C library's ``malloc``. glibc serves a blo
 *trim threshold* decides when free memory at the top of the heap goes back too. An
 exact-trace step allocates and frees several Jacobian buffers of megabytes (rows × D × width
 floats), so under glibc's dynamic defaults each of them can be a new mapping whose pages the
-kernel must zero on first touch: hundreds of thousands of page faults a second. Measured on
-a 2-core x86_64 CPU, torch 2.13.0 (a 32-D table of 4,000 rows, 808 steps of flow matching and
-maximum-likelihood fine-tuning; ``/usr/bin/time``): 3.9 million minor page faults and 33.6 s
-with glibc's defaults, 0.12 million and 24.1 s with the thresholds below; 14.9 s against
-9.5 s for 303 steps on a 64-D table.
+kernel must zero on first touch: hundreds of thousands of page faults a second, and a
+slower fit (the measurements are in ``docs/benchmarks.md``, "Large tables").
 
 :func:`tune_allocator` sets the mmap threshold to :data:`MMAP_THRESHOLD` (32 MiB, glibc's
 largest on 64-bit systems: blocks up to that size come from the heap and are reused) and the

@@ -223,9 +223,9 @@ def exact(f: Dynamics, t: Tensor, z: Tensor, *, method: str = "auto",
             (``torch.autograd.grad(..., is_grads_batched=True)``); ``"jvp"``: the D
             Jacobian-vector products as one vectorised forward-mode pass (``torch.func.vmap``
             of ``torch.func.jvp``; f must then be composable with ``torch.func``).
-            ``benchmarks/bench_trace.py`` measures them: on 2 CPU cores the loop is the fastest
-            when the graph is kept for training (14 vs 18 ms for "vjp" at D = 2, 0.7 vs 9 s
-            at D = 128, hidden 256, batch 512) and within 15% of the fastest without it.
+            ``benchmarks/bench_trace.py`` measures them (``docs/benchmarks.md``, "The cost
+            of the trace"): on a CPU the loop is the fastest when the graph is kept for
+            training.
         create_graph: keep the graph of the trace so that it can be differentiated (with
             respect to the parameters of f, or z). Default: whether gradient recording is
             enabled.

@@ -9,7 +9,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from cnflow import CNF, CNFRegularisers, SolverStats
+from cnflow import CNF, CNFRegularizers, SolverStats
 from cnflow.flows import FlowMixture, GaussianMixtureBase
 from cnflow.nn import ConcatSquashMLP
 from cnflow.ode import FEW_STEP_METHOD, TABLEAUX
@@ -110,7 +110,7 @@ def test_hutchinson_linear_log_prob_uses_one_probe_for_the_whole_solve():
     flow = CNF(2, net=LinearDynamics(A), T=T, trace="hutchinson", rtol=1e-9, atol=1e-9)
     x = torch.randn(400, 2, dtype=D64)
     with torch.no_grad():
-        logp, reg = flow.log_prob(x, return_regularisers=True)
+        logp, reg = flow.log_prob(x, return_regularizers=True)
     deviation = (logp - linear_log_prob(A, T, x)) / (T * (A[0][1] + A[1][0]))
     sign = deviation.round()
     torch.testing.assert_close(deviation, sign, rtol=0, atol=1e-6)
@@ -139,8 +139,8 @@ def test_linear_regularisers_equal_closed_forms():
     flow = CNF(3, net=LinearDynamics(A3), T=T, rtol=1e-9, atol=1e-9)
     x = torch.randn(10, 3, dtype=D64)
     with torch.no_grad():
-        logp, reg = flow.log_prob(x, return_regularisers=True)
-    assert isinstance(reg, CNFRegularisers)
+        logp, reg = flow.log_prob(x, return_regularizers=True)
+    assert isinstance(reg, CNFRegularizers)
     A = np.asarray(A3)
     E = scipy.linalg.expm(A * T)
     X = torch.from_numpy(scipy.linalg.solve_continuous_lyapunov(A.T, E.T @ A.T @ A @ E - A.T @ A))
@@ -148,6 +148,19 @@ def test_linear_regularisers_equal_closed_forms():
                                atol=1e-8)
     torch.testing.assert_close(reg.jacobian, torch.full((10,), T * (A**2).sum(), dtype=D64),
                                rtol=1e-8, atol=1e-8)
+    # the earlier spelling still works, with a DeprecationWarning, and gives the same values
+    with pytest.warns(DeprecationWarning, match="return_regularizers"), torch.no_grad():
+        old_logp, old_reg = flow.log_prob(x, return_regularisers=True)
+    torch.testing.assert_close(old_reg.kinetic, reg.kinetic, rtol=0, atol=0)
+    torch.testing.assert_close(old_logp, logp, rtol=0, atol=0)
+    import cnflow
+    import cnflow.flows
+
+    for module in (cnflow, cnflow.flows, cnflow.flows.cnf):
+        with pytest.warns(DeprecationWarning, match="CNFRegularizers"):
+            assert module.CNFRegularisers is CNFRegularizers
+    with pytest.raises(AttributeError, match="no attribute 'CNFRegulators'"):
+        cnflow.CNFRegulators  # noqa: B018
     torch.testing.assert_close(logp, linear_log_prob(A3, T, x), rtol=0, atol=1e-6)
 
 
@@ -246,7 +259,7 @@ def test_adjoint_and_backprop_gradients_agree(trace, noise, exact_method):
     grads = []
     for flow in flows:
         torch.manual_seed(1)  # the same Hutchinson probes for both
-        logp, reg = flow.log_prob(x, return_regularisers=True)
+        logp, reg = flow.log_prob(x, return_regularizers=True)
         loss = -logp.mean() + 0.1 * reg.kinetic.mean() + 0.1 * reg.jacobian.mean()
         grads.append(torch.autograd.grad(loss, [x, *flow.parameters()]))
     assert flows[0].nfe_backward > 0 and flows[1].nfe_backward == 0

@@ -67,8 +67,9 @@ class CNFDensity(CNFEstimator):
     :math:`w\,p_\text{flow} + (1 - w)\,p_\text{mixture}` with the weight w that maximises
     the held-out likelihood, so that the fit is never worse there than either part. On
     ``make_warped_mixture`` data the flow carries the fit in 8 dimensions, the mixture in 64
-    (where 120 s on 2 CPU cores is too little for a flow to learn a 64-D density from 3,200
-    rows), and the stack beats both in between (``docs/benchmarks.md``, "Real tabular data").
+    (where a short budget is too little for a flow to learn a 64-D density from a few
+    thousand rows), and the stack beats both in between (``docs/benchmarks.md``, "Real
+    tabular data").
     On the smallest tables several such members are fitted, each holding out a different
     fold of the rows (cross-fitting), and the density is their average
     (:class:`cnflow.flows.FlowMixture`); together they have seen every row, and averaging
@@ -90,8 +91,9 @@ class CNFDensity(CNFEstimator):
         method, rtol, atol: the ODE method (a method of :func:`cnflow.odeint`) and its
             tolerances.
         adjoint: gradients by the adjoint method (True) or backprop through the solver.
-        max_iter: training steps; ``"auto"``: per objective (with flow matching about 3
-            minutes on 2 CPU cores, plus about 1 minute of fine-tuning).
+        max_iter: training steps; ``"auto"``: per objective (with flow matching 20,000
+            steps, then a hundredth as many of fine-tuning; their time is measured in
+            ``docs/benchmarks.md``).
         batch_size: rows per step; ``"auto"``: per objective, and fine-tuning's steps take
             maximum likelihood's (a batch given is used for both).
         weight_decay: Adam's L2 penalty.

@@ -273,7 +273,7 @@ class CNFEstimator(FlowDensityEstimator):
                                            pairing=self.settings_.pairing)
         if not (self.kinetic_energy or self.jacobian_norm):
             return -flow.log_prob(u).mean()
-        logp, reg = flow.log_prob(u, return_regularisers=True)
+        logp, reg = flow.log_prob(u, return_regularizers=True)
         return (-logp.mean() + self.kinetic_energy * reg.kinetic.mean()
                 + self.jacobian_norm * reg.jacobian.mean())
 

@@ -21,8 +21,8 @@ from ..nn.registry import registered_module
 from ..ode.options import check_steps
 from ..preprocessing import TargetContextPreprocessor
 from .cnf_estimator import CNFEstimator
-from .estimator_base import draw_seed
 from .fitting.persistence import reading_parts_of
+from .fitting.run import draw_seed
 from .params import Options
 from .policy import FitSettings, _is_auto
 from .user_modules import (
@@ -96,8 +96,8 @@ class _Rows(nn.Module):
         """One u_y per row of features u_x and its log q(u_y | u_x), from one solve."""
         return self.flow.sample_with_log_prob(context=self.context(u_x), **kwargs)
 
-    def log_prob(self, rows: torch.Tensor, return_regularisers: bool = False, **kwargs):
-        return self.flow.log_prob(*self.split(rows), return_regularisers=return_regularisers,
+    def log_prob(self, rows: torch.Tensor, return_regularizers: bool = False, **kwargs):
+        return self.flow.log_prob(*self.split(rows), return_regularizers=return_regularizers,
                                   **kwargs)
 
     def flow_matching_loss(self, rows: torch.Tensor, **kwargs) -> torch.Tensor:

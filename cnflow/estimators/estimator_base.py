@@ -17,23 +17,19 @@ come from a bounded sample, its minibatches are read by index and its scores are
 from __future__ import annotations
 
 import copy
-import numbers
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, DensityMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ..checks import check_positive_int
-from ..files import ModelFileError
 from ..flows.base_density import GaussianMixtureBase
 from ..flows.flow import sample_options
-from ..flows.mixture import FlowMixture, best_mixture_weight
+from ..flows.mixture import FlowMixture
 from ..ode.options import check_steps
 from ..preprocessing import TabularPreprocessor
 from ..training import (
@@ -46,34 +42,31 @@ from ..training import (
 )
 from ..training.checkpoint import FitCheckpoint
 from ..training.rows import MappedRows, RowSource
-from ..training.stages import Stage, StagedFit, StageRun
-from .fitting.members import MemberTraining
+from ..training.stages import StageRun
+from .fitting.fit import fit_members
+from .fitting.members import member_parts, stacked, stacking_weights
 from .fitting.persistence import (
-    arrays_of,
     build_fitted,
+    empty_density_flow,
+    empty_member,
+    open_fit_checkpoint,
+    plain_params,
     read_fitted,
     reading_parts_of,
     save_fitted,
-    state_digest,
     tensors_of,
 )
-from .fitting.plan import draw_plan
-from .fitting.run import finish_fit, forget_fitted, run_stages
+from .fitting.run import forget_fitted
 from .fitting.table import TableRows
 from .params import Boolean, InstanceOf, Integer, Options, Real, check_parameters
 from .policy import FitSettings, policy_kind, resolve_fit_settings
+from .sampling import draw_rows
 
 __all__ = ["EstimatorBase", "FlowDensityEstimator"]
 
 #: The floating-point types an estimator computes in, by the name its ``dtype`` takes.
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _FORMAT = "cnflow-estimator/1"
-
-
-def draw_seed(random_state) -> int:
-    """A torch seed drawn from ``random_state`` (None, an int or a numpy RandomState), as
-    scikit-learn's estimators draw theirs."""
-    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
 class EstimatorBase(BaseEstimator):
@@ -104,33 +97,13 @@ class EstimatorBase(BaseEstimator):
         """Rules that tie parameters together (none by default)."""
 
     def _plain_params(self) -> dict:
-        """The parameters as plain values for a file: tuples as lists, paths as strings,
-        and a random_state that is not an int as None."""
-        params = self.get_params(deep=False)
-        seed = params["random_state"]
-        params["random_state"] = int(seed) if isinstance(seed, numbers.Integral) else None
-        plain = {}
-        for name, value in params.items():
-            if isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, Path):
-                value = str(value)
-            plain[name] = value
-        return plain
+        """The parameters as plain values for a file (:func:`plain_params`)."""
+        return plain_params(self.get_params(deep=False))
 
     def _fit_checkpoint(self, data: dict) -> FitCheckpoint | None:
         """The fit's checkpoint (None without a ``checkpoint`` parameter), identified by the
-        estimator, its parameters (except verbose, device and the checkpoint's own, which do
-        not change the result) and ``data`` (what identifies the data)."""
-        if getattr(self, "checkpoint", None) is None:
-            return None
-        params = self._plain_params()
-        for name in ("checkpoint", "checkpoint_interval", "verbose", "device"):
-            params.pop(name, None)
-        identity = {"estimator": type(self).__name__,
-                    **{f"parameter {k}": v for k, v in params.items()}, **data}
-        return FitCheckpoint.open_in_every_process(self.checkpoint,
-                                                   float(self.checkpoint_interval), identity)
+        estimator, its parameters and ``data`` (:func:`open_fit_checkpoint`)."""
+        return open_fit_checkpoint(self, data)
 
     def _resolve_settings(self, n_samples: int, n_columns: int,
                           n_members: int | None = None) -> FitSettings:
@@ -327,44 +300,9 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             raise
 
     def _fit_settled(self, X: np.ndarray, warm: dict | None, settings: FitSettings):
-        """:meth:`_fit_rows` once ``settings`` are resolved: one stage per member, each
-        granted an equal share of the time left (see :mod:`cnflow.training.stages` and
-        :class:`~cnflow.estimators.fitting.members.MemberTraining`)."""
-        device = resolve_device(self.device)
-        table = TableRows(X)
-        checkpoint = self._open_checkpoint(table, warm)
-        # max_seconds bounds the whole fit (with a checkpoint, every run of it)
-        fit = StagedFit(checkpoint, None if self.max_seconds is None else float(self.max_seconds))
-        # choosing the map and fitting mixtures try no larger mixture after this
-        planning = fit.deadline
-        if planning is not None and settings.planning_share < 1:
-            planning = min(planning, time.perf_counter()
-                           + settings.planning_share * float(self.max_seconds))
-        plan = draw_plan(self, table, warm, fit, planning)
-        self.device_, self.preprocessor_ = device, plan.preprocessor
-        self.mean_, self.scale_ = self.preprocessor_.mean_, self.preprocessor_.scale_
-        if plan.preprocessing_scores is not None:
-            self.preprocessing_scores_ = plan.preprocessing_scores
-        U = table.training_source(self)
-        config = TrainConfig(max_iter=settings.max_iter, batch_size=settings.batch_size,
-                             lr=settings.lr, lr_schedule=settings.lr_schedule,
-                             validation_interval=settings.validation_interval,
-                             max_seconds=self.max_seconds, weight_decay=self.weight_decay,
-                             n_iter_no_change=settings.n_iter_no_change if plan.n_val
-                             else None, verbose=self.verbose)
-        members = MemberTraining(self, table, U, plan, settings, config, fit, warm, planning)
-        stages = [Stage(f"member {k}", tags={"member": k} if plan.n_members > 1 else {})
-                  for k in range(plan.n_members)]
-        prior = None if warm is None else TrainResult(history=warm["history"],
-                                                      n_iter=warm["n_iter"])
-        result, fault = run_stages(fit, stages, members.train, prepare=members.prepare,
-                                   restore=members.restore, prior=prior,
-                                   continue_after_fault=True)
-        self.n_members_ = len(members.members)
-        self.flow_ = (members.members[0] if plan.n_members == 1
-                      else FlowMixture(members.members))
-        self.stacking_weights_ = self._stacking_weights()
-        finish_fit(self, result, fault)
+        """:meth:`_fit_rows` once ``settings`` are resolved
+        (:func:`~cnflow.estimators.fitting.fit.fit_members`)."""
+        fit_members(self, X, warm, settings)
         return self
 
     # ------------------------------------------------------------ warm starts, checkpoints
@@ -380,14 +318,6 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                           for flow, mixture in self._member_parts()],
                 "history": [dict(entry) for entry in self.history_],
                 "n_iter": int(self.n_iter_), "n_features": int(self.n_features_in_)}
-
-    def _open_checkpoint(self, table: TableRows, warm: dict | None) -> FitCheckpoint | None:
-        """The fit's checkpoint, identified also by the data and, for a warm start, the
-        flows it starts from (see :meth:`EstimatorBase._fit_checkpoint`)."""
-        return self._fit_checkpoint({
-            **table.identity(),
-            "warm start from": None if warm is None else state_digest(
-                [flow for flow, _ in warm["parts"]])})
 
     def score_samples(self, X, *, batch_size: int | None = None) -> np.ndarray:
         """Log-density of each row of X, in the caller's units; numpy array (n_samples,).
@@ -448,28 +378,8 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             of the field per batch of draws, against the tens of the adaptive solve.
         """
         check_is_fitted(self, "flow_")
-        check_positive_int(n_samples, "n_samples")
-        options = self._sampling_options(steps)
-        batch_size = self._batch_size(batch_size)
-        seed = draw_seed(random_state)
-        one_solve = return_log_prob and steps is None and self._samples_with_log_prob(self.flow_)
-        draws, log_qs = [], []
-        with self._seeded(seed), torch.no_grad():
-            for start in range(0, int(n_samples), batch_size):
-                n = min(batch_size, int(n_samples) - start)
-                if one_solve:
-                    u, log_q = self.flow_.sample_with_log_prob(n, trace="exact")
-                else:
-                    u = self.flow_.sample(n, **options)
-                    log_q = self._log_prob(self.flow_, u) if return_log_prob else None
-                draws.append(u)
-                log_qs.append(log_q)
-        U = torch.cat(draws).double().cpu().numpy()
-        X = self.preprocessor_.inverse_transform(U)
-        if not return_log_prob:
-            return X
-        _, logdet = self.preprocessor_.transform(X)
-        return X, torch.cat(log_qs).double().cpu().numpy() + logdet
+        return draw_rows(self, n_samples, random_state, steps=steps,
+                         return_log_prob=return_log_prob, batch_size=batch_size)
 
     def _sampling_options(self, steps: object) -> dict[str, object]:
         """The keywords of ``flow_.sample`` for ``steps`` (checked: a positive integer or
@@ -492,49 +402,15 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
 
     def _stacked(self, flow: nn.Module, mixture: GaussianMixtureBase,
                  U_val: torch.Tensor) -> FlowMixture:
-        """The two-member density w·flow + (1 − w)·mixture, with the w that maximises the
-        held-out rows' mean log-likelihood (:func:`cnflow.flows.mixture.best_mixture_weight`)."""
-        mixture = mixture.to(self.device_, self._torch_dtype())  # the base, if any, is a copy
+        """The two-member density w·flow + (1 − w)·mixture, w best on the held-out rows."""
         with torch.no_grad():
             log_flow = -self._validation_loss(flow, U_val, reduce=False)
-            log_mixture = mixture.log_prob(U_val)
-        w = best_mixture_weight(log_flow.double().cpu().numpy(),
-                                log_mixture.double().cpu().numpy())
-        return FlowMixture([flow, mixture], weights=[w, 1.0 - w]).to(self.device_,
-                                                                     self._torch_dtype())
-
-    def _member_list(self) -> list[nn.Module]:
-        """The fitted members (one, or the cross-fitted ones)."""
-        if self.n_members_ > 1:
-            return list(self.flow_.members)
-        return [self.flow_]
+        return stacked(flow, mixture, log_flow, U_val, self.device_, self._torch_dtype())
 
     def _member_parts(self) -> list[tuple[nn.Module, GaussianMixtureBase | None]]:
         """Each member's flow and the mixture stacked with it (None where not stacked)."""
-        parts = []
-        for member in self._member_list():
-            if isinstance(member, FlowMixture):  # a stacked member: [flow, mixture]
-                parts.append((member.members[0], member.members[1]))
-            else:
-                parts.append((member, None))
-        return parts
+        return member_parts(self.flow_, self.n_members_)
 
-    def _stacking_weights(self) -> list[float] | None:
-        """The flow's weight in each stacked member (None when nothing is stacked)."""
-        parts = self._member_list()
-        if not any(isinstance(m, FlowMixture) for m in parts):
-            return None
-        weights: list[float | None] = []
-        for member in parts:
-            if not isinstance(member, FlowMixture):
-                weights.append(1.0)
-            elif member.weights.is_meta:  # a model placed on the meta device holds no values
-                weights.append(None)
-            else:
-                weights.append(float(member.weights[0]))
-        return weights
-
-    # ------------------------------------------------------------ persistence
     def _member_from_record(self, record: dict, dim: int) -> nn.Module:
         """A member rebuilt from its record
         (:func:`~cnflow.estimators.fitting.persistence.member_record`; on the fit's device,
@@ -549,12 +425,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
                       stacked_components: int) -> nn.Module:
         """A member of the given structure, to load parameters into (global RNG untouched)."""
         with self._seeded(0):
-            flow = self._build_flow(dim, GaussianMixtureBase.empty(base_components, dim)
-                                    if base_components else None)
-        if stacked_components:  # the weights are placeholders, replaced by the loaded ones
-            flow = FlowMixture([flow, GaussianMixtureBase.empty(stacked_components, dim)],
-                               weights=[0.5, 0.5])
-        return flow
+            return empty_member(self._build_flow, dim, base_components, stacked_components)
 
     def save(self, path: str | Path) -> None:
         """Write the fitted estimator to a ``torch.save`` file that loads with
@@ -604,34 +475,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         """The estimator a :meth:`save` file describes (KeyError etc. where parts are
         missing or malformed; :meth:`load` names them)."""
         est, flow = build_fitted(cls, data, path, device,
-                                 lambda est, data: est._empty_flow(data, path))
+                                 lambda est, data: empty_density_flow(est, data, path))
         est.flow_ = flow
-        est.stacking_weights_ = est._stacking_weights()
+        est.stacking_weights_ = stacking_weights(est.flow_, est.n_members_)
         return est
-
-    def _empty_flow(self, data: dict, path: Path) -> nn.Module:
-        """The fitted state a :meth:`save` file holds besides the flow's parameters, restored;
-        and the flow, built empty to receive them."""
-        self.mean_ = data["mean"].numpy()
-        self.scale_ = data["scale"].numpy()
-        if data.get("preprocessor") is not None:
-            self.preprocessor_ = self._preprocessor_from_state(arrays_of(data["preprocessor"]))
-        else:  # files of the first format standardised only
-            self.preprocessor_ = TabularPreprocessor.from_state(
-                {"kind": "standardize", "mean": self.mean_, "scale": self.scale_})
-        self.n_features_in_ = data["n_features_in"]
-        if data.get("feature_names_in") is not None:
-            self.feature_names_in_ = np.asarray(data["feature_names_in"], dtype=object)
-        self._restore_extras(data)
-        if data.get("settings") is None:  # a file from before settings were saved
-            self.settings_ = self._resolve_settings(0, int(data["n_features_in"]))
-        self.n_members_ = int(data.get("n_members", 1))
-        D = self._flow_width()
-        components = data.get("base_components") or [0] * self.n_members_
-        stacked = data.get("stacked_components") or [0] * self.n_members_
-        if len(components) != self.n_members_ or len(stacked) != self.n_members_:
-            raise ModelFileError(f"{path} is damaged: {len(components)} base densities and "
-                                 f"{len(stacked)} stacked mixtures for {self.n_members_} flows")
-        members = [self._empty_member(D, int(k_base), int(k_stack))
-                   for k_base, k_stack in zip(components, stacked)]
-        return members[0] if self.n_members_ == 1 else FlowMixture(members)

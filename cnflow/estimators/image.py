@@ -23,9 +23,9 @@ from ..training import (
 )
 from ..training.checkpoint import data_digest
 from ..training.stages import Stage, StagedFit, StageRun
-from .estimator_base import DTYPES, EstimatorBase, draw_seed
+from .estimator_base import DTYPES, EstimatorBase
 from .fitting.persistence import load_fitted, save_fitted
-from .fitting.run import finish_fit, forget_fitted, run_stages
+from .fitting.run import draw_seed, finish_fit, forget_fitted, run_stages
 from .params import Boolean, InstanceOf, Integer, IntegerSequence, Options, Real
 
 __all__ = ["ImageCNFDensity", "check_images"]

@@ -170,6 +170,9 @@ POLICIES: dict[str, dict[str, Any]] = {
             # on held-out rows than flow matching alone on county murders (9 columns) and
             # baseball (12), while after flow matching's 20,000 steps in 600 s it gained
             "fine_tune_share_max_features": 8,
+            # ... and up to that many, flow matching's share of max_seconds (fine-tuning has
+            # the rest)
+            "flow_matching_share": _FINE_TUNING["flow_matching_share"],
             # flow matching's field above 16 modelled dimensions on a large table: 128 wide
             # (warped mixture, D = 48, 100,000 rows, 120 s: +2.9 nats a row over 64 wide)
             "wide_above_features": 16,
@@ -419,7 +422,8 @@ def _fine_tuning(table: Mapping[str, Any], large: Mapping[str, Any],
                                                    fine["validation_interval"]),
         "fine_tune_adjoint": (n_features > fine["backprop_max_features"] if _is_auto(adjoint)
                               else bool(adjoint)),
-        "flow_matching_share": fine["flow_matching_share"] if fine_iter and shares else 1.0}
+        "flow_matching_share": (large.get("flow_matching_share", fine["flow_matching_share"])
+                                if fine_iter and shares else 1.0)}
 
 
 def resolve_fit_settings(estimator: str, params: Mapping[str, Any], n_samples: int,

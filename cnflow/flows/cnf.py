@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple, overload
 
@@ -64,10 +65,10 @@ from ..ode.solve import DEFAULT_MAX_NUM_STEPS
 from .flow import Flow
 from .pairing import PAIRINGS, paired
 
-__all__ = ["CNF", "CNFRegularisers"]
+__all__ = ["CNF", "CNFRegularizers"]
 
 
-class CNFRegularisers(NamedTuple):
+class CNFRegularizers(NamedTuple):
     r"""Per-sample regularisers of a CNF's path (Finlay et al. 2020), each shape (n,).
 
     Attributes:
@@ -252,7 +253,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
 
         Training with the RNODE regularisers:
 
-        >>> logp, reg = flow.log_prob(x, return_regularisers=True)
+        >>> logp, reg = flow.log_prob(x, return_regularizers=True)
         >>> loss = -logp.mean() + 0.01 * reg.kinetic.mean() + 0.01 * reg.jacobian.mean()
 
         A conditional flow p(y | c):
@@ -363,19 +364,20 @@ class CNF(SolvesODEs, NFECounts, Flow):
 
     @overload
     def log_prob(self, x: Tensor, context: Tensor | None = ...,
-                 return_regularisers: Literal[False] = ..., *,
-                 trace: str | None = ..., solve_options: SolveOptions | None = ...
-                 ) -> Tensor: ...
+                 return_regularizers: Literal[False] = ..., *,
+                 trace: str | None = ..., solve_options: SolveOptions | None = ...,
+                 return_regularisers: bool | None = ...) -> Tensor: ...
 
     @overload
     def log_prob(self, x: Tensor, context: Tensor | None = ..., *,
-                 return_regularisers: Literal[True],
-                 trace: str | None = ..., solve_options: SolveOptions | None = ...
-                 ) -> tuple[Tensor, CNFRegularisers]: ...
+                 return_regularizers: Literal[True],
+                 trace: str | None = ..., solve_options: SolveOptions | None = ...,
+                 return_regularisers: bool | None = ...) -> tuple[Tensor, CNFRegularizers]: ...
 
     def log_prob(self, x: Tensor, context: Tensor | None = None,
-                 return_regularisers: bool = False, *,
-                 trace: str | None = None, solve_options: SolveOptions | None = None):
+                 return_regularizers: bool = False, *,
+                 trace: str | None = None, solve_options: SolveOptions | None = None,
+                 return_regularisers: bool | None = None):
         r"""The log-density of each row of x (given its context, for a conditional flow).
 
         .. math:: \log p(x) = \log \mathcal{N}(z(T); 0, I)
@@ -390,24 +392,30 @@ class CNF(SolvesODEs, NFECounts, Flow):
             x: data, shape (n, dim), of the flow's dtype.
             context: the rows' contexts, shape (n, context_features), of the flow's dtype and
                 device; exactly when the flow has ``context_features``.
-            return_regularisers: also integrate and return the RNODE regularisers along the
+            return_regularizers: also integrate and return the RNODE regularisers along the
                 same path, for a training loss such as
                 ``-logp.mean() + λ_K * reg.kinetic.mean() + λ_J * reg.jacobian.mean()``.
             trace: this call's trace estimator (None: the flow's ``trace``), e.g. ``"exact"``
                 to score a flow trained with Hutchinson's.
             solve_options: this call's :class:`~cnflow.SolveOptions` (None: the flow's), e.g.
                 ``flow.solve_options.replace(rtol=1e-7, atol=1e-7)`` for a tighter score.
+            return_regularisers: the earlier spelling of ``return_regularizers``
+                (deprecated).
 
         Returns:
-            log p(x), shape (n,); with ``return_regularisers``, the pair ``(log_prob,
-            CNFRegularisers(kinetic, jacobian))``, each of shape (n,).
+            log p(x), shape (n,); with ``return_regularizers``, the pair ``(log_prob,
+            CNFRegularizers(kinetic, jacobian))``, each of shape (n,).
         """
+        if return_regularisers is not None:
+            warnings.warn("log_prob(return_regularisers=...) is deprecated; use "
+                          "return_regularizers=...", DeprecationWarning, stacklevel=2)
+            return_regularizers = bool(return_regularisers)
         x = self._check_data(x, "x")
         context = self._given(context, x.shape[0])
-        z, logdet, regs = self._flow(x, context, reverse=False, regularise=return_regularisers,
+        z, logdet, regs = self._flow(x, context, reverse=False, regularise=return_regularizers,
                                      trace=trace, options=solve_options)
         logp = self.base_log_prob(z) + logdet
-        if return_regularisers:
+        if return_regularizers:
             return logp, regs
         return logp
 
@@ -833,7 +841,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
 
     def _flow(self, x: Tensor, context: Tensor | None, reverse: bool, regularise: bool,
               trace: str | None = None, options: SolveOptions | None = None
-              ) -> tuple[Tensor, Tensor, CNFRegularisers | None]:
+              ) -> tuple[Tensor, Tensor, CNFRegularizers | None]:
         """Solve [z, Δ(, kinetic, jacobian)] from x (given the checked context) over [0, T]
         (or [T, 0] when reverse), with the flow's trace and options unless this call gives
         its own."""
@@ -851,5 +859,17 @@ class CNF(SolvesODEs, NFECounts, Flow):
         if regularise:
             # Integrated backwards the quadratures come out negated: report the positive integrals.
             sign = -1.0 if reverse else 1.0
-            regs = CNFRegularisers(kinetic=sign * yT[2], jacobian=sign * yT[3])
+            regs = CNFRegularizers(kinetic=sign * yT[2], jacobian=sign * yT[3])
         return yT[0], yT[1], regs
+
+
+def __getattr__(name: str):
+    """``CNFRegularisers``, the earlier spelling of :class:`CNFRegularizers`, with a
+    DeprecationWarning (the public names and option values are spelt "-ize")."""
+    if name == "CNFRegularisers":
+        import warnings
+
+        warnings.warn("CNFRegularisers is deprecated; use CNFRegularizers", DeprecationWarning,
+                      stacklevel=2)
+        return CNFRegularizers
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

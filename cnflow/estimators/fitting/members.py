@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ...flows.base_density import GaussianMixtureBase
+from ...flows.mixture import FlowMixture, best_mixture_weight
 from ...training import TrainConfig, TrainingFault, TrainResult
 from ...training.rows import RowSource
 from ...training.stages import StagedFit, StageRun
@@ -28,7 +29,7 @@ from .persistence import member_record, mixture_from_record, mixture_record
 from .plan import FitPlan
 from .table import TableRows
 
-__all__ = ["MemberTraining", "MemberEstimator"]
+__all__ = ["MemberTraining", "MemberEstimator", "stacked", "member_parts", "stacking_weights"]
 
 
 class MemberEstimator(Protocol):
@@ -153,3 +154,38 @@ class MemberTraining:
         """A finished member, read back from its stage's record (a resumed fit)."""
         self.members.append(self.estimator._member_from_record(run.record.parameters,
                                                                self.n_features))
+
+
+def stacked(flow: nn.Module, mixture: GaussianMixtureBase, log_flow: torch.Tensor,
+            U_val: torch.Tensor, device: torch.device, dtype: torch.dtype) -> FlowMixture:
+    """The two-member density w·flow + (1 − w)·mixture, with the w that maximises the
+    held-out rows' mean log-likelihood (:func:`cnflow.flows.mixture.best_mixture_weight`);
+    ``log_flow``: the flow's log-density at the held-out rows ``U_val``."""
+    mixture = mixture.to(device, dtype)  # the base, if any, is a copy
+    with torch.no_grad():
+        log_mixture = mixture.log_prob(U_val)
+    w = best_mixture_weight(log_flow.double().cpu().numpy(),
+                            log_mixture.double().cpu().numpy())
+    return FlowMixture([flow, mixture], weights=[w, 1.0 - w]).to(device, dtype)
+
+
+def _members(flow: nn.Module, n_members: int) -> list[nn.Module]:
+    """The fitted members (one, or the cross-fitted ones of a FlowMixture)."""
+    return list(flow.members) if n_members > 1 else [flow]
+
+
+def member_parts(flow: nn.Module, n_members: int
+                 ) -> list[tuple[nn.Module, GaussianMixtureBase | None]]:
+    """Each member's flow and the mixture stacked with it (None where not stacked)."""
+    return [(m.members[0], m.members[1]) if isinstance(m, FlowMixture) else (m, None)
+            for m in _members(flow, n_members)]
+
+
+def stacking_weights(flow: nn.Module, n_members: int) -> list[float | None] | None:
+    """The flow's weight in each stacked member (None when nothing is stacked; a member
+    placed on the meta device holds no value)."""
+    members = _members(flow, n_members)
+    if not any(isinstance(m, FlowMixture) for m in members):
+        return None
+    return [1.0 if not isinstance(m, FlowMixture) else None if m.weights.is_meta
+            else float(m.weights[0]) for m in members]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import numbers
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,13 +31,16 @@ from torch import nn
 from ...files import ModelFileError, atomic_write, read_torch_file
 from ...flows.base_density import GaussianMixtureBase
 from ...flows.mixture import FlowMixture
+from ...preprocessing import TabularPreprocessor
 from ...training import resolve_device
+from ...training.checkpoint import FitCheckpoint
 from ..policy import FitSettings
 
 __all__ = ["tensors_of", "arrays_of", "state_digest", "mixture_record", "mixture_from_record",
            "member_record", "read_estimator_file", "reading_parts_of",
            "check_settings_agree", "save_fitted", "load_fitted", "read_fitted",
-           "build_fitted"]
+           "build_fitted", "empty_member", "empty_density_flow", "plain_params",
+           "open_fit_checkpoint"]
 
 #: An estimator class, in the signature of :func:`load_fitted`.
 E = TypeVar("E")
@@ -235,3 +239,77 @@ def build_fitted(cls: type[E], data: dict, path: Path, device: str | None,
     est.history_ = list(data["history"])
     est.n_iter_ = int(data["n_iter"])
     return est, module
+
+
+def empty_member(build_flow: Callable[..., nn.Module], dim: int, base_components: int,
+                 stacked_components: int) -> nn.Module:
+    """A member of the given structure to load saved parameters into: the flow that
+    ``build_flow(dim, base)`` builds, with a Gaussian mixture of ``base_components`` as its
+    base (0: its own), stacked with a mixture of ``stacked_components`` (0: not stacked;
+    the weights are placeholders that loading replaces)."""
+    flow = build_flow(dim, GaussianMixtureBase.empty(base_components, dim)
+                      if base_components else None)
+    if stacked_components:
+        flow = FlowMixture([flow, GaussianMixtureBase.empty(stacked_components, dim)],
+                           weights=[0.5, 0.5])
+    return flow
+
+
+def empty_density_flow(est: Any, data: dict, path: Path) -> nn.Module:
+    """What a flow density estimator's model file holds besides the flow's parameters,
+    restored on ``est`` (scaling, preprocessing, columns, the subclass's extras, members),
+    and its flow built empty to receive them (a :class:`cnflow.ModelFileError` where the
+    counts of members, bases and stacked mixtures disagree)."""
+    est.mean_ = data["mean"].numpy()
+    est.scale_ = data["scale"].numpy()
+    if data.get("preprocessor") is not None:
+        est.preprocessor_ = est._preprocessor_from_state(arrays_of(data["preprocessor"]))
+    else:  # files of the first format standardised only
+        est.preprocessor_ = TabularPreprocessor.from_state(
+            {"kind": "standardize", "mean": est.mean_, "scale": est.scale_})
+    est.n_features_in_ = data["n_features_in"]
+    if data.get("feature_names_in") is not None:
+        est.feature_names_in_ = np.asarray(data["feature_names_in"], dtype=object)
+    est._restore_extras(data)
+    if data.get("settings") is None:  # a file from before settings were saved
+        est.settings_ = est._resolve_settings(0, int(data["n_features_in"]))
+    est.n_members_ = int(data.get("n_members", 1))
+    D = est._flow_width()
+    components = data.get("base_components") or [0] * est.n_members_
+    stacked = data.get("stacked_components") or [0] * est.n_members_
+    if len(components) != est.n_members_ or len(stacked) != est.n_members_:
+        raise ModelFileError(f"{path} is damaged: {len(components)} base densities and "
+                             f"{len(stacked)} stacked mixtures for {est.n_members_} flows")
+    members = [est._empty_member(D, int(k_base), int(k_stack))
+               for k_base, k_stack in zip(components, stacked)]
+    return members[0] if est.n_members_ == 1 else FlowMixture(members)
+
+
+def plain_params(params: Mapping[str, Any]) -> dict:
+    """An estimator's parameters (``get_params(deep=False)``) as plain values for a file:
+    tuples as lists, paths as strings, and a random_state that is not an int as None."""
+    plain = {}
+    for name, value in params.items():
+        if name == "random_state":
+            value = int(value) if isinstance(value, numbers.Integral) else None
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, Path):
+            value = str(value)
+        plain[name] = value
+    return plain
+
+
+def open_fit_checkpoint(estimator: Any, data: dict) -> FitCheckpoint | None:
+    """The fit's checkpoint (None without a ``checkpoint`` parameter), identified by the
+    estimator's class, its parameters (except verbose, device and the checkpoint's own, which
+    do not change the result) and ``data`` (what identifies the data)."""
+    if getattr(estimator, "checkpoint", None) is None:
+        return None
+    params = estimator._plain_params()
+    for name in ("checkpoint", "checkpoint_interval", "verbose", "device"):
+        params.pop(name, None)
+    identity = {"estimator": type(estimator).__name__,
+                **{f"parameter {k}": v for k, v in params.items()}, **data}
+    return FitCheckpoint.open_in_every_process(estimator.checkpoint,
+                                               float(estimator.checkpoint_interval), identity)

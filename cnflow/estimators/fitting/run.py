@@ -15,10 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+from sklearn.utils import check_random_state
+
 from ...training import TrainingFault, TrainResult
 from ...training.stages import Stage, StagedFit, StageRun
 
-__all__ = ["run_stages", "finish_fit", "forget_fitted"]
+__all__ = ["run_stages", "finish_fit", "forget_fitted", "draw_seed"]
 
 
 def run_stages(fit: StagedFit, stages: Sequence[Stage],
@@ -48,3 +51,9 @@ def forget_fitted(estimator: Any, names: Sequence[str]) -> None:
     model with the new data's scaling)."""
     for name in names:
         estimator.__dict__.pop(name, None)
+
+
+def draw_seed(random_state) -> int:
+    """A torch seed drawn from ``random_state`` (None, an int or a numpy RandomState), as
+    scikit-learn's estimators draw theirs."""
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
