@@ -219,7 +219,7 @@ def log_density(name: str, X) -> np.ndarray:
     f ↦ 2 R(θ(f₀)) f with θ = 2πk/5 + 0.25 e^{f₀}, whose Jacobian determinant is
     4 (1 − 0.25 e^{f₀} f₁); the density sums N(f)/(5 · 4|1 − 0.25 e^{f₀} f₁|) over every
     preimage f of x in every arm (the arms overlap near the origin), the preimages found by
-    root finding in the polar angle (about 0.1 ms a row).
+    root finding in the polar angle.
 
     With it, the KL divergence of a model q is estimated from test samples as the paired
     mean of log p(x) − log q(x), whose variance vanishes as q approaches p (unlike

@@ -167,3 +167,20 @@ def test_a_subclass_of_an_estimator_fits_saves_and_loads(tmp_path):
     assert loaded.mean_score(X[:20]) == est.mean_score(X[:20])
     with pytest.raises(ModelFileError, match="holds a MyCNF, not a CNFDensity"):
         CNFDensity.load(path)
+
+
+def test_weights_that_do_not_fit_the_architecture_name_the_tensor(tmp_path):
+    """Parameters and settings that agree with each other but build another network than
+    the one whose weights the file holds: the error names the first tensor that does not
+    fit, with both shapes."""
+    X = make_toy("moons", 200, random_state=0)
+    good = tmp_path / "cnf.pt"
+    CNFDensity(hidden=(8,), max_iter=2, fine_tune_iter=0, n_members=1, random_state=0,
+               device="cpu").fit(X).save(good)
+    data = torch.load(good, weights_only=True)
+    data["params"]["hidden"] = data["settings"]["hidden"] = [9]
+    path = tmp_path / "altered.pt"
+    torch.save(data, path)
+    with pytest.raises(ModelFileError, match=r"weights do not fit the model its parameters "
+                                             r"build: size mismatch for \S*layers\.0\S*weight"):
+        CNFDensity.load(path)

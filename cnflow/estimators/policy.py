@@ -22,8 +22,8 @@ The rules, in the order they are resolved:
    from its start (the maps' mixtures grow in step), choose between
    whitening and the quantile map (per-column Gaussianisation by a piecewise-linear
    distribution function with exponential tails, fast on every row; the kernel one costs
-   about 0.5 ms a row to apply, and logarithms give rows outside the training range a
-   density of 0) up to 16 modelled dimensions, between whitening and logarithms above,
+   a sum over its centres for each value, and logarithms give rows outside the training
+   range a density of 0) up to 16 modelled dimensions, between whitening and logarithms above,
    and the held-out rows are scored every 1,000 flow-matching steps, or 70 per
    modelled dimension if more (a scoring costs about 7·D steps), or 100 fine-tuning steps
    (and after the last step, as in every regime).

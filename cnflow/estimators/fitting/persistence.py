@@ -123,7 +123,12 @@ def reading_parts_of(path: str | Path):
     except ModelFileError:
         raise
     except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as err:
-        what = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        what = f"missing {err}" if isinstance(err, KeyError) else lines[0] if lines else ""
+        if what.startswith("Error(s) in loading state_dict") and len(lines) > 1:
+            # the weights do not fit the architecture the parameters build: name the first
+            # tensor that does not (torch lists each on a line of its own)
+            what = f"its weights do not fit the model its parameters build: {lines[1]}"
         raise ModelFileError(f"{path} is damaged: {what}") from None
 
 
