@@ -128,7 +128,8 @@ def reading_parts_of(path: str | Path):
         if what.startswith("Error(s) in loading state_dict") and len(lines) > 1:
             # the weights do not fit the architecture the parameters build: name the first
             # tensor that does not (torch lists each on a line of its own)
-            what = f"its weights do not fit the model its parameters build: {lines[1]}"
+            what = (f"{lines[0]} {lines[1]} (its weights do not fit the model its "
+                    f"parameters build)")
         raise ModelFileError(f"{path} is damaged: {what}") from None
 
 
