@@ -15,6 +15,7 @@ from .estimators import (
 )
 from .files import ModelFileError
 from .flows import CNF, CNFRegularizers, DenseFlow, PlanarFlow
+from .flows.cnf import deprecated_names
 from .nn import ODEBlock
 from .ode import (
     MaxStepsExceededError,
@@ -42,13 +43,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """``CNFRegularisers``, the earlier spelling of :class:`CNFRegularizers`, with a
-    DeprecationWarning (the public names and option values are spelt "-ize")."""
-    if name == "CNFRegularisers":
-        import warnings
-
-        warnings.warn("CNFRegularisers is deprecated; use CNFRegularizers", DeprecationWarning,
-                      stacklevel=2)
-        return CNFRegularizers
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = deprecated_names(__name__)

@@ -863,13 +863,21 @@ class CNF(SolvesODEs, NFECounts, Flow):
         return yT[0], yT[1], regs
 
 
-def __getattr__(name: str):
-    """``CNFRegularisers``, the earlier spelling of :class:`CNFRegularizers`, with a
-    DeprecationWarning (the public names and option values are spelt "-ize")."""
-    if name == "CNFRegularisers":
-        import warnings
+#: Earlier spellings of public names, and the names they stand for now.
+DEPRECATED_NAMES = {"CNFRegularisers": "CNFRegularizers"}
 
-        warnings.warn("CNFRegularisers is deprecated; use CNFRegularizers", DeprecationWarning,
-                      stacklevel=2)
-        return CNFRegularizers
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def deprecated_names(module: str) -> Callable[[str], object]:
+    """A module ``__getattr__`` (PEP 562) for ``module`` that answers each name of
+    :data:`DEPRECATED_NAMES` with the object now so named, with a DeprecationWarning (the
+    public names and option values are spelt "-ize"), and raises AttributeError otherwise."""
+    def __getattr__(name: str) -> object:
+        if name in DEPRECATED_NAMES:
+            warnings.warn(f"{name} is deprecated; use {DEPRECATED_NAMES[name]}",
+                          DeprecationWarning, stacklevel=2)
+            return globals()[DEPRECATED_NAMES[name]]
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    return __getattr__
+
+
+__getattr__ = deprecated_names(__name__)
