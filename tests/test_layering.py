@@ -133,3 +133,24 @@ def test_the_fitting_rooms_never_import_an_estimator():
         wrong = {m for m in imported - allowed
                  if not m.startswith("cnflow.estimators.fitting")}
         assert not wrong, f"{path.relative_to(ROOT)} imports {sorted(wrong)}"
+
+
+def test_the_estimators_tell_memory_mapped_rows_apart_in_one_place():
+    """Whether rows are memory-mapped is asked in cnflow/estimators/fitting/table.py only
+    (TableRows); the estimators and the other rooms go through it."""
+    for path in sorted((ROOT / "estimators").rglob("*.py")):
+        if path == ROOT / "estimators" / "fitting" / "table.py":
+            continue
+        calls = [node for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "is_mapped"]
+        assert not calls, f"{path.relative_to(ROOT)} calls is_mapped"
+
+
+def test_the_estimators_functions_stay_short():
+    """No function in cnflow/estimators/ is longer than 60 lines (docstring included): a
+    longer one is split into named steps."""
+    for path in sorted((ROOT / "estimators").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 60, f"{path.relative_to(ROOT)}: {node.name} has {length} lines"

@@ -271,3 +271,34 @@ def test_a_source_without_some_rows_reads_every_other_row_in_order():
                                   table[kept[positions.numpy()]])
     with pytest.raises(ValueError, match="not both"):
         MappedRows(table, rows=kept, excluded=excluded)
+
+
+def test_table_rows_read_a_large_memory_mapped_table_by_position(tmp_path):
+    """Above SAMPLE_ROWS rows only the held-out rows are drawn (memory O(n_val)), and a
+    member's training rows are every other row, read by position; in memory, a permutation
+    of all rows. The identity names the source."""
+    from cnflow.estimators.fitting.table import TableRows
+    from cnflow.estimators.mapped import SAMPLE_ROWS
+
+    n = SAMPLE_ROWS + 50
+    path = tmp_path / "big.npy"
+    np.save(path, np.arange(2 * n, dtype=np.float64).reshape(n, 2))
+    mapped = TableRows(np.load(path, mmap_mode="r"))
+    assert mapped.mapped and mapped.identity()["data source"] == "memory-mapped"
+    order = mapped.order(300, seed=1, rng=np.random.RandomState(0))
+    assert len(order) == 300 and len(np.unique(order)) == 300 and order.max() < n
+    in_memory = TableRows(np.zeros((40, 2)))
+    assert "data source" not in in_memory.identity()
+    assert sorted(in_memory.order(8, seed=1, rng=np.random.RandomState(0))) == list(range(40))
+
+    class Reader:  # the estimator's side: rows through an identity "preprocessing"
+        def _transform(self, X):
+            return torch.as_tensor(np.asarray(X)), None
+
+        def _mapped_rows(self, X, rows=None, excluded=None):
+            return {"rows": rows, "excluded": excluded}
+
+    fold = order[:100]
+    training, held = mapped.member_rows(Reader(), None, order, fold)
+    assert training["rows"] is None and np.array_equal(training["excluded"], fold)
+    np.testing.assert_array_equal(held.numpy()[:, 0], 2.0 * fold)  # in the fold's order
