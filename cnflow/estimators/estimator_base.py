@@ -47,6 +47,7 @@ from .fitting.fit import fit_members
 from .fitting.members import member_parts, stacked, stacking_weights
 from .fitting.persistence import (
     build_fitted,
+    component_counts,
     empty_density_flow,
     empty_member,
     open_fit_checkpoint,
@@ -434,7 +435,7 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
         The file is written atomically (:func:`cnflow.files.atomic_write`): an interrupted
         save leaves the file that was at ``path`` before."""
         check_is_fitted(self, "flow_")
-        parts = self._member_parts()
+        counts = [component_counts(flow, mixture) for flow, mixture in self._member_parts()]
         save_fitted(
             self, path, _FORMAT, self.flow_,
             mean=torch.from_numpy(self.mean_), scale=torch.from_numpy(self.scale_),
@@ -443,9 +444,8 @@ class FlowDensityEstimator(DensityMixin, EstimatorBase):
             feature_names_in=([str(n) for n in self.feature_names_in_]
                               if hasattr(self, "feature_names_in_") else None),
             n_members=int(getattr(self, "n_members_", 1)),
-            base_components=[0 if getattr(flow, "base", None) is None
-                             else int(flow.base.n_components) for flow, _ in parts],
-            stacked_components=[0 if m is None else int(m.n_components) for _, m in parts],
+            base_components=[base for base, _ in counts],
+            stacked_components=[stacked for _, stacked in counts],
             **self._saved_extras())
 
     @classmethod

@@ -15,33 +15,27 @@ import dataclasses
 import time
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
 from ...flows.base_density import GaussianMixtureBase
 from ...flows.mixture import FlowMixture, best_mixture_weight
 from ...training import TrainConfig, TrainingFault, TrainResult
-from ...training.rows import RowSource
 from ...training.stages import StagedFit, StageRun
 from ..policy import FitSettings
 from .persistence import member_record, mixture_from_record, mixture_record
 from .plan import FitPlan
-from .table import TableRows
+from .table import RowReader, TableRows
 
 __all__ = ["MemberTraining", "MemberEstimator", "stacked", "member_parts", "stacking_weights"]
 
 
-class MemberEstimator(Protocol):
-    """What :class:`MemberTraining` asks of an estimator (its subclass interface)."""
+class MemberEstimator(RowReader, Protocol):
+    """What :class:`MemberTraining` asks of an estimator (its subclass interface), besides
+    reading rows (:class:`~cnflow.estimators.fitting.table.RowReader`)."""
 
     max_seconds: float | None
     device_: torch.device
-
-    def _mapped_rows(self, X: np.ndarray, rows: np.ndarray | None = None,
-                     excluded: np.ndarray | None = None) -> RowSource: ...
-
-    def _transform(self, X: np.ndarray) -> tuple[torch.Tensor, np.ndarray]: ...
 
     def _fit_mixture(self, U_train: Any, U_val: Any, seed: int,
                      deadline: float | None = None) -> GaussianMixtureBase | None: ...

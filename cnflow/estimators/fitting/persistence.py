@@ -37,7 +37,7 @@ from ...training.checkpoint import FitCheckpoint
 from ..policy import FitSettings
 
 __all__ = ["tensors_of", "arrays_of", "state_digest", "mixture_record", "mixture_from_record",
-           "member_record", "read_estimator_file", "reading_parts_of",
+           "member_record", "component_counts", "read_estimator_file", "reading_parts_of",
            "check_settings_agree", "save_fitted", "load_fitted", "read_fitted",
            "build_fitted", "empty_member", "empty_density_flow", "plain_params",
            "open_fit_checkpoint"]
@@ -90,15 +90,22 @@ def mixture_from_record(record: dict | None, dim: int) -> GaussianMixtureBase | 
     return mixture
 
 
+def component_counts(flow: nn.Module, mixture: GaussianMixtureBase | None) -> tuple[int, int]:
+    """How many Gaussian components a member's flow has as its base and its stacked mixture
+    has (0: the flow's own base; not stacked): what :func:`empty_member` rebuilds it from."""
+    base = getattr(flow, "base", None)
+    return (0 if base is None else int(base.n_components),
+            0 if mixture is None else int(mixture.n_components))
+
+
 def member_record(member: nn.Module) -> dict:
-    """A finished member as plain values and tensors: its parameters and how many Gaussian
-    components its base and its stacked mixture have (0: none)."""
+    """A finished member as plain values and tensors: its parameters and its
+    :func:`component_counts`."""
     flow, mixture = ((member.members[0], member.members[1]) if isinstance(member, FlowMixture)
                      else (member, None))
-    base = getattr(flow, "base", None)
+    base_components, stacked_components = component_counts(flow, mixture)
     return {"state": {k: v.detach().cpu() for k, v in member.state_dict().items()},
-            "base_components": 0 if base is None else int(base.n_components),
-            "stacked_components": 0 if mixture is None else int(mixture.n_components)}
+            "base_components": base_components, "stacked_components": stacked_components}
 
 
 def read_estimator_file(path: str | Path, estimator: str, file_format: str) -> dict:
@@ -162,11 +169,7 @@ def check_settings_agree(path: str | Path, params: Mapping[str, Any],
         if (name not in _PASSED_THROUGH or name not in settings or value is None
                 or value == "auto"):
             continue
-        if isinstance(value, bool) or isinstance(settings[name], bool):
-            same = value is settings[name] or value == settings[name]
-        else:
-            same = _plain(value) == _plain(settings[name])
-        if not same:
+        if _plain(value) != _plain(settings[name]):
             raise ModelFileError(f"{path} is damaged: its parameters say {name}={value!r} "
                                  f"but its fit settings say {name}={settings[name]!r}")
 
