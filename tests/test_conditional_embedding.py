@@ -174,8 +174,10 @@ def test_a_user_net_fits_and_round_trips(tmp_path):
     loaded = ConditionalCNFDensity.load(tmp_path / "net.pt", net=Field)
     np.testing.assert_allclose(loaded.score_samples(X[:10], y[:10]),
                                est.score_samples(X[:10], y[:10]), rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match="hidden and conditioning do not apply"):
+    with pytest.raises(ValueError, match="hidden, field and conditioning do not apply"):
         ConditionalCNFDensity(net=Field, hidden=(8,)).fit(X, y)
+    with pytest.raises(ValueError, match="hidden, field and conditioning do not apply"):
+        ConditionalCNFDensity(net=Field, field="hollow").fit(X, y)
     with pytest.raises(ValueError, match="net's signature"):
         ConditionalCNFDensity(net=TinyCNN, **QUICK).fit(X, y)  # forward(x): not f(t, z, c)
 

@@ -206,6 +206,12 @@ class CNFDensity(CNFEstimator):
             is kept: fitting again returns the same model at once. With ``max_seconds``, the
             budget counts every run of the fit.
         checkpoint_interval: seconds between checkpoints (0: after every step).
+        field: the velocity field's network, a key of :data:`cnflow.nn.FIELDS`:
+            ``"dense"`` (:class:`cnflow.nn.ConcatSquashMLP`; its exact trace, which every
+            score and every maximum-likelihood step needs, costs about D + 1 forward passes)
+            or ``"hollow"`` (:class:`cnflow.nn.HollowMLP`, Chen & Duvenaud 2019; the exact
+            trace in closed form with one forward pass); ``"auto"``: by the fit policy
+            (``settings_.field``).
 
     Attributes:
         settings_: the :class:`cnflow.estimators.policy.FitSettings` of the fit, every
@@ -254,7 +260,7 @@ class CNFDensity(CNFEstimator):
                  max_seconds=None,
                  dtype="float32", device="auto", random_state=None, verbose=False,
                  warm_start=False, checkpoint=None, checkpoint_interval=60.0,
-                 solver="deprecated"):
+                 field="auto", solver="deprecated"):
         self.hidden = hidden
         self.objective = objective
         self.trace = trace
@@ -291,6 +297,7 @@ class CNFDensity(CNFEstimator):
         self.warm_start = warm_start
         self.checkpoint = checkpoint
         self.checkpoint_interval = checkpoint_interval
+        self.field = field
         self.solver = solver
 
     _parameter_kinds = {
@@ -319,5 +326,5 @@ class CNFDensity(CNFEstimator):
 
     def _build_flow(self, n_features: int, base: nn.Module | None = None) -> nn.Module:
         return CNF(n_features, hidden=self.settings_.hidden, trace=self.trace,
-                   method=self._method(),
+                   method=self._method(), field=self.settings_.field,
                    rtol=self.rtol, atol=self.atol, adjoint=self.adjoint, base=base)

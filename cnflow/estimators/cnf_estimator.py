@@ -14,7 +14,7 @@ from .. import divergence
 from ..flows.cnf import CNF
 from ..flows.mixture import FlowMixture
 from ..flows.pairing import PAIRINGS
-from ..nn import ConcatSquashMLP
+from ..nn import FIELDS, ConcatSquashMLP, HollowMLP
 from ..ode import TABLEAUX
 from ..ode.inputs import check_tolerances
 from ..ode.options import deprecated_solver
@@ -65,13 +65,19 @@ def trace_solve_rows(flow: nn.Module, u: torch.Tensor) -> int:
     """
     if u.device.type != "cpu":
         return max(1, u.shape[0])
-    width = max((max(p.shape) for p in flow.parameters() if p.dim() == 2), default=1)
-    return max(TRACE_SOLVE_MIN_ROWS, TRACE_SOLVE_ENTRIES // (max(1, u.shape[1]) * width))
+    per_row = getattr(getattr(flow, "net", None), "trace_entries_per_row", None)
+    if per_row is None:  # the dense field's forward Jacobian: D × its widest layer
+        width = max((max(p.shape) for p in flow.parameters() if p.dim() == 2), default=1)
+        per_row = max(1, u.shape[1]) * width
+    return max(TRACE_SOLVE_MIN_ROWS, TRACE_SOLVE_ENTRIES // int(per_row))
 
 def _zero_last_layer(flow: nn.Module) -> None:
     """Zero the output layer of a CNF's built-in network, so that its field is 0 and the flow
     the identity (gradients still reach that layer); a field of the user's keeps its own
     initialisation."""
+    if isinstance(flow.net, HollowMLP):
+        flow.net.zero_output_()
+        return
     if not isinstance(flow.net, ConcatSquashMLP):
         return
     last = flow.net.layers[-1]
@@ -92,6 +98,7 @@ class CNFEstimator(FlowDensityEstimator):
 
     _parameter_kinds = {
         "hidden": ["auto", IntegerSequence(1)],
+        "field": [Options("auto", *FIELDS)],
         "objective": [Options(*OBJECTIVES)],
         "trace": [Options(*divergence.TRACE_ESTIMATORS)],
         "method": [Options(*TABLEAUX)],

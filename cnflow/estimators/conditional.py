@@ -198,6 +198,8 @@ class ConditionalCNFDensity(CNFEstimator):
             registered name, a factory or a module (see above).
         net: None (the built-in network), or the velocity field f(t, z, context), as a
             registered name, a factory or a module (see above).
+        field: the built-in network, as :class:`CNFDensity`'s (``"hollow"`` reads the
+            context through its gates only).
         batch_size, fine_tune_lr: as :class:`CNFDensity`, with the ``"auto"`` values above.
         pairing: as :class:`CNFDensity`; with ``"ot"`` a base draw moves only between rows
             of equal context (the base is N(0, I) given each context), so it pairs only
@@ -252,7 +254,8 @@ class ConditionalCNFDensity(CNFEstimator):
                  n_iter_no_change="auto",
                  max_seconds=None,
                  dtype="float32", device="auto", random_state=None, verbose=False,
-                 warm_start=False, checkpoint=None, checkpoint_interval=60.0):
+                 warm_start=False, checkpoint=None, checkpoint_interval=60.0,
+                 field="auto"):
         self.hidden = hidden
         self.objective = objective
         self.trace = trace
@@ -290,6 +293,7 @@ class ConditionalCNFDensity(CNFEstimator):
         self.warm_start = warm_start
         self.checkpoint = checkpoint
         self.checkpoint_interval = checkpoint_interval
+        self.field = field
 
     _parameter_kinds = {
         "conditioning": [Options(*CONDITIONINGS)],
@@ -299,16 +303,22 @@ class ConditionalCNFDensity(CNFEstimator):
 
     def _check_related_parameters(self) -> None:
         super()._check_related_parameters()
-        if self.net is not None and (not _is_auto(self.hidden)
+        if self.net is not None and (not _is_auto(self.hidden) or not _is_auto(self.field)
                                      or self.conditioning != "gates"):
-            raise ValueError("net replaces the built-in network, so hidden and conditioning "
-                             "do not apply: leave them at 'auto' and 'gates' with a net")
+            raise ValueError("net replaces the built-in network, so hidden, field and "
+                             "conditioning do not apply: leave them at 'auto', 'auto' and "
+                             "'gates' with a net")
+        if self.field == "hollow" and self.conditioning != "gates":
+            raise ValueError("a hollow field reads the context through its gates only; "
+                             f"conditioning={self.conditioning!r} needs field='dense'")
 
     def _resolve_settings(self, n_samples: int, n_columns: int,
                           n_members: int | None = None) -> FitSettings:
         settings = super()._resolve_settings(n_samples, n_columns, n_members)
-        if self.net is not None:  # no built-in network: no hidden widths
-            settings = dataclasses.replace(settings, hidden=None)
+        if self.net is not None:  # no built-in network: no hidden widths, no field
+            settings = dataclasses.replace(settings, hidden=None, field="custom")
+        elif self.conditioning != "gates" and _is_auto(self.field):
+            settings = dataclasses.replace(settings, field="dense")
         return settings
 
     def _plain_params(self) -> dict:
@@ -368,6 +378,7 @@ class ConditionalCNFDensity(CNFEstimator):
         net = None if self.net is None else build_module(self.net, "net")
         flow = CNF(n_targets, context_features=k, net=net,
                    hidden=self.settings_.hidden or (), conditioning=self.conditioning,
+                   field=self.settings_.field if self.net is None else "dense",
                    trace=self.trace, method=self._method(), rtol=self.rtol, atol=self.atol,
                    adjoint=self.adjoint)
         self.context_features_ = k

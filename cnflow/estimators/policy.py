@@ -109,6 +109,8 @@ _FINE_TUNING = {
     "backprop_max_features": 8,            # fine_tune_adjoint="auto": backprop up to this D
     "flow_matching_share": 0.75,           # of max_seconds; fine-tuning has the rest
 }
+#: field="auto": the velocity field's network (cnflow.nn.FIELDS)
+_FIELD = "dense"
 #: pairing="auto": how flow matching pairs rows with base draws (cnflow.flows.pairing)
 _PAIRING = "independent"
 
@@ -264,6 +266,8 @@ class FitSettings:
             ``"ot"``, :mod:`cnflow.flows.pairing`).
         reflow: the share of flow matching's time and steps given to its reflow stage
             (0: none; always 0 with maximum likelihood).
+        field: the built-in velocity field's network, a key of :data:`cnflow.nn.FIELDS`
+            (``"custom"``: a network of the user's; None: the model has no such network).
     """
 
     estimator: str
@@ -293,6 +297,7 @@ class FitSettings:
     planning_share: float = 1.0
     pairing: str = "independent"
     reflow: float = 0.0
+    field: str | None = None
 
     @property
     def holds_out(self) -> bool:
@@ -310,6 +315,7 @@ class FitSettings:
         values = dict(values)
         if values.get("hidden") is not None:
             values["hidden"] = tuple(int(h) for h in values["hidden"])
+            values.setdefault("field", "dense")  # saved before fields could be chosen
         if "preprocessing_candidates" in values:
             values["preprocessing_candidates"] = tuple(values["preprocessing_candidates"])
         return cls(**values)
@@ -387,15 +393,17 @@ def _map_and_stacking(table: Mapping[str, Any], params: Mapping[str, Any], regim
 
 def _network(rows: Mapping[str, Any], large: Mapping[str, Any], params: Mapping[str, Any],
              objective: str, n_features: int) -> dict[str, Any]:
-    """Rule 3: the field's widths and the steps between validations."""
+    """Rule 3: the field's network and widths and the steps between validations."""
     auto_hidden = rows["hidden"]
     if objective == "flow_matching" and n_features > large.get("wide_above_features", n_features):
         auto_hidden = large["wide_hidden"]
     hidden = _chosen(params.get("hidden", "auto"), auto_hidden)
+    field = _chosen(params.get("field", "auto"), rows.get("field", _FIELD))
     interval = (max(large.get("validation_interval", rows["validation_interval"]),
                     large.get("validation_steps_per_feature", 0) * n_features)
                 if objective == "flow_matching" else rows["validation_interval"])
     return {"hidden": None if hidden is None else tuple(int(h) for h in hidden),
+            "field": None if hidden is None else str(field),
             "validation_interval": interval}
 
 

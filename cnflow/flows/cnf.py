@@ -57,7 +57,7 @@ from ..checks import (
     check_positive_real,
 )
 from ..interfaces import BaseDensity, DivergencePullback
-from ..nn import CONDITIONINGS, ConcatSquashMLP, WithContext
+from ..nn import CONDITIONINGS, FIELDS, ConcatSquashMLP, WithContext
 from ..ode import NFECounts, SolveOptions, SolverStats
 from ..ode.inputs import check_end_time
 from ..ode.options import SolvesODEs, deprecated_solver, options_from
@@ -187,8 +187,8 @@ class CNF(SolvesODEs, NFECounts, Flow):
 
     Arguments:
         dim: the dimension D of the data.
-        hidden: widths of the hidden layers of the built-in network, a
-            :class:`~cnflow.nn.ConcatSquashMLP` (ignored when ``net`` is given).
+        hidden: widths of the hidden layers of the built-in network (ignored when ``net``
+            is given).
         net: the velocity field replacing the built-in network: ``net(t, z) -> dz/dt``
             without ``context_features``, ``net(t, z, context) -> dz/dt`` with them (z of
             shape (n, D), context (n, k), t a 0-d tensor in the solves and an (n, 1) column
@@ -227,6 +227,11 @@ class CNF(SolvesODEs, NFECounts, Flow):
         solve_options: all of method, rtol, atol, adjoint, step_size, max_num_steps and
             seminorm at once, as a :class:`cnflow.SolveOptions` (then leave those at their
             defaults).
+        field: the built-in network, a key of :data:`cnflow.nn.FIELDS`: ``"dense"``
+            (default), a :class:`~cnflow.nn.ConcatSquashMLP`, whose exact trace costs about
+            D + 1 forward passes; ``"hollow"``, a :class:`~cnflow.nn.HollowMLP` (Chen &
+            Duvenaud 2019), whose exact trace comes in closed form with its forward pass
+            (its context enters by ``"gates"`` only). Ignored when ``net`` is given.
 
     Attributes:
         solve_options: the :class:`~cnflow.SolveOptions` of the flow's solves; ``method``,
@@ -295,6 +300,7 @@ class CNF(SolvesODEs, NFECounts, Flow):
         base: nn.Module | None = None,
         solve_options: SolveOptions | None = None,
         solver: str | None = None,
+        field: str = "dense",
     ) -> None:
         super().__init__()
         method = deprecated_solver(solver, method, "CNF")
@@ -313,7 +319,15 @@ class CNF(SolvesODEs, NFECounts, Flow):
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning {conditioning!r}; valid: "
                              f"{', '.join(CONDITIONINGS)}")
-        if net is None:
+        if field not in FIELDS:
+            raise ValueError(f"unknown field {field!r}; valid: {', '.join(FIELDS)}")
+        if net is None and field == "hollow":
+            if conditioning != "gates":
+                raise ValueError("a hollow field reads its context through its gates only; "
+                                 f"conditioning={conditioning!r} needs field='dense'")
+            net = FIELDS[field](dim, hidden, activation=activation,
+                                context_features=context_features)
+        elif net is None:
             net = ConcatSquashMLP(dim, hidden, activation=activation,
                                   context_features=context_features, conditioning=conditioning)
         elif not callable(net):
@@ -336,6 +350,8 @@ class CNF(SolvesODEs, NFECounts, Flow):
         self.noise = noise
         self.train_T = bool(train_T)
         self.exact_method = exact_method
+        self.field = field if self.net is not None and type(self.net) is FIELDS[field] \
+            else "custom"
         # T (and with it the flow's dtype and device) follows the network's parameters.
         like = next(iter(net.parameters()), None) if isinstance(net, nn.Module) else None
         factory = {} if like is None else {"dtype": like.dtype, "device": like.device}

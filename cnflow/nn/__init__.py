@@ -9,6 +9,8 @@ bias,
 and :class:`ConcatSquashMLP` stacks such layers with a smooth activation in between;
 with ``context_features`` it also takes a context c (a conditional CNF's f(z, t; c)), and
 :class:`WithContext` binds one call's context to it, giving dynamics f(t, z).
+:class:`HollowMLP` is the hollow network of Chen & Duvenaud (2019), whose exact divergence
+comes in closed form with its forward pass (:mod:`cnflow.nn.hollow`).
 :class:`PlanarCNFField` is the planar CNF of Chen et al. (2018): a sum of M planar units whose
 parameters a hypernetwork makes from t, with a closed-form divergence. Every module here is
 called as ``module(t, x)``, the argument order of ODE dynamics ``f(t, z)``, except
@@ -33,6 +35,7 @@ from .activations import (
 from .concat_squash import CONDITIONINGS, ConcatSquashLinear, ConcatSquashMLP
 from .conditional import ConditionalConcatSquashLinear, ConditionalConcatSquashMLP, WithContext
 from .conv import ConcatSquashConv2d, ConvVelocityField
+from .hollow import HollowMLP
 from .latent import LatentDynamics, LatentODENet
 from .ode_block import ODEBlock
 from .planar_field import PlanarCNFField
@@ -44,9 +47,15 @@ from .registry import (
     unregister_module,
 )
 
+#: The built-in velocity fields a CNF can be built with (``CNF(field=...)``): ``"dense"``, the
+#: concat-squash MLP, whose exact trace costs about D + 1 forward passes; ``"hollow"``, the
+#: hollow network of Chen & Duvenaud (2019), whose exact trace comes with its forward pass.
+FIELDS = {"dense": ConcatSquashMLP, "hollow": HollowMLP}
+
 __all__ = ["ConcatSquashLinear", "ConcatSquashMLP", "ConcatSquashConv2d", "ConvVelocityField",
            "ConditionalConcatSquashLinear",
            "ConditionalConcatSquashMLP", "WithContext", "CONDITIONINGS", "PlanarCNFField",
-           "ODEBlock", "LatentDynamics", "LatentODENet", "ACTIVATIONS", "ACTIVATION_DERIVATIVES",
+           "HollowMLP", "FIELDS", "ODEBlock", "LatentDynamics", "LatentODENet", "ACTIVATIONS",
+           "ACTIVATION_DERIVATIVES",
            "ACTIVATION_TABLE", "Activation", "activation_of", "register_module",
            "registered_module", "registered_name", "unregister_module", "qualified_name"]

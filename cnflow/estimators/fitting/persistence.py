@@ -144,9 +144,9 @@ def reading_parts_of(path: str | Path):
 #: are set (not "auto"). Others may be resolved further: a validation_fraction with several
 #: members, n_iter_no_change without held-out rows, fine_tune_iter and reflow under maximum
 #: likelihood, n_members of a warm start, the device on loading.
-_PASSED_THROUGH = frozenset({"objective", "regime", "hidden", "max_iter", "batch_size", "lr",
-                             "lr_schedule", "preprocessing", "stacking", "pairing",
-                             "fine_tune_lr", "fine_tune_adjoint"})
+_PASSED_THROUGH = frozenset({"objective", "regime", "hidden", "field", "max_iter",
+                             "batch_size", "lr", "lr_schedule", "preprocessing", "stacking",
+                             "pairing", "fine_tune_lr", "fine_tune_adjoint"})
 
 
 def _plain(value: Any) -> Any:
