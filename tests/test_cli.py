@@ -88,6 +88,18 @@ def test_train_on_a_csv_file(tmp_path, capsys):
                        "--out", tmp_path / "out")
     assert code == 0, err
     assert (tmp_path / "out" / "model.pt").exists()
+
+
+def test_train_with_the_hollow_field_then_score(tmp_path, capsys):
+    data = tmp_path / "rows.csv"
+    np.savetxt(data, np.random.RandomState(0).randn(200, 3), delimiter=",")
+    code, _, err = run(capsys, "train", data, "--max-iter", "1", "--hidden", "4", "--quiet",
+                       "--field", "hollow", "--out", tmp_path / "out")
+    assert code == 0, err
+    est = CNFDensity.load(tmp_path / "out" / "model.pt")
+    assert est.field == "hollow" and est.settings_.field == "hollow"
+    code, out, err = run(capsys, "score", tmp_path / "out" / "model.pt", data)
+    assert code == 0, err
     assert (tmp_path / "out" / "fit.png").read_bytes()[:8] == PNG  # 3-D data: the pair plot
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["columns"] is None and summary["held_out_rows"] == 20

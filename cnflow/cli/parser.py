@@ -9,6 +9,7 @@ from .. import __version__
 from ..datasets import TOY_DATASETS
 from ..estimators import OBJECTIVES
 from ..estimators.policy import POLICIES
+from ..nn import FIELDS
 from . import plot, sample, score, train, train_images
 
 __all__ = ["build_parser"]
@@ -82,6 +83,10 @@ def _add_train(sub) -> None:
                    help=f"Adam's learning rate (default: {_policy_default('lr')})")
     p.add_argument("--hidden", type=int, nargs="+",
                    help=f"hidden widths (default: {_policy_default('hidden')})")
+    p.add_argument("--field", choices=tuple(FIELDS),
+                   help="the velocity field's network: dense (concat-squash) or hollow (its "
+                        "exact trace in one pass; cheaper to score at many columns) "
+                        "(default: the fit policy's)")
     p.add_argument("--tol", type=float, help="rtol = atol of the ODE solver (default: 1e-5)")
     p.add_argument("--max-seconds", type=float,
                    help="time budget of the fit in seconds (default: none)")

@@ -187,7 +187,8 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     given = given_options(objective=args.objective, max_iter=args.max_iter,
                           batch_size=args.batch_size, lr=args.lr, rtol=args.tol,
-                          atol=args.tol, hidden=args.hidden, max_seconds=args.max_seconds)
+                          atol=args.tol, hidden=args.hidden, max_seconds=args.max_seconds,
+                          field=args.field)
     if args.checkpoint is not None:
         given["checkpoint"] = checkpoint_path(args.checkpoint)
         given["checkpoint_interval"] = args.checkpoint_interval

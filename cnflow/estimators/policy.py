@@ -27,10 +27,10 @@ The rules, in the order they are resolved:
    and the held-out rows are scored every 1,000 flow-matching steps, or 70 per
    modelled dimension if more (a scoring costs about 7·D steps), or 100 fine-tuning steps
    (and after the last step, as in every regime).
-3. **Network and loop,** per objective (the table's rows): hidden widths, steps, batch, lr,
-   schedule, and the steps between validations when rows are held out. In the large regime
-   :class:`~cnflow.CNFDensity`'s flow-matching field is 128 wide above 16 modelled
-   dimensions (64 below).
+3. **Network and loop,** per objective (the table's rows): the field's network (dense, see
+   ``_FIELD``), hidden widths, steps, batch, lr, schedule, and the steps between validations
+   when rows are held out. In the large regime :class:`~cnflow.CNFDensity`'s flow-matching
+   field is 128 wide above 16 modelled dimensions (64 below).
 4. **Preprocessing.** ``"auto"`` is ``"choose"`` (the map best on held-out likelihood, by
    :func:`cnflow.preprocessing.choose_preprocessing`) where rows are held out (for the
    estimators whose table says ``choose_only_small``, only in the small-table regime or where
@@ -109,7 +109,11 @@ _FINE_TUNING = {
     "backprop_max_features": 8,            # fine_tune_adjoint="auto": backprop up to this D
     "flow_matching_share": 0.75,           # of max_seconds; fine-tuning has the rest
 }
-#: field="auto": the velocity field's network (cnflow.nn.FIELDS)
+#: field="auto": the velocity field's network (cnflow.nn.FIELDS). The dense concat-squash
+#: network everywhere: the hollow one scored 3-7x faster from D = 32 up but fitted worse at
+#: 120 s on 8 of bench_fields.py's 11 tables (worst RandHIE, -4.65 nats a row; better only
+#: on wine and digits), so no rule by D or table size keeps it level (docs/benchmarks.md,
+#: "Velocity fields: dense against hollow")
 _FIELD = "dense"
 #: pairing="auto": how flow matching pairs rows with base draws (cnflow.flows.pairing)
 _PAIRING = "independent"
