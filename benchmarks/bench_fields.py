@@ -197,22 +197,31 @@ def markdown(result: dict) -> str:
 
 
 def picture(result: dict, path: Path) -> None:
+    """Scoring rows/s against D, one colour per field: a line through the warped mixtures of
+    many rows (the same table at each D), a marker for every other table."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    for field in FIELDS:
-        rows = sorted((r for r in result["rows"] if r["field"] == field),
-                      key=lambda r: r["n_features"])
-        if rows:
-            ax.plot([r["n_features"] for r in rows], [r["score_rows_per_s"] for r in rows],
-                    marker="o", label=field)
+    series = (*(n for n in LARGE_TABLES if n.startswith("warped")), SCALING["name"])
+    for k, field in enumerate(FIELDS):
+        colour = f"C{k}"
+        rows = [r for r in result["rows"] if r["field"] == field]
+        line = sorted((r for r in rows if r["table"] in series), key=lambda r: r["n_features"])
+        others = [r for r in rows if r["table"] not in series]
+        if line:
+            ax.plot([r["n_features"] for r in line], [r["score_rows_per_s"] for r in line],
+                    marker="o", color=colour, label=f"{field}: warped mixtures")
+        if others:
+            ax.scatter([r["n_features"] for r in others],
+                       [r["score_rows_per_s"] for r in others], marker="x", color=colour,
+                       label=f"{field}: other tables")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("D (modelled columns)")
     ax.set_ylabel("scoring: test rows per second")
     ax.set_title("Exact log-likelihood cost by field (rtol = atol = 1e-5)")
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
