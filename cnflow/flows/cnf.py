@@ -57,7 +57,7 @@ from ..checks import (
     check_positive_real,
 )
 from ..interfaces import BaseDensity, DivergencePullback
-from ..nn import CONDITIONINGS, FIELDS, ConcatSquashMLP, WithContext
+from ..nn import CONDITIONINGS, FIELDS, WithContext
 from ..ode import NFECounts, SolveOptions, SolverStats
 from ..ode.inputs import check_end_time
 from ..ode.options import SolvesODEs, deprecated_solver, options_from
@@ -321,15 +321,10 @@ class CNF(SolvesODEs, NFECounts, Flow):
                              f"{', '.join(CONDITIONINGS)}")
         if field not in FIELDS:
             raise ValueError(f"unknown field {field!r}; valid: {', '.join(FIELDS)}")
-        if net is None and field == "hollow":
-            if conditioning != "gates":
-                raise ValueError("a hollow field reads its context through its gates only; "
-                                 f"conditioning={conditioning!r} needs field='dense'")
+        self.field = field if net is None else "custom"
+        if net is None:
             net = FIELDS[field](dim, hidden, activation=activation,
-                                context_features=context_features)
-        elif net is None:
-            net = ConcatSquashMLP(dim, hidden, activation=activation,
-                                  context_features=context_features, conditioning=conditioning)
+                                context_features=context_features, conditioning=conditioning)
         elif not callable(net):
             raise ValueError(f"net must be callable as net(t, z), got {type(net).__name__}")
         else:
@@ -350,8 +345,6 @@ class CNF(SolvesODEs, NFECounts, Flow):
         self.noise = noise
         self.train_T = bool(train_T)
         self.exact_method = exact_method
-        self.field = field if self.net is not None and type(self.net) is FIELDS[field] \
-            else "custom"
         # T (and with it the flow's dtype and device) follows the network's parameters.
         like = next(iter(net.parameters()), None) if isinstance(net, nn.Module) else None
         factory = {} if like is None else {"dtype": like.dtype, "device": like.device}

@@ -271,6 +271,16 @@ class ConcatSquashMLP(nn.Module):
             return None
         return activation_of(self.activation, fused=True)
 
+    def zero_output_(self) -> ConcatSquashMLP:
+        """Make the field zero (the identity flow): the last layer's weights, bias and time
+        shift at zero; gradients still reach them. Returns the network."""
+        last = self.layers[-1]
+        with torch.no_grad():
+            for module in (last.linear, last.hyper_bias):
+                for param in module.parameters():
+                    param.zero_()
+        return self
+
     def layer_parameters(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
         r"""The parameters of each layer as ``(W, b, a, c, d)``, the layer being
         :math:`(W x + b) \odot \sigma(a t + c) + d\, t` (:class:`ConcatSquashLinear`).

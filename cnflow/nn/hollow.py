@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from ..checks import check_nonnegative_int, check_positive_int, check_positive_int_sequence
 from .activations import ACTIVATIONS, activation_of
+from .concat_squash import _time_column
 
 __all__ = ["HollowMLP", "hollow_degrees"]
 
@@ -152,6 +153,8 @@ class HollowMLP(nn.Module):
         activation: a name from :data:`ACTIVATIONS` (``"tanh"`` default), used in the
             conditioner and the transformers.
         context_features: size of the context c (0, the default: no context).
+        conditioning: where c enters: ``"gates"`` only (every layer's gate and shift; the
+            argument mirrors :class:`ConcatSquashMLP`'s).
         units: K, the hidden units of each coordinate's transformer (0: the affine
             transformer b_i + s_i z_i).
 
@@ -168,8 +171,11 @@ class HollowMLP(nn.Module):
 
     def __init__(self, in_features: int, hidden: Sequence[int] = (64, 64, 64),
                  activation: str = "tanh", *, context_features: int = 0,
-                 units: int = 8) -> None:
+                 units: int = 8, conditioning: str = "gates") -> None:
         super().__init__()
+        if conditioning != "gates":
+            raise ValueError("a hollow field reads its context through its gates only; "
+                             f"conditioning={conditioning!r} needs the dense field")
         dim = check_positive_int(in_features, "in_features")
         hidden = check_positive_int_sequence(hidden, "hidden")
         if not hidden:
@@ -220,8 +226,7 @@ class HollowMLP(nn.Module):
 
     # ---------------------------------------------------------------- evaluation
     def _time_context(self, t: Tensor | float, z: Tensor, context: Tensor | None) -> Tensor:
-        t = torch.as_tensor(t, dtype=z.dtype, device=z.device)
-        tc = t.reshape(1, 1) if t.ndim == 0 else t.reshape(-1, 1)
+        tc = _time_column(t, z)
         if not self.context_features:
             if context is not None:
                 raise ValueError("this network was built without context_features; it takes "
@@ -251,7 +256,7 @@ class HollowMLP(nn.Module):
     def forward(self, t: Tensor | float, z: Tensor, context: Tensor | None = None) -> Tensor:
         """f(t, z) (or f(t, z; c)): t a scalar or one time per row, z of shape (n, D), the
         context (n, context_features) exactly when the network has ``context_features``."""
-        return self.forward_with_divergence(t, z, context)[0]
+        return self._evaluate(t, z, context, trace=False)[0]
 
     def forward_with_divergence(self, t: Tensor | float, z: Tensor,
                                 context: Tensor | None = None,
@@ -273,13 +278,20 @@ class HollowMLP(nn.Module):
         """
         if frobenius:
             return self._with_frobenius(t, z, context)
+        return self._evaluate(t, z, context, trace=True)
+
+    def _evaluate(self, t: Tensor | float, z: Tensor, context: Tensor | None,
+                  trace: bool) -> tuple[Tensor, Tensor | None]:
+        """f and, with ``trace``, Σ_i ∂τ_i/∂z_i (else None: flow matching needs f alone)."""
         b, s, u = self._transformer_inputs(t, z, context)
         dz = torch.addcmul(b, s, z)
         if not self.units:  # the affine transformer b + s z_i
-            return dz, s.sum(-1)
+            return dz, s.sum(-1) if trace else None
         p = torch.addcmul(u, z.unsqueeze(-1), self.slope)  # a_ik z_i + u_ik
         h = self.activation(p)
         dz = dz + (h * self.scale).sum(-1)
+        if not trace:
+            return dz, None
         diagonal = s + (self._derivative(p, h) * (self.slope * self.scale)).sum(-1)
         return dz, diagonal.sum(-1)
 
